@@ -1,0 +1,90 @@
+"""The small interfaces between the core and the outside: engines, reply sinks, adapters.
+
+Each is a Protocol of a few methods, so a fake satisfies it without inheritance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from bot.domain import ChatTurn, GenerationRequest, IncomingMessage, StreamEvent
+
+if TYPE_CHECKING:
+    from bot.commands import CommandRegistry
+
+
+@runtime_checkable
+class ChatTokenizer(Protocol):
+    """Counts tokens the way the model will see them (its own tokenizer and chat template)."""
+
+    @property
+    def context_length(self) -> int: ...
+
+    def count_tokens(self, turns: Sequence[ChatTurn], *, add_generation_prompt: bool = True) -> int:
+        """Tokens of ``turns`` rendered with the chat template (plus the assistant header when asked)."""
+        ...
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """Generates replies. Local (transformers in this process) or remote (an OpenAI-compatible server)."""
+
+    @property
+    def tokenizer(self) -> ChatTokenizer: ...
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        """Stream text chunks (and QueuePosition while waiting). Closing the iterator cancels the request.
+
+        Raises bot.errors.EngineError subclasses: QueueFull, EnginePaused, GenerationTimeout, GenerationFailed.
+        """
+        ...
+
+    async def health(self) -> None:
+        """Return when healthy; raise EngineUnhealthy otherwise."""
+        ...
+
+    async def pause(self) -> None:
+        """Drain running work, refuse new work with EnginePaused, and free the accelerator."""
+        ...
+
+    async def resume(self) -> None: ...
+
+    async def load_lora(self, name: str, path: str) -> None:
+        """Load a LoRA adapter saved at ``path`` under ``name`` without reloading the base weights."""
+        ...
+
+    async def use_lora(self, name: str | None) -> None:
+        """Serve with the LoRA ``name``, or with the base model when ``None``."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class ReplySink(Protocol):
+    """Where one reply goes. The adapter owns edits, throttling and splitting at platform limits."""
+
+    async def send(self, text: str) -> None:
+        """Post a short, complete message (a hint, a notice, an error sentence)."""
+        ...
+
+    async def stream(self, events: AsyncIterator[StreamEvent]) -> str:
+        """Show a "thinking" state, the queue position while waiting, then the text as it grows.
+
+        Returns the full text. If ``events`` raises, the shown reply is finished with an "incomplete" marker and
+        the exception propagates, so the caller can store the partial reply and tell the user.
+        """
+        ...
+
+
+MessageHandler = Callable[[IncomingMessage, ReplySink], Awaitable[None]]
+
+
+class Adapter(Protocol):
+    """A platform: turns its events into IncomingMessage and command calls, and replies through ReplySinks."""
+
+    name: str
+
+    async def start(self, on_message: MessageHandler, commands: CommandRegistry) -> None: ...
+
+    async def stop(self) -> None: ...

@@ -1,0 +1,216 @@
+"""Typed settings, validated once at start.
+
+Sources, strongest first: keyword arguments, environment variables (``HANBOT_`` prefix, ``__`` between levels,
+e.g. ``HANBOT_MODEL__NAME_OR_PATH``), a ``.env`` file, a TOML file (``HANBOT_CONFIG`` or ``./hanbot.toml``).
+Secrets (tokens, signing secrets, API keys) are read from the environment only, under their usual names, and are
+refused in the TOML file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from bot.errors import ConfigError
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "Bllossom/llama-3-Korean-Bllossom-70B"
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful AI assistant. Please answer the user's questions kindly. "
+    "당신은 유능한 AI 어시스턴트 입니다. 사용자의 질문에 대해 친절하게 답변해주세요."
+)
+SECRET_FIELDS = ("discord_token", "slack_bot_token", "slack_app_token", "slack_signing_secret", "remote_api_key")
+
+
+class ModelSettings(BaseModel):
+    name_or_path: str = Field(DEFAULT_MODEL, description="Hub id or local folder of a causal LM")
+    revision: str | None = None
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
+    device_map: str | None = Field("auto", description='"auto", "cpu", "cuda:0", ... or empty for no map')
+    max_memory: dict[str, str] | None = Field(None, description='per-device caps, e.g. {"0": "130GiB"}')
+    quantization: Literal["none", "8bit", "4bit", "fp8"] = "none"
+    context_length: int | None = Field(None, ge=64, description="default: the model's max_position_embeddings")
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    is_demo: bool = Field(False, description="set by `hanbot chat --demo`: announced at start")
+
+
+class GenerationSettings(BaseModel):
+    max_new_tokens: int = Field(256, ge=1, le=8192)
+    temperature: float = Field(0.6, ge=0.0, le=5.0)
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(1.1, ge=1.0, le=3.0)
+    timeout_s: float = Field(300.0, gt=0)
+
+
+class EngineSettings(BaseModel):
+    kind: Literal["local", "remote"] = "local"
+    max_batch_size: int = Field(8, ge=1, le=256)
+    queue_limit: int = Field(64, ge=1)
+    # remote (OpenAI-compatible chat completions); the API key comes from HANBOT_REMOTE_API_KEY or OPENAI_API_KEY
+    remote_base_url: str | None = Field(None, description="e.g. http://vllm:8000/v1")
+    remote_model: str | None = Field(None, description="model name the server knows; default: model.name_or_path")
+    remote_tokenizer: str | None = Field(None, description="tokenizer to count prompt tokens; default: model's")
+    remote_timeout_s: float = Field(60.0, gt=0)
+    remote_max_retries: int = Field(3, ge=0, le=10)
+
+
+class StoreSettings(BaseModel):
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite in data_dir")
+    echo_sql: bool = False
+
+
+class HistorySettings(BaseModel):
+    max_age_days: int = Field(90, ge=1)
+    max_messages_per_conversation: int = Field(500, ge=10)
+
+
+class DiscordSettings(BaseModel):
+    admin_user_ids: list[str] = Field(default_factory=list)
+    admin_role_ids: list[str] = Field(default_factory=list)
+    edit_interval_s: float = Field(1.0, ge=0.2)
+    sync_guild_ids: list[str] = Field(default_factory=list, description="sync slash commands to these guilds now")
+
+
+class SlackSettings(BaseModel):
+    mode: Literal["socket", "http"] = "socket"
+    http_host: str = "0.0.0.0"
+    http_port: int = 3000
+    http_path: str = "/slack/events"
+    admin_user_ids: list[str] = Field(default_factory=list)
+    update_interval_s: float = Field(1.0, ge=0.2)
+    api_base_url: str | None = Field(None, description="Web API base URL (tests point it at a local fake)")
+
+
+class SchedulerSettings(BaseModel):
+    enabled: bool = True
+    timezone: str = "Asia/Seoul"
+    prune_cron: str = "30 3 * * *"
+    finetune_cron: str = "0 2 * * *"
+    finetune_enabled: bool = False
+
+
+class FinetuneSettings(BaseModel):
+    output_dir: str | None = Field(None, description="default: <data_dir>/lora")
+    min_examples: int = Field(20, ge=1)
+    eval_fraction: float = Field(0.2, gt=0.0, lt=0.9)
+    promote_margin: float = Field(0.02, ge=0.0, description="held-out loss must beat the current by this much")
+    epochs: float = Field(3.0, gt=0)
+    learning_rate: float = Field(2e-4, gt=0)
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    max_seq_len: int = Field(2048, ge=64)
+    gpu_sharing: Literal["pause", "separate"] = "pause"
+    train_device: str | None = Field(None, description='with gpu_sharing="separate", e.g. "cuda:1"')
+    excluded_channels: list[str] = Field(default_factory=list, description="conversation keys never trained on")
+    opted_out_users: list[str] = Field(default_factory=list, description='"platform:user_id" never trained on')
+    extra_datasets: list[str] = Field(default_factory=list, description="JSONL files of conversations")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="HANBOT_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    data_dir: Path = Field(Path("data"), description="database, LoRA versions and the demo model live here")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    history: HistorySettings = Field(default_factory=HistorySettings)
+    discord: DiscordSettings = Field(default_factory=DiscordSettings)
+    slack: SlackSettings = Field(default_factory=SlackSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
+
+    # secrets: environment only, under their conventional names
+    discord_token: SecretStr | None = Field(None, validation_alias="DISCORD_TOKEN")
+    slack_bot_token: SecretStr | None = Field(None, validation_alias="SLACK_BOT_TOKEN")
+    slack_app_token: SecretStr | None = Field(None, validation_alias="SLACK_APP_TOKEN")
+    slack_signing_secret: SecretStr | None = Field(None, validation_alias="SLACK_SIGNING_SECRET")
+    remote_api_key: SecretStr | None = Field(None, validation_alias="HANBOT_REMOTE_API_KEY")
+
+    @field_validator("remote_api_key", mode="before")
+    @classmethod
+    def _api_key_fallback(cls, value: Any) -> Any:
+        return value if value else os.environ.get("OPENAI_API_KEY") or None
+
+    @model_validator(mode="after")
+    def _check_remote(self) -> Settings:
+        if self.engine.kind == "remote" and not self.engine.remote_base_url:
+            raise ValueError(
+                "engine.kind is 'remote' but engine.remote_base_url is empty: "
+                "set HANBOT_ENGINE__REMOTE_BASE_URL (e.g. http://127.0.0.1:8000/v1)"
+            )
+        return self
+
+    @property
+    def database_url(self) -> str:
+        return self.store.database_url or f"sqlite:///{(self.data_dir / 'hanbot.db').as_posix()}"
+
+    @property
+    def lora_dir(self) -> Path:
+        return Path(self.finetune.output_dir) if self.finetune.output_dir else self.data_dir / "lora"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = Path(os.environ.get("HANBOT_CONFIG", "hanbot.toml"))
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        if toml_path.is_file():
+            sources.append(_SecretFreeToml(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+
+class _SecretFreeToml(TomlConfigSettingsSource):
+    """A TOML source that refuses secrets: they belong in the environment, not in a file in the repository."""
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        found = [name for name in SECRET_FIELDS if name in data or name.upper() in data]
+        if found:
+            raise ConfigError(
+                f"the TOML settings file holds secret(s) {', '.join(found)}: remove them from the file and set "
+                "them as environment variables instead (DISCORD_TOKEN, SLACK_BOT_TOKEN, SLACK_APP_TOKEN, "
+                "SLACK_SIGNING_SECRET, HANBOT_REMOTE_API_KEY)"
+            )
+        return data
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build and validate the settings, turning validation errors into one ConfigError that says what to do."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = ["invalid settings:"]
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"]) or "(settings)"
+        env = "HANBOT_" + "__".join(str(p).upper() for p in err["loc"]) if err["loc"] else ""
+        hint = f" (environment variable {env})" if env else ""
+        lines.append(f"  {path}{hint}: {err['msg']}")
+    return "\n".join(lines)

@@ -1,0 +1,214 @@
+"""The conversation store: each channel's turns, with who said them and whether the reply finished.
+
+Synchronous and thread-safe (one short transaction per call); async callers use ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot.domain import Author, ConversationKey, MessageStatus, Role
+from bot.store.models import AuditEvent, Conversation, Message, ProcessedEvent, utcnow
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    id: int
+    conversation_id: int
+    role: Role
+    author_id: str | None
+    author_name: str | None
+    content: str
+    token_count: int
+    status: MessageStatus
+    platform_message_id: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: Message) -> StoredMessage:
+        return cls(
+            id=row.id,
+            conversation_id=row.conversation_id,
+            role=Role(row.role),
+            author_id=row.author_id,
+            author_name=row.author_name,
+            content=row.content,
+            token_count=row.token_count,
+            status=MessageStatus(row.status),
+            platform_message_id=row.platform_message_id,
+            created_at=row.created_at,
+        )
+
+
+class ConversationStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    # conversations
+
+    def conversation_id(self, key: ConversationKey) -> int:
+        """The conversation's id, created on first use (safe when two processes create it at once)."""
+        with self._sessions.begin() as session:
+            found = session.scalar(_key_query(key))
+            if found is not None:
+                return found
+        try:
+            with self._sessions.begin() as session:
+                conv = Conversation(
+                    platform=key.platform, workspace=key.workspace, channel=key.channel, thread=key.thread
+                )
+                session.add(conv)
+                session.flush()
+                return conv.id
+        except IntegrityError:
+            with self._sessions.begin() as session:
+                return session.scalars(_key_query(key)).one()
+
+    def system_prompt(self, key: ConversationKey) -> str | None:
+        with self._sessions.begin() as session:
+            return session.scalar(select(Conversation.system_prompt).where(*_key_filter(key)))
+
+    def set_system_prompt(self, key: ConversationKey, prompt: str | None) -> None:
+        conv_id = self.conversation_id(key)
+        with self._sessions.begin() as session:
+            session.execute(update(Conversation).where(Conversation.id == conv_id).values(system_prompt=prompt))
+
+    # messages
+
+    def add_message(
+        self,
+        key: ConversationKey,
+        role: Role,
+        content: str,
+        *,
+        author: Author | None = None,
+        token_count: int = 0,
+        status: MessageStatus = MessageStatus.COMPLETE,
+        platform_message_id: str | None = None,
+    ) -> StoredMessage | None:
+        """Append a turn. Returns None when ``platform_message_id`` was already stored (a duplicate delivery)."""
+        conv_id = self.conversation_id(key)
+        row = Message(
+            conversation_id=conv_id,
+            role=role.value,
+            author_id=author.id if author else None,
+            author_name=author.display_name if author else None,
+            content=content,
+            token_count=token_count,
+            status=status.value,
+            platform=key.platform,
+            platform_message_id=platform_message_id,
+            created_at=utcnow(),
+        )
+        try:
+            with self._sessions.begin() as session:
+                session.add(row)
+                session.flush()
+                session.execute(
+                    update(Conversation).where(Conversation.id == conv_id).values(updated_at=row.created_at)
+                )
+                return StoredMessage.of(row)
+        except IntegrityError:
+            if platform_message_id is None:
+                raise
+            _log.info("duplicate delivery platform=%s message=%s ignored", key.platform, platform_message_id)
+            return None
+
+    def update_message(
+        self,
+        message_id: int,
+        *,
+        content: str | None = None,
+        status: MessageStatus | None = None,
+        token_count: int | None = None,
+        platform_message_id: str | None = None,
+    ) -> None:
+        values: dict[str, object] = {}
+        if content is not None:
+            values["content"] = content
+        if status is not None:
+            values["status"] = status.value
+        if token_count is not None:
+            values["token_count"] = token_count
+        if platform_message_id is not None:
+            values["platform_message_id"] = platform_message_id
+        if values:
+            with self._sessions.begin() as session:
+                session.execute(update(Message).where(Message.id == message_id).values(**values))
+
+    def history(self, key: ConversationKey, *, limit: int = 500) -> list[StoredMessage]:
+        """The conversation's usable turns, oldest first (failed turns are left out)."""
+        with self._sessions.begin() as session:
+            rows = session.scalars(
+                select(Message)
+                .join(Conversation)
+                .where(*_key_filter(key), Message.status != MessageStatus.FAILED.value)
+                .order_by(Message.id.desc())
+                .limit(limit)
+            ).all()
+            return [StoredMessage.of(r) for r in reversed(rows)]
+
+    def count_messages(self, key: ConversationKey) -> int:
+        with self._sessions.begin() as session:
+            return session.scalar(
+                select(func.count(Message.id)).join(Conversation).where(*_key_filter(key))
+            ) or 0
+
+    def find_message(self, platform: str, platform_message_id: str) -> StoredMessage | None:
+        with self._sessions.begin() as session:
+            row = session.scalar(
+                select(Message).where(
+                    Message.platform == platform, Message.platform_message_id == platform_message_id
+                )
+            )
+            return StoredMessage.of(row) if row else None
+
+    def reset(self, key: ConversationKey, *, actor: str) -> int:
+        """Forget the conversation's turns (the conversation row and its settings stay). Returns how many."""
+        with self._sessions.begin() as session:
+            conv_id = session.scalar(_key_query(key))
+            if conv_id is None:
+                return 0
+            removed = session.execute(delete(Message).where(Message.conversation_id == conv_id)).rowcount or 0
+            session.add(
+                AuditEvent(action="reset", actor=actor, detail={"conversation": str(key), "removed": removed})
+            )
+        _log.info("reset conversation=%s removed=%d by=%s", key, removed, actor)
+        return removed
+
+    # deliveries
+
+    def record_event(self, platform: str, event_id: str) -> bool:
+        """Record a platform delivery id. True the first time, False for a repeat (across processes too)."""
+        try:
+            with self._sessions.begin() as session:
+                session.add(ProcessedEvent(platform=platform, event_id=event_id, received_at=utcnow()))
+            return True
+        except IntegrityError:
+            return False
+
+    def session(self) -> Session:
+        """A session for modules that own their own tables (learning loop, scheduler lock)."""
+        return self._sessions()
+
+
+def _key_filter(key: ConversationKey) -> tuple[object, ...]:
+    return (
+        Conversation.platform == key.platform,
+        Conversation.workspace == key.workspace,
+        Conversation.channel == key.channel,
+        Conversation.thread == key.thread,
+    )
+
+
+def _key_query(key: ConversationKey):  # type: ignore[no-untyped-def]
+    return select(Conversation.id).where(*_key_filter(key))

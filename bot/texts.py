@@ -1,0 +1,90 @@
+"""Every sentence a user sees, in Korean and English, in one place.
+
+``say(key, lang, **fields)`` picks the language; ``language_of(text)`` guesses it from the user's own words.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Lang = Literal["ko", "en"]
+
+TEXTS: dict[str, dict[Lang, str]] = {
+    # chat
+    "chat.empty": {
+        "ko": "메시지가 비어 있어요. 질문을 함께 적어 주세요.",
+        "en": "Your message is empty. Please write your question after the mention.",
+    },
+    "chat.too_long": {
+        "ko": "메시지가 너무 길어요 (약 {tokens}토큰, 최대 {limit}토큰). 나누어서 보내 주세요.",
+        "en": "Your message is too long (about {tokens} tokens; the limit is {limit}). Please split it up.",
+    },
+    "chat.history_trimmed": {
+        "ko": "(대화가 길어져 최근 {kept}개의 메시지만 참고했어요.)",
+        "en": "(The conversation is long: only the last {kept} messages were used.)",
+    },
+    "chat.queued": {"ko": "대기 중 ({position}번째)", "en": "queued, #{position}"},
+    "chat.thinking": {"ko": "생각 중…", "en": "thinking…"},
+    "chat.incomplete": {"ko": "(답변이 중간에 끊겼어요)", "en": "(reply incomplete)"},
+    # errors
+    "error.generic": {
+        "ko": "죄송해요, 문제가 생겼어요. 잠시 후 다시 시도해 주세요.",
+        "en": "Sorry, something went wrong. Please try again in a moment.",
+    },
+    "error.engine": {
+        "ko": "죄송해요, 답변을 만드는 중 문제가 생겼어요. 잠시 후 다시 물어봐 주세요.",
+        "en": "Sorry, I could not finish the answer. Please ask again in a moment.",
+    },
+    "error.queue_full": {
+        "ko": "지금 요청이 너무 많아요. 1분쯤 뒤에 다시 물어봐 주세요.",
+        "en": "I am handling too many requests right now. Please ask again in a minute.",
+    },
+    "error.maintenance": {
+        "ko": "지금 점검(모델 학습) 중이에요. 잠시 후 다시 물어봐 주세요.",
+        "en": "I am down for maintenance (model training). Please ask again soon.",
+    },
+    "error.timeout": {
+        "ko": "답변 시간이 너무 오래 걸려 멈췄어요. 질문을 짧게 해서 다시 시도해 주세요.",
+        "en": "The answer took too long and was stopped. Please try a shorter question.",
+    },
+    "error.cancelled": {
+        "ko": "답변이 취소되었어요.",
+        "en": "The answer was cancelled.",
+    },
+    "error.not_admin": {
+        "ko": "이 명령은 관리자만 쓸 수 있어요. 서버 관리자에게 문의해 주세요.",
+        "en": "Only admins can use this command. Please ask a server admin.",
+    },
+    "error.unknown_command": {
+        "ko": "알 수 없는 명령이에요. /help 로 명령 목록을 볼 수 있어요.",
+        "en": "Unknown command. Type /help to see the commands.",
+    },
+    # commands
+    "cmd.reset.done": {
+        "ko": "이 채널의 대화 기록을 지웠어요 ({count}개 메시지).",
+        "en": "This channel's conversation was cleared ({count} messages).",
+    },
+    "cmd.finetune.unavailable": {
+        "ko": "학습 기능이 아직 설정되지 않았어요.",
+        "en": "Fine-tuning is not set up on this bot.",
+    },
+}
+
+
+def language_of(text: str) -> Lang:
+    """Korean if the text holds any Hangul, else English."""
+    for ch in text:
+        code = ord(ch)
+        if 0xAC00 <= code <= 0xD7A3 or 0x1100 <= code <= 0x11FF or 0x3130 <= code <= 0x318F:
+            return "ko"
+    return "en"
+
+
+def say(key: str, lang: Lang = "en", **fields: object) -> str:
+    entry = TEXTS.get(key) or TEXTS["error.generic"]
+    return entry[lang].format(**fields)
+
+
+def say_both(key: str, **fields: object) -> str:
+    """Korean, then English: for places where the reader's language is unknown (slash-command errors)."""
+    return f"{say(key, 'ko', **fields)}\n{say(key, 'en', **fields)}"
