@@ -55,6 +55,8 @@ class GenerationSettings(BaseModel):
 
 class EngineSettings(BaseModel):
     kind: Literal["local", "remote"] = "local"
+    # "auto": static KV slots + CUDA graphs on a GPU, the generic batched decoder elsewhere
+    decoder: Literal["auto", "hf", "static"] = "auto"
     max_batch_size: int = Field(8, ge=1, le=256)
     queue_limit: int = Field(64, ge=1)
     # remote (OpenAI-compatible chat completions); the API key comes from HANBOT_REMOTE_API_KEY or OPENAI_API_KEY
