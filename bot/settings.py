@@ -30,7 +30,13 @@ DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful AI assistant. Please answer the user's questions kindly. "
     "당신은 유능한 AI 어시스턴트 입니다. 사용자의 질문에 대해 친절하게 답변해주세요."
 )
-SECRET_FIELDS = ("discord_token", "slack_bot_token", "slack_app_token", "slack_signing_secret", "remote_api_key")
+SECRET_FIELDS = (
+    "discord_token",
+    "slack_bot_token",
+    "slack_app_token",
+    "slack_signing_secret",
+    "remote_api_key",
+)
 
 
 class ModelSettings(BaseModel):
@@ -40,7 +46,9 @@ class ModelSettings(BaseModel):
     device_map: str | None = Field("auto", description='"auto", "cpu", "cuda:0", ... or empty for no map')
     max_memory: dict[str, str] | None = Field(None, description='per-device caps, e.g. {"0": "130GiB"}')
     quantization: Literal["none", "8bit", "4bit", "fp8"] = "none"
-    context_length: int | None = Field(None, ge=64, description="default: the model's max_position_embeddings")
+    context_length: int | None = Field(
+        None, ge=64, description="default: the model's max_position_embeddings"
+    )
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     is_demo: bool = Field(False, description="set by `hanbot chat --demo`: announced at start")
 
@@ -61,8 +69,12 @@ class EngineSettings(BaseModel):
     queue_limit: int = Field(64, ge=1)
     # remote (OpenAI-compatible chat completions); the API key comes from HANBOT_REMOTE_API_KEY or OPENAI_API_KEY
     remote_base_url: str | None = Field(None, description="e.g. http://vllm:8000/v1")
-    remote_model: str | None = Field(None, description="model name the server knows; default: model.name_or_path")
-    remote_tokenizer: str | None = Field(None, description="tokenizer to count prompt tokens; default: model's")
+    remote_model: str | None = Field(
+        None, description="model name the server knows; default: model.name_or_path"
+    )
+    remote_tokenizer: str | None = Field(
+        None, description="tokenizer to count prompt tokens; default: model's"
+    )
     remote_timeout_s: float = Field(60.0, gt=0)
     remote_max_retries: int = Field(3, ge=0, le=10)
 
@@ -81,7 +93,9 @@ class DiscordSettings(BaseModel):
     admin_user_ids: list[str] = Field(default_factory=list)
     admin_role_ids: list[str] = Field(default_factory=list)
     edit_interval_s: float = Field(1.0, ge=0.2)
-    sync_guild_ids: list[str] = Field(default_factory=list, description="sync slash commands to these guilds now")
+    sync_guild_ids: list[str] = Field(
+        default_factory=list, description="sync slash commands to these guilds now"
+    )
 
 
 class SlackSettings(BaseModel):
@@ -91,6 +105,8 @@ class SlackSettings(BaseModel):
     http_path: str = "/slack/events"
     admin_user_ids: list[str] = Field(default_factory=list)
     update_interval_s: float = Field(1.0, ge=0.2)
+    update_budget_per_min: int = Field(50, ge=1, description="chat.update calls per minute per workspace, shared")
+    native_streaming: bool = Field(True, description="chat.startStream in threads where Slack allows it")
     api_base_url: str | None = Field(None, description="Web API base URL (tests point it at a local fake)")
 
 
@@ -106,7 +122,9 @@ class FinetuneSettings(BaseModel):
     output_dir: str | None = Field(None, description="default: <data_dir>/lora")
     min_examples: int = Field(20, ge=1)
     eval_fraction: float = Field(0.2, gt=0.0, lt=0.9)
-    promote_margin: float = Field(0.02, ge=0.0, description="held-out loss must beat the current by this much")
+    promote_margin: float = Field(
+        0.02, ge=0.0, description="held-out loss must beat the current by this much"
+    )
     epochs: float = Field(3.0, gt=0)
     learning_rate: float = Field(2e-4, gt=0)
     lora_r: int = Field(16, ge=1)
@@ -114,8 +132,12 @@ class FinetuneSettings(BaseModel):
     max_seq_len: int = Field(2048, ge=64)
     gpu_sharing: Literal["pause", "separate"] = "pause"
     train_device: str | None = Field(None, description='with gpu_sharing="separate", e.g. "cuda:1"')
-    excluded_channels: list[str] = Field(default_factory=list, description="conversation keys never trained on")
-    opted_out_users: list[str] = Field(default_factory=list, description='"platform:user_id" never trained on')
+    excluded_channels: list[str] = Field(
+        default_factory=list, description="conversation keys never trained on"
+    )
+    opted_out_users: list[str] = Field(
+        default_factory=list, description='"platform:user_id" never trained on'
+    )
     extra_datasets: list[str] = Field(default_factory=list, description="JSONL files of conversations")
 
 
