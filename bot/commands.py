@@ -71,7 +71,10 @@ class CommandRegistry:
             return CommandReply(say("error.unknown_command", ctx.lang))
         if spec.admin_only and not self._policy.is_admin(ctx.platform, ctx.invoker):
             _log.info(
-                "refused /%s for non-admin user=%s conversation=%s", spec.name, ctx.invoker.id, ctx.conversation
+                "refused /%s for non-admin user=%s conversation=%s",
+                spec.name,
+                ctx.invoker.id,
+                ctx.conversation,
             )
             return CommandReply(say("error.not_admin", ctx.lang))
         try:

@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import ColumnElement, CursorResult, Engine, Select, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -80,7 +80,9 @@ class ConversationStore:
     def set_system_prompt(self, key: ConversationKey, prompt: str | None) -> None:
         conv_id = self.conversation_id(key)
         with self._sessions.begin() as session:
-            session.execute(update(Conversation).where(Conversation.id == conv_id).values(system_prompt=prompt))
+            session.execute(
+                update(Conversation).where(Conversation.id == conv_id).values(system_prompt=prompt)
+            )
 
     # messages
 
@@ -159,9 +161,10 @@ class ConversationStore:
 
     def count_messages(self, key: ConversationKey) -> int:
         with self._sessions.begin() as session:
-            return session.scalar(
-                select(func.count(Message.id)).join(Conversation).where(*_key_filter(key))
-            ) or 0
+            return (
+                session.scalar(select(func.count(Message.id)).join(Conversation).where(*_key_filter(key)))
+                or 0
+            )
 
     def find_message(self, platform: str, platform_message_id: str) -> StoredMessage | None:
         with self._sessions.begin() as session:
@@ -178,7 +181,8 @@ class ConversationStore:
             conv_id = session.scalar(_key_query(key))
             if conv_id is None:
                 return 0
-            removed = session.execute(delete(Message).where(Message.conversation_id == conv_id)).rowcount or 0
+            result = session.execute(delete(Message).where(Message.conversation_id == conv_id))
+            removed = result.rowcount if isinstance(result, CursorResult) else 0
             session.add(
                 AuditEvent(action="reset", actor=actor, detail={"conversation": str(key), "removed": removed})
             )
@@ -201,7 +205,7 @@ class ConversationStore:
         return self._sessions()
 
 
-def _key_filter(key: ConversationKey) -> tuple[object, ...]:
+def _key_filter(key: ConversationKey) -> tuple[ColumnElement[bool], ...]:
     return (
         Conversation.platform == key.platform,
         Conversation.workspace == key.workspace,
@@ -210,5 +214,5 @@ def _key_filter(key: ConversationKey) -> tuple[object, ...]:
     )
 
 
-def _key_query(key: ConversationKey):  # type: ignore[no-untyped-def]
+def _key_query(key: ConversationKey) -> Select[int]:
     return select(Conversation.id).where(*_key_filter(key))

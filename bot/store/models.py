@@ -53,7 +53,9 @@ class Conversation(Base):
     """One conversation: a channel, a thread, a DM or a console session."""
 
     __tablename__ = "conversations"
-    __table_args__ = (UniqueConstraint("platform", "workspace", "channel", "thread", name="uq_conversation_key"),)
+    __table_args__ = (
+        UniqueConstraint("platform", "workspace", "channel", "thread", name="uq_conversation_key"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     platform: Mapped[str] = mapped_column(String(32))
@@ -151,7 +153,9 @@ class LoraVersion(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     path: Mapped[str] = mapped_column(Text)
-    run_id: Mapped[int | None] = mapped_column(ForeignKey("finetune_runs.id", ondelete="SET NULL"), default=None)
+    run_id: Mapped[int | None] = mapped_column(
+        ForeignKey("finetune_runs.id", ondelete="SET NULL"), default=None
+    )
     eval_loss: Mapped[float | None] = mapped_column(Float, default=None)
     is_active: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

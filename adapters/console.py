@@ -1,0 +1,138 @@
+"""The console chat: the prototype's terminal loop on the same core as Discord and Slack.
+
+``사용자: `` prompts for a line; the reply streams after ``봇: ``; ``종료``, ``exit``, ``quit`` or end of input quits.
+Lines starting with ``/`` are commands (``/reset``, ``/help``, ``/finetune status``...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from typing import TextIO
+
+from bot.commands import CommandContext, CommandRegistry
+from bot.domain import Author, ConversationKey, IncomingMessage, QueuePosition, StreamEvent
+from bot.ports import MessageHandler
+from bot.texts import language_of, say
+
+_log = logging.getLogger(__name__)
+
+PROMPT = "사용자: "
+BOT_PREFIX = "봇: "
+QUIT_WORDS = frozenset({"종료", "exit", "quit"})
+
+
+class ConsoleReplySink:
+    """Prints the reply as it streams; shows the queue position while waiting."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+
+    async def send(self, text: str) -> None:
+        self._write(f"{BOT_PREFIX}{text}\n")
+
+    async def stream(self, events: AsyncIterator[StreamEvent]) -> str:
+        parts: list[str] = []
+        self._write(BOT_PREFIX)
+        try:
+            async for event in events:
+                if isinstance(event, QueuePosition):
+                    if not parts:
+                        self._write(f"({say('chat.queued', 'ko', position=event.position)}) ")
+                    continue
+                parts.append(event)
+                self._write(event)
+        except BaseException:
+            self._write(f" {say('chat.incomplete', language_of(''.join(parts)))}\n")
+            raise
+        self._write("\n")
+        return "".join(parts)
+
+    def _write(self, text: str) -> None:
+        self._out.write(text)
+        self._out.flush()
+
+
+class ConsoleAdapter:
+    name = "console"
+
+    def __init__(
+        self,
+        *,
+        session: str = "console",
+        user: str = "local",
+        stdin: TextIO | None = None,
+        stdout: TextIO | None = None,
+    ) -> None:
+        self._session = session
+        self._author = Author(id=user, display_name=user)
+        self._in = stdin or sys.stdin
+        self._out = stdout or sys.stdout
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def conversation(self) -> ConversationKey:
+        return ConversationKey(platform="console", workspace="", channel=self._session)
+
+    async def start(self, on_message: MessageHandler, commands: CommandRegistry) -> None:
+        self._task = asyncio.create_task(self._loop(on_message, commands), name="console-loop")
+
+    async def wait_closed(self) -> None:
+        if self._task is not None:
+            await self._task
+
+    async def stop(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _loop(self, on_message: MessageHandler, commands: CommandRegistry) -> None:
+        sink = ConsoleReplySink(self._out)
+        while True:
+            line = await self._read_line()
+            if line is None:
+                break
+            text = line.strip()
+            if text in QUIT_WORDS:
+                break
+            if text.startswith("/"):
+                await self._run_command(text, commands, sink)
+                continue
+            message = IncomingMessage(
+                platform="console",
+                conversation=self.conversation,
+                message_id=f"{self._session}:{uuid.uuid4().hex}",
+                author=self._author,
+                text=text,
+                is_direct=True,
+            )
+            try:
+                await on_message(message, sink)
+            except Exception:  # the boundary: log, tell, keep the loop alive
+                _log.exception("console message failed message=%s", message.message_id)
+                await sink.send(say("error.generic", language_of(text)))
+        self._out.write("\n")
+        self._out.flush()
+
+    async def _read_line(self) -> str | None:
+        self._out.write(PROMPT)
+        self._out.flush()
+        line = await asyncio.to_thread(self._in.readline)
+        return line if line else None  # "" is end of input
+
+    async def _run_command(self, text: str, commands: CommandRegistry, sink: ConsoleReplySink) -> None:
+        name, *words = text[1:].split()
+        spec = commands.get(name)
+        args = dict(zip((o.name for o in spec.options), words, strict=False)) if spec else {}
+        ctx = CommandContext(
+            platform="console",
+            conversation=self.conversation,
+            invoker=self._author,
+            args=args,
+            lang=language_of(text),
+        )
+        reply = await commands.run(name, ctx)
+        await sink.send(reply.text)

@@ -1,0 +1,125 @@
+"""The composition root: builds the store, the engine, the chat service, the commands and the adapters.
+
+The only module in bot/ that imports adapters/ and inference/ (lazily, so `hanbot --help` stays fast and a Slack-only
+deployment never imports discord.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from bot.builtin_commands import finetune_unavailable_command, help_command, reset_command
+from bot.chat import ChatService
+from bot.commands import CommandRegistry, CommandSpec
+from bot.permissions import AdminPolicy
+from bot.ports import Adapter, Engine
+from bot.settings import Settings
+from bot.store.conversations import ConversationStore
+from bot.store.db import create_db_engine, migrate
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class Core:
+    """Everything the adapters share."""
+
+    settings: Settings
+    store: ConversationStore
+    engine: Engine
+    chat: ChatService
+    commands: CommandRegistry
+    background: list[object] = field(default_factory=list)  # scheduler and services to stop at shutdown
+
+
+def build_store(settings: Settings) -> ConversationStore:
+    db = create_db_engine(settings.database_url, echo=settings.store.echo_sql)
+    migrate(db)
+    return ConversationStore(db)
+
+
+def build_engine(settings: Settings) -> Engine:
+    """The local transformers engine, or a remote OpenAI-compatible server, as the settings say."""
+    if settings.engine.kind == "remote":
+        from inference.remote_engine import RemoteEngine
+
+        return RemoteEngine.from_settings(settings)
+    from inference.local_engine import LocalEngine
+
+    return LocalEngine.from_settings(settings)
+
+
+def build_commands(
+    settings: Settings,
+    store: ConversationStore,
+    engine: Engine,
+    *,
+    chat: ChatService | None = None,
+    extra: Sequence[CommandSpec] = (),
+) -> CommandRegistry:
+    chat = chat or ChatService(settings=settings, store=store, engine=engine)
+    registry = CommandRegistry(AdminPolicy(settings))
+    registry.add(help_command(registry))
+    registry.add(reset_command(chat))
+    registry.add(finetune_unavailable_command())
+    for spec in extra:
+        registry.add(spec)  # the learning loop's /finetune replaces the placeholder
+    return registry
+
+
+def build_core(
+    settings: Settings, *, engine: Engine | None = None, store: ConversationStore | None = None
+) -> Core:
+    store = store or build_store(settings)
+    engine = engine or build_engine(settings)
+    chat = ChatService(settings=settings, store=store, engine=engine)
+    commands = build_commands(settings, store, engine, chat=chat)
+    return Core(settings=settings, store=store, engine=engine, chat=chat, commands=commands)
+
+
+def build_adapters(core: Core, platforms: Sequence[str]) -> list[Adapter]:
+    adapters: list[Adapter] = []
+    for platform in platforms:
+        if platform == "discord":
+            from adapters.discord.adapter import DiscordAdapter
+
+            adapters.append(DiscordAdapter(core.settings, core.store))
+        elif platform == "slack":
+            from adapters.slack.adapter import SlackAdapter
+
+            adapters.append(SlackAdapter(core.settings, core.store))
+        else:
+            raise ValueError(f"unknown platform {platform!r}")
+    return adapters
+
+
+async def serve(core: Core, adapters: Sequence[Adapter]) -> None:
+    """Run the adapters until SIGINT/SIGTERM, then stop them and the engine cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or not supported here
+            pass
+    for adapter in adapters:
+        await adapter.start(core.chat.handle, core.commands)
+        _log.info("adapter %s started", adapter.name)
+    try:
+        await stop.wait()
+    finally:
+        await shutdown(core, adapters)
+
+
+async def shutdown(core: Core, adapters: Sequence[Adapter]) -> None:
+    for adapter in adapters:
+        try:
+            await adapter.stop()
+        except Exception:
+            _log.exception("adapter %s did not stop cleanly", adapter.name)
+    await core.engine.aclose()
+    core.store.engine.dispose()

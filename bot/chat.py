@@ -1,0 +1,231 @@
+"""The chat service: one platform-neutral road from an incoming message to a stored, streamed reply.
+
+check → store the user turn (before any model work: nothing is lost) → build the prompt → stream the reply →
+store the reply (complete, or incomplete with what was said). Failures end in one polite sentence and a log line
+with ids; the message bodies never reach the logs at INFO.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from bot.domain import (
+    ChatTurn,
+    ConversationKey,
+    GenerationParams,
+    GenerationRequest,
+    IncomingMessage,
+    MessageStatus,
+    Role,
+    StreamEvent,
+)
+from bot.errors import BotError
+from bot.ports import Engine, ReplySink
+from bot.prompt import BuiltPrompt, PromptTooLong, build_prompt, speaker_turn, turn_cost
+from bot.settings import Settings
+from bot.store.conversations import ConversationStore, StoredMessage
+from bot.texts import Lang, language_of, say
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Reply:
+    """What the model has said so far for one request."""
+
+    parts: list[str]
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+class ChatService:
+    def __init__(self, *, settings: Settings, store: ConversationStore, engine: Engine) -> None:
+        self._settings = settings
+        self._store = store
+        self._engine = engine
+        self._active: dict[ConversationKey, set[asyncio.Task[None]]] = {}
+        self._trim_noticed: set[ConversationKey] = set()
+
+    @property
+    def store(self) -> ConversationStore:
+        return self._store
+
+    async def handle(self, msg: IncomingMessage, sink: ReplySink) -> None:
+        """Answer one message. Never raises for expected failures: the user gets a sentence instead."""
+        if msg.author.is_bot:
+            return
+        lang = language_of(msg.text)
+        text = msg.text.strip()
+        if not text:
+            await sink.send(say("chat.empty", lang))
+            return
+        user_turn = await self._store_user_turn(msg, text)
+        if user_turn is None:
+            return  # a second delivery of a message already taken
+        task = asyncio.current_task()
+        if task is not None:
+            self._active.setdefault(msg.conversation, set()).add(task)  # type: ignore[arg-type]
+        try:
+            await self._answer(msg, user_turn, sink, lang)
+        finally:
+            if task is not None:
+                self._active.get(msg.conversation, set()).discard(task)  # type: ignore[arg-type]
+
+    async def forget(self, key: ConversationKey, *, actor: str) -> int:
+        """Stop any reply in progress in this conversation and delete its turns (the /reset command)."""
+        await self.cancel(key)
+        self._trim_noticed.discard(key)
+        return await asyncio.to_thread(self._store.reset, key, actor=actor)
+
+    async def cancel(self, key: ConversationKey) -> None:
+        tasks = [t for t in self._active.get(key, set()) if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # the steps
+
+    async def _store_user_turn(self, msg: IncomingMessage, text: str) -> StoredMessage | None:
+        tokens = turn_cost(ChatTurn(Role.USER, text), self._engine.tokenizer)
+        stored = await asyncio.to_thread(
+            self._store.add_message,
+            msg.conversation,
+            Role.USER,
+            text,
+            author=msg.author,
+            token_count=tokens,
+            platform_message_id=msg.message_id,
+        )
+        if stored is not None:
+            _log.info(
+                "message stored conversation=%s message=%s author=%s chars=%d",
+                msg.conversation,
+                msg.message_id,
+                msg.author.id,
+                len(text),
+            )
+        return stored
+
+    async def _answer(
+        self, msg: IncomingMessage, user_turn: StoredMessage, sink: ReplySink, lang: Lang
+    ) -> None:
+        try:
+            prompt = await asyncio.to_thread(self._build_prompt, msg, user_turn)
+        except PromptTooLong as exc:
+            await asyncio.to_thread(self._store.update_message, user_turn.id, status=MessageStatus.FAILED)
+            _log.info(
+                "message too long conversation=%s message=%s tokens=%d",
+                msg.conversation,
+                msg.message_id,
+                exc.tokens,
+            )
+            await sink.send(say("chat.too_long", lang, tokens=exc.tokens, limit=exc.limit))
+            return
+        await self._notice_trimmed_history(msg.conversation, prompt, sink, lang)
+        request = GenerationRequest(
+            request_id=f"{msg.platform}:{msg.message_id}",
+            channel=str(msg.conversation),
+            turns=prompt.turns,
+            params=self._generation_params(),
+            timeout_s=self._settings.generation.timeout_s,
+        )
+        reply = _Reply([])
+        try:
+            text = await sink.stream(self._collect(request, reply))
+        except asyncio.CancelledError:
+            _log.info("reply cancelled conversation=%s message=%s", msg.conversation, msg.message_id)
+            raise
+        except Exception as exc:
+            await self._reply_failed(msg, reply, exc, sink, lang)
+            return
+        await self._store_reply(msg, text, MessageStatus.COMPLETE)
+
+    def _build_prompt(self, msg: IncomingMessage, user_turn: StoredMessage) -> BuiltPrompt:
+        history = [m for m in self._store.history(msg.conversation) if m.id != user_turn.id]
+        show_names = not msg.is_direct
+        system_prompt = self._store.system_prompt(msg.conversation) or self._settings.model.system_prompt
+        return build_prompt(
+            system_prompt=system_prompt,
+            history=history,
+            current=speaker_turn(user_turn, show_names=show_names),
+            tokenizer=self._engine.tokenizer,
+            max_new_tokens=self._settings.generation.max_new_tokens,
+            show_names=show_names,
+        )
+
+    async def _notice_trimmed_history(
+        self, key: ConversationKey, prompt: BuiltPrompt, sink: ReplySink, lang: Lang
+    ) -> None:
+        """Tell the conversation once that older turns no longer reach the model."""
+        if prompt.history_dropped and key not in self._trim_noticed:
+            self._trim_noticed.add(key)
+            await sink.send(say("chat.history_trimmed", lang, kept=prompt.history_used))
+
+    def _generation_params(self) -> GenerationParams:
+        g = self._settings.generation
+        return GenerationParams(
+            max_new_tokens=g.max_new_tokens,
+            temperature=g.temperature,
+            top_p=g.top_p,
+            repetition_penalty=g.repetition_penalty,
+            do_sample=g.temperature > 0,
+        )
+
+    async def _collect(self, request: GenerationRequest, reply: _Reply) -> AsyncIterator[StreamEvent]:
+        """Pass the engine's events on, keeping the text so a partial reply can be stored."""
+        stream = self._engine.generate(request)
+        try:
+            async for event in stream:
+                if isinstance(event, str):
+                    reply.parts.append(event)
+                yield event
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    async def _reply_failed(
+        self, msg: IncomingMessage, reply: _Reply, exc: Exception, sink: ReplySink, lang: Lang
+    ) -> None:
+        if isinstance(exc, BotError):
+            _log.warning(
+                "reply failed conversation=%s message=%s error=%s chars_sent=%d",
+                msg.conversation,
+                msg.message_id,
+                type(exc).__name__,
+                len(reply.text),
+            )
+            key = exc.user_text_key
+        else:
+            _log.exception(
+                "reply crashed conversation=%s message=%s chars_sent=%d",
+                msg.conversation,
+                msg.message_id,
+                len(reply.text),
+            )
+            key = "error.generic"
+        if reply.text:
+            await self._store_reply(msg, reply.text, MessageStatus.INCOMPLETE)
+        try:
+            await sink.send(say(key, lang))
+        except Exception:
+            _log.exception(
+                "could not tell the user conversation=%s message=%s", msg.conversation, msg.message_id
+            )
+
+    async def _store_reply(self, msg: IncomingMessage, text: str, status: MessageStatus) -> None:
+        tokens = turn_cost(ChatTurn(Role.ASSISTANT, text), self._engine.tokenizer)
+        await asyncio.to_thread(
+            self._store.add_message, msg.conversation, Role.ASSISTANT, text, token_count=tokens, status=status
+        )
+        _log.info(
+            "reply stored conversation=%s message=%s status=%s chars=%d",
+            msg.conversation,
+            msg.message_id,
+            status.value,
+            len(text),
+        )

@@ -1,0 +1,186 @@
+"""Command line: `python -m bot <command>` (or `hanbot <command>`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bot.errors import ConfigError, ModelLoadError
+from bot.settings import Settings, load_settings
+
+_log = logging.getLogger(__name__)
+
+DEMO_ANNOUNCEMENT = (
+    "[데모 모델] 이 저장소에서 학습한 아주 작은 모델입니다 (Bllossom 70B가 아님). FAQ 밖의 질문에는 엉뚱하게 답해요.\n"
+    "[demo model] a tiny model trained here on the bundled FAQ, NOT Bllossom 70B: "
+    "questions outside the FAQ get nonsense.\n"
+    "종료: `종료` / `exit` / Ctrl-D · commands: /help /reset"
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _setup_logging(args.log_level or ("WARNING" if args.command == "chat" else None))
+    try:
+        return int(args.run(args) or 0)
+    except (ConfigError, ModelLoadError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hanbot",
+        description="A Korean-English team chatbot (Discord, Slack, console) on a self-hosted LLM.",
+    )
+    parser.add_argument(
+        "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default: settings"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    chat = sub.add_parser("chat", help="chat in this terminal (the prototype's loop on the real core)")
+    chat.add_argument("--demo", action="store_true", help="use the tiny demo model (built here on first use)")
+    chat.add_argument("--session", default="console", help="conversation name; history is kept per name")
+    chat.set_defaults(run=_run_chat)
+
+    serve = sub.add_parser("serve", help="run the Discord and/or Slack bots (those whose tokens are set)")
+    serve.add_argument("--platform", action="append", choices=["discord", "slack"], help="repeatable")
+    serve.set_defaults(run=_run_serve)
+    for platform in ("discord", "slack"):
+        only = sub.add_parser(platform, help=f"run only the {platform.capitalize()} bot")
+        only.set_defaults(run=_run_serve, platform=[platform])
+
+    demo = sub.add_parser("build-demo-model", help="build (or rebuild) the tiny demo model")
+    demo.add_argument("--out", type=Path, help="default: <data_dir>/demo-model")
+    demo.set_defaults(run=_run_build_demo)
+
+    migrate = sub.add_parser(
+        "migrate", help="bring the database schema up to date (also done at every start)"
+    )
+    migrate.set_defaults(run=_run_migrate)
+
+    check = sub.add_parser("check-config", help="validate the settings and print them (secrets hidden)")
+    check.set_defaults(run=_run_check_config)
+    return parser
+
+
+def _setup_logging(level: str | None) -> None:
+    settings_level = "INFO"
+    try:
+        settings_level = Settings().log_level
+    except Exception:  # invalid settings are reported by the command itself
+        pass
+    logging.basicConfig(
+        level=level or settings_level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def demo_overrides(data_dir: Path) -> dict[str, Any]:
+    """Settings that put the bot on the demo model: CPU, float32, greedy (the FAQ answers come out exactly)."""
+    from inference.demo_model import ensure_demo_model
+
+    model_dir = ensure_demo_model(data_dir / "demo-model")
+    return {
+        "model": {
+            "name_or_path": str(model_dir),
+            "dtype": "float32",
+            "device_map": None,
+            "is_demo": True,
+            "quantization": "none",
+        },
+        "generation": {"temperature": 0.0, "repetition_penalty": 1.0},
+        "engine": {"kind": "local", "decoder": "hf"},
+    }
+
+
+def _run_chat(args: argparse.Namespace) -> int:
+    from adapters.console import ConsoleAdapter
+    from bot.app import build_core, shutdown
+
+    settings = load_settings()
+    if args.demo:
+        settings = load_settings(**demo_overrides(settings.data_dir))
+        print(DEMO_ANNOUNCEMENT, flush=True)
+    else:
+        print(f"[model] {settings.model.name_or_path}", flush=True)
+
+    async def chat() -> None:
+        core = build_core(settings)
+        console = ConsoleAdapter(session=args.session)
+        try:
+            await console.start(core.chat.handle, core.commands)
+            await console.wait_closed()
+        finally:
+            await shutdown(core, [console])
+
+    asyncio.run(chat())
+    return 0
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from bot.app import build_adapters, build_core, serve
+
+    settings = load_settings()
+    platforms = args.platform or _configured_platforms(settings)
+    if not platforms:
+        raise ConfigError(
+            "no platform to serve: set DISCORD_TOKEN for Discord, or SLACK_BOT_TOKEN with SLACK_APP_TOKEN "
+            "(Socket Mode) or SLACK_SIGNING_SECRET (HTTP mode) for Slack"
+        )
+
+    async def run() -> None:
+        core = build_core(settings)
+        await serve(core, build_adapters(core, platforms))
+
+    asyncio.run(run())
+    return 0
+
+
+def _configured_platforms(settings: Settings) -> list[str]:
+    platforms = []
+    if settings.discord_token:
+        platforms.append("discord")
+    if settings.slack_bot_token:
+        platforms.append("slack")
+    return platforms
+
+
+def _run_build_demo(args: argparse.Namespace) -> int:
+    from inference.demo_model import build_demo_model
+
+    settings = load_settings()
+    out = build_demo_model(args.out or settings.data_dir / "demo-model")
+    print(f"demo model saved to {out}")
+    return 0
+
+
+def _run_migrate(args: argparse.Namespace) -> int:
+    from bot.app import build_store
+
+    settings = load_settings()
+    build_store(settings)
+    print(f"database up to date: {settings.database_url.split('@')[-1]}")
+    return 0
+
+
+def _run_check_config(args: argparse.Namespace) -> int:
+    from sqlalchemy.engine import make_url
+
+    settings = load_settings()
+    shown = settings.model_dump(mode="json")  # SecretStr values come out as '**********'
+    if settings.store.database_url:
+        shown["store"]["database_url"] = make_url(settings.store.database_url).render_as_string(
+            hide_password=True
+        )
+    print(json.dumps(shown, indent=2, ensure_ascii=False))
+    return 0
