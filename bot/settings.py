@@ -87,6 +87,10 @@ class StoreSettings(BaseModel):
 class HistorySettings(BaseModel):
     max_age_days: int = Field(90, ge=1)
     max_messages_per_conversation: int = Field(500, ge=10)
+    # pruning never removes the newest turns of a conversation (what the next prompt is built from), whatever their
+    # age: at most keep_recent_messages of them, as long as their stored token counts add up to keep_recent_tokens
+    keep_recent_messages: int = Field(10, ge=0, description="newest turns never pruned by age")
+    keep_recent_tokens: int = Field(4096, ge=0, description="token cap of those protected newest turns")
 
 
 class DiscordSettings(BaseModel):
@@ -116,6 +120,10 @@ class SchedulerSettings(BaseModel):
     prune_cron: str = "30 3 * * *"
     finetune_cron: str = "0 2 * * *"
     finetune_enabled: bool = False
+    prune_enabled: bool = True
+    prune_misfire_grace_s: int = Field(3600, ge=1, description="late prunes still run")
+    finetune_misfire_grace_s: int = Field(6 * 3600, ge=1, description="late fine-tunes still run")
+    lease_ttl_s: float = Field(120.0, ge=5.0, description="scheduler lock lease")
 
 
 class FinetuneSettings(BaseModel):
@@ -139,6 +147,16 @@ class FinetuneSettings(BaseModel):
         default_factory=list, description='"platform:user_id" never trained on'
     )
     extra_datasets: list[str] = Field(default_factory=list, description="JSONL files of conversations")
+    context_turns: int = Field(6, ge=0, description="earlier turns kept as context with each trained reply")
+    require_positive_feedback: bool = Field(False, description="only 👍 replies")
+    batch_size: int = Field(8, ge=1, description="sequences per optimiser step")
+    micro_batch_size: int = Field(1, ge=1, description="per forward pass")
+    max_steps: int | None = Field(None, ge=1, description="default: epochs")
+    quantization: Literal["auto", "4bit", "none"] = Field("auto", description="auto: 4-bit on CUDA")
+    continue_from_active: bool = Field(True, description="start from the active LoRA rather than from zero")
+    seed: int = 0
+    python: str | None = Field(None, description="trainer interpreter")
+    timeout_s: float = Field(12 * 3600.0, gt=0, description="a run still training after this long is stopped")
 
 
 class Settings(BaseSettings):
