@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.errors import ConfigError
+from bot.settings import DEFAULT_MODEL, DEFAULT_SYSTEM_PROMPT, load_settings
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)  # no stray .env / hanbot.toml
+    for name in ("DISCORD_TOKEN", "SLACK_BOT_TOKEN", "OPENAI_API_KEY", "HANBOT_REMOTE_API_KEY", "HANBOT_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_defaults_are_the_prototypes() -> None:
+    s = load_settings()
+    assert s.model.name_or_path == DEFAULT_MODEL
+    assert s.model.system_prompt == DEFAULT_SYSTEM_PROMPT
+    g = s.generation
+    assert (g.temperature, g.top_p, g.repetition_penalty, g.max_new_tokens) == (0.6, 0.9, 1.1, 256)
+    assert s.database_url.startswith("sqlite:///")
+
+
+def test_environment_and_nested_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HANBOT_GENERATION__MAX_NEW_TOKENS", "512")
+    monkeypatch.setenv("HANBOT_DISCORD__ADMIN_USER_IDS", '["42"]')
+    monkeypatch.setenv("DISCORD_TOKEN", "secret-token-value")
+    s = load_settings()
+    assert s.generation.max_new_tokens == 512
+    assert s.discord.admin_user_ids == ["42"]
+    assert s.discord_token is not None and s.discord_token.get_secret_value() == "secret-token-value"
+    assert "secret-token-value" not in repr(s) and "secret-token-value" not in s.model_dump_json()
+
+
+def test_invalid_value_names_the_setting_and_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HANBOT_GENERATION__TOP_P", "7")
+    with pytest.raises(ConfigError) as exc:
+        load_settings()
+    assert "generation.top_p" in str(exc.value)
+    assert "HANBOT_GENERATION__TOP_P" in str(exc.value)
+
+
+def test_remote_engine_needs_a_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HANBOT_ENGINE__KIND", "remote")
+    with pytest.raises(ConfigError, match="HANBOT_ENGINE__REMOTE_BASE_URL"):
+        load_settings()
+
+
+def test_toml_file_is_read_but_secrets_in_it_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "hanbot.toml").write_text('[generation]\nmax_new_tokens = 99\n', encoding="utf-8")
+    assert load_settings().generation.max_new_tokens == 99
+    (tmp_path / "hanbot.toml").write_text('discord_token = "abc"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="environment"):
+        load_settings()

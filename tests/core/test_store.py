@@ -1,0 +1,100 @@
+"""The conversation store on SQLite and PostgreSQL: migrations, concurrency, dedupe, reset."""
+
+from __future__ import annotations
+
+import threading
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from bot.domain import Author, ConversationKey, MessageStatus, Role
+from bot.store.conversations import ConversationStore
+from bot.store.db import create_db_engine, migrate
+from bot.store.models import Base
+
+KEY = ConversationKey("discord", "guild-1", "chan-1")
+
+
+def test_migrations_bring_a_blank_database_to_the_models(db_url: str) -> None:
+    engine = create_db_engine(db_url)
+    migrate(engine)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+    engine.dispose()
+    assert diff == []
+
+
+def test_migrate_twice_is_a_no_op(db_url: str) -> None:
+    engine = create_db_engine(db_url)
+    migrate(engine)
+    migrate(engine)
+    engine.dispose()
+
+
+def test_four_threads_appending_100_messages_each_leave_400_rows(store: ConversationStore) -> None:
+    errors: list[BaseException] = []
+
+    def append(worker: int) -> None:
+        try:
+            for i in range(100):
+                store.add_message(KEY, Role.USER, f"w{worker} #{i}", platform_message_id=f"{worker}-{i}")
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=append, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert store.count_messages(KEY) == 400
+    ids = [m.id for m in store.history(KEY, limit=1000)]
+    assert len(set(ids)) == 400
+
+
+def test_a_second_delivery_of_the_same_platform_message_is_recognised(store: ConversationStore) -> None:
+    first = store.add_message(KEY, Role.USER, "hi", author=Author("u1", "Alice"), platform_message_id="m1")
+    again = store.add_message(KEY, Role.USER, "hi", author=Author("u1", "Alice"), platform_message_id="m1")
+    assert first is not None and again is None
+    assert store.count_messages(KEY) == 1
+    # the same id on another platform is another message
+    other = ConversationKey("slack", "T1", "C1")
+    assert store.add_message(other, Role.USER, "hi", platform_message_id="m1") is not None
+
+
+def test_history_is_oldest_first_keeps_names_and_leaves_failed_turns_out(store: ConversationStore) -> None:
+    store.add_message(KEY, Role.USER, "안녕", author=Author("u1", "민수"))
+    failed = store.add_message(KEY, Role.USER, "x" * 10, author=Author("u2", "Bob"))
+    assert failed is not None
+    store.update_message(failed.id, status=MessageStatus.FAILED)
+    store.add_message(KEY, Role.ASSISTANT, "반가워요", status=MessageStatus.INCOMPLETE)
+    history = store.history(KEY)
+    assert [(m.role, m.content, m.author_name) for m in history] == [
+        (Role.USER, "안녕", "민수"),
+        (Role.ASSISTANT, "반가워요", None),
+    ]
+    assert history[1].status is MessageStatus.INCOMPLETE
+    assert history[0].created_at.tzinfo is not None
+
+
+def test_reset_forgets_only_that_conversation(store: ConversationStore) -> None:
+    other = ConversationKey("discord", "guild-1", "chan-2")
+    for i in range(3):
+        store.add_message(KEY, Role.USER, f"a{i}")
+    store.add_message(other, Role.USER, "b")
+    assert store.reset(KEY, actor="discord:admin") == 3
+    assert store.count_messages(KEY) == 0
+    assert store.count_messages(other) == 1
+    assert store.reset(ConversationKey("discord", "g", "never-seen"), actor="x") == 0
+
+
+def test_delivery_ids_are_recorded_once(store: ConversationStore) -> None:
+    assert store.record_event("slack", "Ev1") is True
+    assert store.record_event("slack", "Ev1") is False
+    assert store.record_event("discord", "Ev1") is True
+
+
+def test_per_channel_system_prompt(store: ConversationStore) -> None:
+    assert store.system_prompt(KEY) is None
+    store.set_system_prompt(KEY, "Answer in Korean only.")
+    assert store.system_prompt(KEY) == "Answer in Korean only."
