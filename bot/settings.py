@@ -41,32 +41,38 @@ SECRET_FIELDS = (
 
 class ModelSettings(BaseModel):
     name_or_path: str = Field(DEFAULT_MODEL, description="Hub id or local folder of a causal LM")
-    revision: str | None = None
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
+    revision: str | None = Field(None, description="hub revision (branch, tag or commit) to load")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("bfloat16", description="weights dtype")
     device_map: str | None = Field("auto", description='"auto", "cpu", "cuda:0", ... or empty for no map')
     max_memory: dict[str, str] | None = Field(None, description='per-device caps, e.g. {"0": "130GiB"}')
-    quantization: Literal["none", "8bit", "4bit", "fp8"] = "none"
+    quantization: Literal["none", "8bit", "4bit", "fp8"] = Field(
+        "none", description="8bit/4bit: bitsandbytes (needs CUDA); fp8: weight-only FP8 (fast decoder)"
+    )
     context_length: int | None = Field(
         None, ge=64, description="default: the model's max_position_embeddings"
     )
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, description="the prototype's bilingual prompt")
     is_demo: bool = Field(False, description="set by `hanbot chat --demo`: announced at start")
 
 
 class GenerationSettings(BaseModel):
-    max_new_tokens: int = Field(256, ge=1, le=8192)
-    temperature: float = Field(0.6, ge=0.0, le=5.0)
-    top_p: float = Field(0.9, gt=0.0, le=1.0)
-    repetition_penalty: float = Field(1.1, ge=1.0, le=3.0)
-    timeout_s: float = Field(300.0, gt=0)
+    max_new_tokens: int = Field(256, ge=1, le=8192, description="longest reply, in tokens")
+    temperature: float = Field(0.6, ge=0.0, le=5.0, description="0 means greedy")
+    top_p: float = Field(0.9, gt=0.0, le=1.0, description="nucleus sampling")
+    repetition_penalty: float = Field(1.1, ge=1.0, le=3.0, description="1.0 turns it off")
+    timeout_s: float = Field(300.0, gt=0, description="a reply still running after this is stopped")
 
 
 class EngineSettings(BaseModel):
-    kind: Literal["local", "remote"] = "local"
+    kind: Literal["local", "remote"] = Field(
+        "local", description="local: transformers in this process; remote: OpenAI-compatible server"
+    )
     # "auto": static KV slots + CUDA graphs on a GPU, the generic batched decoder elsewhere
-    decoder: Literal["auto", "hf", "static"] = "auto"
-    max_batch_size: int = Field(8, ge=1, le=256)
-    queue_limit: int = Field(64, ge=1)
+    decoder: Literal["auto", "hf", "static"] = Field(
+        "auto", description="static: KV slots + CUDA graphs; hf: generic batched"
+    )
+    max_batch_size: int = Field(8, ge=1, le=256, description="conversations decoded together")
+    queue_limit: int = Field(64, ge=1, description="waiting requests beyond this are politely refused")
     # remote (OpenAI-compatible chat completions); the API key comes from HANBOT_REMOTE_API_KEY or OPENAI_API_KEY
     remote_base_url: str | None = Field(None, description="e.g. http://vllm:8000/v1")
     remote_model: str | None = Field(
@@ -81,7 +87,7 @@ class EngineSettings(BaseModel):
 
 class StoreSettings(BaseModel):
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite in data_dir")
-    echo_sql: bool = False
+    echo_sql: bool = Field(False, description="log every SQL statement (debugging only)")
 
 
 class HistorySettings(BaseModel):
@@ -109,7 +115,9 @@ class SlackSettings(BaseModel):
     http_path: str = "/slack/events"
     admin_user_ids: list[str] = Field(default_factory=list)
     update_interval_s: float = Field(1.0, ge=0.2)
-    update_budget_per_min: int = Field(50, ge=1, description="chat.update calls per minute per workspace, shared")
+    update_budget_per_min: int = Field(
+        50, ge=1, description="chat.update calls per minute per workspace, shared"
+    )
     native_streaming: bool = Field(True, description="chat.startStream in threads where Slack allows it")
     api_base_url: str | None = Field(None, description="Web API base URL (tests point it at a local fake)")
 
@@ -169,7 +177,9 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Field(Path("data"), description="database, LoRA versions and the demo model live here")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="message text is never logged at INFO"
+    )
     model: ModelSettings = Field(default_factory=ModelSettings)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
