@@ -1,0 +1,59 @@
+"""Exactly once: Slack retries deliveries it thinks were missed, and delivers a mention twice (as ``app_mention`` and
+as a channel ``message``, with two event ids).
+
+Each delivery's ``event_id`` is recorded in the store (a unique key: it holds across restarts and processes) before
+any work; a repeat is answered 200 so Slack stops retrying. A retry of a delivery that never arrived is not a repeat,
+so it is taken. Messages are also taken once by ``(channel, ts)``, whichever event brings them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_bolt.response import BoltResponse
+
+from adapters.slack.events import PLATFORM
+from bot.store.conversations import ConversationStore
+
+_log = logging.getLogger(__name__)
+
+
+class DeliveryDedupe:
+    def __init__(self, store: ConversationStore) -> None:
+        self._store = store
+
+    async def middleware(
+        self,
+        body: dict[str, Any],
+        request: AsyncBoltRequest,
+        response: BoltResponse,
+        next: Callable[[], Awaitable[None]],
+    ) -> BoltResponse:
+        """A Bolt global middleware: a delivery already taken ends here, with 200 (a bare return would be 404)."""
+        event_id = body.get("event_id") if body.get("type") == "event_callback" else None
+        if event_id and not await self._first(f"event:{event_id}"):
+            _log.info(
+                "duplicate delivery event_id=%s retry=%s reason=%s: already taken",
+                event_id,
+                _header(request, "x-slack-retry-num"),
+                _header(request, "x-slack-retry-reason"),
+            )
+            return BoltResponse(status=200, body="")
+        await next()
+        return response
+
+    async def first_time_message(self, message_id: str) -> bool:
+        """True the first time a message (``channel:ts``) is taken, whichever event brought it."""
+        return await self._first(f"message:{message_id}")
+
+    async def _first(self, key: str) -> bool:
+        return await asyncio.to_thread(self._store.record_event, PLATFORM, key)
+
+
+def _header(request: AsyncBoltRequest, name: str) -> str:
+    values = request.headers.get(name) or []
+    return values[0] if values else "-"
