@@ -121,6 +121,7 @@ class SlackAdapter:
     def _build_app(self, commands: CommandRegistry) -> AsyncApp:
         http = self._settings.mode == "http"
         app = AsyncApp(
+            name="hanbot",
             client=self._client,
             signing_secret=self._signing_secret or None,
             request_verification_enabled=http,

@@ -1,0 +1,259 @@
+"""A fake Slack on 127.0.0.1: the Web API methods the bot calls, a Socket Mode websocket, and response URLs.
+
+It behaves like Slack where the bot depends on it: ``auth.test`` names the bot, ``chat.update`` rejects text over
+4,000 characters (``msg_too_long``), streams are started/appended/stopped, ``assistant.threads.setStatus`` can be
+refused (an app that is not an AI app), and chosen ``chat.update`` calls answer 429 with ``Retry-After``. Every call is
+logged (without tokens) for the tests to read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+from aiohttp import WSMsgType, web
+
+BOT_USER = "UBOT"
+TEAM = "T1"
+UPDATE_LIMIT = 4000
+
+USERS: dict[str, dict[str, Any]] = {
+    "UALICE": {"name": "alice", "profile": {"display_name": "Alice"}, "locale": "en-US"},
+    "UMINSU": {"name": "minsu", "profile": {"display_name": "민수"}, "locale": "ko-KR"},
+    "UADMIN": {"name": "ada", "profile": {"display_name": "Ada"}},  # listed in the settings
+    "UOWNER": {"name": "olga", "profile": {"display_name": "Olga"}, "is_owner": True},
+    BOT_USER: {"name": "hanbot", "is_bot": True, "profile": {"display_name": "hanbot"}},
+}
+
+
+@dataclass
+class Call:
+    method: str
+    args: dict[str, Any]
+    status: int = 200
+
+
+@dataclass
+class Message:
+    channel: str
+    ts: str
+    thread_ts: str | None
+    text: str
+    streamed: bool = False
+    stopped: bool = False
+    edits: int = 0
+
+
+@dataclass
+class FakeSlack:
+    status_allowed: bool = True  # assistant.threads.setStatus; False: "not an AI app"
+    rate_limited_updates: int = 0  # the next N chat.update calls answer 429
+    retry_after_s: int = 1
+    calls: list[Call] = field(default_factory=list)
+    messages: dict[str, Message] = field(default_factory=dict)
+    responses: list[dict[str, Any]] = field(default_factory=list)  # posts to response URLs
+    socket_acks: list[dict[str, Any]] = field(default_factory=list)
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        self._counter = itertools.count(1)
+        self._runner: web.AppRunner | None = None
+        self._sockets: list[web.WebSocketResponse] = []
+        self._socket_ready = asyncio.Event()
+
+    # lifecycle
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/api/{method}", self._api)
+        app.router.add_get("/api/{method}", self._api)
+        app.router.add_post("/response/{name}", self._response_url)
+        app.router.add_get("/socket", self._socket)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        for ws in self._sockets:
+            await ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/"
+
+    def response_url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/response/{name}"
+
+    # what the tests read
+
+    def called(self, method: str, *, ok_only: bool = False) -> list[Call]:
+        return [c for c in self.calls if c.method == method and (c.status == 200 or not ok_only)]
+
+    def replies(self, channel: str, thread_ts: str | None = None) -> list[Message]:
+        """The bot's messages in a channel's top level (``thread_ts`` None) or in one thread, oldest first."""
+        found = [m for m in self.messages.values() if m.channel == channel and m.thread_ts == thread_ts]
+        return sorted(found, key=lambda m: float(m.ts))
+
+    async def wait_until(self, condition: Callable[[], bool], within_s: float = 10.0) -> None:
+        deadline = time.monotonic() + within_s
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out; calls so far: {[c.method for c in self.calls]}")
+            await asyncio.sleep(0.02)
+
+    # Socket Mode
+
+    async def push(self, payload: dict[str, Any], *, kind: str = "events_api") -> str:
+        """Send an envelope over the connected socket; returns its envelope_id."""
+        await asyncio.wait_for(self._socket_ready.wait(), 10)
+        envelope_id = f"env-{next(self._counter)}"
+        envelope = {
+            "envelope_id": envelope_id,
+            "type": kind,
+            "accepts_response_payload": kind != "events_api",
+            "retry_attempt": 0,
+            "retry_reason": "",
+            "payload": payload,
+        }
+        await self._sockets[-1].send_str(json.dumps(envelope))
+        return envelope_id
+
+    async def _socket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(autoping=True)
+        await ws.prepare(request)
+        self._sockets.append(ws)
+        await ws.send_str(
+            json.dumps({"type": "hello", "num_connections": 1, "connection_info": {"app_id": "A1"}})
+        )
+        self._socket_ready.set()
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                self.socket_acks.append(json.loads(msg.data))
+        return ws
+
+    # response URLs (slash commands)
+
+    async def _response_url(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        body["_name"] = request.match_info["name"]
+        self.responses.append(body)
+        return web.Response(text="ok")
+
+    # the Web API
+
+    async def _api(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        args = await _arguments(request)
+        args.pop("token", None)
+        if method == "chat.update" and self.rate_limited_updates > 0:
+            self.rate_limited_updates -= 1
+            self.calls.append(Call(method, args, 429))
+            return web.json_response(
+                {"ok": False, "error": "ratelimited"},
+                status=429,
+                headers={"Retry-After": str(self.retry_after_s)},
+            )
+        self.calls.append(Call(method, args))
+        handler = getattr(self, "_" + method.replace(".", "_"), None)
+        result = handler(args) if handler else {"ok": False, "error": "unknown_method"}
+        return web.json_response(result)
+
+    def _auth_test(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "user_id": BOT_USER,
+            "bot_id": "BBOT",
+            "team_id": TEAM,
+            "user": "hanbot",
+            "team": "Team",
+        }
+
+    def _apps_connections_open(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "url": f"ws://127.0.0.1:{self.port}/socket"}
+
+    def _users_info(self, args: dict[str, Any]) -> dict[str, Any]:
+        user = USERS.get(str(args.get("user")))
+        if user is None:
+            return {"ok": False, "error": "user_not_found"}
+        return {"ok": True, "user": {"id": args["user"], "team_id": TEAM, **user}}
+
+    def _assistant_threads_setStatus(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True} if self.status_allowed else {"ok": False, "error": "not_allowed_token_type"}
+
+    def _chat_postMessage(self, args: dict[str, Any]) -> dict[str, Any]:
+        message = self._new_message(args, str(args.get("text", "")))
+        return {"ok": True, "channel": message.channel, "ts": message.ts, "message": {"text": message.text}}
+
+    def _chat_update(self, args: dict[str, Any]) -> dict[str, Any]:
+        message = self.messages.get(str(args.get("ts")))
+        if message is None or message.channel != args.get("channel"):
+            return {"ok": False, "error": "message_not_found"}
+        text = str(args.get("text", ""))
+        if len(text) > UPDATE_LIMIT:
+            return {"ok": False, "error": "msg_too_long"}
+        message.text = text
+        message.edits += 1
+        return {"ok": True, "channel": message.channel, "ts": message.ts, "text": text}
+
+    def _chat_delete(self, args: dict[str, Any]) -> dict[str, Any]:
+        found = self.messages.pop(str(args.get("ts")), None)
+        return {"ok": True} if found else {"ok": False, "error": "message_not_found"}
+
+    def _chat_startStream(self, args: dict[str, Any]) -> dict[str, Any]:
+        if not args.get("thread_ts"):
+            return {"ok": False, "error": "invalid_arguments"}
+        if not str(args.get("channel", "")).startswith("D") and not args.get("recipient_user_id"):
+            return {"ok": False, "error": "missing_recipient_user_id"}
+        message = self._new_message(args, _streamed_text(args), streamed=True)
+        return {"ok": True, "channel": message.channel, "ts": message.ts}
+
+    def _chat_appendStream(self, args: dict[str, Any]) -> dict[str, Any]:
+        message = self.messages.get(str(args.get("ts")))
+        if message is None or message.stopped:
+            return {"ok": False, "error": "message_not_in_streaming_state"}
+        message.text += _streamed_text(args)
+        return {"ok": True, "channel": message.channel, "ts": message.ts}
+
+    def _chat_stopStream(self, args: dict[str, Any]) -> dict[str, Any]:
+        result = self._chat_appendStream(args)
+        if result["ok"]:
+            self.messages[str(args["ts"])].stopped = True
+        return result
+
+    def _new_message(self, args: dict[str, Any], text: str, *, streamed: bool = False) -> Message:
+        n = next(self._counter)
+        ts = f"{1_800_000_000 + n}.{n:06d}"
+        thread_ts = args.get("thread_ts") or None
+        message = Message(str(args.get("channel")), ts, thread_ts, text, streamed=streamed)
+        self.messages[ts] = message
+        return message
+
+
+def _streamed_text(args: dict[str, Any]) -> str:
+    text = str(args.get("markdown_text") or "")
+    chunks = args.get("chunks") or []
+    if isinstance(chunks, str):
+        chunks = json.loads(chunks)
+    return text + "".join(str(c.get("text", "")) for c in chunks if c.get("type") == "markdown_text")
+
+
+async def _arguments(request: web.Request) -> dict[str, Any]:
+    args: dict[str, Any] = dict(request.query)
+    raw = await request.read()
+    if not raw:
+        return args
+    if request.content_type == "application/json":
+        args.update(json.loads(raw))
+    else:
+        args.update(dict(parse_qsl(raw.decode())))
+    return args
