@@ -1,0 +1,87 @@
+"""Slash commands: acknowledged at once, answered ephemerally through the response URL, admins checked in the core."""
+
+from __future__ import annotations
+
+from bot.domain import ConversationKey
+from bot.texts import say
+from tests.fakes import ScriptedEngine
+from tests.slack.fake_slack import TEAM
+from tests.slack.harness import command_form, dm_event, envelope
+
+DM = ConversationKey("slack", TEAM, "D1")
+
+
+async def _conversation_with_two_turns(bot, fake_slack) -> None:
+    await bot.post_event(envelope(dm_event("remember this", "1700000020.000100"), "Ev200"))
+    await fake_slack.wait_until(lambda: len(bot.history(DM)) == 2)
+
+
+async def test_reset_by_a_listed_admin_clears_the_conversation(start_bot, fake_slack):
+    bot = await start_bot(native_streaming=False)
+    await _conversation_with_two_turns(bot, fake_slack)
+
+    status, body = await bot.post_command(command_form(fake_slack, "/reset", user="UADMIN"))
+
+    assert (status, body) == (200, "")  # the ack: nothing shown yet
+    await fake_slack.wait_until(lambda: len(fake_slack.responses) == 1)
+    answer = fake_slack.responses[0]
+    assert answer["response_type"] == "ephemeral"
+    assert answer["text"] == say("cmd.reset.done", "en", count=2)
+    assert bot.history(DM) == []
+
+
+async def test_reset_by_anyone_else_is_refused_ephemerally_and_clears_nothing(start_bot, fake_slack):
+    bot = await start_bot(native_streaming=False)
+    await _conversation_with_two_turns(bot, fake_slack)
+
+    status, _ = await bot.post_command(command_form(fake_slack, "/reset", user="UALICE"))
+
+    assert status == 200
+    await fake_slack.wait_until(lambda: len(fake_slack.responses) == 1)
+    assert fake_slack.responses[0]["response_type"] == "ephemeral"
+    assert fake_slack.responses[0]["text"] == say("error.not_admin", "en")
+    assert len(bot.history(DM)) == 2
+
+
+async def test_a_workspace_owner_is_an_admin_and_korean_users_are_answered_in_korean(start_bot, fake_slack):
+    bot = await start_bot(native_streaming=False)
+    await _conversation_with_two_turns(bot, fake_slack)
+
+    await bot.post_command(command_form(fake_slack, "/reset", user="UOWNER"))
+    await bot.post_command(command_form(fake_slack, "/reset", user="UMINSU"))
+
+    await fake_slack.wait_until(lambda: len(fake_slack.responses) == 2)
+    by_user = {r["_name"]: r["text"] for r in fake_slack.responses}
+    assert by_user["reset-UOWNER"] == say("cmd.reset.done", "en", count=2)
+    assert by_user["reset-UMINSU"] == say("error.not_admin", "ko")
+
+
+async def test_reset_in_a_channel_names_the_thread_by_its_link(start_bot, fake_slack):
+    bot = await start_bot(engine=ScriptedEngine(reply="noted"))
+    thread = "1700000021.000100"
+    key = ConversationKey("slack", TEAM, "C1", thread)
+    await bot.post_event(
+        envelope(
+            {"type": "app_mention", "channel": "C1", "user": "UALICE", "text": "<@UBOT> hi", "ts": thread},
+            "E1",
+        )
+    )
+    await fake_slack.wait_until(lambda: len(bot.history(key)) == 2)
+    link = "https://team.slack.com/archives/C1/p1700000021000100"
+
+    await bot.post_command(command_form(fake_slack, "/reset", user="UADMIN", channel="C1", text=link))
+
+    await fake_slack.wait_until(lambda: len(fake_slack.responses) == 1)
+    assert bot.history(key) == []
+
+
+async def test_finetune_takes_its_action_and_is_for_admins(start_bot, fake_slack):
+    bot = await start_bot()
+
+    await bot.post_command(command_form(fake_slack, "/finetune", user="UADMIN", text="status"))
+    await bot.post_command(command_form(fake_slack, "/finetune", user="UALICE", text="run"))
+
+    await fake_slack.wait_until(lambda: len(fake_slack.responses) == 2)
+    by_user = {r["_name"]: r["text"] for r in fake_slack.responses}
+    assert by_user["finetune-UADMIN"] == say("cmd.finetune.unavailable", "en")
+    assert by_user["finetune-UALICE"] == say("error.not_admin", "en")
