@@ -1,0 +1,196 @@
+"""The Discord adapter: a discord.py client whose messages and slash commands go to the core.
+
+``start`` logs in, publishes the slash commands, connects to the gateway and returns once the bot is ready; the
+connection then runs in a background task until ``stop``. Each message for the bot gets a ``DiscordReplySink`` and
+goes to the core's handler; every sink shares one ``ChannelPacer``, so the edit budget is counted per channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import discord
+from discord import app_commands
+
+from adapters.discord.commands import build_tree, sync_tree
+from adapters.discord.events import to_incoming
+from adapters.discord.pacing import ChannelPacer
+from adapters.discord.sink import DiscordReplySink
+from bot.commands import CommandRegistry
+from bot.errors import ConfigError
+from bot.ports import MessageHandler
+from bot.settings import Settings
+from bot.store.conversations import ConversationStore
+from bot.texts import language_of
+
+_log = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 60.0
+STOP_GRACE_S = 10.0
+
+
+def intents() -> discord.Intents:
+    """Guilds (the channel cache), guild and DM messages, and message content (privileged: enable it in the
+    developer portal, see docs/discord.md)."""
+    wanted = discord.Intents.none()
+    wanted.guilds = True
+    wanted.guild_messages = True
+    wanted.dm_messages = True
+    wanted.message_content = True
+    return wanted
+
+
+class _Client(discord.Client):
+    def __init__(self, adapter: DiscordAdapter, **options: Any) -> None:
+        super().__init__(**options)
+        self._adapter = adapter
+
+    async def setup_hook(self) -> None:
+        await self._adapter._setup()
+
+    async def on_message(self, message: discord.Message) -> None:
+        await self._adapter._on_message(message)
+
+
+class DiscordAdapter:
+    name = "discord"
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: ConversationStore | None = None,
+        *,
+        guild_ready_timeout: float = 2.0,
+    ) -> None:
+        """``store`` is accepted for symmetry with the other adapters; the core stores every turn.
+
+        ``guild_ready_timeout``: how long discord.py waits for guilds after READY (tests shorten it).
+        """
+        if settings.discord_token is None or not settings.discord_token.get_secret_value():
+            raise ConfigError(
+                "DISCORD_TOKEN is not set: create a bot in the Discord developer portal and export its token as "
+                "DISCORD_TOKEN (see docs/discord.md)"
+            )
+        self._settings = settings
+        self._token = settings.discord_token.get_secret_value()
+        self._pacer = ChannelPacer(settings.discord.edit_interval_s)
+        self._guild_ready_timeout = guild_ready_timeout
+        self._client: _Client | None = None
+        self._tree: app_commands.CommandTree | None = None
+        self._handler: MessageHandler | None = None
+        self._connection: asyncio.Task[None] | None = None
+        self._replies: set[asyncio.Task[Any]] = set()
+
+    @property
+    def client(self) -> discord.Client:
+        if self._client is None:
+            raise RuntimeError("the Discord adapter is not started")
+        return self._client
+
+    async def start(self, on_message: MessageHandler, commands: CommandRegistry) -> None:
+        self._handler = on_message
+        client = _Client(
+            self,
+            intents=intents(),
+            allowed_mentions=discord.AllowedMentions.none(),  # model output never pings anyone
+            chunk_guilds_at_startup=False,
+            guild_ready_timeout=self._guild_ready_timeout,
+        )
+        self._client = client
+        self._tree = build_tree(client, commands, self._settings.discord)
+        try:
+            await client.login(self._token)
+        except discord.LoginFailure as exc:
+            await client.close()
+            raise ConfigError(
+                f"Discord refused DISCORD_TOKEN ({exc}): check the token in the developer portal"
+            ) from None
+        self._connection = asyncio.create_task(self._connect(client), name="discord-gateway")
+        await self._wait_ready(client, self._connection)
+        _log.info(
+            "discord ready as user=%s guilds=%d", client.user.id if client.user else "-", len(client.guilds)
+        )
+
+    async def stop(self) -> None:
+        """Let replies in progress finish (a few seconds), then disconnect."""
+        if self._replies:
+            _, late = await asyncio.wait(set(self._replies), timeout=STOP_GRACE_S)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=STOP_GRACE_S)
+        if self._client is not None:
+            await self._client.close()
+        if self._connection is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._connection, timeout=STOP_GRACE_S)
+        _log.info("discord stopped")
+
+    async def wait_closed(self) -> None:
+        """Wait until the gateway connection ends (stopped, or failed for good)."""
+        if self._connection is not None:
+            await asyncio.shield(self._connection)
+
+    # internals
+
+    async def _setup(self) -> None:
+        if self._tree is not None:
+            await sync_tree(self._tree, self._settings.discord)
+
+    async def _connect(self, client: discord.Client) -> None:
+        try:
+            await client.connect(reconnect=True)
+        except discord.PrivilegedIntentsRequired:
+            _log.error(
+                "Discord refused the message content intent: enable 'Message Content Intent' for the bot in the "
+                "developer portal (Bot tab), see docs/discord.md"
+            )
+            raise
+        except Exception:
+            _log.exception("the Discord gateway connection ended")
+            raise
+
+    async def _wait_ready(self, client: discord.Client, connection: asyncio.Task[None]) -> None:
+        ready = asyncio.create_task(client.wait_until_ready())
+        done, _ = await asyncio.wait(
+            {ready, connection}, timeout=READY_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
+        )
+        if ready in done:
+            return
+        ready.cancel()
+        await client.close()
+        if connection in done and connection.exception() is not None:
+            raise ConfigError(
+                f"could not connect to Discord: {connection.exception()}"
+            ) from connection.exception()
+        raise ConfigError(f"Discord did not get ready within {READY_TIMEOUT_S:.0f}s")
+
+    async def _on_message(self, message: discord.Message) -> None:
+        client, handler = self._client, self._handler
+        if client is None or client.user is None or handler is None:
+            return
+        incoming = to_incoming(message, client.user)
+        if incoming is None:
+            return
+        sink = DiscordReplySink(
+            message.channel,
+            channel_id=message.channel.id,
+            pacer=self._pacer,
+            lang=language_of(incoming.text),
+            reply_to=message,
+        )
+        task = asyncio.current_task()
+        if task is not None:
+            self._replies.add(task)
+        try:
+            await handler(incoming, sink)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            _log.exception("reply failed channel=%s message=%s", message.channel.id, message.id)
+        finally:
+            if task is not None:
+                self._replies.discard(task)

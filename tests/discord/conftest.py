@@ -1,0 +1,86 @@
+"""Fixtures for the Discord tests: a fake Discord on loopback, and the real bot (discord.py client, ChatService,
+commands, SQLite store) started against it with a scripted engine."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import discord
+import pytest
+import yarl
+
+from adapters.discord import DiscordAdapter
+from bot.app import build_commands
+from bot.chat import ChatService
+from bot.domain import ConversationKey
+from bot.settings import Settings, load_settings
+from bot.store.conversations import ConversationStore, StoredMessage
+from bot.store.db import create_db_engine, migrate
+from tests.discord.fake_discord import FakeDiscord
+from tests.fakes import ScriptedEngine
+
+
+@dataclass
+class DiscordBot:
+    settings: Settings
+    store: ConversationStore
+    engine: ScriptedEngine
+    adapter: DiscordAdapter
+    fake: FakeDiscord
+
+    def key(self, channel_id: str) -> ConversationKey:
+        return ConversationKey(platform="discord", workspace=self.fake.guild_id, channel=channel_id)
+
+    def history(self, channel_id: str, *, dm: bool = False) -> list[StoredMessage]:
+        key = (
+            ConversationKey(platform="discord", workspace="", channel=channel_id)
+            if dm
+            else self.key(channel_id)
+        )
+        return self.store.history(key)
+
+
+StartBot = Callable[..., Awaitable[DiscordBot]]
+
+
+@pytest.fixture
+async def fake_discord(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeDiscord]:
+    fake = FakeDiscord()
+    await fake.start()
+    monkeypatch.setattr(discord.http.Route, "BASE", fake.base_url)
+    monkeypatch.setattr(discord.gateway.DiscordWebSocket, "DEFAULT_GATEWAY", yarl.URL(fake.gateway_url))
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+async def start_bot(tmp_path: Path, fake_discord: FakeDiscord) -> AsyncIterator[StartBot]:
+    """``await start_bot(engine=..., **discord_settings)``: the bot, connected and ready; stopped after the test."""
+    started: list[tuple[DiscordAdapter, Any]] = []
+
+    async def start(engine: ScriptedEngine | None = None, **discord_settings: Any) -> DiscordBot:
+        discord_settings.setdefault("edit_interval_s", 0.2)
+        settings = load_settings(
+            data_dir=tmp_path / "data",
+            scheduler={"enabled": False},
+            discord=discord_settings,
+            DISCORD_TOKEN="fake-token",
+        )
+        db = create_db_engine(settings.database_url)
+        migrate(db)
+        store = ConversationStore(db)
+        engine = engine or ScriptedEngine()
+        chat = ChatService(settings=settings, store=store, engine=engine)
+        commands = build_commands(settings, store, engine, chat=chat)
+        adapter = DiscordAdapter(settings, store, guild_ready_timeout=0.05)
+        await adapter.start(chat.handle, commands)
+        started.append((adapter, db))
+        return DiscordBot(settings, store, engine, adapter, fake_discord)
+
+    yield start
+    for adapter, db in started:
+        await adapter.stop()
+        db.dispose()

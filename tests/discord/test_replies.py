@@ -1,0 +1,106 @@
+"""Mentions, DMs, threads and replies answered through the real discord.py client, ChatService and SQLite store."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bot.domain import Role
+from tests.discord.conftest import StartBot
+from tests.discord.fake_discord import FakeDiscord
+from tests.discord.sink_helpers import reply_done
+from tests.fakes import ScriptedEngine
+
+REPLY = "안녕하세요, 민지 님! 무엇을 도와드릴까요? Happy to help."
+
+
+async def test_mention_gets_one_message_edited_to_the_full_reply(
+    start_bot: StartBot, fake_discord: FakeDiscord
+) -> None:
+    bot = await start_bot(engine=ScriptedEngine(reply=REPLY, chunk_size=4, delay_s=0.03))
+    minji = fake_discord.new_user("Minji", nick="민지")
+    asked = fake_discord.post_message(fake_discord.general, minji, "안녕? 자기소개 해 줘", mention_bot=True)
+
+    await fake_discord.wait_for(reply_done(fake_discord, fake_discord.general, REPLY))
+
+    messages = fake_discord.bot_messages(fake_discord.general)
+    assert [m["content"] for m in messages] == [REPLY]
+    assert messages[0]["message_reference"]["message_id"] == asked  # a reply to the question
+    assert fake_discord.edits_of(messages[0]["id"]), "the reply was streamed by edits"
+    assert fake_discord.log("POST", rf"/channels/{fake_discord.general}/typing$"), "typing was shown first"
+
+    turns = bot.history(fake_discord.general)
+    assert [(t.role, t.content) for t in turns] == [
+        (Role.USER, "안녕? 자기소개 해 줘"),
+        (Role.ASSISTANT, REPLY),
+    ]
+    assert turns[0].author_name == "민지"
+    assert turns[0].platform_message_id == asked
+    assert "<@" not in bot.engine.requests[0].turns[-1].content  # the mention was stripped
+
+
+async def test_bots_and_unmentioned_messages_get_no_reply(
+    start_bot: StartBot, fake_discord: FakeDiscord
+) -> None:
+    bot = await start_bot()
+    other_bot = fake_discord.new_user("OtherBot", bot=True)
+    person = fake_discord.new_user("Jun")
+    fake_discord.post_message(fake_discord.general, fake_discord.bot, "talking to myself", mention_bot=True)
+    fake_discord.post_message(fake_discord.general, other_bot, "hello bot", mention_bot=True)
+    fake_discord.post_message(fake_discord.general, person, "no mention here, just chatting")
+    await asyncio.sleep(0.5)
+    fake_discord.post_message(fake_discord.random, person, "now with a mention", mention_bot=True)
+    await fake_discord.wait_for(reply_done(fake_discord, fake_discord.random, "안녕하세요! Hello!"))
+
+    assert not fake_discord.log(pattern=rf"/channels/{fake_discord.general}/"), (
+        "no typing, post or edit there"
+    )
+    assert bot.history(fake_discord.general) == []
+    assert len(bot.engine.requests) == 1
+
+
+async def test_two_channels_at_once_each_get_their_own_reply_and_history(
+    start_bot: StartBot, fake_discord: FakeDiscord
+) -> None:
+    def echo(request) -> str:  # the reply names the question it answers
+        return f"답변: {request.turns[-1].content.split(':', 1)[-1].strip()}"
+
+    bot = await start_bot(engine=ScriptedEngine(reply=echo, chunk_size=3, delay_s=0.02))
+    a, b = fake_discord.new_user("Ara"), fake_discord.new_user("Bo")
+    fake_discord.post_message(fake_discord.general, a, "question one", mention_bot=True)
+    fake_discord.post_message(fake_discord.random, b, "question two", mention_bot=True)
+
+    await fake_discord.wait_for(reply_done(fake_discord, fake_discord.general, "답변: question one"))
+    await fake_discord.wait_for(reply_done(fake_discord, fake_discord.random, "답변: question two"))
+
+    for channel, question in ((fake_discord.general, "question one"), (fake_discord.random, "question two")):
+        assert [m["content"] for m in fake_discord.bot_messages(channel)] == [f"답변: {question}"]
+        assert [t.content for t in bot.history(channel)] == [question, f"답변: {question}"]
+    # the two streams overlapped in time: each channel has its own edit budget
+    general = fake_discord.log(pattern=rf"/channels/{fake_discord.general}/messages")
+    random = fake_discord.log(pattern=rf"/channels/{fake_discord.random}/messages")
+    assert general[0].t < random[-1].t and random[0].t < general[-1].t
+
+
+async def test_dm_thread_and_reply_to_the_bot_are_answered(
+    start_bot: StartBot, fake_discord: FakeDiscord
+) -> None:
+    bot = await start_bot(engine=ScriptedEngine(reply="네, 알겠어요."))
+    jun = fake_discord.new_user("Jun")
+
+    dm = fake_discord.open_dm(jun)
+    fake_discord.post_message(dm, jun, "DM에서는 멘션이 필요 없어요", dm=True)
+    await fake_discord.wait_for(reply_done(fake_discord, dm, "네, 알겠어요."))
+    assert [t.content for t in bot.history(dm, dm=True)] == ["DM에서는 멘션이 필요 없어요", "네, 알겠어요."]
+
+    thread = fake_discord.add_channel("help-thread", thread_of=fake_discord.general)
+    fake_discord.post_message(thread, jun, "스레드 질문", mention_bot=True)
+    await fake_discord.wait_for(reply_done(fake_discord, thread, "네, 알겠어요."))
+    assert [t.content for t in bot.history(thread)] == ["스레드 질문", "네, 알겠어요."]
+    assert bot.history(fake_discord.general) == []  # a thread is a conversation of its own
+
+    answer = fake_discord.bot_messages(thread)[0]["id"]
+    fake_discord.post_message(
+        thread, jun, "그럼 하나 더요", reply_to=answer
+    )  # no mention: a reply to the bot
+    await fake_discord.wait_for(lambda: len(bot.history(thread)) == 4)
+    assert bot.history(thread)[2].content == "그럼 하나 더요"
