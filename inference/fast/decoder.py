@@ -1,0 +1,334 @@
+"""StaticSlotDecoder: the BatchDecoder over static KV slots, with one CUDA graph per bucketed batch size.
+
+Per step the host does: pick the bucket, copy the row→slot map when the set of active slots changed, replay the
+graph, read the sampled ids (the one synchronisation). Everything else (token ids, positions, KV slot mapping,
+sampling state) lives on the device and is advanced inside the graph. Prefill runs eagerly (it is large enough not
+to be launch-bound), several prompts in one pass, at most ``prefill_chunk`` tokens per pass.
+
+Admission: ``admit`` (the BatchDecoder contract) prefills at once and returns the first token. ``submit`` queues a
+prompt instead; each ``step`` then runs one prefill pass of at most ``prefill_chunk`` tokens before the decode step,
+so running streams keep going while a long prompt is prefilled, and a finished prefill's first token comes back in
+that step's result.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from inference.decoder import SlotRequest
+from inference.fast.kv import GIB, BlockPool, plan_kv_budget
+from inference.fast.model import FastLlama, Segment
+from inference.fast.sampler import SlotSampler
+from inference.fast.weights import extract_weights
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Pending:
+    slot: int
+    ids: torch.Tensor  # prompt ids on the device
+    blocks: torch.Tensor  # the slot's block ids (long, device)
+    block_list: list[int]
+    done: int = 0
+
+
+def default_buckets(capacity: int) -> tuple[int, ...]:
+    sizes = [b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256) if b < capacity]
+    return (*sizes, capacity)
+
+
+def use_cache_dir(cache_dir: str | Path) -> None:
+    """Keep Triton's compiled kernels (and inductor's, should anything compile) on disk for warm restarts."""
+    root = Path(cache_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TRITON_CACHE_DIR", str(root / "triton"))
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root / "inductor"))
+
+
+class StaticSlotDecoder:
+    """Batch decoder for Llama-architecture transformers models; CUDA graphs on a GPU, the same code eagerly on CPU."""
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        capacity: int = 8,
+        max_context: int | None = None,
+        block_size: int = 64,
+        kv_budget_bytes: int | None = None,
+        reserve_bytes: int | None = None,
+        prefill_chunk: int = 2048,
+        buckets: Sequence[int] | None = None,
+        cuda_graphs: bool | None = None,
+        top_k: int = 0,
+        cache_dir: str | Path | None = None,
+    ) -> None:
+        if cache_dir is not None:
+            use_cache_dir(cache_dir)
+        self._weights = extract_weights(model)
+        spec = self._weights.spec
+        self.device = self._weights.device
+        self._capacity = capacity
+        self.max_context = min(max_context or spec.max_positions, spec.max_positions)
+        self.prefill_chunk = prefill_chunk
+        if reserve_bytes is None:  # prefill activations, graph pool, sampler scratch, allocator slack
+            reserve_bytes = int(1.25 * GIB) + prefill_chunk * (
+                6 * spec.hidden_size + 8 * spec.intermediate_size
+            )
+        budget = plan_kv_budget(
+            spec,
+            self.device,
+            block_size=block_size,
+            slots=capacity,
+            max_context=self.max_context,
+            budget_bytes=kv_budget_bytes,
+            reserve_bytes=reserve_bytes,
+        )
+        max_blocks = -(-self.max_context // block_size)
+        self.pool = BlockPool(budget, capacity, max_blocks, self.device)
+        self.model = FastLlama(self._weights, budget.num_blocks, block_size, self.max_context)
+        self.sampler = SlotSampler(capacity + 1, spec.vocab_size, self.device, top_k=top_k)
+        self._pad = capacity  # the padding rows' slot
+        self.slot_len = torch.zeros(capacity + 1, dtype=torch.int64, device=self.device)
+        self.last_tok = torch.zeros(capacity + 1, dtype=torch.int64, device=self.device)
+        self.buckets = tuple(sorted(set(buckets or default_buckets(capacity))))
+        if self.buckets[-1] < capacity:
+            raise ValueError(f"the largest bucket {self.buckets[-1]} is below the capacity {capacity}")
+        bmax = self.buckets[-1]
+        self.row_slot = torch.full((bmax,), self._pad, dtype=torch.int64, device=self.device)
+        self.out_tok = torch.zeros(bmax, dtype=torch.int64, device=self.device)
+        self._rows: list[int] = []
+        self._rows_dirty = True
+        self._active: set[int] = set()
+        self._pending: deque[_Pending] = deque()
+        self._ready: dict[int, int] = {}
+        self._sms = (
+            torch.cuda.get_device_properties(self.device).multi_processor_count
+            if self.device.type == "cuda"
+            else 0
+        )
+        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        if cuda_graphs is None:
+            cuda_graphs = self.device.type == "cuda"
+        self.kv_tokens = budget.usable_tokens
+        _log.info(
+            "fast decoder: %d slots, %d KV blocks of %d tokens (%d tokens, %.2f GiB), buckets %s",
+            capacity,
+            budget.num_blocks,
+            block_size,
+            budget.usable_tokens,
+            budget.num_blocks * block_size * spec.kv_bytes_per_token / GIB,
+            self.buckets,
+        )
+        if cuda_graphs:
+            self._capture_graphs()
+
+    # ---- BatchDecoder ----------------------------------------------------------------------------------------------
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def max_request_tokens(self) -> int:
+        """Prompt + new tokens one request may hold; larger requests are refused by ``admit`` (ValueError)."""
+        return min(
+            self.max_context,
+            self.pool.max_blocks_per_slot * self.pool.block_size,
+            (self.pool.num_blocks - 1) * self.pool.block_size,
+        )
+
+    def can_admit(self, prompt_len: int, max_new_tokens: int) -> bool:
+        tokens = prompt_len + max_new_tokens
+        if tokens > self.max_request_tokens:
+            return True  # never fits: admit raises, so the request fails instead of waiting forever
+        return self.pool.can_reserve(tokens)
+
+    def admit(self, request: SlotRequest) -> int:
+        self.submit(request)
+        while request.slot not in self._ready:
+            self._ready.update(self._prefill_round())
+        return self._ready.pop(request.slot)
+
+    def admit_many(self, requests: Iterable[SlotRequest]) -> dict[int, int]:
+        """Prefill several prompts together (fewer, larger passes); {slot: first token}."""
+        slots = []
+        for r in requests:
+            self.submit(r)
+            slots.append(r.slot)
+        while any(s not in self._ready for s in slots):
+            self._ready.update(self._prefill_round())
+        return {s: self._ready.pop(s) for s in slots}
+
+    def submit(self, request: SlotRequest) -> None:
+        """Queue a prompt for prefill; its first token comes back from a later ``step``."""
+        slot = request.slot
+        if not 0 <= slot < self._capacity:
+            raise ValueError(f"slot {slot} is outside 0..{self._capacity - 1}")
+        if slot in self._active or any(p.slot == slot for p in self._pending):
+            raise ValueError(f"slot {slot} is busy")
+        n = len(request.prompt_ids)
+        tokens = n + request.params.max_new_tokens
+        if n == 0:
+            raise ValueError("empty prompt")
+        if tokens > self.max_request_tokens:
+            raise ValueError(
+                f"prompt ({n}) + max_new_tokens exceeds the {self.max_request_tokens} tokens a slot holds"
+            )
+        blocks = self.pool.reserve(slot, tokens)
+        ids = torch.tensor(request.prompt_ids, dtype=torch.int64, device=self.device)
+        self.sampler.configure(slot, request.params, ids)
+        self._pending.append(
+            _Pending(slot, ids, torch.tensor(blocks, dtype=torch.int64, device=self.device), blocks)
+        )
+
+    def step(self) -> dict[int, int]:
+        out, self._ready = self._ready, {}
+        decoding = sorted(self._active)
+        if self._pending:
+            out.update(self._prefill_round())
+        if decoding:
+            out.update(self._decode(decoding))
+        return out
+
+    def release(self, slot: int) -> None:
+        if slot in self._active:
+            self._active.discard(slot)
+            self._rows_dirty = True
+        self._pending = deque(p for p in self._pending if p.slot != slot)
+        self._ready.pop(slot, None)
+        self.pool.release(slot)
+
+    # ---- prefill ---------------------------------------------------------------------------------------------------
+
+    def _prefill_round(self) -> dict[int, int]:
+        """One prefill pass over at most ``prefill_chunk`` queued prompt tokens; first tokens of finished prompts."""
+        budget = self.prefill_chunk
+        segments: list[Segment] = []
+        parts: list[tuple[_Pending, int]] = []
+        offset = 0
+        for p in self._pending:
+            if budget <= 0:
+                break
+            take = min(budget, len(p.ids) - p.done)
+            segments.append(Segment(p.slot, offset, take, p.done, p.blocks))
+            parts.append((p, take))
+            offset += take
+            budget -= take
+        bs = self.pool.block_size
+        positions = torch.cat([torch.arange(p.done, p.done + take) for p, take in parts])
+        block_of = torch.cat(
+            [
+                torch.tensor(p.block_list, dtype=torch.int64)[torch.arange(p.done, p.done + take) // bs]
+                for p, take in parts
+            ]
+        )
+        slot_mapping = block_of * bs + positions % bs
+        ids = torch.cat([p.ids[p.done : p.done + take] for p, take in parts])
+        with torch.inference_mode():
+            hidden = self.model.prefill(
+                ids, positions.to(self.device), slot_mapping.to(self.device), segments
+            )
+            finished = [(i, p) for i, (p, take) in enumerate(parts) if p.done + take == len(p.ids)]
+            for p, take in parts:
+                p.done += take
+            if not finished:
+                return {}
+            last = torch.tensor(
+                [segments[i].offset + segments[i].length - 1 for i, _ in finished], device=self.device
+            )
+            rows = torch.tensor([p.slot for _, p in finished], dtype=torch.int64, device=self.device)
+            tokens = self.sampler.sample(self.model.logits(hidden[last]), rows)
+            self.last_tok[rows] = tokens
+            self.slot_len[rows] = torch.tensor([len(p.ids) for _, p in finished], device=self.device)
+            result = dict(zip([p.slot for _, p in finished], tokens.tolist(), strict=True))
+        done_slots = set(result)
+        self._pending = deque(p for p in self._pending if p.slot not in done_slots)
+        self._active.update(done_slots)
+        self._rows_dirty = True
+        return result
+
+    # ---- decode ----------------------------------------------------------------------------------------------------
+
+    def _bucket(self, n: int) -> int:
+        return next(b for b in self.buckets if b >= n)
+
+    def _n_split(self, rows: int) -> int:
+        if self.device.type != "cuda":
+            return 1
+        want = -(-2 * self._sms // (rows * self._weights.spec.num_kv_heads))
+        split = 1
+        while split < want and split < 32:
+            split *= 2
+        return split
+
+    def _decode_body(self, b: int) -> None:
+        bs = self.pool.block_size
+        rows = self.row_slot[:b]
+        ids = self.last_tok[rows]
+        pos = self.slot_len[rows]
+        tables = self.pool.tables[rows]
+        blk = tables.gather(1, (pos // bs)[:, None]).squeeze(1).to(torch.int64)
+        slot_mapping = blk * bs + pos % bs
+        seq_lens = (pos + 1).to(torch.int32)
+        logits = self.model.decode(ids, pos, slot_mapping, tables, seq_lens, self._n_split(b))
+        tok = self.sampler.sample(logits, rows)
+        self.last_tok[rows] = tok
+        self.slot_len[rows] = pos + 1
+        self.slot_len[self._pad :].zero_()
+        self.out_tok[:b].copy_(tok)
+
+    def _decode(self, slots: list[int]) -> dict[int, int]:
+        n = len(slots)
+        b = self._bucket(n)
+        if self._rows_dirty or self._rows != slots:
+            row = torch.full((self.row_slot.shape[0],), self._pad, dtype=torch.int64)
+            row[:n] = torch.tensor(slots, dtype=torch.int64)
+            self.row_slot.copy_(row)
+            self._rows = list(slots)
+            self._rows_dirty = False
+        graph = self._graphs.get(b)
+        if graph is not None:
+            graph.replay()
+        else:
+            with torch.inference_mode():
+                self._decode_body(b)
+        return dict(zip(slots, self.out_tok[:n].tolist(), strict=True))
+
+    def _capture_graphs(self) -> None:
+        self.row_slot.fill_(self._pad)
+        self._rows_dirty = True
+        pool = torch.cuda.graph_pool_handle()
+        side = torch.cuda.Stream(self.device)
+        for b in sorted(self.buckets, reverse=True):  # largest first: the shared pool is sized by it
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side), torch.inference_mode():
+                for _ in range(2):
+                    self._decode_body(b)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.inference_mode(), torch.cuda.graph(graph, pool=pool):
+                self._decode_body(b)
+            self._graphs[b] = graph
+        torch.cuda.synchronize(self.device)
+        _log.info("captured %d decode graphs", len(self._graphs))
+
+    def close(self) -> None:
+        """Drop the graphs and the KV cache (the model's weights stay)."""
+        self._graphs.clear()
+        self._active.clear()
+        self._pending.clear()
+        for slot in range(self._capacity):
+            self.pool.release(slot)
+        del self.model
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()

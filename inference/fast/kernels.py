@@ -1,0 +1,280 @@
+# mypy: disable-error-code="no-untyped-def"
+# (Triton reads the annotations of @triton.jit functions itself; the kernels carry only tl.constexpr ones.)
+"""Triton kernels for the decode path: fused norms, rotary + KV write, SiLU-and-multiply, paged decode attention.
+
+Imported only where Triton is available (CUDA, or CPU tests under TRITON_INTERPRET=1). ``inference.fast.ops`` holds
+the plain torch versions of the same functions and chooses between the two.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import triton
+import triton.language as tl
+
+_log = logging.getLogger(__name__)
+
+
+@triton.jit
+def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, n_cols, eps, HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    mask = offs < n_cols
+    x = tl.load(x_ptr + row * n_cols + offs, mask=mask, other=0.0)
+    if HAS_RES:
+        r = tl.load(res_ptr + row * n_cols + offs, mask=mask, other=0.0)
+        x = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)  # rounded like the eager residual add
+        tl.store(res_ptr + row * n_cols + offs, x, mask=mask)
+    xf = x.to(tl.float32)
+    var = tl.sum(xf * xf, axis=0) / n_cols
+    y = (xf * tl.rsqrt(var + eps)).to(x.dtype).to(tl.float32)
+    w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * n_cols + offs, (w * y).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+) -> torch.Tensor:
+    """RMSNorm of ``x`` (or of ``residual += x``, updating ``residual`` in place), rows of the last dimension."""
+    rows, n = x.shape
+    out = torch.empty_like(x)
+    block = triton.next_power_of_2(n)
+    _rms_norm_kernel[(rows,)](
+        x,
+        residual if residual is not None else x,
+        weight,
+        out,
+        n,
+        eps,
+        HAS_RES=residual is not None,
+        BLOCK=block,
+        num_warps=8 if block >= 4096 else 4,
+    )
+    return out
+
+
+@triton.jit
+def _rope_store_kernel(
+    qkv_ptr,
+    pos_ptr,
+    cos_ptr,
+    sin_ptr,
+    q_out_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    slot_ptr,
+    stride_qkv,
+    stride_cb,
+    stride_ch,
+    stride_ct,
+    N_HEADS: tl.constexpr,
+    N_KV: tl.constexpr,
+    HALF: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+):
+    t = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    d = tl.arange(0, HALF)
+    pos = tl.load(pos_ptr + t)
+    c = tl.load(cos_ptr + pos * HALF + d).to(tl.float32)
+    s = tl.load(sin_ptr + pos * HALF + d).to(tl.float32)
+    base = qkv_ptr + t * stride_qkv + h * (2 * HALF)
+    x1 = tl.load(base + d).to(tl.float32)
+    x2 = tl.load(base + HALF + d).to(tl.float32)
+    o1 = (x1 * c - x2 * s).to(q_out_ptr.dtype.element_ty)
+    o2 = (x2 * c + x1 * s).to(q_out_ptr.dtype.element_ty)
+    if h < N_HEADS:
+        qo = q_out_ptr + (t * N_HEADS + h) * (2 * HALF)
+        tl.store(qo + d, o1)
+        tl.store(qo + HALF + d, o2)
+    else:
+        kh = h - N_HEADS
+        slot = tl.load(slot_ptr + t)
+        blk = slot // BLOCK_SIZE
+        off = slot % BLOCK_SIZE
+        dst = blk * stride_cb + kh * stride_ch + off * stride_ct
+        tl.store(k_cache_ptr + dst + d, o1)
+        tl.store(k_cache_ptr + dst + HALF + d, o2)
+        vsrc = qkv_ptr + t * stride_qkv + (N_HEADS + N_KV + kh) * (2 * HALF)
+        tl.store(v_cache_ptr + dst + d, tl.load(vsrc + d))
+        tl.store(v_cache_ptr + dst + HALF + d, tl.load(vsrc + HALF + d))
+
+
+def rope_store(
+    qkv: torch.Tensor,
+    positions: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    n_heads: int,
+    n_kv: int,
+    head_dim: int,
+) -> torch.Tensor:
+    """Rotate q and k of every token; write k and v into the paged cache [blocks, kv_heads, block, head_dim]."""
+    tokens = qkv.shape[0]
+    q = torch.empty((tokens, n_heads, head_dim), dtype=qkv.dtype, device=qkv.device)
+    _rope_store_kernel[(tokens, n_heads + n_kv)](
+        qkv,
+        positions,
+        cos,
+        sin,
+        q,
+        k_cache,
+        v_cache,
+        slot_mapping,
+        qkv.stride(0),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        N_HEADS=n_heads,
+        N_KV=n_kv,
+        HALF=head_dim // 2,
+        BLOCK_SIZE=k_cache.shape[2],
+        num_warps=1,
+    )
+    return q
+
+
+@triton.jit
+def _silu_mul_kernel(x_ptr, out_ptr, n_cols, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n_cols
+    g = tl.load(x_ptr + row * 2 * n_cols + offs, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(x_ptr + row * 2 * n_cols + n_cols + offs, mask=mask, other=0.0).to(tl.float32)
+    act = (
+        (g / (1.0 + tl.exp(-g))).to(out_ptr.dtype.element_ty).to(tl.float32)
+    )  # rounded like the eager act_fn
+    tl.store(out_ptr + row * n_cols + offs, (act * u).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    rows, two_n = gate_up.shape
+    n = two_n // 2
+    out = torch.empty((rows, n), dtype=gate_up.dtype, device=gate_up.device)
+    block = 1024
+    _silu_mul_kernel[(rows, triton.cdiv(n, block))](gate_up, out, n, BLOCK=block, num_warps=4)
+    return out
+
+
+@triton.jit
+def _decode_attn_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    bt_ptr,
+    lens_ptr,
+    o_ptr,
+    lse_ptr,
+    scale,
+    stride_bt,
+    stride_kb,
+    stride_kh,
+    stride_kt,
+    G: tl.constexpr,
+    GP: tl.constexpr,
+    D: tl.constexpr,
+    BS: tl.constexpr,
+    NSPLIT: tl.constexpr,
+    N_HEADS: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    kvh = tl.program_id(1)
+    split = tl.program_id(2)
+    seq_len = tl.load(lens_ptr + b)
+    n_blocks = tl.cdiv(seq_len, BS)
+    per = tl.cdiv(n_blocks, NSPLIT)
+    start = split * per
+    end = tl.minimum(start + per, n_blocks)
+    g = tl.arange(0, GP)
+    d = tl.arange(0, D)
+    t = tl.arange(0, BS)
+    gmask = g < G
+    heads = kvh * G + g
+    q = tl.load(q_ptr + (b * N_HEADS + heads)[:, None] * D + d[None, :], mask=gmask[:, None], other=0.0)
+    m_i = tl.full((GP,), float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros((GP,), dtype=tl.float32)
+    acc = tl.zeros((GP, D), dtype=tl.float32)
+    for i in range(start, end):
+        blk = tl.load(bt_ptr + b * stride_bt + i).to(tl.int64)
+        kv_off = blk * stride_kb + kvh * stride_kh + t[:, None] * stride_kt + d[None, :]
+        k = tl.load(k_ptr + kv_off)
+        scores = tl.dot(q, tl.trans(k)) * scale
+        pos = i * BS + t
+        scores = tl.where(pos[None, :] < seq_len, scores, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+        p = tl.exp(scores - m_new[:, None])
+        alpha = tl.exp(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(v_ptr + kv_off)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    has = end > start
+    safe_l = tl.where(l_i > 0, l_i, 1.0)
+    out = tl.where(has, acc / safe_l[:, None], 0.0)
+    lse = tl.where(has, m_i + tl.log(safe_l), float("-inf"))
+    o_off = ((b * N_HEADS + heads) * NSPLIT + split)[:, None] * D + d[None, :]
+    tl.store(o_ptr + o_off, out, mask=gmask[:, None])
+    tl.store(lse_ptr + (b * N_HEADS + heads) * NSPLIT + split, lse, mask=gmask)
+
+
+@triton.jit
+def _decode_reduce_kernel(o_ptr, lse_ptr, out_ptr, D: tl.constexpr, NSPLIT: tl.constexpr):
+    bh = tl.program_id(0).to(tl.int64)
+    s = tl.arange(0, NSPLIT)
+    d = tl.arange(0, D)
+    lse = tl.load(lse_ptr + bh * NSPLIT + s)
+    m = tl.max(lse, axis=0)
+    w = tl.where(lse > float("-inf"), tl.exp(lse - m), 0.0)
+    parts = tl.load(o_ptr + (bh * NSPLIT + s)[:, None] * D + d[None, :])
+    out = tl.sum(parts * w[:, None], axis=0) / tl.sum(w, axis=0)
+    tl.store(out_ptr + bh * D + d, out.to(out_ptr.dtype.element_ty))
+
+
+def decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    n_split: int,
+) -> torch.Tensor:
+    """One query token per row over its paged KV (flash-decoding: the sequence split ``n_split`` ways, then merged).
+
+    q: [rows, heads, head_dim]; caches: [blocks, kv_heads, block, head_dim]; block_tables: [rows, max_blocks] int32;
+    seq_lens: [rows] int32 (tokens in the cache, the current one included). Returns [rows, heads * head_dim].
+    """
+    rows, n_heads, d = q.shape
+    n_kv = k_cache.shape[1]
+    group = n_heads // n_kv
+    part = torch.empty((rows, n_heads, n_split, d), dtype=torch.float32, device=q.device)
+    lse = torch.empty((rows, n_heads, n_split), dtype=torch.float32, device=q.device)
+    _decode_attn_kernel[(rows, n_kv, n_split)](
+        q,
+        k_cache,
+        v_cache,
+        block_tables,
+        seq_lens,
+        part,
+        lse,
+        scale,
+        block_tables.stride(0),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        G=group,
+        GP=max(16, triton.next_power_of_2(group)),
+        D=d,
+        BS=k_cache.shape[2],
+        NSPLIT=n_split,
+        N_HEADS=n_heads,
+        num_warps=4,
+    )
+    out = torch.empty((rows, n_heads * d), dtype=q.dtype, device=q.device)
+    _decode_reduce_kernel[(rows * n_heads,)](part, lse, out, D=d, NSPLIT=n_split, num_warps=1)
+    return out

@@ -1,0 +1,118 @@
+"""The Llama forward pass over paged KV: a varlen prefill (eager) and a batched one-token decode (graph-capturable).
+
+Same function as transformers' ``LlamaForCausalLM``: RMSNorm, rotary embedding with the config's (Llama-3) scaling,
+grouped-query attention, SiLU MLP, residuals rounded in the model dtype as the eager forward rounds them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from inference.fast import ops
+from inference.fast.weights import LlamaWeights, rope_tables
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One sequence's piece of a prefill batch: tokens [offset, offset+length) at positions start.."""
+
+    slot: int
+    offset: int
+    length: int
+    start: int
+    blocks: torch.Tensor  # the slot's block ids (long, device), enough for start + length tokens
+
+
+class FastLlama:
+    def __init__(self, weights: LlamaWeights, num_blocks: int, block_size: int, max_positions: int) -> None:
+        spec = weights.spec
+        self.w = weights
+        self.spec = spec
+        self.block_size = block_size
+        self.scale = spec.head_dim**-0.5
+        self.cos, self.sin = rope_tables(weights, max_positions)
+        shape = (spec.num_layers, num_blocks, spec.num_kv_heads, block_size, spec.head_dim)
+        self.k_cache = torch.zeros(shape, dtype=weights.dtype, device=weights.device)
+        self.v_cache = torch.zeros(shape, dtype=weights.dtype, device=weights.device)
+
+    def _layers(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        slot_mapping: torch.Tensor,
+        attend: object,
+    ) -> torch.Tensor:
+        spec, w = self.spec, self.w
+        eps = spec.rms_norm_eps
+        residual = x.clone()
+        h = ops.rms_norm(x, w.layers[0].input_norm, eps)
+        for i, layer in enumerate(w.layers):
+            qkv = F.linear(h, layer.qkv)
+            q = ops.rope_store(
+                qkv,
+                positions,
+                self.cos,
+                self.sin,
+                self.k_cache[i],
+                self.v_cache[i],
+                slot_mapping,
+                spec.num_heads,
+                spec.num_kv_heads,
+                spec.head_dim,
+            )
+            a = attend(q, i)  # type: ignore[operator]
+            h = ops.rms_norm(F.linear(a, layer.o), layer.post_norm, eps, residual)
+            m = F.linear(ops.silu_mul(F.linear(h, layer.gate_up)), layer.down)
+            nxt = w.layers[i + 1].input_norm if i + 1 < len(w.layers) else w.norm
+            h = ops.rms_norm(m, nxt, eps, residual)
+        return h  # final-normed hidden states
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return F.linear(h, self.w.lm_head).float()
+
+    def prefill(
+        self, ids: torch.Tensor, positions: torch.Tensor, slot_mapping: torch.Tensor, segments: list[Segment]
+    ) -> torch.Tensor:
+        """Run the tokens of several sequences in one pass; returns final hidden states [tokens, hidden]."""
+
+        def attend(q: torch.Tensor, layer: int) -> torch.Tensor:
+            outs = [
+                ops.prefill_attention(
+                    q[s.offset : s.offset + s.length],
+                    self.k_cache[layer],
+                    self.v_cache[layer],
+                    s.blocks,
+                    s.start,
+                    self.scale,
+                )
+                for s in segments
+            ]
+            return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+        x = F.embedding(ids, self.w.embed)
+        return self._layers(x, positions, slot_mapping, attend)
+
+    def decode(
+        self,
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        slot_mapping: torch.Tensor,
+        block_tables: torch.Tensor,
+        seq_lens: torch.Tensor,
+        n_split: int,
+    ) -> torch.Tensor:
+        """One token per row; returns logits [rows, vocab] (float32)."""
+
+        def attend(q: torch.Tensor, layer: int) -> torch.Tensor:
+            return ops.decode_attention(
+                q, self.k_cache[layer], self.v_cache[layer], block_tables, seq_lens, self.scale, n_split
+            )
+
+        x = F.embedding(ids, self.w.embed)
+        return self.logits(self._layers(x, positions, slot_mapping, attend))

@@ -1,0 +1,191 @@
+"""The decode path's operations: Triton kernels on CUDA, plain torch elsewhere (the same function either way).
+
+The torch versions are the CPU path and the reference the kernels are tested against.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from types import ModuleType
+
+import torch
+import torch.nn.functional as F
+
+_log = logging.getLogger(__name__)
+
+_kernels: ModuleType | None = None
+_kernels_checked = False
+
+
+def triton_kernels(device: torch.device) -> ModuleType | None:
+    """The Triton kernel module when it can run on ``device`` (CUDA, or the interpreter on CPU), else None."""
+    global _kernels, _kernels_checked
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return None
+    if not _kernels_checked:
+        _kernels_checked = True
+        try:
+            from inference.fast import kernels
+
+            _kernels = kernels
+        except ImportError as exc:  # no Triton: the torch path serves, slower
+            _log.warning("Triton is not importable (%s): the fast decoder uses plain torch operations", exc)
+    return _kernels
+
+
+# ---- torch reference versions -------------------------------------------------------------------------------------
+
+
+def rms_norm_ref(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+) -> torch.Tensor:
+    if residual is not None:
+        residual.add_(x)
+        x = residual
+    xf = x.float()
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * y.to(x.dtype)
+
+
+def rope_store_ref(
+    qkv: torch.Tensor,
+    positions: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    n_heads: int,
+    n_kv: int,
+    head_dim: int,
+) -> torch.Tensor:
+    tokens = qkv.shape[0]
+    q, k, v = qkv.view(tokens, n_heads + 2 * n_kv, head_dim).split([n_heads, n_kv, n_kv], dim=1)
+    c = torch.cat([cos[positions], cos[positions]], dim=-1)[:, None, :]
+    s = torch.cat([sin[positions], sin[positions]], dim=-1)[:, None, :]
+
+    def rot(x: torch.Tensor) -> torch.Tensor:
+        half = head_dim // 2
+        return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+    q_out = q * c + rot(q) * s
+    k_out = k * c + rot(k) * s
+    block = k_cache.shape[2]
+    blk, off = slot_mapping // block, slot_mapping % block
+    k_cache[blk, :, off, :] = k_out
+    v_cache[blk, :, off, :] = v
+    return q_out.contiguous()
+
+
+def silu_mul_ref(gate_up: torch.Tensor) -> torch.Tensor:
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def gather_kv(cache: torch.Tensor, blocks: torch.Tensor, length: int) -> torch.Tensor:
+    """[kv_heads, length, head_dim] of one sequence from the paged cache [blocks, kv_heads, block, head_dim]."""
+    g = cache[blocks]  # [n, kv, block, d]
+    return g.permute(1, 0, 2, 3).reshape(cache.shape[1], -1, cache.shape[3])[:, :length]
+
+
+def decode_attention_ref(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    n_split: int = 1,
+) -> torch.Tensor:
+    _rows, n_heads, d = q.shape
+    block = k_cache.shape[2]
+    outs = []
+    for r, length in enumerate(seq_lens.tolist()):
+        n = -(-length // block)
+        blocks = block_tables[r, :n].long()
+        k = gather_kv(k_cache, blocks, length)
+        v = gather_kv(v_cache, blocks, length)
+        o = F.scaled_dot_product_attention(
+            q[r][None, :, None, :], k[None], v[None], scale=scale, enable_gqa=True
+        )  # [1, heads, 1, d]
+        outs.append(o.reshape(n_heads * d))
+    return torch.stack(outs)
+
+
+# ---- dispatch ------------------------------------------------------------------------------------------------------
+
+
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+) -> torch.Tensor:
+    k = triton_kernels(x.device)
+    if k is not None:
+        return k.rms_norm(x, weight, eps, residual)  # type: ignore[no-any-return]
+    return rms_norm_ref(x, weight, eps, residual)
+
+
+def rope_store(
+    qkv: torch.Tensor,
+    positions: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    n_heads: int,
+    n_kv: int,
+    head_dim: int,
+) -> torch.Tensor:
+    k = triton_kernels(qkv.device)
+    fn = k.rope_store if k is not None else rope_store_ref
+    return fn(qkv, positions, cos, sin, k_cache, v_cache, slot_mapping, n_heads, n_kv, head_dim)  # type: ignore[no-any-return]
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    k = triton_kernels(gate_up.device)
+    if k is not None:
+        return k.silu_mul(gate_up)  # type: ignore[no-any-return]
+    return silu_mul_ref(gate_up)
+
+
+def decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    n_split: int,
+) -> torch.Tensor:
+    k = triton_kernels(q.device)
+    if k is not None:
+        return k.decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, n_split)  # type: ignore[no-any-return]
+    return decode_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, scale)
+
+
+def prefill_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    blocks: torch.Tensor,
+    start: int,
+    scale: float,
+) -> torch.Tensor:
+    """Causal attention of ``q`` [tokens, heads, d] (positions start..start+tokens-1) over the sequence's cache."""
+    tokens, n_heads, d = q.shape
+    length = start + tokens
+    k = gather_kv(k_cache, blocks, length)
+    v = gather_kv(v_cache, blocks, length)
+    group = n_heads // k.shape[0]
+    if group > 1:
+        k = k.repeat_interleave(group, dim=0)
+        v = v.repeat_interleave(group, dim=0)
+    qh = q.transpose(0, 1)[None]  # [1, heads, tokens, d]
+    if start == 0:
+        o = F.scaled_dot_product_attention(qh, k[None], v[None], is_causal=True, scale=scale)
+    else:
+        rows = torch.arange(tokens, device=q.device)[:, None] + start
+        cols = torch.arange(length, device=q.device)[None, :]
+        o = F.scaled_dot_product_attention(qh, k[None], v[None], attn_mask=cols <= rows, scale=scale)
+    return o[0].transpose(0, 1).reshape(tokens, n_heads * d)
