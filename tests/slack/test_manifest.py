@@ -1,0 +1,39 @@
+"""The app manifest asks for what the adapter uses: its events, its commands, Socket Mode, the scopes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.app import build_commands
+from bot.settings import load_settings
+from tests.fakes import ScriptedEngine
+
+yaml = pytest.importorskip("yaml")
+
+MANIFEST = Path(__file__).resolve().parents[2] / "adapters" / "slack" / "manifest.yaml"
+
+
+def test_the_manifest_matches_the_adapter(sqlite_store, tmp_path):
+    manifest = yaml.safe_load(MANIFEST.read_text(encoding="utf-8"))
+    settings = load_settings(data_dir=tmp_path / "data", scheduler={"enabled": False})
+    registry = build_commands(settings, sqlite_store, ScriptedEngine())
+
+    commands = {c["command"] for c in manifest["features"]["slash_commands"]}
+    assert commands == {f"/{spec.name}" for spec in registry.specs()}
+    assert set(manifest["settings"]["event_subscriptions"]["bot_events"]) >= {
+        "app_mention",
+        "message.im",
+        "message.channels",
+    }
+    assert manifest["settings"]["socket_mode_enabled"] is True
+    scopes = set(manifest["oauth_config"]["scopes"]["bot"])
+    assert {
+        "app_mentions:read",
+        "im:history",
+        "channels:history",
+        "chat:write",
+        "users:read",
+        "commands",
+    } <= scopes
