@@ -471,7 +471,7 @@ class FakeDiscord:
         if problem is not None:
             return problem
         message_id = snowflake()
-        payload = self._message_payload(message_id, channel_id, self.bot, body.get("content") or "")
+        payload = self._message_payload(message_id, channel_id, self.bot, (body.get("content") or "").strip())
         reference = body.get("message_reference")
         if reference:
             payload["type"] = 19
@@ -493,7 +493,7 @@ class FakeDiscord:
             problem = _check_content(body["content"])
             if problem is not None:
                 return problem
-            message["content"] = body["content"]
+            message["content"] = body["content"].strip()  # Discord trims what it stores
         message["edited_timestamp"] = _now_iso()
         return json_response(message)
 

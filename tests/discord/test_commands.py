@@ -1,0 +1,102 @@
+"""Slash commands: registered with help text and choices, deferred at once, admin-only checked in the core.
+
+Each interaction arrives as INTERACTION_CREATE through the fake gateway; the bot answers at
+/interactions/{id}/{token}/callback and follows up at /webhooks/{app}/{token}.
+"""
+
+from __future__ import annotations
+
+import time
+
+from tests.discord.conftest import DiscordBot, StartBot
+from tests.discord.fake_discord import MANAGE_GUILD, FakeDiscord, FakeUser
+from tests.discord.sink_helpers import reply_done
+from tests.fakes import ScriptedEngine
+
+
+async def chat_a_little(bot: DiscordBot, fake: FakeDiscord) -> None:
+    someone = fake.new_user("Talker")
+    fake.post_message(fake.general, someone, "기억해 줘: 내 이름은 토커", mention_bot=True)
+    await fake.wait_for(reply_done(fake, fake.general, "알겠어요."))
+    assert len(bot.history(fake.general)) == 2
+
+
+async def run(fake: FakeDiscord, name: str, user: FakeUser, **kwargs: object) -> tuple[float, str, list[str]]:
+    """Run a command; returns (seconds until the callback, callback type and flags, followup texts)."""
+    sent = time.monotonic()
+    token = fake.run_command(name, user, fake.general, **kwargs)  # type: ignore[arg-type]
+    await fake.wait_for(lambda: len(fake.interaction_responses[token]) >= 2)
+    callback, *followups = fake.interaction_responses[token]
+    kind = f"type={callback.body['type']} flags={callback.body.get('data', {}).get('flags', 0)}"
+    return callback.t - sent, kind, [f.body["content"] for f in followups]
+
+
+async def test_commands_are_registered_with_help_text_choices_and_admin_permissions(
+    start_bot: StartBot, fake_discord: FakeDiscord
+) -> None:
+    await start_bot()
+    commands = {c["name"]: c for c in fake_discord.commands}
+    assert {"reset", "help", "finetune"} <= set(commands)
+    assert all(c["description"] for c in commands.values())
+    assert int(commands["reset"]["default_member_permissions"]) == MANAGE_GUILD
+    assert commands["help"]["default_member_permissions"] is None
+    (action,) = commands["finetune"]["options"]
+    assert [c["value"] for c in action["choices"]] == ["run", "status", "rollback"]
+
+
+async def test_reset_by_an_admin_clears_the_channel_history(
+    start_bot: StartBot, fake_discord: FakeDiscord
+) -> None:
+    bot = await start_bot(engine=ScriptedEngine(reply="알겠어요."))
+    await chat_a_little(bot, fake_discord)
+    fake_discord.post_message(
+        fake_discord.random, fake_discord.new_user("Other"), "다른 채널", mention_bot=True
+    )
+    await fake_discord.wait_for(reply_done(fake_discord, fake_discord.random, "알겠어요."))
+    admin = fake_discord.new_user("Admin", roles=[fake_discord.admin_role])
+
+    delay, kind, texts = await run(fake_discord, "reset", admin)
+
+    assert kind == "type=5 flags=64", "deferred (thinking, ephemeral) before the work"
+    assert delay < 3.0
+    assert texts == ["This channel's conversation was cleared (2 messages)."]
+    assert bot.history(fake_discord.general) == []
+    assert len(bot.history(fake_discord.random)) == 2, "only this channel's conversation"
+
+
+async def test_reset_by_a_non_admin_is_refused_and_nothing_is_cleared(
+    start_bot: StartBot, fake_discord: FakeDiscord
+) -> None:
+    bot = await start_bot(engine=ScriptedEngine(reply="알겠어요."))
+    await chat_a_little(bot, fake_discord)
+    member = fake_discord.new_user("Member")
+
+    # the UI hides /reset from members without Manage Server, but a client could still send it: the core refuses
+    _, kind, texts = await run(fake_discord, "reset", member, locale="ko")
+
+    assert kind == "type=5 flags=64"
+    assert texts == ["이 명령은 관리자만 쓸 수 있어요. 서버 관리자에게 문의해 주세요."]
+    assert len(bot.history(fake_discord.general)) == 2
+
+
+async def test_admin_role_from_the_settings_may_reset(start_bot: StartBot, fake_discord: FakeDiscord) -> None:
+    bot = await start_bot(engine=ScriptedEngine(reply="알겠어요."), admin_role_ids=[fake_discord.helper_role])
+    await chat_a_little(bot, fake_discord)
+    helper = fake_discord.new_user("Helper", roles=[fake_discord.helper_role])  # no Manage Server
+
+    _, _, texts = await run(fake_discord, "reset", helper)
+
+    assert texts == ["This channel's conversation was cleared (2 messages)."]
+    assert bot.history(fake_discord.general) == []
+    # with admins named in the settings the command is not hidden in the UI (they lack Manage Server)
+    reset = next(c for c in fake_discord.commands if c["name"] == "reset")
+    assert reset["default_member_permissions"] is None
+
+
+async def test_finetune_answers_that_it_is_not_available(
+    start_bot: StartBot, fake_discord: FakeDiscord
+) -> None:
+    await start_bot()
+    admin = fake_discord.new_user("Admin", roles=[fake_discord.admin_role])
+    _, _, texts = await run(fake_discord, "finetune", admin, options={"action": "status"})
+    assert texts == ["Fine-tuning is not set up on this bot."]
