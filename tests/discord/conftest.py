@@ -16,6 +16,7 @@ from adapters.discord import DiscordAdapter
 from bot.app import build_commands
 from bot.chat import ChatService
 from bot.domain import ConversationKey
+from bot.ports import MessageHandler
 from bot.settings import Settings, load_settings
 from bot.store.conversations import ConversationStore, StoredMessage
 from bot.store.db import create_db_engine, migrate
@@ -61,7 +62,10 @@ async def start_bot(tmp_path: Path, fake_discord: FakeDiscord) -> AsyncIterator[
     """``await start_bot(engine=..., **discord_settings)``: the bot, connected and ready; stopped after the test."""
     started: list[tuple[DiscordAdapter, Any]] = []
 
-    async def start(engine: ScriptedEngine | None = None, **discord_settings: Any) -> DiscordBot:
+    async def start(
+        engine: ScriptedEngine | None = None, handler: MessageHandler | None = None, **discord_settings: Any
+    ) -> DiscordBot:
+        """``handler`` replaces the chat service's (to see exactly what the adapter hands to the core)."""
         discord_settings.setdefault("edit_interval_s", 0.2)
         settings = load_settings(
             data_dir=tmp_path / "data",
@@ -76,7 +80,7 @@ async def start_bot(tmp_path: Path, fake_discord: FakeDiscord) -> AsyncIterator[
         chat = ChatService(settings=settings, store=store, engine=engine)
         commands = build_commands(settings, store, engine, chat=chat)
         adapter = DiscordAdapter(settings, store, guild_ready_timeout=0.05)
-        await adapter.start(chat.handle, commands)
+        await adapter.start(handler or chat.handle, commands)
         started.append((adapter, db))
         return DiscordBot(settings, store, engine, adapter, fake_discord)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from bot.domain import Role
+from bot.domain import ConversationKey, IncomingMessage, Role
+from bot.ports import ReplySink
 from tests.discord.conftest import StartBot
 from tests.discord.fake_discord import FakeDiscord
 from tests.discord.sink_helpers import reply_done
@@ -104,3 +105,40 @@ async def test_dm_thread_and_reply_to_the_bot_are_answered(
     )  # no mention: a reply to the bot
     await fake_discord.wait_for(lambda: len(bot.history(thread)) == 4)
     assert bot.history(thread)[2].content == "그럼 하나 더요"
+
+
+async def test_only_messages_for_the_bot_reach_the_core_cleaned_and_attributed(
+    start_bot: StartBot, fake_discord: FakeDiscord
+) -> None:
+    received: list[IncomingMessage] = []
+
+    async def record(msg: IncomingMessage, sink: ReplySink) -> None:
+        received.append(msg)
+        await sink.send("ok")
+
+    await start_bot(handler=record)
+    admin = fake_discord.new_user(
+        "Admin", nick="관리자", roles=[fake_discord.admin_role, fake_discord.helper_role]
+    )
+    jun = fake_discord.new_user("Jun")
+    other_bot = fake_discord.new_user("OtherBot", bot=True)
+    fake_discord.post_message(fake_discord.general, fake_discord.bot, "my own words", mention_bot=True)
+    fake_discord.post_message(fake_discord.general, other_bot, "a bot asking", mention_bot=True)
+    fake_discord.post_message(fake_discord.general, jun, "just chatting, no mention")
+    asked = fake_discord.post_message(
+        fake_discord.general,
+        admin,
+        f"<@{fake_discord.bot.id}>  이거  좀 봐 줘\n```\n  x = 1\n```",
+        mention_bot=False,
+    )
+    await fake_discord.wait_for(lambda: len(fake_discord.log("POST", r"/messages$")) == 1)
+    await asyncio.sleep(0.2)
+
+    (msg,) = received
+    assert msg.message_id == asked and msg.platform == "discord" and not msg.is_direct
+    assert msg.text == "이거  좀 봐 줘\n```\n  x = 1\n```", (
+        "mention stripped, the rest (code indentation) kept"
+    )
+    assert msg.conversation == ConversationKey("discord", fake_discord.guild_id, fake_discord.general)
+    assert msg.author.display_name == "관리자" and msg.author.platform_admin and not msg.author.is_bot
+    assert set(msg.author.role_ids) == {fake_discord.admin_role, fake_discord.helper_role}
