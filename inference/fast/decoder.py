@@ -117,6 +117,10 @@ class StaticSlotDecoder:
             else 0
         )
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self._step_logits: dict[int, torch.Tensor] = {}  # per bucket: the raw logits of the last step (tests)
+        self._prefill_logits: dict[int, torch.Tensor] = {}
+        self._last_rows: list[int] = []
+        self._last_bucket = 0
         if cuda_graphs is None:
             cuda_graphs = self.device.type == "cuda"
         self.kv_tokens = budget.usable_tokens
@@ -247,7 +251,9 @@ class StaticSlotDecoder:
                 [segments[i].offset + segments[i].length - 1 for i, _ in finished], device=self.device
             )
             rows = torch.tensor([p.slot for _, p in finished], dtype=torch.int64, device=self.device)
-            tokens = self.sampler.sample(self.model.logits(hidden[last]), rows)
+            logits = self.model.logits(hidden[last])
+            self._prefill_logits = {p.slot: logits[j] for j, (_, p) in enumerate(finished)}
+            tokens = self.sampler.sample(logits, rows)
             self.last_tok[rows] = tokens
             self.slot_len[rows] = torch.tensor([len(p.ids) for _, p in finished], device=self.device)
             result = dict(zip([p.slot for _, p in finished], tokens.tolist(), strict=True))
@@ -281,6 +287,7 @@ class StaticSlotDecoder:
         slot_mapping = blk * bs + pos % bs
         seq_lens = (pos + 1).to(torch.int32)
         logits = self.model.decode(ids, pos, slot_mapping, tables, seq_lens, self._n_split(b))
+        self._step_logits[b] = logits
         tok = self.sampler.sample(logits, rows)
         self.last_tok[rows] = tok
         self.slot_len[rows] = pos + 1
@@ -302,7 +309,20 @@ class StaticSlotDecoder:
         else:
             with torch.inference_mode():
                 self._decode_body(b)
+        self._last_rows = list(slots)
+        self._last_bucket = b
         return dict(zip(slots, self.out_tok[:n].tolist(), strict=True))
+
+    # ---- inspection (tests) ----------------------------------------------------------------------------------------
+
+    def last_step_logits(self) -> dict[int, torch.Tensor]:
+        """{slot: raw next-token logits (before penalty and sampling)} of the last decode step."""
+        logits = self._step_logits[self._last_bucket]
+        return {slot: logits[row] for row, slot in enumerate(self._last_rows)}
+
+    def last_prefill_logits(self, slot: int) -> torch.Tensor:
+        """The raw logits the slot's first token was sampled from (valid until the next prefill pass)."""
+        return self._prefill_logits[slot]
 
     def _capture_graphs(self) -> None:
         self.row_slot.fill_(self._pad)
