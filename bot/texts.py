@@ -68,6 +68,71 @@ TEXTS: dict[str, dict[Lang, str]] = {
         "ko": "학습 기능이 아직 설정되지 않았어요.",
         "en": "Fine-tuning is not set up on this bot.",
     },
+    # learning loop (/finetune, /forget-me)
+    "cmd.finetune.started": {
+        "ko": "학습 #{run}을(를) 시작했어요. 진행 상황은 /finetune status 로 볼 수 있어요.",
+        "en": "Fine-tune run #{run} started. /finetune status shows its progress.",
+    },
+    "cmd.finetune.already_running": {
+        "ko": "이미 학습 #{run}이(가) 진행 중이에요. 진행 상황은 /finetune status 로 볼 수 있어요.",
+        "en": "A fine-tune is already running (run #{run}). /finetune status shows its progress.",
+    },
+    "cmd.finetune.rolled_back": {
+        "ko": "{previous}에서 {current}(으)로 되돌렸어요.",
+        "en": "Rolled back from {previous} to {current}.",
+    },
+    "cmd.finetune.nothing_to_roll_back": {
+        "ko": "되돌릴 학습 결과가 없어요. 지금은 기본 모델이 답하고 있어요.",
+        "en": "There is nothing to roll back: the base model is already answering.",
+    },
+    "cmd.finetune.unknown_action": {
+        "ko": "action은 run, status, rollback 중 하나여야 해요.",
+        "en": "The action must be run, status or rollback.",
+    },
+    "finetune.base_model": {"ko": "기본 모델", "en": "the base model"},
+    "finetune.status.idle": {"ko": "진행 중인 학습은 없어요.", "en": "No fine-tune is running."},
+    "finetune.status.running": {
+        "ko": "학습 #{run} 진행 중 ({phase}): {step}/{total} 단계, loss {loss}, 남은 시간 약 {eta} (시작: {by}).",
+        "en": "Run #{run} is {phase}: step {step}/{total}, loss {loss}, about {eta} left (started by {by}).",
+    },
+    "finetune.status.last": {
+        "ko": "마지막 학습 #{run} ({when}): {result}",
+        "en": "Last run #{run} ({when}): {result}",
+    },
+    "finetune.result.succeeded": {
+        "ko": "적용됨, 검증 loss {loss} (이전 {baseline}).",
+        "en": "promoted, held-out loss {loss} (was {baseline}).",
+    },
+    "finetune.result.rejected": {
+        "ko": "평가를 통과하지 못해 적용하지 않았어요 ({reason}).",
+        "en": "not promoted ({reason}).",
+    },
+    "finetune.result.failed": {"ko": "실패했어요 ({reason}).", "en": "failed ({reason})."},
+    "finetune.result.cancelled": {"ko": "중단되었어요.", "en": "cancelled."},
+    "finetune.status.active": {
+        "ko": "사용 중: LoRA {version} (검증 loss {loss}, {when}부터).",
+        "en": "In service: LoRA {version} (held-out loss {loss}, since {when}).",
+    },
+    "finetune.status.base": {
+        "ko": "사용 중: 기본 모델 (LoRA 없음).",
+        "en": "In service: the base model (no LoRA).",
+    },
+    "finetune.status.prune": {
+        "ko": "마지막 기록 정리 ({when}): 대화 {conversations}개에서 메시지 {removed}개 삭제.",
+        "en": "Last history prune ({when}): {removed} messages removed from {conversations} conversations.",
+    },
+    "cmd.forget_me.done": {
+        "ko": "앞으로 당신의 메시지는 학습에 쓰이지 않아요.",
+        "en": "Your messages will no longer be used for training.",
+    },
+    "cmd.forget_me.already": {
+        "ko": "이미 학습에서 제외되어 있어요.",
+        "en": "You had already opted out of training.",
+    },
+    "cmd.forget_me.deleted": {
+        "ko": "저장된 당신의 메시지 {count}개도 삭제했어요.",
+        "en": "{count} of your stored messages were deleted as well.",
+    },
 }
 
 
