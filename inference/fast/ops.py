@@ -21,6 +21,8 @@ _kernels_checked = False
 def triton_kernels(device: torch.device) -> ModuleType | None:
     """The Triton kernel module when it can run on ``device`` (CUDA, or the interpreter on CPU), else None."""
     global _kernels, _kernels_checked
+    if os.environ.get("HANBOT_FAST_NO_TRITON") == "1":
+        return None
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         return None
     if not _kernels_checked:

@@ -43,6 +43,7 @@ class SlotSampler:
         self.seed = torch.zeros(slots, dtype=torch.int64, device=device)
         self.counter = torch.zeros(slots, dtype=torch.int64, device=device)
         self.seen = torch.zeros((slots, vocab_size), dtype=torch.bool, device=device)
+        self._true = torch.ones((), dtype=torch.bool, device=device)
 
     def configure(self, slot: int, params: GenerationParams, prompt_ids: torch.Tensor) -> None:
         """Set one slot's parameters and history (host writes, done once per request at admission)."""
@@ -84,5 +85,5 @@ class SlotSampler:
         return tokens
 
     def record(self, rows: torch.Tensor, tokens: torch.Tensor) -> None:
-        self.seen[rows, tokens] = True
+        self.seen[rows, tokens] = self._true
         self.counter.index_add_(0, rows, torch.ones_like(rows))
