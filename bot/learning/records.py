@@ -1,0 +1,353 @@
+"""The learning loop's rows: fine-tune runs, LoRA versions, audit events, opt-outs and prune records.
+
+Synchronous, one short transaction per call, like ConversationStore; async callers use ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import CursorResult, delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+
+from bot.domain import Role
+from bot.store.conversations import ConversationStore
+from bot.store.models import AuditEvent, FinetuneRun, LoraVersion, Message, OptOut, PruneRecord, utcnow
+
+_log = logging.getLogger(__name__)
+
+PRUNE_TOTAL_LABEL = "(all)"  # the prune job's summary row; the others are labelled with a conversation key
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"  # trained and promoted
+    REJECTED = "rejected"  # trained (or had too little data) and not promoted: the quality gate said no
+    FAILED = "failed"  # crashed, killed, timed out, or the bot died while it ran
+    CANCELLED = "cancelled"  # the bot shut down while it ran
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    id: int
+    status: RunStatus
+    trigger: str
+    started_by: str
+    started_at: datetime
+    finished_at: datetime | None
+    progress: dict[str, Any]
+    train_examples: int
+    eval_examples: int
+    eval_loss: float | None
+    baseline_loss: float | None
+    adapter_path: str | None
+    error: str | None
+
+    @classmethod
+    def of(cls, row: FinetuneRun) -> RunInfo:
+        return cls(
+            id=row.id,
+            status=RunStatus(row.status),
+            trigger=row.trigger,
+            started_by=row.started_by,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            progress=dict(row.progress or {}),
+            train_examples=row.train_examples,
+            eval_examples=row.eval_examples,
+            eval_loss=row.eval_loss,
+            baseline_loss=row.baseline_loss,
+            adapter_path=row.adapter_path,
+            error=row.error,
+        )
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    id: int
+    name: str
+    path: str
+    run_id: int | None
+    eval_loss: float | None
+    is_active: bool
+    created_at: datetime
+    retired_at: datetime | None
+
+    @classmethod
+    def of(cls, row: LoraVersion) -> VersionInfo:
+        return cls(
+            id=row.id,
+            name=row.name,
+            path=row.path,
+            run_id=row.run_id,
+            eval_loss=row.eval_loss,
+            is_active=row.is_active,
+            created_at=row.created_at,
+            retired_at=row.retired_at,
+        )
+
+
+@dataclass(frozen=True)
+class PruneSummary:
+    ran_at: datetime
+    conversations: int
+    removed: int
+
+
+@dataclass(frozen=True)
+class RunOutcomeFields:
+    """What a finished run records besides its status."""
+
+    train_examples: int = 0
+    eval_examples: int = 0
+    eval_loss: float | None = None
+    baseline_loss: float | None = None
+    adapter_path: str | None = None
+    error: str | None = None
+
+
+class LearningRecords:
+    def __init__(self, store: ConversationStore) -> None:
+        self._store = store
+
+    # runs
+
+    def create_run(self, *, trigger: str, started_by: str, owner: str) -> RunInfo:
+        with self._store.session() as session, session.begin():
+            row = FinetuneRun(
+                status=RunStatus.RUNNING.value,
+                trigger=trigger,
+                started_by=started_by,
+                started_at=utcnow(),
+                progress={"owner": owner, "phase": "dataset"},
+            )
+            session.add(row)
+            session.flush()
+            session.add(
+                AuditEvent(
+                    action="finetune.start", actor=started_by, detail={"run": row.id, "trigger": trigger}
+                )
+            )
+            return RunInfo.of(row)
+
+    def update_progress(self, run_id: int, progress: dict[str, Any]) -> None:
+        with self._store.session() as session, session.begin():
+            row = session.get(FinetuneRun, run_id)
+            if row is not None:
+                row.progress = {**(row.progress or {}), **progress}
+
+    def set_examples(self, run_id: int, *, train: int, eval: int) -> None:
+        with self._store.session() as session, session.begin():
+            session.execute(
+                update(FinetuneRun)
+                .where(FinetuneRun.id == run_id)
+                .values(train_examples=train, eval_examples=eval)
+            )
+
+    def finish_run(self, run_id: int, status: RunStatus, fields: RunOutcomeFields) -> RunInfo:
+        with self._store.session() as session, session.begin():
+            row = session.get(FinetuneRun, run_id)
+            if row is None:
+                raise LookupError(f"no fine-tune run {run_id}")
+            row.status = status.value
+            row.finished_at = utcnow()
+            row.train_examples = fields.train_examples or row.train_examples
+            row.eval_examples = fields.eval_examples or row.eval_examples
+            row.eval_loss = fields.eval_loss
+            row.baseline_loss = fields.baseline_loss
+            row.adapter_path = fields.adapter_path
+            row.error = fields.error[:2000] if fields.error else None
+            session.add(
+                AuditEvent(
+                    action=f"finetune.{status.value}",
+                    actor=row.started_by,
+                    detail={
+                        "run": run_id,
+                        "eval_loss": fields.eval_loss,
+                        "baseline_loss": fields.baseline_loss,
+                    },
+                )
+            )
+            return RunInfo.of(row)
+
+    def run(self, run_id: int) -> RunInfo | None:
+        with self._store.session() as session:
+            row = session.get(FinetuneRun, run_id)
+            return RunInfo.of(row) if row else None
+
+    def running_runs(self) -> list[RunInfo]:
+        with self._store.session() as session:
+            rows = session.scalars(
+                select(FinetuneRun)
+                .where(FinetuneRun.status == RunStatus.RUNNING.value)
+                .order_by(FinetuneRun.id)
+            )
+            return [RunInfo.of(r) for r in rows]
+
+    def last_finished_run(self) -> RunInfo | None:
+        with self._store.session() as session:
+            row = session.scalar(
+                select(FinetuneRun)
+                .where(FinetuneRun.status != RunStatus.RUNNING.value)
+                .order_by(FinetuneRun.id.desc())
+                .limit(1)
+            )
+            return RunInfo.of(row) if row else None
+
+    # LoRA versions
+
+    def active_version(self) -> VersionInfo | None:
+        with self._store.session() as session:
+            row = session.scalar(select(LoraVersion).where(LoraVersion.is_active.is_(True)).limit(1))
+            return VersionInfo.of(row) if row else None
+
+    def versions(self) -> list[VersionInfo]:
+        with self._store.session() as session:
+            return [VersionInfo.of(r) for r in session.scalars(select(LoraVersion).order_by(LoraVersion.id))]
+
+    def next_version_name(self) -> str:
+        with self._store.session() as session:
+            count = session.scalar(select(func.count(LoraVersion.id))) or 0
+        return f"v{count + 1}"
+
+    def promote(self, *, name: str, path: str, run_id: int, eval_loss: float, actor: str) -> VersionInfo:
+        """Record a new version and make it the active one, in one transaction."""
+        with self._store.session() as session, session.begin():
+            previous = session.scalar(select(LoraVersion).where(LoraVersion.is_active.is_(True)))
+            if previous is not None:
+                previous.is_active = False
+            row = LoraVersion(
+                name=name, path=path, run_id=run_id, eval_loss=eval_loss, is_active=True, created_at=utcnow()
+            )
+            session.add(row)
+            session.flush()
+            session.add(
+                AuditEvent(
+                    action="finetune.promote",
+                    actor=actor,
+                    detail={"run": run_id, "version": name, "previous": previous.name if previous else None},
+                )
+            )
+            return VersionInfo.of(row)
+
+    def rollback_target(self) -> tuple[VersionInfo | None, VersionInfo | None]:
+        """(the active version, the version a rollback returns to: the newest older one not retired, or None)."""
+        with self._store.session() as session:
+            active = session.scalar(select(LoraVersion).where(LoraVersion.is_active.is_(True)))
+            if active is None:
+                return None, None
+            target = session.scalar(
+                select(LoraVersion)
+                .where(LoraVersion.id < active.id, LoraVersion.retired_at.is_(None))
+                .order_by(LoraVersion.id.desc())
+                .limit(1)
+            )
+            return VersionInfo.of(active), VersionInfo.of(target) if target else None
+
+    def roll_back(self, *, from_id: int, to_id: int | None, actor: str) -> None:
+        """Retire ``from_id`` (a later rollback goes further back) and activate ``to_id`` (None: the base)."""
+        with self._store.session() as session, session.begin():
+            current = session.get(LoraVersion, from_id)
+            if current is None or not current.is_active:
+                raise LookupError("the active LoRA changed meanwhile")
+            current.is_active = False
+            current.retired_at = utcnow()
+            target = session.get(LoraVersion, to_id) if to_id is not None else None
+            if target is not None:
+                target.is_active = True
+            session.add(
+                AuditEvent(
+                    action="finetune.rollback",
+                    actor=actor,
+                    detail={"from": current.name, "to": target.name if target else None},
+                )
+            )
+
+    def deactivate(self, version_id: int, *, reason: str) -> None:
+        """Serve the base instead of a version that cannot be loaded (its files are gone)."""
+        with self._store.session() as session, session.begin():
+            session.execute(update(LoraVersion).where(LoraVersion.id == version_id).values(is_active=False))
+            session.add(
+                AuditEvent(
+                    action="finetune.deactivate",
+                    actor="bot",
+                    detail={"version": version_id, "reason": reason},
+                )
+            )
+
+    # opt-outs
+
+    def opt_out(self, platform: str, user_id: str) -> bool:
+        """Record that a user's turns are never trained on. False when they had opted out already."""
+        try:
+            with self._store.session() as session, session.begin():
+                session.add(OptOut(platform=platform, user_id=user_id, created_at=utcnow()))
+                session.add(
+                    AuditEvent(action="opt_out", actor=f"{platform}:{user_id}", detail={"platform": platform})
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    def opted_out_users(self) -> set[str]:
+        """``platform:user_id`` of everyone who opted out with /forget-me."""
+        with self._store.session() as session:
+            return {f"{p}:{u}" for p, u in session.execute(select(OptOut.platform, OptOut.user_id))}
+
+    def delete_user_turns(self, platform: str, user_id: str) -> int:
+        """Remove a user's own turns from the store (the /forget-me ``delete`` option). Returns how many."""
+        with self._store.session() as session, session.begin():
+            result = session.execute(
+                delete(Message).where(
+                    Message.platform == platform,
+                    Message.author_id == user_id,
+                    Message.role == Role.USER.value,
+                )
+            )
+            removed = result.rowcount if isinstance(result, CursorResult) else 0
+            session.add(
+                AuditEvent(
+                    action="forget_me.delete",
+                    actor=f"{platform}:{user_id}",
+                    detail={"platform": platform, "removed": removed},
+                )
+            )
+        return removed
+
+    # audit and prune records
+
+    def audit(self, action: str, actor: str, detail: dict[str, object] | None = None) -> None:
+        with self._store.session() as session, session.begin():
+            session.add(AuditEvent(action=action, actor=actor, detail=detail))
+
+    def audit_events(self, actions: Iterable[str] | None = None) -> list[tuple[str, str, dict[str, Any]]]:
+        with self._store.session() as session:
+            query = select(AuditEvent).order_by(AuditEvent.id)
+            if actions is not None:
+                query = query.where(AuditEvent.action.in_(list(actions)))
+            return [(e.action, e.actor, dict(e.detail or {})) for e in session.scalars(query)]
+
+    def last_prune(self) -> PruneSummary | None:
+        """The last prune job's totals (its summary row), with how many conversations lost turns."""
+        with self._store.session() as session:
+            total = session.scalar(
+                select(PruneRecord)
+                .where(PruneRecord.conversation_label == PRUNE_TOTAL_LABEL)
+                .order_by(PruneRecord.id.desc())
+                .limit(1)
+            )
+            if total is None:
+                return None
+            conversations = session.scalar(
+                select(func.count(PruneRecord.id)).where(
+                    PruneRecord.ran_at == total.ran_at, PruneRecord.conversation_label != PRUNE_TOTAL_LABEL
+                )
+            )
+            return PruneSummary(
+                ran_at=total.ran_at, conversations=int(conversations or 0), removed=total.removed
+            )
