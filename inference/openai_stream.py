@@ -106,6 +106,25 @@ def parse_chunk(data: str) -> ChunkDelta:
     return ChunkDelta(text=text if isinstance(text, str) else "", finish_reason=choice.get("finish_reason"))
 
 
+def parse_completion(raw: bytes) -> ChunkDelta:
+    """Read a whole (non-streamed) ``chat.completion``, from a server that ignored ``stream: true``."""
+    try:
+        payload = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return ChunkDelta(error="malformed completion (not JSON)")
+    if not isinstance(payload, dict):
+        return ChunkDelta(error="malformed completion (not an object)")
+    if payload.get("error") is not None:
+        return ChunkDelta(error=error_detail(payload) or "error without a message")
+    choices = payload.get("choices") or []
+    choice = choices[0] if choices and isinstance(choices[0], dict) else {}
+    message = choice.get("message") or {}
+    text = message.get("content") if isinstance(message, dict) else None
+    return ChunkDelta(
+        text=text if isinstance(text, str) else "", finish_reason=choice.get("finish_reason") or "stop"
+    )
+
+
 def error_detail(payload: Any, limit: int = 200) -> str:
     """A short, log-safe description from an error body: only a string message, never echoed request fields.
 

@@ -24,6 +24,7 @@ One streamed POST to ``{base_url}/chat/completions`` per request (server-sent ev
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
@@ -48,10 +49,12 @@ from bot.errors import (
 from bot.ports import ChatTokenizer
 from inference.openai_stream import (
     DONE,
+    ChunkDelta,
     chat_body,
     error_detail,
     has_extras,
     parse_chunk,
+    parse_completion,
     retry_after_s,
     sse_data,
     without_extras,
@@ -207,11 +210,7 @@ class RemoteEngine:
                         yielded += 1
                         yield text
                 return
-            except _ExtrasRejected as exc:
-                if not has_extras(body):
-                    raise GenerationFailed(
-                        f"the remote server rejected the request (HTTP {exc.status})"
-                    ) from None
+            except _ExtrasRejected as exc:  # raised only while the body still carries them: at most once
                 _log.info(
                     "request %s: HTTP %d to a body with extra fields: sending it again without them",
                     request.request_id,
@@ -257,14 +256,7 @@ class RemoteEngine:
         self, request_id: str, body: dict[str, Any], deadline: float | None, fallback: bool
     ) -> AsyncGenerator[str, None]:
         """One POST: yields the text deltas; raises _Retryable / _ExtrasRejected / an EngineError."""
-        http_request = self._client.build_request("POST", "chat/completions", json=body)
-        try:
-            async with asyncio.timeout_at(deadline):
-                response = await self._client.send(http_request, stream=True)
-        except TimeoutError:
-            raise GenerationTimeout("the remote server did not answer before the deadline") from None
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc) from None
+        response = await self._open(body, deadline)
         try:
             if response.status_code != 200:
                 await self._raise_for_status(response, body, deadline)
@@ -274,25 +266,10 @@ class RemoteEngine:
                     "the remote server rejects fields outside the OpenAI schema (repetition_penalty): "
                     "requests go without them from now on, so the server's default repetition penalty applies"
                 )
+            chars = count = 0
             finish: str | None = None
-            chars = 0
-            count = 0
-            events = sse_data(response.aiter_lines())
-            async with aclosing(events):
-                while True:
-                    try:
-                        async with asyncio.timeout_at(deadline):
-                            data = await anext(events)
-                    except StopAsyncIteration:
-                        break
-                    except TimeoutError:
-                        raise GenerationTimeout("the reply took longer than the request's timeout") from None
-                    except httpx.HTTPError as exc:
-                        raise self._transport_error(exc) from None
-                    if data.strip() == DONE:
-                        finish = finish or "done"
-                        break
-                    chunk = parse_chunk(data)
+            async with aclosing(self._deltas(response, deadline)) as deltas:
+                async for chunk in deltas:
                     if chunk.error is not None:
                         _log.warning(
                             "request %s: error event from the remote server: %s", request_id, chunk.error
@@ -302,8 +279,7 @@ class RemoteEngine:
                         chars += len(chunk.text)
                         count += 1
                         yield chunk.text
-                    if chunk.finish_reason:
-                        finish = chunk.finish_reason
+                    finish = chunk.finish_reason or finish
             if finish is None:
                 raise _Retryable(
                     "the stream ended without a finish reason",
@@ -318,6 +294,44 @@ class RemoteEngine:
             )
         finally:
             await response.aclose()
+
+    async def _open(self, body: dict[str, Any], deadline: float | None) -> httpx.Response:
+        """Send the POST and return the response with its body still unread (a stream)."""
+        http_request = self._client.build_request("POST", "chat/completions", json=body)
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self._client.send(http_request, stream=True)
+        except TimeoutError:
+            raise GenerationTimeout("the remote server did not answer before the deadline") from None
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from None
+
+    async def _deltas(
+        self, response: httpx.Response, deadline: float | None
+    ) -> AsyncGenerator[ChunkDelta, None]:
+        """The chunks of an SSE stream until [DONE] or its end; a server that ignored ``stream`` gives one."""
+        try:
+            if response.headers.get("content-type", "").startswith("application/json"):
+                async with asyncio.timeout_at(deadline):
+                    raw = await response.aread()
+                yield parse_completion(raw)
+                return
+            events = sse_data(response.aiter_lines())
+            async with aclosing(events):
+                while True:
+                    try:
+                        async with asyncio.timeout_at(deadline):
+                            data = await anext(events)
+                    except StopAsyncIteration:
+                        return
+                    if data.strip() == DONE:
+                        yield ChunkDelta(finish_reason="done")
+                        return
+                    yield parse_chunk(data)
+        except TimeoutError:
+            raise GenerationTimeout("the reply took longer than the request's timeout") from None
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from None
 
     def _transport_error(self, exc: httpx.HTTPError) -> EngineError | _Retryable:
         name = type(exc).__name__
@@ -337,7 +351,7 @@ class RemoteEngine:
         try:
             async with asyncio.timeout_at(deadline):
                 raw = await response.aread()
-            detail = error_detail(httpx.Response(status, content=raw[:_MAX_ERROR_BODY]).json())
+            detail = error_detail(json.loads(raw[:_MAX_ERROR_BODY]))
         except Exception:  # an unreadable or non-JSON error body: the status says enough
             detail = ""
         suffix = f": {detail}" if detail else ""

@@ -120,6 +120,7 @@ class Reply:
     error_event: str | None = None  # an {"error": ...} event after the chunks
     finish_reason: str | None = "stop"
     done: bool = True  # end with data: [DONE] (vLLM does; transformers serve does not)
+    stream: bool = True  # False: one JSON chat.completion, as a server that ignores "stream" answers
 
 
 @dataclass
@@ -193,6 +194,12 @@ class FakeOpenAI:
         if reply.status != 200:
             return web.json_response(
                 reply.body or {"error": {"message": "scripted"}}, status=reply.status, headers=reply.headers
+            )
+        if not reply.stream:
+            message = {"role": "assistant", "content": "".join(reply.chunks)}
+            choice = {"index": 0, "message": message, "finish_reason": reply.finish_reason}
+            return web.json_response(
+                {"object": "chat.completion", "choices": [choice]}, headers=reply.headers
             )
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **reply.headers})
         await response.prepare(request)

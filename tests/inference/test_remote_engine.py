@@ -341,6 +341,14 @@ async def test_stream_that_ends_without_finishing_fails(
     assert len(fake.chat_requests) == 1
 
 
+async def test_a_server_that_ignores_stream_true_still_answers(
+    fake_server: FakeFactory, engines: Callable[..., RemoteEngine]
+) -> None:
+    fake = await fake_server([Reply(stream=False)])
+    engine = engines(fake.base_url)
+    assert await collect(engine, request()) == ["Hello, world!"]
+
+
 async def test_error_event_in_the_stream_fails(
     fake_server: FakeFactory, engines: Callable[..., RemoteEngine]
 ) -> None:
