@@ -1,0 +1,177 @@
+"""/finetune (admins: run, status, rollback) and /forget-me (anyone: leave training, optionally delete my turns)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from bot.commands import CommandContext, CommandOption, CommandSpec
+from bot.domain import CommandReply
+from bot.learning.records import RunInfo, RunStatus
+from bot.learning.service import FinetuneService, FinetuneStatus
+from bot.texts import Lang, say
+
+_log = logging.getLogger(__name__)
+
+FINETUNE_ACTIONS = ("run", "status", "rollback")
+
+
+def learning_commands(service: FinetuneService, *, timezone: str = "Asia/Seoul") -> list[CommandSpec]:
+    """The learning loop's commands; ``timezone`` is how times are shown (the scheduler's zone)."""
+    zone = ZoneInfo(timezone)
+    return [_finetune_command(service, zone), _forget_me_command(service)]
+
+
+def _actor(ctx: CommandContext) -> str:
+    return f"{ctx.platform}:{ctx.invoker.id}"
+
+
+def _finetune_command(service: FinetuneService, zone: ZoneInfo) -> CommandSpec:
+    async def finetune(ctx: CommandContext) -> CommandReply:
+        action = (ctx.args.get("action") or "status").strip().lower()
+        if action == "run":
+            return await _run(service, ctx)
+        if action == "status":
+            return CommandReply(render_status(await service.status(), ctx.lang, zone))
+        if action == "rollback":
+            return await _rollback(service, ctx)
+        return CommandReply(say("cmd.finetune.unknown_action", ctx.lang))
+
+    return CommandSpec(
+        name="finetune",
+        description="Train the bot on this team's conversations / 대화로 모델 학습",
+        handler=finetune,
+        options=(
+            CommandOption(
+                "action", "run, status or rollback / 실행, 상태, 되돌리기", choices=FINETUNE_ACTIONS
+            ),
+        ),
+        admin_only=True,
+        usage=(
+            "/finetune run: train a LoRA on the collected conversations now (used only if it beats the current one); "
+            "/finetune status: progress, last result, LoRA in service; /finetune rollback: back to the previous LoRA."
+        ),
+    )
+
+
+async def _run(service: FinetuneService, ctx: CommandContext) -> CommandReply:
+    outcome = await service.start(actor=_actor(ctx))
+    run_id = outcome.run.id if outcome.run else "?"
+    key = "cmd.finetune.started" if outcome.started else "cmd.finetune.already_running"
+    return CommandReply(say(key, ctx.lang, run=run_id), ephemeral=False)
+
+
+async def _rollback(service: FinetuneService, ctx: CommandContext) -> CommandReply:
+    outcome = await service.rollback(actor=_actor(ctx))
+    if not outcome.rolled_back:
+        return CommandReply(say("cmd.finetune.nothing_to_roll_back", ctx.lang))
+    current = outcome.current or say("finetune.base_model", ctx.lang)
+    return CommandReply(
+        say("cmd.finetune.rolled_back", ctx.lang, previous=outcome.previous, current=current), ephemeral=False
+    )
+
+
+def render_status(status: FinetuneStatus, lang: Lang, zone: ZoneInfo) -> str:
+    """Running run (or idle), last finished run, LoRA in service, last prune: one line each."""
+    lines = [_running_line(status.running, lang) if status.running else say("finetune.status.idle", lang)]
+    if status.last is not None:
+        lines.append(
+            say(
+                "finetune.status.last",
+                lang,
+                run=status.last.id,
+                when=_when(status.last.finished_at or status.last.started_at, zone),
+                result=_result_text(status.last, lang),
+            )
+        )
+    if status.active is not None:
+        lines.append(
+            say(
+                "finetune.status.active",
+                lang,
+                version=status.active.name,
+                loss=_loss(status.active.eval_loss),
+                when=_when(status.active.created_at, zone),
+            )
+        )
+    else:
+        lines.append(say("finetune.status.base", lang))
+    if status.last_prune is not None:
+        lines.append(
+            say(
+                "finetune.status.prune",
+                lang,
+                when=_when(status.last_prune.ran_at, zone),
+                removed=status.last_prune.removed,
+                conversations=status.last_prune.conversations,
+            )
+        )
+    return "\n".join(lines)
+
+
+def _running_line(run: RunInfo, lang: Lang) -> str:
+    progress = run.progress
+    eta = progress.get("eta_s")
+    return say(
+        "finetune.status.running",
+        lang,
+        run=run.id,
+        phase=progress.get("phase", "starting"),
+        step=progress.get("step", 0),
+        total=progress.get("total", "?"),
+        loss=_loss(progress.get("loss")),
+        eta=_duration(float(eta)) if isinstance(eta, int | float) else "?",
+        by=run.started_by,
+    )
+
+
+def _result_text(run: RunInfo, lang: Lang) -> str:
+    if run.status is RunStatus.SUCCEEDED:
+        return say(
+            "finetune.result.succeeded", lang, loss=_loss(run.eval_loss), baseline=_loss(run.baseline_loss)
+        )
+    if run.status is RunStatus.REJECTED:
+        return say("finetune.result.rejected", lang, reason=run.error or "?")
+    if run.status is RunStatus.FAILED:
+        return say("finetune.result.failed", lang, reason=(run.error or "?")[:300])
+    return say("finetune.result.cancelled", lang)
+
+
+def _loss(value: object) -> str:
+    return f"{float(value):.4f}" if isinstance(value, int | float) else "?"
+
+
+def _when(moment: datetime, zone: ZoneInfo) -> str:
+    return moment.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z")
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _forget_me_command(service: FinetuneService) -> CommandSpec:
+    async def forget_me(ctx: CommandContext) -> CommandReply:
+        delete = (ctx.args.get("delete") or "no").strip().lower() in ("yes", "y", "true", "네", "예")
+        outcome = await service.forget_user(ctx.platform, ctx.invoker.id, delete=delete)
+        lines = [say("cmd.forget_me.done" if outcome.newly_opted_out else "cmd.forget_me.already", ctx.lang)]
+        if delete:
+            lines.append(say("cmd.forget_me.deleted", ctx.lang, count=outcome.deleted_turns))
+        return CommandReply("\n".join(lines))
+
+    return CommandSpec(
+        name="forget-me",
+        description="Leave my messages out of training / 내 메시지를 학습에서 제외",
+        handler=forget_me,
+        options=(
+            CommandOption(
+                "delete",
+                "also delete my stored messages (yes/no) / 저장된 내 메시지도 삭제",
+                choices=("no", "yes"),
+            ),
+        ),
+        usage="/forget-me: your messages are never used for training again; delete:yes also removes them from "
+        "the bot's history.",
+    )

@@ -1,0 +1,566 @@
+"""FinetuneService: runs fine-tunes, promotes or rejects their LoRAs, switches and rolls back the engine's LoRA.
+
+One run: take the run lease (one run at a time, across bot processes) → build the dataset → free the GPU or not
+(``finetune.gpu_sharing``) → train in a subprocess, reading its progress → give the GPU back → quality gate →
+promote (version folder, database row, ``engine.load_lora`` + ``use_lora``) or reject → record and audit.
+
+The LoRA in service changes only at promotion and rollback. Whatever happens to the subprocess (a crash, a kill, a
+timeout), the run is marked failed and the engine keeps serving what it served. If the bot itself dies mid-run, the
+run lease expires; ``restore()`` at the next start marks the run failed and loads the active LoRA again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from bot.learning.dataset import (
+    EVAL_FILE,
+    TRAIN_FILE,
+    DatasetFiles,
+    DatasetOptions,
+    build_dataset,
+    purge_author,
+)
+from bot.learning.gate import GateDecision, judge
+from bot.learning.job import TrainJob, TrainResult
+from bot.learning.leases import Clock, DbLease, process_identity
+from bot.learning.records import (
+    LearningRecords,
+    PruneSummary,
+    RunInfo,
+    RunOutcomeFields,
+    RunStatus,
+    VersionInfo,
+)
+from bot.ports import Engine
+from bot.settings import Settings
+from bot.store.conversations import ConversationStore
+from bot.store.models import utcnow
+
+_log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+RUN_LEASE = "finetune-run"
+HELD_OUT_NAME = "heldout.jsonl"  # kept beside each version: the next run's regression set
+PROGRESS_SAVE_INTERVAL_S = 2.0
+PROGRESS_LOG_INTERVAL_S = 10.0
+
+
+class TrainingFailed(Exception):
+    """The training subprocess did not produce a result (crash, kill, timeout)."""
+
+
+@dataclass(frozen=True)
+class StartOutcome:
+    started: bool
+    run: RunInfo | None  # the run just started, or the one already running
+
+
+@dataclass(frozen=True)
+class RollbackOutcome:
+    rolled_back: bool
+    previous: str | None = None  # version name that was active
+    current: str | None = None  # version name now active, None for the base
+
+
+@dataclass(frozen=True)
+class ForgetOutcome:
+    newly_opted_out: bool
+    deleted_turns: int
+
+
+@dataclass(frozen=True)
+class FinetuneStatus:
+    running: RunInfo | None
+    last: RunInfo | None
+    active: VersionInfo | None
+    last_prune: PruneSummary | None
+    serving: str | None  # what this process's engine serves (a version name, or None for the base)
+
+
+class FinetuneService:
+    def __init__(
+        self,
+        settings: Settings,
+        store: ConversationStore,
+        engine: Engine,
+        *,
+        clock: Clock = utcnow,
+        holder: str | None = None,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._engine = engine
+        self._records = LearningRecords(store)
+        self._holder = holder or process_identity()
+        self._lease = DbLease(
+            store,
+            RUN_LEASE,
+            holder=self._holder,
+            ttl=timedelta(seconds=settings.scheduler.lease_ttl_s),
+            clock=clock,
+        )
+        self._start_lock = asyncio.Lock()
+        self._switch_lock = asyncio.Lock()
+        self._task: asyncio.Task[RunInfo] | None = None
+        self._process: asyncio.subprocess.Process | None = None
+        self._loaded: set[str] = set()
+        self._serving: str | None = None
+
+    @property
+    def records(self) -> LearningRecords:
+        return self._records
+
+    @property
+    def lora_dir(self) -> Path:
+        return self._settings.lora_dir
+
+    @property
+    def training_pid(self) -> int | None:
+        """The training subprocess's pid while one runs in this process."""
+        return self._process.pid if self._process is not None else None
+
+    # lifecycle
+
+    async def restore(self) -> None:
+        """At bot start: fail runs whose process died, and serve the active LoRA again."""
+        await asyncio.to_thread(self._fail_abandoned_runs)
+        await self.sync_active()
+
+    async def sync_active(self) -> None:
+        """Make this process's engine serve the active version (another process may have promoted one)."""
+        active = await asyncio.to_thread(self._records.active_version)
+        present = active is not None and await asyncio.to_thread(Path(active.path).is_dir)
+        async with self._switch_lock:
+            wanted = active.name if active else None
+            if wanted == self._serving:
+                return
+            if active is not None and not present:
+                _log.error(
+                    "LoRA %s is active but its folder %s is missing: serving the base",
+                    active.name,
+                    active.path,
+                )
+                wanted = None
+                if self._serving is None:
+                    return
+            if active is not None and wanted is not None:
+                await self._ensure_loaded(active)
+            await self._engine.use_lora(wanted)
+            self._serving = wanted
+            _log.info("serving LoRA %s", wanted or "(base)")
+
+    async def aclose(self) -> None:
+        """Stop a run in progress (its subprocess is killed, the run is marked cancelled)."""
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # commands
+
+    async def start(self, *, actor: str, trigger: str = "manual") -> StartOutcome:
+        """Start a run in the background, or say which one is running already."""
+        async with self._start_lock:
+            if self._task is not None and not self._task.done():
+                return StartOutcome(False, await asyncio.to_thread(self._latest_running))
+            if not await asyncio.to_thread(self._lease.acquire):
+                return StartOutcome(False, await asyncio.to_thread(self._latest_running))
+            run = await asyncio.to_thread(
+                self._records.create_run, trigger=trigger, started_by=actor, owner=self._holder
+            )
+            _log.info("fine-tune run=%d started by=%s trigger=%s", run.id, actor, trigger)
+            self._task = asyncio.create_task(self._execute(run), name=f"finetune-run-{run.id}")
+            return StartOutcome(True, run)
+
+    async def run(self, *, actor: str, trigger: str = "manual") -> RunInfo | None:
+        """Start a run and wait for its end (the nightly job). None when another run was already going."""
+        outcome = await self.start(actor=actor, trigger=trigger)
+        if not outcome.started:
+            return None
+        return await self.wait()
+
+    async def wait(self) -> RunInfo | None:
+        """Wait for the run this process started (if any) and return its record."""
+        task = self._task
+        if task is None:
+            return None
+        return await asyncio.shield(task)
+
+    async def status(self) -> FinetuneStatus:
+        def read() -> FinetuneStatus:
+            return FinetuneStatus(
+                running=self._latest_running(),
+                last=self._records.last_finished_run(),
+                active=self._records.active_version(),
+                last_prune=self._records.last_prune(),
+                serving=self._serving,
+            )
+
+        return await asyncio.to_thread(read)
+
+    async def rollback(self, *, actor: str) -> RollbackOutcome:
+        """Serve the version promoted before the active one (or the base), and retire the active one."""
+        async with self._switch_lock:
+            active, target = await asyncio.to_thread(self._records.rollback_target)
+            if active is None:
+                return RollbackOutcome(False)
+            if target is not None:
+                await self._ensure_loaded(target)
+            await self._engine.use_lora(target.name if target else None)
+            self._serving = target.name if target else None
+            await asyncio.to_thread(
+                self._records.roll_back, from_id=active.id, to_id=target.id if target else None, actor=actor
+            )
+        _log.info("rolled back LoRA %s -> %s by=%s", active.name, target.name if target else "(base)", actor)
+        return RollbackOutcome(True, active.name, target.name if target else None)
+
+    async def forget_user(self, platform: str, user_id: str, *, delete: bool) -> ForgetOutcome:
+        """Opt a user out of training; with ``delete``, also remove their turns from the store."""
+
+        def forget() -> ForgetOutcome:
+            new = self._records.opt_out(platform, user_id)
+            purged = sum(purge_author(path, f"{platform}:{user_id}") for path in self._kept_held_out_sets())
+            deleted = self._records.delete_user_turns(platform, user_id) if delete else 0
+            _log.info(
+                "opt-out platform=%s user=%s new=%s held_out_removed=%d deleted=%d",
+                platform,
+                user_id,
+                new,
+                purged,
+                deleted,
+            )
+            return ForgetOutcome(new, deleted)
+
+        return await asyncio.to_thread(forget)
+
+    # one run
+
+    async def _execute(self, run: RunInfo) -> RunInfo:
+        renewer = asyncio.create_task(self._renew_lease_while_running(), name=f"finetune-lease-{run.id}")
+        try:
+            return await self._pipeline(run)
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+            await asyncio.to_thread(self._lease.release)
+
+    async def _pipeline(self, run: RunInfo) -> RunInfo:
+        run_dir = self.lora_dir / "runs" / f"run-{run.id:04d}"
+        active = await asyncio.to_thread(self._records.active_version)
+        try:
+            files = await self._build_dataset(run, run_dir)
+            total = files.train_examples + files.eval_examples
+            if total < self._settings.finetune.min_examples:
+                reason = f"too few examples: {total} < {self._settings.finetune.min_examples}"
+                return await self._finish(run, RunStatus.REJECTED, RunOutcomeFields(error=reason))
+            job = self._job(run_dir, files, active)
+            job.write(run_dir / "job.json")
+            result = await self._train(run, job, run_dir)
+            decision = judge(
+                result, margin=self._settings.finetune.promote_margin, has_active=active is not None
+            )
+            fields = RunOutcomeFields(
+                train_examples=result.train_examples,
+                eval_examples=result.eval_examples,
+                eval_loss=decision.candidate_loss,
+                baseline_loss=decision.reference_loss,
+            )
+            if not decision.promote:
+                _log.info("fine-tune run=%d not promoted: %s", run.id, decision.reason)
+                return await self._finish(run, RunStatus.REJECTED, replace(fields, error=decision.reason))
+            version = await self._promote(run, job, result, decision, active)
+            return await self._finish(run, RunStatus.SUCCEEDED, replace(fields, adapter_path=version.path))
+        except asyncio.CancelledError:
+            await self._finish(run, RunStatus.CANCELLED, RunOutcomeFields(error="the bot stopped"))
+            raise
+        except TrainingFailed as exc:
+            _log.warning("fine-tune run=%d failed: %s", run.id, exc)
+            return await self._finish(run, RunStatus.FAILED, RunOutcomeFields(error=str(exc)))
+        except Exception as exc:
+            _log.exception("fine-tune run=%d crashed", run.id)
+            return await self._finish(
+                run, RunStatus.FAILED, RunOutcomeFields(error=f"{type(exc).__name__}: {exc}")
+            )
+        finally:
+            await asyncio.to_thread(_remove_datasets, run_dir)
+
+    async def _build_dataset(self, run: RunInfo, run_dir: Path) -> DatasetFiles:
+        opted_out = await asyncio.to_thread(self._records.opted_out_users)
+        options = DatasetOptions.from_settings(self._settings, opted_out=opted_out)
+        files = await asyncio.to_thread(build_dataset, self._store, options, run_dir)
+        await asyncio.to_thread(
+            self._records.set_examples, run.id, train=files.train_examples, eval=files.eval_examples
+        )
+        return files
+
+    def _job(self, run_dir: Path, files: DatasetFiles, active: VersionInfo | None) -> TrainJob:
+        ft = self._settings.finetune
+        regression = Path(active.path) / HELD_OUT_NAME if active else None
+        return TrainJob(
+            base_model=self._settings.model.name_or_path,
+            train_file=str(files.train_path),
+            eval_file=str(files.eval_path),
+            output_dir=str(run_dir / "adapter"),
+            result_file=str(run_dir / "result.json"),
+            regression_file=str(regression) if regression and regression.is_file() else None,
+            init_adapter=active.path if active else None,
+            continue_from_init=ft.continue_from_active,
+            epochs=ft.epochs,
+            max_steps=ft.max_steps,
+            learning_rate=ft.learning_rate,
+            lora_r=ft.lora_r,
+            lora_alpha=ft.lora_alpha,
+            max_seq_len=ft.max_seq_len,
+            batch_size=ft.batch_size,
+            micro_batch_size=ft.micro_batch_size,
+            seed=ft.seed,
+            device=(ft.train_device or "auto") if ft.gpu_sharing == "separate" else "auto",
+            quantization=ft.quantization,
+        )
+
+    async def _train(self, run: RunInfo, job: TrainJob, run_dir: Path) -> TrainResult:
+        """Train in a subprocess; in "pause" mode the engine gives the GPU up meanwhile."""
+        pause = self._settings.finetune.gpu_sharing == "pause"
+        if pause:
+            _log.info("fine-tune run=%d: pausing the engine (maintenance) while training", run.id)
+            await self._engine.pause()
+        try:
+            return await self._run_trainer(run, job, run_dir)
+        finally:
+            if pause:
+                await self._engine.resume()
+                _log.info("fine-tune run=%d: engine resumed", run.id)
+
+    async def _run_trainer(self, run: RunInfo, job: TrainJob, run_dir: Path) -> TrainResult:
+        log_path = run_dir / "train.log"
+        with log_path.open("ab") as log:
+            process = await asyncio.create_subprocess_exec(
+                self._settings.finetune.python or sys.executable,
+                "-m",
+                "inference.finetune.train",
+                str(run_dir / "job.json"),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log,
+                cwd=str(PROJECT_ROOT),
+                env=_trainer_env(),
+            )
+        self._process = process
+        _log.info("fine-tune run=%d: trainer pid=%d", run.id, process.pid)
+        try:
+            async with asyncio.timeout(self._settings.finetune.timeout_s):
+                await self._follow_progress(run, process)
+                code = await process.wait()
+        except TimeoutError:
+            await _kill(process)
+            raise TrainingFailed(f"timed out after {self._settings.finetune.timeout_s:.0f} s") from None
+        except BaseException:
+            await _kill(process)
+            raise
+        finally:
+            self._process = None
+        if code != 0:
+            raise TrainingFailed(f"trainer {_describe_exit(code)}; {_tail(log_path)}")
+        try:
+            return TrainResult.read(Path(job.result_file))
+        except (OSError, ValueError, KeyError) as exc:
+            raise TrainingFailed(f"trainer left no readable result: {exc}") from exc
+
+    async def _follow_progress(self, run: RunInfo, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        progress: dict[str, Any] = {}
+        saved = logged = 0.0
+        async for raw in process.stdout:
+            event = _parse_event(raw)
+            if event is None:
+                continue
+            kind = event.pop("event")
+            if kind == "progress":
+                progress.update(phase="training", **event)
+            elif kind == "phase":
+                progress["phase"] = event.get("phase")
+            elif kind == "eval":
+                progress[f"loss_{event.get('split')}_{event.get('which')}"] = event.get("loss")
+                _log.info(
+                    "fine-tune run=%d held-out loss %s/%s=%.4f",
+                    run.id,
+                    event.get("split"),
+                    event.get("which"),
+                    float(event.get("loss") or 0.0),
+                )
+            now = time.monotonic()
+            last_step = kind == "progress" and event.get("step") == event.get("total")
+            if now - saved >= PROGRESS_SAVE_INTERVAL_S or kind != "progress" or last_step:
+                saved = now
+                await asyncio.to_thread(self._records.update_progress, run.id, dict(progress))
+            if kind == "progress" and (now - logged >= PROGRESS_LOG_INTERVAL_S or last_step):
+                logged = now
+                _log.info(
+                    "fine-tune run=%d step %s/%s loss=%s eta=%ss",
+                    run.id,
+                    event.get("step"),
+                    event.get("total"),
+                    event.get("loss"),
+                    event.get("eta_s"),
+                )
+
+    async def _promote(
+        self,
+        run: RunInfo,
+        job: TrainJob,
+        result: TrainResult,
+        decision: GateDecision,
+        compared_with: VersionInfo | None,
+    ) -> VersionInfo:
+        """Version the adapter on disk, switch the engine to it, and record it as active."""
+        async with self._switch_lock:
+            active = await asyncio.to_thread(self._records.active_version)
+            if (active.id if active else None) != (compared_with.id if compared_with else None):
+                raise TrainingFailed("the active LoRA changed while this run trained; not promoting")
+            name = await asyncio.to_thread(self._records.next_version_name)
+            version_dir = self.lora_dir / "versions" / name
+            await asyncio.to_thread(
+                _store_version, Path(job.output_dir), Path(job.eval_file), result, version_dir
+            )
+            try:
+                await self._engine.load_lora(name, str(version_dir))
+                self._loaded.add(name)
+                await self._engine.use_lora(name)
+                self._serving = name
+                assert decision.candidate_loss is not None
+                version = await asyncio.to_thread(
+                    self._records.promote,
+                    name=name,
+                    path=str(version_dir),
+                    run_id=run.id,
+                    eval_loss=decision.candidate_loss,
+                    actor=run.started_by,
+                )
+            except BaseException:
+                await self._engine.use_lora(active.name if active else None)
+                self._serving = active.name if active else None
+                shutil.rmtree(version_dir, ignore_errors=True)
+                raise
+        _log.info("fine-tune run=%d promoted as LoRA %s (%s)", run.id, name, decision.reason)
+        return version
+
+    async def _finish(self, run: RunInfo, status: RunStatus, fields: RunOutcomeFields) -> RunInfo:
+        finished = await asyncio.to_thread(self._records.finish_run, run.id, status, fields)
+        _log.info("fine-tune run=%d finished: %s", run.id, status.value)
+        return finished
+
+    async def _renew_lease_while_running(self) -> None:
+        interval = max(1.0, self._settings.scheduler.lease_ttl_s / 3)
+        while True:
+            await asyncio.sleep(interval)
+            if not await asyncio.to_thread(self._lease.acquire):
+                _log.warning("fine-tune run lease was lost (database unreachable for too long?)")
+
+    async def _ensure_loaded(self, version: VersionInfo) -> None:
+        if version.name not in self._loaded:
+            await self._engine.load_lora(version.name, version.path)
+            self._loaded.add(version.name)
+
+    # helpers
+
+    def _latest_running(self) -> RunInfo | None:
+        running = self._records.running_runs()
+        return running[-1] if running else None
+
+    def _fail_abandoned_runs(self) -> None:
+        """Runs marked running whose owner no longer holds the run lease died with their bot process."""
+        holder = self._lease.current_holder()
+        for run in self._records.running_runs():
+            if run.progress.get("owner") != holder or holder is None:
+                self._records.finish_run(
+                    run.id,
+                    RunStatus.FAILED,
+                    RunOutcomeFields(error="the bot stopped while this run was training"),
+                )
+                _log.warning("fine-tune run=%d was left running by a stopped bot: marked failed", run.id)
+
+    def _kept_held_out_sets(self) -> list[Path]:
+        versions = self.lora_dir / "versions"
+        return sorted(versions.glob(f"*/{HELD_OUT_NAME}")) if versions.is_dir() else []
+
+
+def _trainer_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _parse_event(raw: bytes) -> dict[str, Any] | None:
+    try:
+        event = json.loads(raw)
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) and "event" in event else None
+
+
+async def _kill(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name}"
+        return f"was killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+def _tail(log_path: Path, lines: int = 3) -> str:
+    try:
+        text = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    except OSError:
+        return "no log"
+    return " | ".join(text[-lines:])[-600:] or "empty log"
+
+
+def _store_version(adapter_dir: Path, eval_file: Path, result: TrainResult, version_dir: Path) -> None:
+    version_dir.parent.mkdir(parents=True, exist_ok=True)
+    if version_dir.exists():
+        shutil.rmtree(version_dir)
+    shutil.move(str(adapter_dir), str(version_dir))
+    shutil.copyfile(eval_file, version_dir / HELD_OUT_NAME)
+    (version_dir / "metrics.json").write_text(
+        json.dumps(
+            {
+                "eval": vars(result.eval),
+                "steps": result.steps,
+                "train_examples": result.train_examples,
+                "eval_examples": result.eval_examples,
+                "device": result.device,
+                "quantized": result.quantized,
+            },
+            indent=1,
+        ),
+        encoding="utf-8",
+    )
+
+
+def _remove_datasets(run_dir: Path) -> None:
+    """Training text does not outlive its run (the held-out set is copied into a promoted version)."""
+    for name in (TRAIN_FILE, EVAL_FILE):
+        with contextlib.suppress(FileNotFoundError):
+            (run_dir / name).unlink()
+    shutil.rmtree(run_dir / "adapter", ignore_errors=True)
