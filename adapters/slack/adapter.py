@@ -89,6 +89,7 @@ class SlackAdapter:
         self._bot_user_id = await self._who_am_i()
         app = self._build_app(commands)
         if self._settings.mode == "socket":
+            await self._check_app_token()
             self._socket = AsyncSocketModeHandler(app, app_token=self._app_token, web_client=self._client)
             await self._socket.connect_async()
             _log.info("slack connected in socket mode bot_user=%s", self._bot_user_id)
@@ -117,6 +118,16 @@ class SlackAdapter:
             ) from None
         _log.info("slack auth ok team=%s bot_user=%s", response.get("team_id"), response.get("user_id"))
         return str(response.get("user_id") or "")
+
+    async def _check_app_token(self) -> None:
+        """Socket Mode's client retries a refused token forever: ask once first, and fail with a clear error."""
+        try:
+            await self._client.apps_connections_open(app_token=self._app_token)
+        except SlackApiError as exc:
+            raise ConfigError(
+                f"Slack refused the app-level token (apps.connections.open: {exc.response.get('error')}): "
+                "check SLACK_APP_TOKEN and its connections:write scope"
+            ) from None
 
     def _build_app(self, commands: CommandRegistry) -> AsyncApp:
         http = self._settings.mode == "http"

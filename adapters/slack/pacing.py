@@ -17,7 +17,7 @@ class UpdatePacer:
 
     @contextmanager
     def streaming(self, workspace: str) -> Iterator[None]:
-        """Count one reply streaming in ``workspace`` for as long as the block runs."""
+        """Count one reply edited in ``workspace`` for as long as the block runs."""
         self._active[workspace] += 1
         try:
             yield
@@ -25,6 +25,10 @@ class UpdatePacer:
             self._active[workspace] -= 1
             if self._active[workspace] <= 0:
                 del self._active[workspace]
+
+    @property
+    def min_interval_s(self) -> float:
+        return self._min_interval_s
 
     def active(self, workspace: str) -> int:
         return self._active[workspace]

@@ -62,6 +62,7 @@ class SlackReplySink:
         self._lang = lang
         self._writer: _Writer | None = None
         self._text = ""
+        self._budget = contextlib.ExitStack()  # edited replies share the workspace's chat.update budget
 
     async def send(self, text: str) -> None:
         """Post a complete message (a notice, an error sentence), taking the place of an unused placeholder."""
@@ -74,7 +75,7 @@ class SlackReplySink:
             )
 
     async def stream(self, events: AsyncIterator[StreamEvent]) -> str:
-        with self._pacer.streaming(self._target.workspace):
+        with self._budget:
             await self._open()
             done = asyncio.Event()
             ticker = asyncio.create_task(self._tick(done))
@@ -111,6 +112,7 @@ class SlackReplySink:
         writer = EditedMessages(self._client, self._target, lang=self._lang)
         writer.show_text(self._text)
         self._writer = writer
+        self._budget.enter_context(self._pacer.streaming(self._target.workspace))
         await writer.open()
 
     def _current(self) -> _Writer:
@@ -121,9 +123,14 @@ class SlackReplySink:
         """Flush what changed, once per interval, until the stream ends."""
         while not done.is_set():
             try:
-                await asyncio.wait_for(done.wait(), self._pacer.interval(self._target.workspace))
+                await asyncio.wait_for(done.wait(), self._interval())
             except TimeoutError:
                 await self._flush_or_fall_back()
+
+    def _interval(self) -> float:
+        if isinstance(self._writer, EditedMessages):
+            return self._pacer.interval(self._target.workspace)
+        return self._pacer.min_interval_s  # appendStream has a budget of its own, far larger
 
     async def _flush_or_fall_back(self) -> None:
         try:

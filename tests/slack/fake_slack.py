@@ -3,7 +3,7 @@
 It behaves like Slack where the bot depends on it: ``auth.test`` names the bot, ``chat.update`` rejects text over
 4,000 characters (``msg_too_long``), streams are started/appended/stopped, ``assistant.threads.setStatus`` can be
 refused (an app that is not an AI app), and chosen ``chat.update`` calls answer 429 with ``Retry-After``. Every call is
-logged (without tokens) for the tests to read.
+logged (without tokens) for the tests to read. A token containing "revoked" is refused (``invalid_auth``).
 """
 
 from __future__ import annotations
@@ -154,7 +154,10 @@ class FakeSlack:
     async def _api(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
         args = await _arguments(request)
-        args.pop("token", None)
+        token = str(args.pop("token", "") or request.headers.get("Authorization", ""))
+        if "revoked" in token:
+            self.calls.append(Call(method, args))
+            return web.json_response({"ok": False, "error": "invalid_auth"})
         if method == "chat.update" and self.rate_limited_updates > 0:
             self.rate_limited_updates -= 1
             self.calls.append(Call(method, args, 429))

@@ -1,12 +1,17 @@
-"""Socket Mode: the real AsyncSocketModeHandler connects to the fake's websocket, acks envelopes and answers."""
+"""Socket Mode: the real AsyncSocketModeHandler connects to the fake's websocket, acks envelopes and answers.
+And the start fails clearly when a token is missing or refused."""
 
 from __future__ import annotations
 
+import pytest
+
+from adapters.slack import SlackAdapter
 from bot.domain import ConversationKey
+from bot.errors import ConfigError
 from bot.texts import say
 from tests.fakes import ScriptedEngine
 from tests.slack.fake_slack import TEAM
-from tests.slack.harness import dm_event, envelope
+from tests.slack.harness import ENV, dm_event, envelope, make_settings
 
 DM = ConversationKey("slack", TEAM, "D1")
 
@@ -50,3 +55,23 @@ async def test_a_slash_command_over_the_socket_is_acknowledged_and_answered(star
     )
     await fake_slack.wait_until(lambda: len(fake_slack.responses) == 1)
     assert fake_slack.responses[0]["text"] == say("error.not_admin", "en")
+
+
+@pytest.mark.parametrize(
+    ("variable", "mode", "named"),
+    [("SLACK_BOT_TOKEN", "http", "SLACK_BOT_TOKEN"), ("SLACK_APP_TOKEN", "socket", "SLACK_APP_TOKEN")],
+)
+async def test_a_refused_token_stops_the_start_with_a_clear_error(
+    start_bot, fake_slack, monkeypatch, variable, mode, named
+):
+    monkeypatch.setenv(variable, f"{ENV[variable][:5]}revoked")
+
+    with pytest.raises(ConfigError, match=named):
+        await start_bot(mode=mode)
+
+
+def test_a_missing_token_is_named_at_construction(tmp_path, fake_slack, sqlite_store, monkeypatch):
+    monkeypatch.delenv("SLACK_APP_TOKEN")
+
+    with pytest.raises(ConfigError, match="SLACK_APP_TOKEN"):
+        SlackAdapter(make_settings(tmp_path, fake_slack, mode="socket"), sqlite_store)
