@@ -112,9 +112,14 @@ class SlackAdapter:
         """The bot's own user id (to ignore its own messages and strip its mention); fails early on a bad token."""
         try:
             response = await self._client.auth_test()
-        except (SlackApiError, SlackClientError, OSError) as exc:
+        except SlackApiError as exc:
             raise ConfigError(
-                f"Slack refused the bot token (auth.test: {type(exc).__name__}): check SLACK_BOT_TOKEN"
+                f"Slack refused the bot token (auth.test: {exc.response.get('error')}): check SLACK_BOT_TOKEN"
+            ) from None
+        except (SlackClientError, OSError) as exc:
+            raise ConfigError(
+                f"could not reach Slack to check SLACK_BOT_TOKEN (auth.test: {type(exc).__name__}); "
+                "check the network or slack.api_base_url"
             ) from None
         _log.info("slack auth ok team=%s bot_user=%s", response.get("team_id"), response.get("user_id"))
         return str(response.get("user_id") or "")
