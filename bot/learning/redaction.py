@@ -2,10 +2,10 @@
 
 Kinds, in the order they are applied (an earlier, more specific pattern wins over a later, looser one):
 platform mentions (``<@U123ABC>``, ``<@!123…>``, ``<#C123|general>``), e-mail addresses, Korean resident
-registration numbers (``900101-1234567``), card numbers, phone numbers (Korean mobile, Seoul and regional lines,
-``+82`` forms, 15xx service numbers, North American and other ``+`` international forms), bank account numbers (digit
-groups with dashes, or digits after a word like "계좌"/"account"), and bare platform ids (Discord snowflakes, Slack
-``U…``/``C…`` ids, other long digit runs).
+registration numbers (``900101-1234567``), account numbers announced by a word ("계좌", "account", "IBAN"), card
+numbers, phone numbers (Korean mobile, Seoul and regional lines, ``+82`` forms, 15xx service numbers, North American
+and other ``+`` international forms), account numbers written as dashed digit groups (10 to 16 digits), and bare
+platform ids (Discord snowflakes, Slack ``U…``/``C…`` ids, any other run of 10 or more digits).
 
 Numbers are matched with digit lookarounds rather than ``\\b``: Hangul counts as a word character, so
 ``010-1234-5678로`` must still match. Redaction errs on the side of removing too much: a long number in a chat
@@ -93,10 +93,19 @@ _RULES: tuple[_Rule, ...] = (
         ),
     ),
     _Rule(
+        PiiKind.ACCOUNT,
+        re.compile(
+            # digits right after a word that says "account": 계좌 110234567890, acct no. 000123456789
+            r"(?i:계좌(?:번호)?|입금|account(?:\s+(?:no\.?|number|#))?|acct\.?(?:\s*(?:no\.?|#))?|a/c|iban)"
+            + r"[^\d\n]{0,16}?(?P<pii>(?:[A-Z]{2}\d{2}[ ]?)?\d[\d \-]{5,30}\d)"
+            + _NOT_DIGIT_AFTER
+        ),
+    ),
+    _Rule(
         PiiKind.CARD,
         re.compile(
             _NOT_DIGIT_BEFORE
-            + r"(?:\d{4}[ \-]?\d{4}[ \-]?\d{4}[ \-]?\d{4}(?:[ \-]?\d{3})?"  # 16 (or 19) digits
+            + r"(?:\d{4}[ \-]?\d{4}[ \-]?\d{4}[ \-]?\d{4}"  # 16 digits (19-digit runs are ids)
             + r"|\d{4}[ \-]?\d{6}[ \-]?\d{4,5})"  # Amex 15, Diners 14
             + _NOT_DIGIT_AFTER
         ),
@@ -126,15 +135,6 @@ _RULES: tuple[_Rule, ...] = (
             + r"\(?\d{3}\)?[ .\-]\d{3}[ .\-]\d{4}"
             + _NOT_DIGIT_AFTER
             + r")"
-        ),
-    ),
-    _Rule(
-        PiiKind.ACCOUNT,
-        re.compile(
-            # digits right after a word that says "account": 계좌 110234567890, acct no. 000123456789
-            r"(?i:계좌(?:번호)?|입금|account(?:\s+(?:no\.?|number|#))?|acct\.?(?:\s*(?:no\.?|#))?|a/c|iban)"
-            + r"[\s:#.은는이가을를로으]*(?P<pii>(?:[A-Z]{2}\d{2}[ ]?)?\d[\d \-]{5,30}\d)"
-            + _NOT_DIGIT_AFTER
         ),
     ),
     _Rule(
