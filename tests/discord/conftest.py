@@ -43,6 +43,11 @@ class DiscordBot:
         )
         return self.store.history(key)
 
+    async def stored(self, channel_id: str, turns: int, *, dm: bool = False) -> list[StoredMessage]:
+        """The history once it holds ``turns`` turns (the reply is stored just after it is shown)."""
+        await self.fake.wait_for(lambda: len(self.history(channel_id, dm=dm)) >= turns)
+        return self.history(channel_id, dm=dm)
+
 
 StartBot = Callable[..., Awaitable[DiscordBot]]
 

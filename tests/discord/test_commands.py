@@ -18,7 +18,7 @@ async def chat_a_little(bot: DiscordBot, fake: FakeDiscord) -> None:
     someone = fake.new_user("Talker")
     fake.post_message(fake.general, someone, "기억해 줘: 내 이름은 토커", mention_bot=True)
     await fake.wait_for(reply_done(fake, fake.general, "알겠어요."))
-    assert len(bot.history(fake.general)) == 2
+    await bot.stored(fake.general, 2)
 
 
 async def run(fake: FakeDiscord, name: str, user: FakeUser, **kwargs: object) -> tuple[float, str, list[str]]:
@@ -52,7 +52,7 @@ async def test_reset_by_an_admin_clears_the_channel_history(
     fake_discord.post_message(
         fake_discord.random, fake_discord.new_user("Other"), "다른 채널", mention_bot=True
     )
-    await fake_discord.wait_for(reply_done(fake_discord, fake_discord.random, "알겠어요."))
+    await bot.stored(fake_discord.random, 2)
     admin = fake_discord.new_user("Admin", roles=[fake_discord.admin_role])
 
     delay, kind, texts = await run(fake_discord, "reset", admin)

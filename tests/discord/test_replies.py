@@ -29,7 +29,7 @@ async def test_mention_gets_one_message_edited_to_the_full_reply(
     assert fake_discord.edits_of(messages[0]["id"]), "the reply was streamed by edits"
     assert fake_discord.log("POST", rf"/channels/{fake_discord.general}/typing$"), "typing was shown first"
 
-    turns = bot.history(fake_discord.general)
+    turns = await bot.stored(fake_discord.general, 2)
     assert [(t.role, t.content) for t in turns] == [
         (Role.USER, "안녕? 자기소개 해 줘"),
         (Role.ASSISTANT, REPLY),
@@ -63,19 +63,18 @@ async def test_two_channels_at_once_each_get_their_own_reply_and_history(
     start_bot: StartBot, fake_discord: FakeDiscord
 ) -> None:
     def echo(request) -> str:  # the reply names the question it answers
-        return f"답변: {request.turns[-1].content.split(':', 1)[-1].strip()}"
+        return f"답변: {request.turns[-1].content.split(':', 1)[-1].strip()}. " + "자세한 설명입니다. " * 5
 
-    bot = await start_bot(engine=ScriptedEngine(reply=echo, chunk_size=3, delay_s=0.02))
+    bot = await start_bot(engine=ScriptedEngine(reply=echo, chunk_size=5, delay_s=0.03))
     a, b = fake_discord.new_user("Ara"), fake_discord.new_user("Bo")
     fake_discord.post_message(fake_discord.general, a, "question one", mention_bot=True)
     fake_discord.post_message(fake_discord.random, b, "question two", mention_bot=True)
 
-    await fake_discord.wait_for(reply_done(fake_discord, fake_discord.general, "답변: question one"))
-    await fake_discord.wait_for(reply_done(fake_discord, fake_discord.random, "답변: question two"))
-
     for channel, question in ((fake_discord.general, "question one"), (fake_discord.random, "question two")):
-        assert [m["content"] for m in fake_discord.bot_messages(channel)] == [f"답변: {question}"]
-        assert [t.content for t in bot.history(channel)] == [question, f"답변: {question}"]
+        answer = f"답변: {question}. " + "자세한 설명입니다. " * 5
+        await fake_discord.wait_for(reply_done(fake_discord, channel, answer.strip()))
+        assert [m["content"] for m in fake_discord.bot_messages(channel)] == [answer.strip()]
+        assert [t.content for t in await bot.stored(channel, 2)] == [question, answer]
     # the two streams overlapped in time: each channel has its own edit budget
     general = fake_discord.log(pattern=rf"/channels/{fake_discord.general}/messages")
     random = fake_discord.log(pattern=rf"/channels/{fake_discord.random}/messages")
@@ -91,20 +90,22 @@ async def test_dm_thread_and_reply_to_the_bot_are_answered(
     dm = fake_discord.open_dm(jun)
     fake_discord.post_message(dm, jun, "DM에서는 멘션이 필요 없어요", dm=True)
     await fake_discord.wait_for(reply_done(fake_discord, dm, "네, 알겠어요."))
-    assert [t.content for t in bot.history(dm, dm=True)] == ["DM에서는 멘션이 필요 없어요", "네, 알겠어요."]
+    assert [t.content for t in await bot.stored(dm, 2, dm=True)] == [
+        "DM에서는 멘션이 필요 없어요",
+        "네, 알겠어요.",
+    ]
 
     thread = fake_discord.add_channel("help-thread", thread_of=fake_discord.general)
     fake_discord.post_message(thread, jun, "스레드 질문", mention_bot=True)
     await fake_discord.wait_for(reply_done(fake_discord, thread, "네, 알겠어요."))
-    assert [t.content for t in bot.history(thread)] == ["스레드 질문", "네, 알겠어요."]
+    assert [t.content for t in await bot.stored(thread, 2)] == ["스레드 질문", "네, 알겠어요."]
     assert bot.history(fake_discord.general) == []  # a thread is a conversation of its own
 
     answer = fake_discord.bot_messages(thread)[0]["id"]
     fake_discord.post_message(
         thread, jun, "그럼 하나 더요", reply_to=answer
     )  # no mention: a reply to the bot
-    await fake_discord.wait_for(lambda: len(bot.history(thread)) == 4)
-    assert bot.history(thread)[2].content == "그럼 하나 더요"
+    assert (await bot.stored(thread, 4))[2].content == "그럼 하나 더요"
 
 
 async def test_only_messages_for_the_bot_reach_the_core_cleaned_and_attributed(

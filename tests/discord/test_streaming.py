@@ -115,7 +115,7 @@ async def test_engine_failure_mid_reply_marks_it_incomplete(
     first = fake_discord.bot_messages(fake_discord.general)[0]["content"]
     assert first.startswith("Partial answer that")
     assert first.endswith("(reply incomplete)") and STREAMING_MARKER not in first
-    turns = bot.history(fake_discord.general)
+    turns = await bot.stored(fake_discord.general, 2)
     assert turns[-1].role == Role.ASSISTANT and turns[-1].status == MessageStatus.INCOMPLETE
 
 
@@ -171,7 +171,8 @@ async def test_a_platform_outage_is_logged_with_ids_and_the_reply_still_stored(
     with caplog.at_level(logging.WARNING, logger="adapters.discord"):
         await fake_discord.wait_for(reply_done(fake_discord, fake_discord.general, "I am still here."))
 
-    assert [t.content for t in bot.history(fake_discord.general)] == ["are you there?", "I am still here."]
+    stored = await bot.stored(fake_discord.general, 2)
+    assert [t.content for t in stored] == ["are you there?", "I am still here."]
     outage = [r for r in caplog.records if "failed twice" in r.getMessage()]
     assert (
         outage
