@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from inference.decoder import SlotRequest
+from inference.fast.gemm import LinearPlan
 from inference.fast.kv import GIB, BlockPool, plan_kv_budget
 from inference.fast.model import FastLlama, Segment
 from inference.fast.sampler import SlotSampler
@@ -71,19 +72,20 @@ class StaticSlotDecoder:
         cuda_graphs: bool | None = None,
         top_k: int = 0,
         cache_dir: str | Path | None = None,
+        gemm: str = "auto",
     ) -> None:
         if cache_dir is not None:
             use_cache_dir(cache_dir)
         self._weights = extract_weights(model)
+        if self._weights.device.type == "cuda":
+            torch.cuda.empty_cache()  # the fusion's freed blocks go back, so free memory is measured right
         spec = self._weights.spec
         self.device = self._weights.device
         self._capacity = capacity
         self.max_context = min(max_context or spec.max_positions, spec.max_positions)
         self.prefill_chunk = prefill_chunk
         if reserve_bytes is None:  # prefill activations, graph pool, sampler scratch, allocator slack
-            reserve_bytes = int(1.25 * GIB) + prefill_chunk * (
-                6 * spec.hidden_size + 8 * spec.intermediate_size
-            )
+            reserve_bytes = GIB + prefill_chunk * (6 * spec.hidden_size + 8 * spec.intermediate_size)
         budget = plan_kv_budget(
             spec,
             self.device,
@@ -95,7 +97,10 @@ class StaticSlotDecoder:
         )
         max_blocks = -(-self.max_context // block_size)
         self.pool = BlockPool(budget, capacity, max_blocks, self.device)
-        self.model = FastLlama(self._weights, budget.num_blocks, block_size, self.max_context)
+        plan_file = Path(cache_dir) / "gemm-plan.json" if cache_dir is not None else None
+        plan = LinearPlan(self.device, gemm, plan_file)
+        self.model = FastLlama(self._weights, budget.num_blocks, block_size, self.max_context, plan)
+        self.model.tune()
         self.sampler = SlotSampler(capacity + 1, spec.vocab_size, self.device, top_k=top_k)
         self._pad = capacity  # the padding rows' slot
         self.slot_len = torch.zeros(capacity + 1, dtype=torch.int64, device=self.device)

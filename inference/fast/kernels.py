@@ -278,3 +278,78 @@ def decode_attention(
     out = torch.empty((rows, n_heads * d), dtype=q.dtype, device=q.device)
     _decode_reduce_kernel[(rows * n_heads,)](part, lse, out, D=d, NSPLIT=n_split, num_warps=1)
     return out
+
+
+@triton.jit
+def _skinny_gemm_kernel(
+    x_ptr,
+    w_ptr,
+    y_ptr,
+    M,
+    N,
+    K,
+    stride_xm,
+    stride_wn,
+    stride_ym,
+    MP: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    STAGES: tl.constexpr,
+):
+    """y[M, N] = x[M, K] @ w[N, K]^T for few rows M (<= MP): streams w once, the rows padded for the dot."""
+    pid = tl.program_id(0)
+    rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    rm = tl.arange(0, MP)
+    rk = tl.arange(0, BLOCK_K)
+    nmask = rn < N
+    mmask = rm < M
+    acc = tl.zeros((MP, BLOCK_N), dtype=tl.float32)
+    w_rows = w_ptr + rn.to(tl.int64)[:, None] * stride_wn
+    x_rows = x_ptr + rm[:, None] * stride_xm
+    for k in tl.range(0, K, BLOCK_K, num_stages=STAGES):
+        kk = k + rk
+        kmask = kk < K
+        w = tl.load(w_rows + kk[None, :], mask=nmask[:, None] & kmask[None, :], other=0.0)
+        x = tl.load(x_rows + kk[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0)
+        acc += tl.dot(x, tl.trans(w))
+    tl.store(
+        y_ptr + rm[:, None] * stride_ym + rn[None, :],
+        acc.to(y_ptr.dtype.element_ty),
+        mask=mmask[:, None] & nmask[None, :],
+    )
+
+
+GEMM_CONFIGS: tuple[tuple[int, int, int, int], ...] = (
+    # BLOCK_N, BLOCK_K, num_warps, stages
+    (16, 512, 4, 4),
+    (32, 256, 4, 4),
+    (16, 256, 4, 6),
+    (64, 128, 4, 4),
+    (32, 512, 8, 3),
+)
+
+
+def skinny_linear(x: torch.Tensor, w: torch.Tensor, config: tuple[int, int, int, int]) -> torch.Tensor:
+    """x [M, K] @ w [N, K]^T for M <= 32, with one of GEMM_CONFIGS."""
+    m, k = x.shape
+    n = w.shape[0]
+    block_n, block_k, warps, stages = config
+    mp = 16 if m <= 16 else 32
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    _skinny_gemm_kernel[(triton.cdiv(n, block_n),)](
+        x,
+        w,
+        y,
+        m,
+        n,
+        k,
+        x.stride(0),
+        w.stride(0),
+        y.stride(0),
+        MP=mp,
+        BLOCK_N=block_n,
+        BLOCK_K=block_k,
+        STAGES=stages,
+        num_warps=warps,
+    )
+    return y

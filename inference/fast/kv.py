@@ -48,6 +48,7 @@ def plan_kv_budget(
     wanted = slots * blocks_per_slot + 1
     if budget_bytes is None and device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
+        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)  # cached, reusable
         budget_bytes = max(0, free - reserve_bytes)
         _log.info(
             "KV budget from free memory: %.2f GiB free, %.2f GiB reserved", free / GIB, reserve_bytes / GIB

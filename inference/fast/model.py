@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from inference.fast import ops
+from inference.fast.gemm import LinearPlan
 from inference.fast.weights import LlamaWeights, rope_tables
 
 _log = logging.getLogger(__name__)
@@ -30,8 +31,16 @@ class Segment:
 
 
 class FastLlama:
-    def __init__(self, weights: LlamaWeights, num_blocks: int, block_size: int, max_positions: int) -> None:
+    def __init__(
+        self,
+        weights: LlamaWeights,
+        num_blocks: int,
+        block_size: int,
+        max_positions: int,
+        plan: LinearPlan | None = None,
+    ) -> None:
         spec = weights.spec
+        self.plan = plan or LinearPlan(weights.device, "cublas")
         self.w = weights
         self.spec = spec
         self.block_size = block_size
@@ -40,6 +49,19 @@ class FastLlama:
         shape = (spec.num_layers, num_blocks, spec.num_kv_heads, block_size, spec.head_dim)
         self.k_cache = torch.zeros(shape, dtype=weights.dtype, device=weights.device)
         self.v_cache = torch.zeros(shape, dtype=weights.dtype, device=weights.device)
+
+    def tune(self) -> None:
+        """Pick cuBLAS or a Triton kernel per weight shape and batch size class (CUDA only)."""
+        layers = self.w.layers[:4]
+        self.plan.tune(
+            {
+                "qkv": [lw.qkv for lw in layers],
+                "o": [lw.o for lw in layers],
+                "gate_up": [lw.gate_up for lw in layers],
+                "down": [lw.down for lw in layers],
+                "lm_head": [self.w.lm_head],
+            }
+        )
 
     def _layers(
         self,
@@ -53,7 +75,7 @@ class FastLlama:
         residual = x.clone()
         h = ops.rms_norm(x, w.layers[0].input_norm, eps)
         for i, layer in enumerate(w.layers):
-            qkv = F.linear(h, layer.qkv)
+            qkv = self.plan.linear(h, layer.qkv)
             q = ops.rope_store(
                 qkv,
                 positions,
@@ -67,14 +89,14 @@ class FastLlama:
                 spec.head_dim,
             )
             a = attend(q, i)  # type: ignore[operator]
-            h = ops.rms_norm(F.linear(a, layer.o), layer.post_norm, eps, residual)
-            m = F.linear(ops.silu_mul(F.linear(h, layer.gate_up)), layer.down)
+            h = ops.rms_norm(self.plan.linear(a, layer.o), layer.post_norm, eps, residual)
+            m = self.plan.linear(ops.silu_mul(self.plan.linear(h, layer.gate_up)), layer.down)
             nxt = w.layers[i + 1].input_norm if i + 1 < len(w.layers) else w.norm
             h = ops.rms_norm(m, nxt, eps, residual)
         return h  # final-normed hidden states
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
-        return F.linear(h, self.w.lm_head).float()
+        return self.plan.linear(h, self.w.lm_head).float()
 
     def prefill(
         self, ids: torch.Tensor, positions: torch.Tensor, slot_mapping: torch.Tensor, segments: list[Segment]
