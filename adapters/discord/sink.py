@@ -107,9 +107,8 @@ class DiscordReplySink:
                 if pending is None:
                     pending = asyncio.ensure_future(_next_event(events))
                 timeout = self._pacer.ready_in(self._channel_id) if self._dirty else None
-                if (
-                    timeout == 0
-                ):  # the channel may be written to: show what has come (the next event is on its way)
+                if timeout == 0:
+                    # the channel may be written to: show what has come while the next event is on its way
                     await self._flush()
                     continue
                 done, _ = await asyncio.wait({pending}, timeout=timeout)

@@ -27,7 +27,9 @@ async def test_mention_gets_one_message_edited_to_the_full_reply(
     assert [m["content"] for m in messages] == [REPLY]
     assert messages[0]["message_reference"]["message_id"] == asked  # a reply to the question
     assert fake_discord.edits_of(messages[0]["id"]), "the reply was streamed by edits"
-    assert fake_discord.log("POST", rf"/channels/{fake_discord.general}/typing$"), "typing was shown first"
+    typing = fake_discord.log("POST", rf"/channels/{fake_discord.general}/typing$")
+    posts = fake_discord.log("POST", rf"/channels/{fake_discord.general}/messages$")
+    assert typing and typing[0].t < posts[0].t, "typing was shown until the first text"
 
     turns = await bot.stored(fake_discord.general, 2)
     assert [(t.role, t.content) for t in turns] == [
