@@ -81,17 +81,18 @@ def build_core(
     return Core(settings=settings, store=store, engine=engine, chat=chat, commands=commands)
 
 
-def build_adapters(core: Core, platforms: Sequence[str]) -> list[Adapter]:
+def build_adapters(settings: Settings, store: ConversationStore, platforms: Sequence[str]) -> list[Adapter]:
+    """The platform adapters. Built before the model loads, so a missing token fails in seconds, not minutes."""
     adapters: list[Adapter] = []
     for platform in platforms:
         if platform == "discord":
             from adapters.discord.adapter import DiscordAdapter
 
-            adapters.append(DiscordAdapter(core.settings, core.store))
+            adapters.append(DiscordAdapter(settings, store))
         elif platform == "slack":
             from adapters.slack.adapter import SlackAdapter
 
-            adapters.append(SlackAdapter(core.settings, core.store))
+            adapters.append(SlackAdapter(settings, store))
         else:
             raise ValueError(f"unknown platform {platform!r}")
     return adapters

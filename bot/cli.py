@@ -128,7 +128,7 @@ def _run_chat(args: argparse.Namespace) -> int:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from bot.app import build_adapters, build_core, serve
+    from bot.app import build_adapters, build_core, build_store, serve
 
     settings = load_settings()
     platforms = args.platform or _configured_platforms(settings)
@@ -139,8 +139,10 @@ def _run_serve(args: argparse.Namespace) -> int:
         )
 
     async def run() -> None:
-        core = build_core(settings)
-        await serve(core, build_adapters(core, platforms))
+        store = build_store(settings)
+        adapters = build_adapters(settings, store, platforms)
+        core = build_core(settings, store=store)
+        await serve(core, adapters)
 
     asyncio.run(run())
     return 0
