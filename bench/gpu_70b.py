@@ -359,7 +359,7 @@ def main() -> None:
         dec, warm = start_decoder(model, args, cache_dir)
     log("warm_start_s", round(warm, 2))
     log("kv_cache_tokens", dec.kv_tokens)
-    log("kv_cache_GiB", round(dec.model.k_cache.numel() * 4 / GIB, 2))
+    log("kv_cache_GiB", round(dec.kv_tokens * dec._weights.spec.kv_bytes_per_token / GIB, 2))
     log(
         "gemm_plan",
         {

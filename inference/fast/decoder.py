@@ -25,7 +25,7 @@ import torch
 
 from inference.decoder import SlotRequest
 from inference.fast.gemm import LinearPlan
-from inference.fast.kv import GIB, BlockPool, plan_kv_budget
+from inference.fast.kv import GIB, BlockPool, KVBudget, plan_kv_budget
 from inference.fast.model import FastLlama, Segment
 from inference.fast.sampler import SlotSampler
 from inference.fast.weights import extract_weights
@@ -96,10 +96,20 @@ class StaticSlotDecoder:
             reserve_bytes=reserve_bytes,
         )
         max_blocks = -(-self.max_context // block_size)
-        self.pool = BlockPool(budget, capacity, max_blocks, self.device)
         plan_file = Path(cache_dir) / "gemm-plan.json" if cache_dir is not None else None
         plan = LinearPlan(self.device, gemm, plan_file)
-        self.model = FastLlama(self._weights, budget.num_blocks, block_size, self.max_context, plan)
+        for attempt in range(6):  # cached-but-fragmented memory may hold less than counted: shrink and retry
+            try:
+                self.model = FastLlama(self._weights, budget.num_blocks, block_size, self.max_context, plan)
+                break
+            except torch.OutOfMemoryError:
+                if attempt == 5 or budget.num_blocks < 4:
+                    raise
+                budget = KVBudget(num_blocks=int(budget.num_blocks * 0.9), block_size=block_size)
+                _log.warning("KV cache did not fit; retrying with %d blocks", budget.num_blocks)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+        self.pool = BlockPool(budget, capacity, max_blocks, self.device)
         self.model.tune()
         self.sampler = SlotSampler(capacity + 1, spec.vocab_size, self.device, top_k=top_k)
         self._pad = capacity  # the padding rows' slot

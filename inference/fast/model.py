@@ -46,9 +46,13 @@ class FastLlama:
         self.block_size = block_size
         self.scale = spec.head_dim**-0.5
         self.cos, self.sin = rope_tables(weights, max_positions)
-        shape = (spec.num_layers, num_blocks, spec.num_kv_heads, block_size, spec.head_dim)
-        self.k_cache = torch.zeros(shape, dtype=weights.dtype, device=weights.device)
-        self.v_cache = torch.zeros(shape, dtype=weights.dtype, device=weights.device)
+        # one tensor per layer and kind: small allocations fit in the allocator's cached holes
+        shape = (num_blocks, spec.num_kv_heads, block_size, spec.head_dim)
+        self.k_cache: list[torch.Tensor] = []
+        self.v_cache: list[torch.Tensor] = []
+        for _ in range(spec.num_layers):
+            self.k_cache.append(torch.zeros(shape, dtype=weights.dtype, device=weights.device))
+            self.v_cache.append(torch.zeros(shape, dtype=weights.dtype, device=weights.device))
 
     def tune(self) -> None:
         """Pick cuBLAS or a Triton kernel per weight shape and batch size class (CUDA only)."""
