@@ -27,7 +27,7 @@ from bot.errors import (
     ModelLoadError,
     QueueFull,
 )
-from bot.settings import DEFAULT_SYSTEM_PROMPT, load_settings
+from bot.settings import DEFAULT_SYSTEM_PROMPT, Settings, load_settings
 from inference.openai_stream import chat_body, error_detail, parse_chunk, retry_after_s, sse_data
 from inference.remote_engine import EstimatingTokenizer, RemoteEngine, TemplateTokenizer, load_chat_tokenizer
 from tests.inference.remote_server import FakeOpenAI, Reply, TransformersServe, free_port
@@ -106,18 +106,38 @@ def local_greedy_replies(model_dir: Path, requests: list[GenerationRequest]) -> 
     return replies
 
 
+async def local_engine_replies(settings: Settings, requests: list[GenerationRequest]) -> list[str] | None:
+    """The replies of the project's LocalEngine on the same model, or None while it does not exist yet."""
+    try:
+        from inference.local_engine import LocalEngine  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return None
+    engine = LocalEngine.from_settings(settings)
+    try:
+        return [
+            "".join([str(c) async for c in engine.generate(req) if isinstance(c, str)]) for req in requests
+        ]
+    finally:
+        await engine.aclose()
+
+
 @pytest.mark.slow
-async def test_streams_the_same_greedy_reply_as_the_model_in_process(
-    served_engine: RemoteEngine, serve: TransformersServe
+async def test_streams_the_same_greedy_reply_as_the_local_engine(
+    served_engine: RemoteEngine, serve: TransformersServe, settings: Settings
 ) -> None:
     from inference.demo_model import FAQ
 
-    requests = [request(question) for question, _ in FAQ[:3]]
+    params = GenerationParams(max_new_tokens=128, do_sample=False, repetition_penalty=1.0)
+    pairs = FAQ[:4]  # Korean and English
+    requests = [request(question, params=params) for question, _ in pairs]
     expected = local_greedy_replies(serve.model_dir, requests)
-    for req, local_reply, (_, answer) in zip(requests, expected, FAQ, strict=False):
+    from_local_engine = await local_engine_replies(settings, requests)
+    if from_local_engine is not None:
+        assert from_local_engine == expected
+    for req, reply, (_, answer) in zip(requests, expected, pairs, strict=True):
         chunks = await collect(served_engine, req)
-        assert "".join(chunks) == local_reply
-        assert local_reply.strip() == answer.strip()  # the demo model knows its FAQ: a meaningful reply
+        assert "".join(chunks) == reply
+        assert reply.strip() == answer.strip()  # the demo model knows its FAQ: a meaningful reply
         assert len(chunks) > 1  # streamed, not one block at the end
 
 
