@@ -85,7 +85,9 @@ class StaticSlotDecoder:
         self.max_context = min(max_context or spec.max_positions, spec.max_positions)
         self.prefill_chunk = prefill_chunk
         if reserve_bytes is None:  # prefill activations, graph pool, sampler scratch, allocator slack
-            reserve_bytes = GIB + prefill_chunk * (6 * spec.hidden_size + 8 * spec.intermediate_size)
+            reserve_bytes = int(0.75 * GIB) + prefill_chunk * (
+                6 * spec.hidden_size + 8 * spec.intermediate_size
+            )
         budget = plan_kv_budget(
             spec,
             self.device,
@@ -101,14 +103,18 @@ class StaticSlotDecoder:
         for attempt in range(6):  # cached-but-fragmented memory may hold less than counted: shrink and retry
             try:
                 self.model = FastLlama(self._weights, budget.num_blocks, block_size, self.max_context, plan)
+                if self.device.type == "cuda":
+                    self._dry_run_prefill()  # the largest prefill pass must still fit beside the KV cache
                 break
             except torch.OutOfMemoryError:
+                self.model = None  # type: ignore[assignment]
                 if attempt == 5 or budget.num_blocks < 4:
                     raise
                 budget = KVBudget(num_blocks=int(budget.num_blocks * 0.9), block_size=block_size)
-                _log.warning("KV cache did not fit; retrying with %d blocks", budget.num_blocks)
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
+                _log.warning(
+                    "KV cache and a prefill pass did not fit; retrying with %d blocks", budget.num_blocks
+                )
+                torch.cuda.empty_cache()
         self.pool = BlockPool(budget, capacity, max_blocks, self.device)
         self.model.tune()
         self.sampler = SlotSampler(capacity + 1, spec.vocab_size, self.device, top_k=top_k)
@@ -174,8 +180,12 @@ class StaticSlotDecoder:
 
     def admit(self, request: SlotRequest) -> int:
         self.submit(request)
-        while request.slot not in self._ready:
-            self._ready.update(self._prefill_round())
+        try:
+            while request.slot not in self._ready:
+                self._ready.update(self._prefill_round())
+        except BaseException:
+            self.release(request.slot)
+            raise
         return self._ready.pop(request.slot)
 
     def admit_many(self, requests: Iterable[SlotRequest]) -> dict[int, int]:
@@ -184,8 +194,13 @@ class StaticSlotDecoder:
         for r in requests:
             self.submit(r)
             slots.append(r.slot)
-        while any(s not in self._ready for s in slots):
-            self._ready.update(self._prefill_round())
+        try:
+            while any(s not in self._ready for s in slots):
+                self._ready.update(self._prefill_round())
+        except BaseException:
+            for s in slots:
+                self.release(s)
+            raise
         return {s: self._ready.pop(s) for s in slots}
 
     def submit(self, request: SlotRequest) -> None:
@@ -230,7 +245,40 @@ class StaticSlotDecoder:
     # ---- prefill ---------------------------------------------------------------------------------------------------
 
     def _prefill_round(self) -> dict[int, int]:
-        """One prefill pass over at most ``prefill_chunk`` queued prompt tokens; first tokens of finished prompts."""
+        """One prefill pass over at most ``prefill_chunk`` queued prompt tokens; first tokens of finished prompts.
+
+        If the pass fails, the slots in it are released and the error propagates (their requests fail).
+        """
+        slots, budget = [], self.prefill_chunk
+        for p in self._pending:  # the prompts this pass takes, as _prefill_pass chooses them
+            if budget <= 0:
+                break
+            slots.append(p.slot)
+            budget -= len(p.ids) - p.done
+        try:
+            return self._prefill_pass()
+        except BaseException:
+            for slot in slots:
+                self.release(slot)
+            raise
+
+    def _dry_run_prefill(self) -> None:
+        """One full prefill pass at the end of the context, writing only into the scratch block."""
+        tokens = min(self.prefill_chunk, self.max_context)
+        start = self.max_context - tokens
+        bs = self.model.block_size
+        positions = torch.arange(start, start + tokens, device=self.device)
+        blocks = torch.zeros(-(-self.max_context // bs), dtype=torch.int64, device=self.device)
+        ids = torch.zeros(tokens, dtype=torch.int64, device=self.device)
+        with torch.inference_mode():
+            hidden = self.model.prefill(
+                ids, positions, positions % bs, [Segment(-1, 0, tokens, start, blocks)]
+            )
+            self.model.logits(hidden[-1:])
+        del hidden
+        torch.cuda.synchronize(self.device)
+
+    def _prefill_pass(self) -> dict[int, int]:
         budget = self.prefill_chunk
         segments: list[Segment] = []
         parts: list[tuple[_Pending, int]] = []
