@@ -247,8 +247,8 @@ def step_times(dec: StaticSlotDecoder) -> dict[str, float]:
     return out
 
 
-def guarded(name: str, fn) -> None:
-    """Run one phase; a failure is recorded and the next phase still runs."""
+def guarded(name: str, fn, dec: StaticSlotDecoder | None = None) -> None:
+    """Run one phase; a failure is recorded, its requests released, and the next phase still runs."""
     try:
         fn()
     except Exception as exc:
@@ -256,6 +256,9 @@ def guarded(name: str, fn) -> None:
 
         traceback.print_exc()
         log(f"errors.{name}", repr(exc)[:800])
+        if dec is not None:
+            for slot in range(dec.capacity):
+                dec.release(slot)
         torch.cuda.empty_cache()
 
 
@@ -367,9 +370,9 @@ def main() -> None:
             "timings": dec.model.plan.timings,
         },
     )
-    guarded("single_stream", lambda: single_phase(dec, args))
+    guarded("single_stream", lambda: single_phase(dec, args), dec)
     for n in (512, 2048, 4096):
-        guarded(f"ttft_s.{n}", lambda n=n: log(f"ttft_s.{n}", round(ttft(dec, n), 3)))
+        guarded(f"ttft_s.{n}", lambda n=n: log(f"ttft_s.{n}", round(ttft(dec, n), 3)), dec)
     modes = args.admission.split(",")
     for n in [int(c) for c in args.concurrency.split(",")]:
         for mode in modes:
@@ -377,7 +380,7 @@ def main() -> None:
             guarded(
                 key, lambda n=n, mode=mode, key=key: log(key, run_conversations(dec, n, 512, args.new, mode))
             )
-    guarded("decode_step_ms", lambda: log("decode_step_ms", step_times(dec)))
+    guarded("decode_step_ms", lambda: log("decode_step_ms", step_times(dec)), dec)
     log("peak_gpu_mem_gib", round(torch.cuda.max_memory_allocated() / GIB, 2))
     if args.baseline and Path(args.baseline).is_file():
         base = json.loads(Path(args.baseline).read_text())

@@ -84,39 +84,10 @@ class StaticSlotDecoder:
         self._capacity = capacity
         self.max_context = min(max_context or spec.max_positions, spec.max_positions)
         self.prefill_chunk = prefill_chunk
-        if reserve_bytes is None:  # prefill activations, graph pool, sampler scratch, allocator slack
-            reserve_bytes = int(0.75 * GIB) + prefill_chunk * (
-                6 * spec.hidden_size + 8 * spec.intermediate_size
-            )
-        budget = plan_kv_budget(
-            spec,
-            self.device,
-            block_size=block_size,
-            slots=capacity,
-            max_context=self.max_context,
-            budget_bytes=kv_budget_bytes,
-            reserve_bytes=reserve_bytes,
-        )
+        if reserve_bytes is None:  # graph pool, prefill activations, sampler scratch, allocator churn
+            reserve_bytes = GIB + prefill_chunk * (6 * spec.hidden_size + 8 * spec.intermediate_size) // 2
         max_blocks = -(-self.max_context // block_size)
         plan_file = Path(cache_dir) / "gemm-plan.json" if cache_dir is not None else None
-        plan = LinearPlan(self.device, gemm, plan_file)
-        for attempt in range(6):  # cached-but-fragmented memory may hold less than counted: shrink and retry
-            try:
-                self.model = FastLlama(self._weights, budget.num_blocks, block_size, self.max_context, plan)
-                if self.device.type == "cuda":
-                    self._dry_run_prefill()  # the largest prefill pass must still fit beside the KV cache
-                break
-            except torch.OutOfMemoryError:
-                self.model = None  # type: ignore[assignment]
-                if attempt == 5 or budget.num_blocks < 4:
-                    raise
-                budget = KVBudget(num_blocks=int(budget.num_blocks * 0.9), block_size=block_size)
-                _log.warning(
-                    "KV cache and a prefill pass did not fit; retrying with %d blocks", budget.num_blocks
-                )
-                torch.cuda.empty_cache()
-        self.pool = BlockPool(budget, capacity, max_blocks, self.device)
-        self.model.tune()
         self.sampler = SlotSampler(capacity + 1, spec.vocab_size, self.device, top_k=top_k)
         self._pad = capacity  # the padding rows' slot
         self.slot_len = torch.zeros(capacity + 1, dtype=torch.int64, device=self.device)
@@ -144,18 +115,66 @@ class StaticSlotDecoder:
         self._last_bucket = 0
         if cuda_graphs is None:
             cuda_graphs = self.device.type == "cuda"
+        # 1. warm up on a scratch KV cache: kernels compiled and loaded, matrix-product plan chosen, workspaces made,
+        #    so that the free memory measured next is what the KV cache can really have
+        scratch = KVBudget(num_blocks=2, block_size=block_size)
+        self.pool = BlockPool(scratch, capacity, max_blocks, self.device)
+        self.model = FastLlama(
+            self._weights, 2, block_size, self.max_context, LinearPlan(self.device, gemm, plan_file)
+        )
+        self.model.tune()
+        if self.device.type == "cuda":
+            self._dry_run_prefill()
+            with torch.inference_mode():
+                for b in self.buckets:
+                    self._decode_body(b)
+            torch.cuda.synchronize(self.device)
+            self.model.free_kv()
+            torch.cuda.empty_cache()
+        # 2. the real KV cache, then the graphs, then one full prefill pass: all must fit, else shrink the cache
+        budget = plan_kv_budget(
+            spec,
+            self.device,
+            block_size=block_size,
+            slots=capacity,
+            max_context=self.max_context,
+            budget_bytes=kv_budget_bytes,
+            reserve_bytes=reserve_bytes,
+        )
+        for attempt in range(8):
+            try:
+                self.model.allocate_kv(budget.num_blocks)
+                self.pool = BlockPool(budget, capacity, max_blocks, self.device)  # the graphs read its tables
+                if cuda_graphs:
+                    self._capture_graphs()
+                if self.device.type == "cuda":
+                    self._dry_run_prefill()
+                break
+            except (torch.OutOfMemoryError, torch.AcceleratorError) as exc:
+                if "out of memory" not in str(exc) or attempt == 7 or budget.num_blocks < 4:
+                    raise
+                self._graphs.clear()
+                self.model.free_kv()
+                torch.cuda.synchronize(self.device)
+                torch.cuda.empty_cache()
+                budget = KVBudget(num_blocks=int(budget.num_blocks * 0.9), block_size=block_size)
+                _log.warning(
+                    "KV cache, graphs and a prefill pass did not fit; retrying with %d blocks",
+                    budget.num_blocks,
+                )
+        self.row_slot.fill_(self._pad)
+        self.slot_len.zero_()
         self.kv_tokens = budget.usable_tokens
         _log.info(
-            "fast decoder: %d slots, %d KV blocks of %d tokens (%d tokens, %.2f GiB), buckets %s",
+            "fast decoder: %d slots, %d KV blocks of %d tokens (%d tokens, %.2f GiB), buckets %s, graphs %s",
             capacity,
             budget.num_blocks,
             block_size,
             budget.usable_tokens,
             budget.num_blocks * block_size * spec.kv_bytes_per_token / GIB,
             self.buckets,
+            bool(self._graphs),
         )
-        if cuda_graphs:
-            self._capture_graphs()
 
     # ---- BatchDecoder ----------------------------------------------------------------------------------------------
 

@@ -46,13 +46,22 @@ class FastLlama:
         self.block_size = block_size
         self.scale = spec.head_dim**-0.5
         self.cos, self.sin = rope_tables(weights, max_positions)
-        # one tensor per layer and kind: small allocations fit in the allocator's cached holes
-        shape = (num_blocks, spec.num_kv_heads, block_size, spec.head_dim)
         self.k_cache: list[torch.Tensor] = []
         self.v_cache: list[torch.Tensor] = []
+        self.allocate_kv(num_blocks)
+
+    def allocate_kv(self, num_blocks: int) -> None:
+        """(Re)allocate the paged KV cache: one tensor per layer and kind, small enough for the allocator's holes."""
+        self.free_kv()
+        spec, w = self.spec, self.w
+        shape = (num_blocks, spec.num_kv_heads, self.block_size, spec.head_dim)
         for _ in range(spec.num_layers):
-            self.k_cache.append(torch.zeros(shape, dtype=weights.dtype, device=weights.device))
-            self.v_cache.append(torch.zeros(shape, dtype=weights.dtype, device=weights.device))
+            self.k_cache.append(torch.zeros(shape, dtype=w.dtype, device=w.device))
+            self.v_cache.append(torch.zeros(shape, dtype=w.dtype, device=w.device))
+
+    def free_kv(self) -> None:
+        self.k_cache.clear()
+        self.v_cache.clear()
 
     def tune(self) -> None:
         """Pick cuBLAS or a Triton kernel per weight shape and batch size class (CUDA only)."""
