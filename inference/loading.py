@@ -1,0 +1,219 @@
+"""Load any causal LM (hub id or local folder) with the placement and precision the settings ask for.
+
+Every failure becomes one ModelLoadError that names the model and says what to try: no network, an unknown id or a
+missing folder, not enough memory, a quantization this machine cannot run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from bot.errors import ModelLoadError
+from bot.settings import ModelSettings
+
+_log = logging.getLogger(__name__)
+
+_DTYPES: dict[str, torch.dtype | str] = {
+    "auto": "auto",
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float32": torch.float32,
+}
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+
+
+def load_model(settings: ModelSettings) -> LoadedModel:
+    """Load the tokenizer and the model named by ``settings``; raise ModelLoadError with advice on failure."""
+    name = settings.name_or_path
+    local = _is_local(name)
+    check_source(name, local)
+    check_quantization(settings)
+    kwargs = model_kwargs(settings)
+    _log.info(
+        "loading model %s (dtype=%s, device_map=%s, quantization=%s)",
+        name,
+        settings.dtype,
+        settings.device_map,
+        settings.quantization,
+    )
+    tokenizer = _load_tokenizer(name, settings.revision, local)
+    model = _load_weights(name, kwargs, local)
+    model.eval()
+    _log.info("model %s loaded: %d parameters", name, sum(p.numel() for p in model.parameters()))
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name)
+
+
+def check_source(name: str, local: bool) -> None:
+    """A path-looking name must exist; a hub id is only checked by the download itself."""
+    if local and not Path(name).expanduser().is_dir():
+        raise ModelLoadError(
+            f"model {name!r}: no such folder. Check model.name_or_path (HANBOT_MODEL__NAME_OR_PATH), "
+            "or build the demo model with `hanbot demo-model` and point the setting at it."
+        )
+
+
+def check_quantization(settings: ModelSettings) -> None:
+    if settings.quantization in ("8bit", "4bit"):
+        if not torch.cuda.is_available():
+            raise ModelLoadError(
+                f"model {settings.name_or_path!r}: {settings.quantization} loading needs an NVIDIA GPU "
+                "(bitsandbytes), and none is visible here. Set model.quantization to 'none' "
+                "(HANBOT_MODEL__QUANTIZATION=none) or run on a GPU machine."
+            )
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise ModelLoadError(
+                f"model {settings.name_or_path!r}: {settings.quantization} loading needs the bitsandbytes "
+                "package: `pip install bitsandbytes`, or set model.quantization to 'none'."
+            ) from None
+    if settings.quantization == "fp8" and not torch.cuda.is_available():
+        raise ModelLoadError(
+            f"model {settings.name_or_path!r}: fp8 needs a GPU with FP8 support (Hopper or newer); "
+            "set model.quantization to 'none' on this machine."
+        )
+
+
+def model_kwargs(settings: ModelSettings) -> dict[str, Any]:
+    """The keyword arguments for ``from_pretrained``: dtype, placement, memory caps and quantization."""
+    kwargs: dict[str, Any] = {"dtype": _DTYPES[settings.dtype]}
+    if settings.revision:
+        kwargs["revision"] = settings.revision
+    device_map = settings.device_map or None
+    if device_map is not None and device_map.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(
+            f"model {settings.name_or_path!r}: device_map {device_map!r} asks for a GPU, but none is visible. "
+            "Set model.device_map to 'cpu' or 'auto' (HANBOT_MODEL__DEVICE_MAP)."
+        )
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    if settings.max_memory:
+        kwargs["max_memory"] = {_device_key(k): v for k, v in settings.max_memory.items()}
+    quantization = _quantization_config(settings)
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+    return kwargs
+
+
+def _device_key(key: str) -> int | str:
+    return int(key) if key.isdigit() else key
+
+
+def _quantization_config(settings: ModelSettings) -> Any:
+    if settings.quantization == "8bit":
+        from transformers import BitsAndBytesConfig
+
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if settings.quantization == "4bit":
+        from transformers import BitsAndBytesConfig
+
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_use_double_quant=True,
+        )
+    if settings.quantization == "fp8":
+        try:
+            from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
+            from transformers import TorchAoConfig
+        except ImportError:
+            raise ModelLoadError(
+                f"model {settings.name_or_path!r}: fp8 loading needs torchao (`pip install torchao`), "
+                "or set model.quantization to 'none'."
+            ) from None
+        return TorchAoConfig(quant_type=Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+    return None
+
+
+def _is_local(name: str) -> bool:
+    """A name is a local path when it exists, is absolute or starts with ./ ~ or ..; else a hub id."""
+    path = Path(name).expanduser()
+    return path.exists() or path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1
+
+
+def _load_tokenizer(name: str, revision: str | None, local: bool) -> PreTrainedTokenizerBase:
+    try:
+        with _offline_if(local):
+            return AutoTokenizer.from_pretrained(name, revision=revision)  # type: ignore[no-any-return]
+    except Exception as exc:
+        raise _explain(name, exc) from exc
+
+
+def _load_weights(name: str, kwargs: dict[str, Any], local: bool) -> PreTrainedModel:
+    try:
+        with _offline_if(local):
+            return AutoModelForCausalLM.from_pretrained(name, **kwargs)  # type: ignore[no-any-return]
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise _explain(name, exc) from exc
+
+
+class _offline_if:
+    """Set HF_HUB_OFFLINE=1 while loading a local folder, so nothing tries the network."""
+
+    def __init__(self, local: bool) -> None:
+        self._local = local
+        self._saved: str | None = None
+
+    def __enter__(self) -> None:
+        if self._local:
+            self._saved = os.environ.get("HF_HUB_OFFLINE")
+            os.environ["HF_HUB_OFFLINE"] = "1"
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._local:
+            return
+        if self._saved is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = self._saved
+
+
+def _explain(name: str, exc: BaseException) -> ModelLoadError:
+    """Turn a loading exception into one sentence that names the model and what to try."""
+    text = f"{type(exc).__name__}: {exc}"
+    lowered = text.lower()
+    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in lowered or isinstance(exc, MemoryError):
+        advice = (
+            "not enough memory. Try model.quantization '8bit' or '4bit' (HANBOT_MODEL__QUANTIZATION), "
+            "more GPUs with model.device_map 'auto' and model.max_memory, or a smaller model."
+        )
+    elif (
+        "offline" in lowered
+        or "connection" in lowered
+        or "couldn't connect" in lowered
+        or "socket" in lowered
+    ):
+        advice = (
+            "could not reach the Hugging Face Hub and the model is not in the local cache. Download it on a "
+            "machine with network (`huggingface-cli download <id>`) and set model.name_or_path to that folder, "
+            "or check the network and HF_TOKEN for gated models."
+        )
+    elif "not a valid model identifier" in lowered or "repository not found" in lowered or "404" in lowered:
+        advice = (
+            "unknown model id or a private repository. Check the spelling of model.name_or_path "
+            "(HANBOT_MODEL__NAME_OR_PATH) and set HF_TOKEN if the model is gated."
+        )
+    elif (
+        "does not appear to have a file" in lowered or "no file named" in lowered or "config.json" in lowered
+    ):
+        advice = "the folder does not hold a transformers model (config.json and weights). Check the path."
+    else:
+        advice = "see the error above; check model.name_or_path, model.dtype and model.device_map."
+    _log.error("could not load model %s: %s", name, text)
+    return ModelLoadError(f"could not load model {name!r}: {advice} ({text[:300]})")
