@@ -165,13 +165,14 @@ def run_conversations(dec: StaticSlotDecoder, n: int, prompt_len: int, new: int,
             if admission == "submit":
                 dec.submit(req)
             elif admission == "admit_many":
-                batch.append(req)
+                dec.submit(req)  # reserves its KV now, so the next can_admit sees it
+                batch.append(slot)
             else:
                 tok = dec.admit(req)
                 del tok
                 got(slot, time.perf_counter())
         if batch:
-            firsts = dec.admit_many(batch)
+            firsts = dec.complete(batch)
             now = time.perf_counter()
             for slot in firsts:
                 got(slot, now)
@@ -232,6 +233,7 @@ def step_times(dec: StaticSlotDecoder) -> dict[str, float]:
         for _ in range(3):
             dec.step()
         graph = dec._graphs.get(b)
+        print(f"step_times: bucket {b}, graphs {sorted(dec._graphs)}", flush=True)
         times = []
         if graph is not None:
             for _ in range(20):

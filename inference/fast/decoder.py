@@ -85,7 +85,9 @@ class StaticSlotDecoder:
         self.max_context = min(max_context or spec.max_positions, spec.max_positions)
         self.prefill_chunk = prefill_chunk
         if reserve_bytes is None:  # graph pool, prefill activations, sampler scratch, allocator churn
-            reserve_bytes = GIB + prefill_chunk * (6 * spec.hidden_size + 8 * spec.intermediate_size) // 2
+            reserve_bytes = (
+                int(1.5 * GIB) + prefill_chunk * (6 * spec.hidden_size + 8 * spec.intermediate_size) // 2
+            )
         max_blocks = -(-self.max_context // block_size)
         plan_file = Path(cache_dir) / "gemm-plan.json" if cache_dir is not None else None
         self.sampler = SlotSampler(capacity + 1, spec.vocab_size, self.device, top_k=top_k)
@@ -209,10 +211,19 @@ class StaticSlotDecoder:
 
     def admit_many(self, requests: Iterable[SlotRequest]) -> dict[int, int]:
         """Prefill several prompts together (fewer, larger passes); {slot: first token}."""
-        slots = []
-        for r in requests:
-            self.submit(r)
-            slots.append(r.slot)
+        slots: list[int] = []
+        try:
+            for r in requests:
+                self.submit(r)
+                slots.append(r.slot)
+        except BaseException:
+            for s in slots:
+                self.release(s)
+            raise
+        return self.complete(slots)
+
+    def complete(self, slots: Sequence[int]) -> dict[int, int]:
+        """Run prefill passes until these submitted slots have their first token; {slot: first token}."""
         try:
             while any(s not in self._ready for s in slots):
                 self._ready.update(self._prefill_round())
@@ -275,7 +286,15 @@ class StaticSlotDecoder:
             slots.append(p.slot)
             budget -= len(p.ids) - p.done
         try:
-            return self._prefill_pass()
+            try:
+                return self._prefill_pass()
+            except torch.OutOfMemoryError:
+                if self.device.type != "cuda":
+                    raise
+                # cached blocks too fragmented for this pass: hand them back to the driver and try once more
+                _log.warning("prefill pass ran out of memory; emptying the allocator cache and retrying")
+                torch.cuda.empty_cache()
+                return self._prefill_pass()
         except BaseException:
             for slot in slots:
                 self.release(slot)
