@@ -156,8 +156,7 @@ def chunks(items: Sequence[Encoded], size: int) -> Iterator[Sequence[Encoded]]:
 @torch.no_grad()
 def heldout_loss(model: torch.nn.Module, examples: Sequence[Encoded], job: TrainJob, pad_id: int) -> float:
     """Mean loss per trained token over the whole set (not a mean of per-batch means)."""
-    device = next(model.parameters()).device.type
-    device = str(next(p for p in model.parameters()).device) if device != "cpu" else "cpu"
+    device = str(next(model.parameters()).device)
     was_training = model.training
     model.eval()
     total = 0.0
