@@ -39,10 +39,12 @@ def stored(i: int, role: Role, content: str, name: str | None) -> StoredMessage:
 def tokenizer(request: pytest.FixtureRequest) -> ChatTokenizer:
     if request.param == "char-counter":
         return CharTokenizer(context_length=1024)
-    from inference.tokenizer import load_chat_tokenizer
+    from transformers import AutoTokenizer
+
+    from inference.tokenizer import HFChatTokenizer
 
     demo_dir: Path = request.getfixturevalue("demo_model_dir")
-    return load_chat_tokenizer(str(demo_dir), context_length=1024)
+    return HFChatTokenizer(AutoTokenizer.from_pretrained(demo_dir), context_length=1024)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
