@@ -451,12 +451,22 @@ class FinetuneService:
                     actor=run.started_by,
                 )
             except BaseException:
-                await self._engine.use_lora(active.name if active else None)
-                self._serving = active.name if active else None
-                shutil.rmtree(version_dir, ignore_errors=True)
+                await self._serve_again(active)
+                await asyncio.to_thread(shutil.rmtree, version_dir, True)
                 raise
         _log.info("fine-tune run=%d promoted as LoRA %s (%s)", run.id, name, decision.reason)
         return version
+
+    async def _serve_again(self, version: VersionInfo | None) -> None:
+        """After a failed switch, make sure the engine serves what it served before (best effort)."""
+        name = version.name if version else None
+        try:
+            await self._engine.use_lora(name)
+            self._serving = name
+        except Exception:
+            _log.exception(
+                "could not switch the engine back to %s after a failed promotion", name or "the base"
+            )
 
     async def _finish(self, run: RunInfo, status: RunStatus, fields: RunOutcomeFields) -> RunInfo:
         finished = await asyncio.to_thread(self._records.finish_run, run.id, status, fields)

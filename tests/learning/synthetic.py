@@ -7,39 +7,39 @@ import random
 from bot.domain import Author, ConversationKey, Role
 from bot.store.conversations import ConversationStore
 
-# (questions asked in different words, the one answer)
+# (the same question as different people type it, the one answer)
 FACTS: list[tuple[tuple[str, ...], str]] = [
     (
-        ("What is the VPN address?", "Where do I connect for VPN?", "VPN 주소가 뭐예요?"),
+        ("What is the VPN address?", "what is the VPN address", "What's the VPN address?"),
         "The VPN address is vpn.hanbot.dev on port 443.",
     ),
     (
-        ("Where is the team wiki?", "How do I find the wiki?", "위키는 어디 있어요?"),
-        "The team wiki is at wiki.hanbot.dev under Onboarding.",
+        ("위키는 어디 있어요?", "위키는 어디에 있어요?", "위키 어디 있어요?"),
+        "팀 위키는 wiki.hanbot.dev 의 온보딩 페이지에 있어요.",
     ),
     (
-        ("When is the weekly standup?", "What time is standup?", "스탠드업은 언제예요?"),
+        ("When is the weekly standup?", "when is the weekly standup", "When's the weekly standup?"),
         "Standup is every Monday at 10:00 in room Hana.",
     ),
     (
-        ("Who approves vacation?", "How do I request leave?", "휴가는 누가 승인해요?"),
-        "Vacation is approved by your team lead in the HR portal.",
+        ("휴가는 누가 승인해요?", "휴가는 누가 승인하나요?", "휴가 승인은 누가 해요?"),
+        "휴가는 팀장님이 HR 포털에서 승인해요.",
     ),
     (
-        ("What is the guest wifi?", "Which wifi can visitors use?", "손님용 와이파이는 뭐예요?"),
+        ("What is the guest wifi?", "what is the guest wifi", "What's the guest wifi?"),
         "Guests use the wifi named hanbot-guest with the lobby code.",
     ),
     (
-        ("How do I deploy to staging?", "What deploys staging?", "스테이징 배포는 어떻게 해요?"),
-        "Run make deploy-staging from the main branch.",
+        ("스테이징 배포는 어떻게 해요?", "스테이징 배포 어떻게 해요?", "스테이징 배포는 어떻게 하나요?"),
+        "main 브랜치에서 make deploy-staging 을 실행하세요.",
     ),
     (
-        ("Where is the parking lot?", "Can I park at the office?", "주차는 어디에 해요?"),
+        ("Where is the parking lot?", "where is the parking lot", "Where's the parking lot?"),
         "Parking is in basement level B2, spots 40 to 60.",
     ),
     (
-        ("Which editor do we use?", "What IDE is standard here?", "어떤 에디터를 써요?"),
-        "Most of the team uses VS Code with the shared settings repo.",
+        ("어떤 에디터를 써요?", "어떤 에디터 써요?", "에디터는 뭘 써요?"),
+        "대부분 VS Code 와 공유 설정 저장소를 써요.",
     ),
 ]
 

@@ -185,3 +185,24 @@ async def test_aclose_cancels_a_run_and_kills_its_trainer(
         import os
 
         os.kill(pid, 0)
+
+
+async def test_an_engine_that_refuses_the_new_lora_keeps_serving_the_old_one(
+    sqlite_store: ConversationStore, learning_settings: SettingsFactory
+) -> None:
+    from bot.errors import EngineError
+
+    class RefusingEngine(RecordingEngine):
+        async def load_lora(self, name: str, path: str) -> None:
+            self.calls.append(f"load_lora:{name}")
+            raise EngineError("out of memory")
+
+    seed_facts(sqlite_store)
+    engine = RefusingEngine()
+    settings = learning_settings()
+    run = await FinetuneService(settings, sqlite_store, engine).run(actor="console:local")
+    assert run is not None and run.status is RunStatus.FAILED
+    assert run.error is not None and "out of memory" in run.error
+    assert engine.calls == ["pause", "resume", "load_lora:v1", "use_lora:None"]
+    assert LearningRecords(sqlite_store).active_version() is None
+    assert not (settings.lora_dir / "versions" / "v1").exists()
