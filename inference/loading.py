@@ -7,7 +7,6 @@ missing folder, not enough memory, a quantization this machine cannot run.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,41 +146,22 @@ def _is_local(name: str) -> bool:
 
 def _load_tokenizer(name: str, revision: str | None, local: bool) -> PreTrainedTokenizerBase:
     try:
-        with _offline_if(local):
-            return AutoTokenizer.from_pretrained(name, revision=revision)  # type: ignore[no-any-return]
+        return AutoTokenizer.from_pretrained(  # type: ignore[no-any-return]
+            name, revision=revision, local_files_only=local
+        )
     except Exception as exc:
         raise _explain(name, exc) from exc
 
 
 def _load_weights(name: str, kwargs: dict[str, Any], local: bool) -> PreTrainedModel:
     try:
-        with _offline_if(local):
-            return AutoModelForCausalLM.from_pretrained(name, **kwargs)  # type: ignore[no-any-return]
+        return AutoModelForCausalLM.from_pretrained(  # type: ignore[no-any-return]
+            name, local_files_only=local, **kwargs
+        )
     except ModelLoadError:
         raise
     except Exception as exc:
         raise _explain(name, exc) from exc
-
-
-class _offline_if:
-    """Set HF_HUB_OFFLINE=1 while loading a local folder, so nothing tries the network."""
-
-    def __init__(self, local: bool) -> None:
-        self._local = local
-        self._saved: str | None = None
-
-    def __enter__(self) -> None:
-        if self._local:
-            self._saved = os.environ.get("HF_HUB_OFFLINE")
-            os.environ["HF_HUB_OFFLINE"] = "1"
-
-    def __exit__(self, *exc: object) -> None:
-        if not self._local:
-            return
-        if self._saved is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = self._saved
 
 
 def _explain(name: str, exc: BaseException) -> ModelLoadError:

@@ -1,0 +1,44 @@
+"""Choosing the batch decoder: ``engine.decoder`` "hf" (any model, any device), "static" (``inference.fast``:
+static KV slots and CUDA graphs for Llama models), or "auto" (static on a GPU, hf elsewhere).
+
+``inference.fast`` is imported only when asked for; when it is missing or cannot serve the model, the hf decoder
+takes over and the log says why.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from transformers import PreTrainedModel
+
+from bot.settings import EngineSettings
+from inference.decoder import BatchDecoder
+from inference.hf_decoder import HFBatchDecoder, input_device
+
+_log = logging.getLogger(__name__)
+
+
+def make_decoder(model: PreTrainedModel, settings: EngineSettings) -> BatchDecoder:
+    wants_fast = settings.decoder == "static" or (
+        settings.decoder == "auto" and input_device(model).type == "cuda"
+    )
+    if wants_fast:
+        fast = _fast_decoder(model, settings)
+        if fast is not None:
+            return fast
+    return HFBatchDecoder(model, settings.max_batch_size)
+
+
+def _fast_decoder(model: PreTrainedModel, settings: EngineSettings) -> BatchDecoder | None:
+    try:
+        from inference.fast import StaticSlotDecoder
+    except ImportError as exc:
+        _log.warning("the static decoder (inference.fast) is not available (%s): using the hf decoder", exc)
+        return None
+    try:
+        decoder: BatchDecoder = StaticSlotDecoder(model, capacity=settings.max_batch_size)
+    except Exception as exc:
+        _log.warning("the static decoder cannot serve this model (%s): using the hf decoder", exc)
+        return None
+    _log.info("using the static decoder (inference.fast), %d slots", settings.max_batch_size)
+    return decoder

@@ -1,0 +1,268 @@
+"""LocalEngine: bot.ports.Engine over a transformers model in this process.
+
+``generate`` encodes the turns with the model's chat template, queues the request with the model worker (fair
+across channels, bounded) and streams its events: QueuePosition while it waits, then text pieces. Closing the stream
+cancels the request; the worker frees its slot before the next decode step. Timeouts cover the whole request.
+
+Build it with ``LocalEngine.from_settings(settings)`` (loads the model; ModelLoadError on failure) or from a model
+and tokenizer already loaded: ``LocalEngine(model, tokenizer, engine=..., generation=...)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from bot.domain import GenerationRequest, StreamEvent
+from bot.errors import EnginePaused, EngineUnhealthy, GenerationFailed, GenerationTimeout
+from bot.settings import EngineSettings, GenerationSettings, ModelSettings, Settings
+from inference.decoder import BatchDecoder
+from inference.decoders import make_decoder
+from inference.detokenize import IncrementalDetokenizer
+from inference.loading import LoadedModel, load_model
+from inference.lora import LoraSwitch
+from inference.tokenizer import HFChatTokenizer, stop_token_ids
+from inference.worker import End, Job, JobEvent, ModelWorker, WorkerStats
+
+_log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+DecoderFactory = Callable[[PreTrainedModel, EngineSettings], BatchDecoder]
+STUCK_AFTER_S = 300.0  # a worker with work that has not finished a turn for this long is unhealthy
+
+
+class LocalEngine:
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        engine: EngineSettings | None = None,
+        generation: GenerationSettings | None = None,
+        context_length: int | None = None,
+        decoder_factory: DecoderFactory = make_decoder,
+        reload: Callable[[], LoadedModel] | None = None,
+    ) -> None:
+        """``reload`` (given by from_settings) lets pause() free the GPU by dropping the model and resume() load
+        it again; without it, pause() moves the weights to the CPU and back."""
+        self._model = model
+        self._engine_settings = engine or EngineSettings()
+        self._generation = generation or GenerationSettings()
+        self._decoder_factory = decoder_factory
+        self._reload = reload
+        self._tokenizer = HFChatTokenizer.for_model(tokenizer, model.config, context_length)
+        self._stop_ids = stop_token_ids(tokenizer, getattr(model, "generation_config", None), model.config)
+        self._lora = LoraSwitch(model)
+        self._paused = False
+        self._closed = False
+        self._offloaded_to: str | None = None  # "cpu" or "dropped" while paused
+        self.loads = 1  # model loads, so tests can prove that a LoRA switch did not reload the base
+        self._worker = ModelWorker(
+            decoder_factory(model, self._engine_settings),
+            self._stop_ids,
+            queue_limit=self._engine_settings.queue_limit,
+        )
+        _log.info(
+            "local engine ready: %s, batch %d, queue %d, stop ids %s",
+            type(self._worker.decoder).__name__,
+            self._engine_settings.max_batch_size,
+            self._engine_settings.queue_limit,
+            sorted(self._stop_ids),
+        )
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, decoder_factory: DecoderFactory = make_decoder
+    ) -> LocalEngine:
+        """Load the model the settings name and build the engine around it (raises ModelLoadError)."""
+        loaded = load_model(settings.model)
+        return cls(
+            loaded.model,
+            loaded.tokenizer,
+            engine=settings.engine,
+            generation=settings.generation,
+            context_length=settings.model.context_length,
+            decoder_factory=decoder_factory,
+            reload=_reloader(settings.model),
+        )
+
+    # ---------------------------------------------------------------- what the rest of the bot uses
+
+    @property
+    def tokenizer(self) -> HFChatTokenizer:
+        return self._tokenizer
+
+    @property
+    def model(self) -> PreTrainedModel:
+        return self._model
+
+    @property
+    def stats(self) -> WorkerStats:
+        return self._worker.stats
+
+    @property
+    def decoder(self) -> BatchDecoder | None:
+        return self._worker.decoder
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        self._check_accepting()
+        deadline = time.monotonic() + (request.timeout_s or self._generation.timeout_s)
+        job, events = await self._make_job(request)
+        self._worker.submit(job)  # QueueFull past the limit
+        try:
+            while True:
+                event = await _next_event(events, deadline, request)
+                if isinstance(event, End):
+                    if event.error is not None:
+                        raise event.error
+                    return
+                yield event
+        finally:
+            self._worker.cancel(job)
+
+    async def health(self) -> None:
+        if self._closed:
+            raise EngineUnhealthy("the engine is closed")
+        if not self._worker.alive:
+            raise EngineUnhealthy("the model worker thread has stopped")
+        waiting, running = self._worker.counts()
+        if (waiting or running) and time.monotonic() - self._worker.heartbeat > STUCK_AFTER_S:
+            raise EngineUnhealthy(f"the model worker has not finished a step for {STUCK_AFTER_S:.0f} s")
+
+    async def pause(self) -> None:
+        """Refuse new work, fail the waiting requests with EnginePaused, let running ones finish, free the GPU."""
+        if self._paused:
+            return
+        self._paused = True
+        refused = self._worker.fail_waiting(EnginePaused("paused for maintenance"))
+        await self._drain()
+        await self._on_worker(self._offload)
+        _log.info(
+            "engine paused (%d waiting requests refused, weights %s)", refused, self._offloaded_to or "kept"
+        )
+
+    async def resume(self) -> None:
+        if not self._paused:
+            return
+        await self._on_worker(self._restore)
+        self._paused = False
+        _log.info("engine resumed")
+
+    async def load_lora(self, name: str, path: str) -> None:
+        await self._on_worker(lambda: self._lora.load(name, path))
+
+    async def use_lora(self, name: str | None) -> None:
+        await self._on_worker(lambda: self._lora.use(name))
+
+    @property
+    def active_lora(self) -> str | None:
+        return self._lora.active
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.to_thread(self._worker.stop, 30.0)
+        _log.info("engine closed")
+
+    # ---------------------------------------------------------------- steps of generate
+
+    def _check_accepting(self) -> None:
+        if self._closed:
+            raise EngineUnhealthy("the engine is closed")
+        if self._paused:
+            raise EnginePaused("paused for maintenance")
+
+    async def _make_job(self, request: GenerationRequest) -> tuple[Job, asyncio.Queue[JobEvent]]:
+        prompt_ids = await asyncio.to_thread(self._tokenizer.encode, request.turns)
+        room = self._tokenizer.context_length - len(prompt_ids)
+        if room <= 0:
+            raise GenerationFailed(
+                f"the prompt has {len(prompt_ids)} tokens; the context holds {self._tokenizer.context_length}"
+            )
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[JobEvent] = asyncio.Queue()
+
+        def emit(event: JobEvent) -> None:
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, event)
+            except RuntimeError:  # the loop is gone: nobody is listening
+                pass
+
+        job = Job(
+            request=request,
+            prompt_ids=prompt_ids,
+            max_new_tokens=min(request.params.max_new_tokens, room),
+            emit=emit,
+            detokenizer=IncrementalDetokenizer(self._tokenizer.decode),
+        )
+        return job, events
+
+    # ---------------------------------------------------------------- pause and resume (worker thread)
+
+    async def _drain(self) -> None:
+        while True:
+            waiting, running = self._worker.counts()
+            if not waiting and not running:
+                return
+            await asyncio.sleep(0.05)
+
+    def _offload(self) -> None:
+        if not _on_accelerator(self._model):
+            return
+        self._worker.set_decoder(None)
+        if self._reload is not None:
+            self._model = None  # type: ignore[assignment]
+            self._lora.forget_model()
+            self._offloaded_to = "dropped"
+        else:
+            self._model.to("cpu")  # type: ignore[arg-type]
+            self._offloaded_to = "cpu"
+        gc.collect()
+        torch.cuda.empty_cache()
+
+    def _restore(self) -> None:
+        if self._offloaded_to is None:
+            return
+        if self._offloaded_to == "dropped" and self._reload is not None:
+            self._model = self._reload().model
+            self.loads += 1
+            self._lora.attach(self._model)
+        else:
+            self._model.to("cuda")  # type: ignore[arg-type]
+        self._worker.set_decoder(self._decoder_factory(self._model, self._engine_settings))
+        self._offloaded_to = None
+
+    async def _on_worker(self, fn: Callable[[], R]) -> R:
+        return await asyncio.wrap_future(self._worker.call(fn))
+
+
+async def _next_event(
+    events: asyncio.Queue[JobEvent], deadline: float, request: GenerationRequest
+) -> JobEvent:
+    remaining = deadline - time.monotonic()
+    try:
+        if remaining <= 0:
+            raise TimeoutError
+        return await asyncio.wait_for(events.get(), remaining)
+    except TimeoutError:
+        _log.warning("request %s timed out", request.request_id)
+        raise GenerationTimeout(f"request {request.request_id} timed out") from None
+
+
+def _on_accelerator(model: PreTrainedModel) -> bool:
+    return any(p.device.type != "cpu" for p in model.parameters())
+
+
+def _reloader(settings: ModelSettings) -> Callable[[], LoadedModel]:
+    def reload() -> LoadedModel:
+        return load_model(settings)
+
+    return reload
