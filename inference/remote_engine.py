@@ -494,25 +494,6 @@ def _is_served(model: str, served: Sequence[str]) -> bool:
 # ----- counting prompt tokens without the model -----
 
 
-class TemplateTokenizer:
-    """A ChatTokenizer from the model's own tokenizer and chat template: exact counts."""
-
-    def __init__(self, tokenizer: Any, context_length: int) -> None:
-        self._tokenizer = tokenizer
-        self._context_length = context_length
-
-    @property
-    def context_length(self) -> int:
-        return self._context_length
-
-    def count_tokens(self, turns: Sequence[ChatTurn], *, add_generation_prompt: bool = True) -> int:
-        messages = [{"role": turn.role.value, "content": turn.content} for turn in turns]
-        ids = self._tokenizer.apply_chat_template(
-            messages, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=False
-        )
-        return len(ids)
-
-
 class EstimatingTokenizer:
     """A ChatTokenizer that over-counts when no tokenizer can be loaded: one token per 2 UTF-8 bytes.
 
@@ -539,15 +520,17 @@ def load_chat_tokenizer(
 ) -> ChatTokenizer:
     """The tokenizer and chat template of ``source`` (a local folder or a hub id), or a conservative estimate.
 
-    The context length is ``context_length`` when given, else the tokenizer's or the config's, else 8192.
+    The context length is ``context_length`` when given, else the model config's, else the tokenizer's, else 8192.
     """
     is_path = Path(source).expanduser().exists()
     try:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, local_files_only=is_path)
-        if not getattr(tokenizer, "chat_template", None):
-            raise ValueError("the tokenizer has no chat template")
+        from inference.tokenizer import HFChatTokenizer
+
+        hf_tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, local_files_only=is_path)
+        length = _context_length(source, revision, is_path, context_length, hf_tokenizer)
+        tokenizer: ChatTokenizer = HFChatTokenizer(hf_tokenizer, length)  # ValueError without a chat template
     except Exception as exc:  # any failure to load means estimating, never a crash at start
         length = _context_length(source, revision, is_path, context_length, None)
         _log.warning(
@@ -558,9 +541,8 @@ def load_chat_tokenizer(
             length,
         )
         return EstimatingTokenizer(length)
-    length = _context_length(source, revision, is_path, context_length, tokenizer)
     _log.info("prompt tokens counted with the tokenizer of %s (context length %d)", source, length)
-    return TemplateTokenizer(tokenizer, length)
+    return tokenizer
 
 
 def _context_length(
@@ -569,21 +551,16 @@ def _context_length(
     """The settings' value, else the model config's max_position_embeddings, else the tokenizer's, else 8192."""
     if configured:
         return configured
-    from_config = _config_context_length(source, revision, is_path)
-    if from_config:
-        return from_config
-    max_length = getattr(tokenizer, "model_max_length", None)
-    if isinstance(max_length, int) and 0 < max_length < 10_000_000:
-        return max_length
-    return DEFAULT_CONTEXT_LENGTH
-
-
-def _config_context_length(source: str, revision: str | None, is_path: bool) -> int | None:
     try:
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(source, revision=revision, local_files_only=is_path)
-    except Exception:  # no config beside the tokenizer: the caller falls back
-        return None
-    value = getattr(config, "max_position_embeddings", None)
-    return value if isinstance(value, int) and value > 0 else None
+        value = getattr(config.get_text_config(), "max_position_embeddings", None)
+        if isinstance(value, int) and value > 0:
+            return value
+    except Exception:  # no config beside the tokenizer (a tokenizer-only folder): try the tokenizer
+        pass
+    max_length = getattr(tokenizer, "model_max_length", None)
+    if isinstance(max_length, int) and 0 < max_length < 10_000_000:
+        return max_length
+    return DEFAULT_CONTEXT_LENGTH

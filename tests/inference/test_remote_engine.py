@@ -29,7 +29,8 @@ from bot.errors import (
 )
 from bot.settings import DEFAULT_SYSTEM_PROMPT, Settings, load_settings
 from inference.openai_stream import chat_body, error_detail, parse_chunk, retry_after_s, sse_data
-from inference.remote_engine import EstimatingTokenizer, RemoteEngine, TemplateTokenizer, load_chat_tokenizer
+from inference.remote_engine import EstimatingTokenizer, RemoteEngine, load_chat_tokenizer
+from inference.tokenizer import HFChatTokenizer
 from tests.inference.remote_server import FakeOpenAI, Reply, TransformersServe, free_port
 
 API_KEY = "sk-hanbot-test-4f1c9a7e"
@@ -106,17 +107,13 @@ def local_greedy_replies(model_dir: Path, requests: list[GenerationRequest]) -> 
     return replies
 
 
-async def local_engine_replies(settings: Settings, requests: list[GenerationRequest]) -> list[str] | None:
-    """The replies of the project's LocalEngine on the same model, or None while it does not exist yet."""
-    try:
-        from inference.local_engine import LocalEngine  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return None
+async def local_engine_replies(settings: Settings, requests: list[GenerationRequest]) -> list[str]:
+    """The replies of the project's LocalEngine on the same model."""
+    from inference.local_engine import LocalEngine
+
     engine = LocalEngine.from_settings(settings)
     try:
-        return [
-            "".join([str(c) async for c in engine.generate(req) if isinstance(c, str)]) for req in requests
-        ]
+        return ["".join([c async for c in engine.generate(req) if isinstance(c, str)]) for req in requests]
     finally:
         await engine.aclose()
 
@@ -130,15 +127,15 @@ async def test_streams_the_same_greedy_reply_as_the_local_engine(
     params = GenerationParams(max_new_tokens=128, do_sample=False, repetition_penalty=1.0)
     pairs = FAQ[:4]  # Korean and English
     requests = [request(question, params=params) for question, _ in pairs]
-    expected = local_greedy_replies(serve.model_dir, requests)
-    from_local_engine = await local_engine_replies(settings, requests)
-    if from_local_engine is not None:
-        assert from_local_engine == expected
+    expected = await local_engine_replies(settings, requests)
+    assert expected == local_greedy_replies(serve.model_dir, requests)  # and plain transformers agrees
     for req, reply, (_, answer) in zip(requests, expected, pairs, strict=True):
         chunks = await collect(served_engine, req)
         assert "".join(chunks) == reply
         assert reply.strip() == answer.strip()  # the demo model knows its FAQ: a meaningful reply
         assert len(chunks) > 1  # streamed, not one block at the end
+    concurrent = await asyncio.gather(*(collect(served_engine, req) for req in requests))
+    assert ["".join(chunks) for chunks in concurrent] == expected
 
 
 @pytest.mark.slow
@@ -170,7 +167,7 @@ async def test_token_count_matches_the_servers_prompt_tokens(
             timeout=60,
         )
     assert response.status_code == 200
-    assert isinstance(served_engine.tokenizer, TemplateTokenizer)
+    assert isinstance(served_engine.tokenizer, HFChatTokenizer)
     assert served_engine.tokenizer.count_tokens(turns) == response.json()["usage"]["prompt_tokens"]
     assert served_engine.tokenizer.context_length > 0
 
@@ -215,7 +212,7 @@ async def test_from_settings_with_the_key_from_the_environment(
     engine = RemoteEngine.from_settings(settings)
     try:
         assert engine.model == str(serve.model_dir)
-        assert isinstance(engine.tokenizer, TemplateTokenizer)
+        assert isinstance(engine.tokenizer, HFChatTokenizer)
         question, answer = FAQ[1]
         assert "".join(await collect(engine, request(question))).strip() == answer.strip()
         assert API_KEY not in repr(engine)
