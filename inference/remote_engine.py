@@ -19,6 +19,8 @@ One streamed POST to ``{base_url}/chat/completions`` per request (server-sent ev
   ``--lora-modules name=path`` or a dynamic load); ``load_lora`` calls vLLM's ``POST /v1/load_lora_adapter`` (the
   path is read by the server, on its file system).
 - The API key goes in the ``Authorization`` header only; it is never logged, and neither is any message text.
+- Prompt budgeting needs no server: ``tokenizer`` is the model's own tokenizer and chat template
+  (``engine.remote_tokenizer``, else ``model.name_or_path``), or a conservative estimate when neither loads.
 """
 
 from __future__ import annotations
@@ -497,8 +499,9 @@ def _is_served(model: str, served: Sequence[str]) -> bool:
 class EstimatingTokenizer:
     """A ChatTokenizer that over-counts when no tokenizer can be loaded: one token per 2 UTF-8 bytes.
 
-    Llama-3's tokenizer averages about 4 bytes per token in English and 3-4 per Hangul syllable (3 bytes each), so
-    this estimate errs towards trimming history early rather than overflowing the server's context.
+    Llama-3's 128k-entry vocabulary packs more than 2 bytes into a token on ordinary English and Korean text (a
+    Hangul syllable is 3 bytes), so this errs towards trimming history early rather than overflowing the server's
+    context.
     Per turn it adds 5 (the Llama-3 header and end-of-turn tokens), plus 1 for the start and 4 for the assistant
     header.
     """
