@@ -10,13 +10,16 @@ import asyncio
 import logging
 import signal
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from bot.builtin_commands import finetune_unavailable_command, help_command, reset_command
 from bot.chat import ChatService
 from bot.commands import CommandRegistry, CommandSpec
+from bot.learning.commands import learning_commands
+from bot.learning.service import FinetuneService
 from bot.permissions import AdminPolicy
 from bot.ports import Adapter, Engine
+from bot.scheduler import BotScheduler
 from bot.settings import Settings
 from bot.store.conversations import ConversationStore
 from bot.store.db import create_db_engine, migrate
@@ -33,7 +36,8 @@ class Core:
     engine: Engine
     chat: ChatService
     commands: CommandRegistry
-    background: list[object] = field(default_factory=list)  # scheduler and services to stop at shutdown
+    finetune: FinetuneService
+    scheduler: BotScheduler | None = None
 
 
 def build_store(settings: Settings) -> ConversationStore:
@@ -77,8 +81,23 @@ def build_core(
     store = store or build_store(settings)
     engine = engine or build_engine(settings)
     chat = ChatService(settings=settings, store=store, engine=engine)
-    commands = build_commands(settings, store, engine, chat=chat)
-    return Core(settings=settings, store=store, engine=engine, chat=chat, commands=commands)
+    finetune = FinetuneService(settings, store, engine)
+    commands = build_commands(
+        settings,
+        store,
+        engine,
+        chat=chat,
+        extra=learning_commands(finetune, timezone=settings.scheduler.timezone),
+    )
+    scheduler = BotScheduler(settings, store, finetune) if settings.scheduler.enabled else None
+    return Core(settings, store, engine, chat, commands, finetune, scheduler)
+
+
+async def start_background(core: Core) -> None:
+    """Serve the active LoRA again, fail runs a dead process left behind, and start the scheduled jobs."""
+    await core.finetune.restore()
+    if core.scheduler is not None:
+        await core.scheduler.start()
 
 
 def build_adapters(settings: Settings, store: ConversationStore, platforms: Sequence[str]) -> list[Adapter]:
@@ -107,20 +126,25 @@ async def serve(core: Core, adapters: Sequence[Adapter]) -> None:
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):  # not the main thread, or not supported here
             pass
-    for adapter in adapters:
-        await adapter.start(core.chat.handle, core.commands)
-        _log.info("adapter %s started", adapter.name)
     try:
+        await start_background(core)
+        for adapter in adapters:
+            await adapter.start(core.chat.handle, core.commands)
+            _log.info("adapter %s started", adapter.name)
         await stop.wait()
     finally:
         await shutdown(core, adapters)
 
 
 async def shutdown(core: Core, adapters: Sequence[Adapter]) -> None:
+    """Stop taking messages first, then the jobs, then the model."""
     for adapter in adapters:
         try:
             await adapter.stop()
         except Exception:
             _log.exception("adapter %s did not stop cleanly", adapter.name)
+    if core.scheduler is not None:
+        await core.scheduler.shutdown()
+    await core.finetune.aclose()
     await core.engine.aclose()
     core.store.engine.dispose()

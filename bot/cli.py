@@ -83,6 +83,8 @@ def _setup_logging(level: str | None) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for chatty in ("httpx", "httpcore", "apscheduler.executors"):  # one line per request or job is noise
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 def demo_overrides(data_dir: Path) -> dict[str, Any]:
@@ -105,7 +107,7 @@ def demo_overrides(data_dir: Path) -> dict[str, Any]:
 
 def _run_chat(args: argparse.Namespace) -> int:
     from adapters.console import ConsoleAdapter
-    from bot.app import build_core, shutdown
+    from bot.app import build_core, shutdown, start_background
 
     settings = load_settings()
     if args.demo:
@@ -118,6 +120,7 @@ def _run_chat(args: argparse.Namespace) -> int:
         core = build_core(settings)
         console = ConsoleAdapter(session=args.session)
         try:
+            await start_background(core)
             await console.start(core.chat.handle, core.commands)
             await console.wait_closed()
         finally:
