@@ -35,6 +35,7 @@ _log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 DecoderFactory = Callable[[PreTrainedModel, EngineSettings], BatchDecoder]
+SMALL_MODEL_PARAMETERS = 50_000_000
 STUCK_AFTER_S = 300.0  # a worker with work that has not finished a turn for this long is unhealthy
 
 
@@ -64,10 +65,12 @@ class LocalEngine:
         self._closed = False
         self._offloaded_to: str | None = None  # "cpu" or "dropped" while paused
         self.loads = 1  # model loads, so tests can prove that a LoRA switch did not reload the base
+        self._submit_lock = asyncio.Lock()
         self._worker = ModelWorker(
             decoder_factory(model, self._engine_settings),
             self._stop_ids,
             queue_limit=self._engine_settings.queue_limit,
+            torch_threads=_worker_threads(model),
         )
         _log.info(
             "local engine ready: %s, batch %d, queue %d, stop ids %s",
@@ -111,11 +114,16 @@ class LocalEngine:
     def decoder(self) -> BatchDecoder | None:
         return self._worker.decoder
 
+    def counts(self) -> tuple[int, int]:
+        """(requests waiting, requests running)."""
+        return self._worker.counts()
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
         self._check_accepting()
         deadline = time.monotonic() + (request.timeout_s or self._generation.timeout_s)
-        job, events = await self._make_job(request)
-        self._worker.submit(job)  # QueueFull past the limit
+        async with self._submit_lock:  # FIFO: requests enter the queue in the order generate was called
+            job, events = await self._make_job(request)
+            self._worker.submit(job)  # QueueFull past the limit
         try:
             while True:
                 event = await _next_event(events, deadline, request)
@@ -255,6 +263,14 @@ async def _next_event(
     except TimeoutError:
         _log.warning("request %s timed out", request.request_id)
         raise GenerationTimeout(f"request {request.request_id} timed out") from None
+
+
+def _worker_threads(model: PreTrainedModel) -> int | None:
+    """One thread for a small model on the CPU (the demo): its matrices are too small to split, and on a busy
+    machine spinning OpenMP threads make each step many times slower. None (torch's default) otherwise."""
+    if _on_accelerator(model) or sum(p.numel() for p in model.parameters()) > SMALL_MODEL_PARAMETERS:
+        return None
+    return 1
 
 
 def _on_accelerator(model: PreTrainedModel) -> bool:

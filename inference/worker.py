@@ -84,8 +84,10 @@ class ModelWorker:
         stop_ids: frozenset[int],
         *,
         queue_limit: int,
+        torch_threads: int | None = None,
         name: str = "hanbot-model",
     ) -> None:
+        """``torch_threads``: intra-op threads for the worker thread (None: torch's default)."""
         self._decoder: BatchDecoder | None = decoder
         self._stop_ids = stop_ids
         self._queue: FairQueue[Job] = FairQueue(queue_limit)
@@ -97,6 +99,7 @@ class ModelWorker:
         self._stopping = False
         self.stats = WorkerStats()
         self.heartbeat = time.monotonic()
+        self._torch_threads = torch_threads
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -171,7 +174,9 @@ class ModelWorker:
     # ---------------------------------------------------------------- the worker thread
 
     def _run(self) -> None:
-        _log.info("model worker started")
+        if self._torch_threads:
+            torch.set_num_threads(self._torch_threads)
+        _log.info("model worker started (%d torch threads)", torch.get_num_threads())
         while True:
             controls, admissions, reaped, stopping = self._next_work()
             self._run_controls(controls)
@@ -191,7 +196,8 @@ class ModelWorker:
     ) -> tuple[list[tuple[Callable[[], Any], concurrent.futures.Future[Any]]], list[Job], list[Job], bool]:
         with self._cond:
             while not (self._stopping or self._controls or self._active or self._admissible()):
-                self._cond.wait(timeout=1.0)
+                # a request the decoder has no memory for yet is retried soon; otherwise sleep until notified
+                self._cond.wait(timeout=0.05 if self._blocked() else 1.0)
                 self.heartbeat = time.monotonic()
             controls, self._controls = self._controls, []
             reaped = [job for job in self._active.values() if job.cancelled]
@@ -199,11 +205,14 @@ class ModelWorker:
             return controls, admissions, reaped, self._stopping
 
     def _admissible(self) -> bool:
-        return (
-            self._decoder is not None
-            and self._queue.peek(self._is_busy) is not None
-            and self._free_slots(0) > 0
-        )
+        """Whether the next waiting request can start now (a free slot, and room in the decoder's memory)."""
+        job = self._queue.peek(self._is_busy)
+        if job is None or self._decoder is None or self._free_slots(0) <= 0:
+            return False
+        return self._decoder.can_admit(len(job.prompt_ids), job.max_new_tokens)
+
+    def _blocked(self) -> bool:
+        return self._decoder is not None and self._queue.peek(self._is_busy) is not None
 
     def _take_admissions(self, leaving: int) -> list[Job]:
         taken: list[Job] = []

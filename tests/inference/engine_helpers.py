@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -124,6 +126,37 @@ class Faulty(WrappedDecoder):
         if self.steps == self._fail_step:
             raise self._error()
         return super().step()
+
+
+class Slow(WrappedDecoder):
+    """Sleeps ``delay_s`` in every step: a stand-in for a big model, so that a test can act mid-generation."""
+
+    def __init__(self, inner: BatchDecoder, delay_s: float = 0.005) -> None:
+        super().__init__(inner)
+        self._delay_s = delay_s
+
+    def step(self) -> dict[int, int]:
+        time.sleep(self._delay_s)
+        return super().step()
+
+
+class Gate(WrappedDecoder):
+    """Admits nothing until ``open`` is set, so a test can queue everything first and release it at once."""
+
+    def __init__(self, inner: BatchDecoder) -> None:
+        super().__init__(inner)
+        self.open = threading.Event()
+
+    def can_admit(self, prompt_len: int, max_new_tokens: int) -> bool:
+        return self.open.is_set() and super().can_admit(prompt_len, max_new_tokens)
+
+
+async def wait_until(condition: Callable[[], bool], within_s: float = 30.0) -> None:
+    deadline = time.monotonic() + within_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(0.005)
 
 
 def out_of_memory() -> BaseException:
