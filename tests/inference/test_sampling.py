@@ -39,31 +39,31 @@ def test_top_p_keeps_the_same_tokens_as_transformers() -> None:
 
 
 def test_greedy_rows_take_the_argmax_and_sampled_rows_follow_the_distribution() -> None:
-    logits = torch.log(torch.tensor([[0.7, 0.2, 0.1, 0.0001]] * 2))
-    params = RowParams.build(
-        [
-            GenerationParams(do_sample=False),
-            GenerationParams(temperature=1.0, top_p=1.0, repetition_penalty=1.0),
-        ],
-        CPU,
-    )
-    seen = torch.zeros(2, 4, dtype=torch.bool)
+    rows = 4000  # half greedy, half sampled, in one batch
+    logits = torch.log(torch.tensor([[0.7, 0.2, 0.1, 0.0001]])).expand(rows, -1)
+    greedy = GenerationParams(do_sample=False)
+    sampled = GenerationParams(temperature=1.0, top_p=1.0, repetition_penalty=1.0)
+    params = RowParams.build([greedy, sampled] * (rows // 2), CPU)
     torch.manual_seed(2)
-    draws = torch.stack([sample_next(logits, seen, params) for _ in range(4000)])
-    assert bool((draws[:, 0] == 0).all())
-    share = torch.bincount(draws[:, 1], minlength=4).float() / len(draws)
+    draws = sample_next(logits, torch.zeros(rows, 4, dtype=torch.bool), params)
+    assert bool((draws[0::2] == 0).all())
+    share = torch.bincount(draws[1::2], minlength=4).float() / (rows // 2)
     assert abs(share[0].item() - 0.7) < 0.04 and abs(share[1].item() - 0.2) < 0.04
 
 
 def test_top_p_cuts_the_tail_and_temperature_sharpens() -> None:
-    logits = torch.log(torch.tensor([[0.6, 0.3, 0.1]]))
-    params = RowParams.build([GenerationParams(temperature=1.0, top_p=0.8, repetition_penalty=1.0)], CPU)
-    seen = torch.zeros(1, 3, dtype=torch.bool)
+    rows = 2000
+    logits = torch.log(torch.tensor([[0.6, 0.3, 0.1]])).expand(rows, -1)
+    seen = torch.zeros(rows, 3, dtype=torch.bool)
+    nucleus = RowParams.build(
+        [GenerationParams(temperature=1.0, top_p=0.8, repetition_penalty=1.0)] * rows, CPU
+    )
     torch.manual_seed(3)
-    draws = torch.stack([sample_next(logits, seen, params) for _ in range(2000)])
-    assert 2 not in draws.tolist()
-    cold = RowParams.build([GenerationParams(temperature=0.05, top_p=1.0, repetition_penalty=1.0)], CPU)
-    assert all(sample_next(logits, seen, cold).item() == 0 for _ in range(200))
+    assert 2 not in sample_next(logits, seen, nucleus).tolist()
+    cold = RowParams.build(
+        [GenerationParams(temperature=0.05, top_p=1.0, repetition_penalty=1.0)] * rows, CPU
+    )
+    assert set(sample_next(logits, seen, cold).tolist()) == {0}
 
 
 def test_a_seeded_request_draws_the_same_tokens_whatever_shares_its_batch() -> None:
