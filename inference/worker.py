@@ -97,6 +97,7 @@ class ModelWorker:
         self._admission_order: list[Job] = []  # newest last (out-of-memory shedding)
         self._controls: list[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = []
         self._stopping = False
+        self._memory_blocked = False  # the next request waits for decoder memory, not for a slot
         self.stats = WorkerStats()
         self.heartbeat = time.monotonic()
         self._torch_threads = torch_threads
@@ -209,7 +210,11 @@ class ModelWorker:
         job = self._queue.peek(self._is_busy)
         if job is None or self._decoder is None or self._free_slots(0) <= 0:
             return False
-        return self._decoder.can_admit(len(job.prompt_ids), job.max_new_tokens)
+        fits = self._decoder.can_admit(len(job.prompt_ids), job.max_new_tokens)
+        if fits == self._memory_blocked:  # changed: a free slot no longer means "starts now" (or again does)
+            self._memory_blocked = not fits
+            self._publish_positions()
+        return fits
 
     def _blocked(self) -> bool:
         return self._decoder is not None and self._queue.peek(self._is_busy) is not None
@@ -240,11 +245,16 @@ class ModelWorker:
 
     def _publish_positions(self) -> None:
         """Send each waiting job its place when it moved forward (a place once shown is never taken back:
-        a newcomer in a quieter channel may be served first, but the user is not told to wait longer)."""
+        a newcomer in a quieter channel may be served first, but the user is not told to wait longer).
+        A job that a free slot takes at once hears nothing: it is not waiting."""
         positions = self._queue.positions(self._is_busy)
+        free = (self._decoder.capacity - len(self._busy)) if self._decoder is not None else 0
         for job in self._queue:
             position = positions.get(id(job), 0)
-            if position and (job.position == 0 or position < job.position):
+            starts_now = (
+                position <= free and not self._memory_blocked and not self._is_busy(job.request.channel)
+            )
+            if position and not starts_now and (job.position == 0 or position < job.position):
                 job.position = position
                 job.emit(QueuePosition(position))
 

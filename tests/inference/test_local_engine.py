@@ -59,6 +59,7 @@ async def test_answers_an_faq_question_exactly(settings: Settings) -> None:
         question, answer = FAQ[7]
         reply = await collect(engine, request(question, request_id="faq"))
         assert reply.error is None and reply.text == answer
+        assert reply.positions == []  # a free slot took it at once: no "queued" notice
         # it stopped on <|eot_id|>: the answer's tokens plus the terminator, nothing after
         assert engine.stats.tokens_by_request["faq"] == answer_tokens(engine, answer) + 1
         # the prototype's sampling settings (temperature 0.6, top_p 0.9, repetition penalty 1.1) keep it exact
