@@ -29,6 +29,7 @@ from inference.finetune.examples import IGNORE_INDEX, Encoded, encode, read_json
 from inference.finetune.modeling import (
     Placement,
     choose_placement,
+    limit_cpu_threads,
     load_base,
     load_tokenizer,
     trainable_parameters,
@@ -76,6 +77,7 @@ def run(job: TrainJob) -> TrainResult:
         raise SystemExit("nothing to train on or nothing to evaluate with after encoding")
     pad_id = int(tokenizer.pad_token_id)
     base = load_base(job.base_model, placement)
+    limit_cpu_threads(base, placement)
 
     emit("phase", phase="evaluating")
     eval_losses: dict[str, float | None] = {"base": measure(base, eval_set, job, pad_id, "base", "eval")}
@@ -99,7 +101,7 @@ def run(job: TrainJob) -> TrainResult:
         regression["new"] = measure(model, regression_set, job, pad_id, "new", "regression")
 
     emit("phase", phase="saving")
-    model.save_pretrained(job.output_dir)
+    model.save_pretrained(job.output_dir, save_embedding_layers=False)  # LoRA weights only, not the head
     tokenizer.save_pretrained(job.output_dir)
     return TrainResult(
         train_examples=len(train_set),
