@@ -26,6 +26,7 @@ from bot.settings import EngineSettings, GenerationSettings, ModelSettings, Sett
 from inference.decoder import BatchDecoder
 from inference.decoders import make_decoder
 from inference.detokenize import IncrementalDetokenizer
+from inference.hf_decoder import HFBatchDecoder
 from inference.loading import LoadedModel, load_model
 from inference.lora import LoraSwitch
 from inference.tokenizer import HFChatTokenizer, stop_token_ids
@@ -164,10 +165,12 @@ class LocalEngine:
         _log.info("engine resumed")
 
     async def load_lora(self, name: str, path: str) -> None:
-        await self._on_worker(lambda: self._lora.load(name, path))
+        """Load (or replace) a LoRA between two decode steps; the base weights stay where they are."""
+        await self._on_worker(lambda: self._switch_lora(lambda: self._lora.load(name, path)))
 
     async def use_lora(self, name: str | None) -> None:
-        await self._on_worker(lambda: self._lora.use(name))
+        """Serve with LoRA ``name`` (None: the base model) from the next decode step on."""
+        await self._on_worker(lambda: self._switch_lora(lambda: self._lora.use(name)))
 
     @property
     def active_lora(self) -> str | None:
@@ -213,7 +216,22 @@ class LocalEngine:
         )
         return job, events
 
-    # ---------------------------------------------------------------- pause and resume (worker thread)
+    # ---------------------------------------------------------------- LoRA, pause and resume (worker thread)
+
+    def _switch_lora(self, change: Callable[[], None]) -> None:
+        """Apply ``change`` to the model, then tell a decoder that keeps its own copy of the weights.
+
+        HFBatchDecoder runs the model's own modules, so it follows at once. Another decoder (inference.fast keeps
+        fused weights) follows if it offers ``weights_changed()``; if not, it keeps serving what it copied."""
+        change()
+        decoder = self._worker.decoder
+        refresh = getattr(decoder, "weights_changed", None)
+        if callable(refresh):
+            refresh()
+        elif decoder is not None and not isinstance(decoder, HFBatchDecoder):
+            _log.warning(
+                "%s has no weights_changed(): it does not follow LoRA switches", type(decoder).__name__
+            )
 
     async def _drain(self) -> None:
         while True:
