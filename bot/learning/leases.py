@@ -30,6 +30,21 @@ def process_identity() -> str:
     return f"{socket.gethostname()[:60]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+def is_dead_local_process(holder: str) -> bool:
+    """True when ``holder`` names a process on this host that no longer exists (a bot that crashed here)."""
+    host, _, rest = holder.partition(":")
+    pid_text = rest.split(":", 1)[0]
+    if host != socket.gethostname()[:60] or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 class DbLease:
     def __init__(
         self,
@@ -75,6 +90,12 @@ class DbLease:
         """Give the lease back now (only if this holder has it), so another process can take it at once."""
         with self._store.session() as session, session.begin():
             session.execute(delete(JobLock).where(JobLock.name == self.name, JobLock.holder == self.holder))
+
+    def break_if_held_by(self, holder: str) -> None:
+        """Free the lease now if ``holder`` still has it (that holder is known to be dead)."""
+        with self._store.session() as session, session.begin():
+            session.execute(delete(JobLock).where(JobLock.name == self.name, JobLock.holder == holder))
+        _log.warning("lease %s taken from %s, which is gone", self.name, holder)
 
     def current_holder(self) -> str | None:
         """Who holds the lease now, or None when it is free (absent or expired)."""

@@ -35,7 +35,7 @@ from bot.learning.dataset import (
 )
 from bot.learning.gate import GateDecision, judge
 from bot.learning.job import TrainJob, TrainResult
-from bot.learning.leases import Clock, DbLease, process_identity
+from bot.learning.leases import Clock, DbLease, is_dead_local_process, process_identity
 from bot.learning.records import (
     LearningRecords,
     PruneSummary,
@@ -179,6 +179,7 @@ class FinetuneService:
                 return StartOutcome(False, await asyncio.to_thread(self._latest_running))
             if not await asyncio.to_thread(self._lease.acquire):
                 return StartOutcome(False, await asyncio.to_thread(self._latest_running))
+            await asyncio.to_thread(self._fail_abandoned_runs)  # holding the lease: no other run is alive
             run = await asyncio.to_thread(
                 self._records.create_run, trigger=trigger, started_by=actor, owner=self._holder
             )
@@ -492,10 +493,17 @@ class FinetuneService:
         return running[-1] if running else None
 
     def _fail_abandoned_runs(self) -> None:
-        """Runs marked running whose owner no longer holds the run lease died with their bot process."""
+        """Runs marked running whose owner no longer holds the run lease died with their bot process.
+
+        A holder on this host whose process is gone (the bot crashed and restarted before the lease ran out) is
+        dead too: its lease is broken at once.
+        """
         holder = self._lease.current_holder()
+        if holder is not None and holder != self._holder and is_dead_local_process(holder):
+            self._lease.break_if_held_by(holder)
+            holder = None
         for run in self._records.running_runs():
-            if run.progress.get("owner") != holder or holder is None:
+            if holder is None or run.progress.get("owner") != holder:
                 self._records.finish_run(
                     run.id,
                     RunStatus.FAILED,

@@ -206,3 +206,32 @@ async def test_an_engine_that_refuses_the_new_lora_keeps_serving_the_old_one(
     assert engine.calls == ["pause", "resume", "load_lora:v1", "use_lora:None"]
     assert LearningRecords(sqlite_store).active_version() is None
     assert not (settings.lora_dir / "versions" / "v1").exists()
+
+
+async def test_a_bot_that_crashed_and_restarted_at_once_fails_its_old_run(
+    sqlite_store: ConversationStore, learning_settings: SettingsFactory
+) -> None:
+    """The dead process still holds the run lease (it has not expired yet), but it was on this host and is gone."""
+    import socket
+    from datetime import timedelta
+
+    from bot.learning.leases import DbLease
+    from bot.learning.service import RUN_LEASE
+
+    gone = await asyncio.create_subprocess_exec("true")
+    await gone.wait()
+    dead = f"{socket.gethostname()[:60]}:{gone.pid}:deadbeef"
+    records = LearningRecords(sqlite_store)
+    assert DbLease(sqlite_store, RUN_LEASE, holder=dead, ttl=timedelta(minutes=5)).acquire()
+    orphan = records.create_run(trigger="schedule", started_by="scheduler", owner=dead)
+    alive = records.create_run(trigger="manual", started_by="x", owner="other-host:1:cafe")
+
+    settings = learning_settings(min_examples=10_000)
+    service = FinetuneService(settings, sqlite_store, RecordingEngine())
+    await service.restore()
+    assert records.run(orphan.id).status is RunStatus.FAILED  # type: ignore[union-attr]
+    assert records.run(alive.id).status is RunStatus.FAILED  # its owner does not hold the lease either
+
+    started = await service.start(actor="console:local")
+    assert started.started
+    await service.wait()
