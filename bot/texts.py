@@ -92,9 +92,15 @@ TEXTS: dict[str, dict[Lang, str]] = {
     "finetune.base_model": {"ko": "기본 모델", "en": "the base model"},
     "finetune.status.idle": {"ko": "진행 중인 학습은 없어요.", "en": "No fine-tune is running."},
     "finetune.status.running": {
-        "ko": "학습 #{run} 진행 중 ({phase}): {step}/{total} 단계, loss {loss}, 남은 시간 약 {eta} (시작: {by}).",
-        "en": "Run #{run} is {phase}: step {step}/{total}, loss {loss}, about {eta} left (started by {by}).",
+        "ko": "학습 #{run}: {phase}, {step}/{total} 단계, loss {loss}, 남은 시간 약 {eta} (시작: {by}).",
+        "en": "Run #{run}: {phase}, step {step}/{total}, loss {loss}, about {eta} left (started by {by}).",
     },
+    "finetune.phase.starting": {"ko": "시작하는 중", "en": "starting"},
+    "finetune.phase.dataset": {"ko": "데이터 준비 중", "en": "building the dataset"},
+    "finetune.phase.loading": {"ko": "모델 불러오는 중", "en": "loading the model"},
+    "finetune.phase.evaluating": {"ko": "평가 중", "en": "evaluating"},
+    "finetune.phase.training": {"ko": "학습 중", "en": "training"},
+    "finetune.phase.saving": {"ko": "저장 중", "en": "saving"},
     "finetune.status.last": {
         "ko": "마지막 학습 #{run} ({when}): {result}",
         "en": "Last run #{run} ({when}): {result}",

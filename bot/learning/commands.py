@@ -10,7 +10,7 @@ from bot.commands import CommandContext, CommandOption, CommandSpec
 from bot.domain import CommandReply
 from bot.learning.records import RunInfo, RunStatus
 from bot.learning.service import FinetuneService, FinetuneStatus
-from bot.texts import Lang, say
+from bot.texts import TEXTS, Lang, say
 
 _log = logging.getLogger(__name__)
 
@@ -117,13 +117,18 @@ def _running_line(run: RunInfo, lang: Lang) -> str:
         "finetune.status.running",
         lang,
         run=run.id,
-        phase=progress.get("phase", "starting"),
+        phase=_phase(str(progress.get("phase", "starting")), lang),
         step=progress.get("step", 0),
         total=progress.get("total", "?"),
         loss=_loss(progress.get("loss")),
         eta=_duration(float(eta)) if isinstance(eta, int | float) else "?",
         by=run.started_by,
     )
+
+
+def _phase(phase: str, lang: Lang) -> str:
+    key = f"finetune.phase.{phase}"
+    return say(key, lang) if key in TEXTS else phase
 
 
 def _result_text(run: RunInfo, lang: Lang) -> str:

@@ -99,11 +99,11 @@ async def test_status_run_and_rollback_replies(
         going.id, {"phase": "training", "step": 12, "total": 40, "loss": 0.83, "eta_s": 95.0}
     )
     lines = (await registry.run("finetune", _ctx(ADMIN, action="status"))).text.splitlines()
-    assert lines[0] == "Run #3 is training: step 12/40, loss 0.8300, about 1m35s left (started by scheduler)."
+    assert lines[0] == "Run #3: training, step 12/40, loss 0.8300, about 1m35s left (started by scheduler)."
     assert "promoted, held-out loss 0.5000 (was 2.0000)." in lines[1]
     assert lines[2].startswith("In service: LoRA v1 (held-out loss 0.5000, since ")
     ko = (await registry.run("finetune", _ctx(ADMIN, "ko", action="status"))).text
-    assert "학습 #3 진행 중" in ko and "사용 중: LoRA v1" in ko
+    assert "학습 #3: 학습 중, 12/40 단계" in ko and "사용 중: LoRA v1" in ko
 
     busy = await registry.run("finetune", _ctx(ADMIN, action="run"))
     assert busy.text.startswith("A fine-tune is already running (run #3)")
