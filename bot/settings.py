@@ -71,6 +71,9 @@ class EngineSettings(BaseModel):
     decoder: Literal["auto", "hf", "static"] = Field(
         "auto", description="static: KV slots + CUDA graphs; hf: generic batched"
     )
+    cache_dir: str | None = Field(
+        None, description="compiled kernels and plans of the static decoder; default <data_dir>/cache/fast"
+    )
     max_batch_size: int = Field(8, ge=1, le=256, description="conversations decoded together")
     queue_limit: int = Field(64, ge=1, description="waiting requests beyond this are politely refused")
     # remote (OpenAI-compatible chat completions); the API key comes from HANBOT_REMOTE_API_KEY or OPENAI_API_KEY
@@ -209,6 +212,12 @@ class Settings(BaseSettings):
                 "engine.kind is 'remote' but engine.remote_base_url is empty: "
                 "set HANBOT_ENGINE__REMOTE_BASE_URL (e.g. http://127.0.0.1:8000/v1)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _derive_paths(self) -> Settings:
+        if self.engine.cache_dir is None:
+            self.engine.cache_dir = str(self.data_dir / "cache" / "fast")
         return self
 
     @property

@@ -36,7 +36,9 @@ def _fast_decoder(model: PreTrainedModel, settings: EngineSettings) -> BatchDeco
         _log.warning("the static decoder (inference.fast) is not available (%s): using the hf decoder", exc)
         return None
     try:
-        decoder: BatchDecoder = StaticSlotDecoder(model, capacity=settings.max_batch_size)
+        decoder: BatchDecoder = StaticSlotDecoder(
+            model, capacity=settings.max_batch_size, cache_dir=settings.cache_dir
+        )
     except Exception as exc:
         _log.warning("the static decoder cannot serve this model (%s): using the hf decoder", exc)
         return None
