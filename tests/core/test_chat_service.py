@@ -10,7 +10,7 @@ import pytest
 
 from bot.chat import ChatService
 from bot.domain import Author, ConversationKey, GenerationRequest, IncomingMessage, MessageStatus, Role
-from bot.errors import EngineError, QueueFull
+from bot.errors import QueueFull
 from bot.settings import Settings, load_settings
 from bot.store.conversations import ConversationStore
 from bot.texts import say
@@ -24,16 +24,22 @@ def core_settings(tmp_path: Path) -> Settings:
     return load_settings(data_dir=tmp_path, generation={"max_new_tokens": 64}, scheduler={"enabled": False})
 
 
-def message(text: str, mid: str, *, author: Author | None = None, direct: bool = False,
-            key: ConversationKey = KEY) -> IncomingMessage:
+def message(
+    text: str, mid: str, *, author: Author | None = None, direct: bool = False, key: ConversationKey = KEY
+) -> IncomingMessage:
     return IncomingMessage(
-        platform=key.platform, conversation=key, message_id=mid,
-        author=author or Author("u1", "Alice"), text=text, is_direct=direct,
+        platform=key.platform,
+        conversation=key,
+        message_id=mid,
+        author=author or Author("u1", "Alice"),
+        text=text,
+        is_direct=direct,
     )
 
 
-async def test_user_turn_is_stored_before_the_model_is_called(core_settings: Settings,
-                                                             sqlite_store: ConversationStore) -> None:
+async def test_user_turn_is_stored_before_the_model_is_called(
+    core_settings: Settings, sqlite_store: ConversationStore
+) -> None:
     seen: list[list[str]] = []
 
     def reply(request: GenerationRequest) -> str:
@@ -53,8 +59,9 @@ async def test_user_turn_is_stored_before_the_model_is_called(core_settings: Set
     assert history[0].author_name == "Alice" and history[0].token_count > 0
 
 
-async def test_shared_channels_show_speaker_names_and_dms_do_not(core_settings: Settings,
-                                                                sqlite_store: ConversationStore) -> None:
+async def test_shared_channels_show_speaker_names_and_dms_do_not(
+    core_settings: Settings, sqlite_store: ConversationStore
+) -> None:
     engine = ScriptedEngine(reply="ok")
     chat = ChatService(settings=core_settings, store=sqlite_store, engine=engine)
     await chat.handle(message("first", "m1", author=Author("u1", "Alice")), RecordingSink())
@@ -68,8 +75,9 @@ async def test_shared_channels_show_speaker_names_and_dms_do_not(core_settings: 
     assert engine.requests[-1].channel == str(dm)
 
 
-async def test_empty_message_gets_a_hint_and_no_model_call(core_settings: Settings,
-                                                           sqlite_store: ConversationStore) -> None:
+async def test_empty_message_gets_a_hint_and_no_model_call(
+    core_settings: Settings, sqlite_store: ConversationStore
+) -> None:
     engine = ScriptedEngine()
     chat = ChatService(settings=core_settings, store=sqlite_store, engine=engine)
     sink = RecordingSink()
@@ -92,8 +100,9 @@ async def test_too_long_message_gets_a_clear_reply_and_nothing_half_stored(
     assert sqlite_store.count_messages(KEY) == 1
 
 
-async def test_a_duplicate_delivery_is_answered_once(core_settings: Settings,
-                                                    sqlite_store: ConversationStore) -> None:
+async def test_a_duplicate_delivery_is_answered_once(
+    core_settings: Settings, sqlite_store: ConversationStore
+) -> None:
     engine = ScriptedEngine(reply="once")
     chat = ChatService(settings=core_settings, store=sqlite_store, engine=engine)
     await chat.handle(message("hello", "same-id"), RecordingSink())
@@ -120,8 +129,9 @@ async def test_failure_mid_stream_keeps_the_partial_reply_and_says_sorry_in_kore
     assert engine.closed_streams == 1
 
 
-async def test_queue_full_before_any_text_stores_no_reply(core_settings: Settings,
-                                                         sqlite_store: ConversationStore) -> None:
+async def test_queue_full_before_any_text_stores_no_reply(
+    core_settings: Settings, sqlite_store: ConversationStore
+) -> None:
     engine = ScriptedEngine(reply="x", fail_after=0, error=QueueFull("full"))
     chat = ChatService(settings=core_settings, store=sqlite_store, engine=engine)
     sink = RecordingSink()
@@ -130,8 +140,9 @@ async def test_queue_full_before_any_text_stores_no_reply(core_settings: Setting
     assert [m.role for m in sqlite_store.history(KEY)] == [Role.USER]
 
 
-async def test_unexpected_exception_is_caught_at_the_boundary(core_settings: Settings,
-                                                             sqlite_store: ConversationStore) -> None:
+async def test_unexpected_exception_is_caught_at_the_boundary(
+    core_settings: Settings, sqlite_store: ConversationStore
+) -> None:
     engine = ScriptedEngine(reply="abc", fail_after=0, error=RuntimeError("boom"))
     chat = ChatService(settings=core_settings, store=sqlite_store, engine=engine)
     sink = RecordingSink()
@@ -155,8 +166,9 @@ async def test_long_history_is_trimmed_to_the_budget_and_the_user_is_told_once(
     assert len(notices) == 1 and "only the last" in notices[0]
 
 
-async def test_forget_cancels_a_reply_in_progress_and_clears_history(core_settings: Settings,
-                                                                     sqlite_store: ConversationStore) -> None:
+async def test_forget_cancels_a_reply_in_progress_and_clears_history(
+    core_settings: Settings, sqlite_store: ConversationStore
+) -> None:
     engine = ScriptedEngine(reply="slow " * 100, chunk_size=5, delay_s=0.05)
     chat = ChatService(settings=core_settings, store=sqlite_store, engine=engine)
     sink = RecordingSink()

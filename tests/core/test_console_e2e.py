@@ -26,8 +26,13 @@ pytestmark = pytest.mark.slow
 def run_cli(args: list[str], stdin: str, data_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
     environment = {**os.environ, "HANBOT_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1", **env}
     return subprocess.run(
-        [sys.executable, "-m", "bot", *args], input=stdin, capture_output=True, text=True, cwd=data_dir.parent,
-        env=environment, timeout=240,
+        [sys.executable, "-m", "bot", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=data_dir.parent,
+        env=environment,
+        timeout=240,
     )
 
 

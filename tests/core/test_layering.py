@@ -6,8 +6,17 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-FORBIDDEN_IN_CORE = ("discord", "slack_bolt", "slack_sdk", "torch", "transformers", "peft", "accelerate",
-                     "adapters", "inference")
+FORBIDDEN_IN_CORE = (
+    "discord",
+    "slack_bolt",
+    "slack_sdk",
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "adapters",
+    "inference",
+)
 COMPOSITION_ROOT = {"bot/app.py", "bot/cli.py"}
 
 
@@ -41,7 +50,9 @@ def test_core_imports_no_platform_sdk_no_torch_and_no_outer_layers() -> None:
 def test_composition_root_imports_only_what_it_wires() -> None:
     for rel in COMPOSITION_ROOT:
         modules = imported_modules(REPO / rel)
-        assert not any(m.split(".")[0] in {"discord", "slack_bolt", "slack_sdk", "torch"} for m in modules), rel
+        assert not any(m.split(".")[0] in {"discord", "slack_bolt", "slack_sdk", "torch"} for m in modules), (
+            rel
+        )
 
 
 def test_adapters_do_not_import_inference_and_inference_does_not_import_adapters() -> None:

@@ -30,8 +30,16 @@ texts = st.one_of(korean, english, emoji, huge, st.text(max_size=200))
 
 def stored(i: int, role: Role, content: str, name: str | None) -> StoredMessage:
     return StoredMessage(
-        id=i, conversation_id=1, role=role, author_id=name, author_name=name, content=content, token_count=0,
-        status=MessageStatus.COMPLETE, platform_message_id=None, created_at=datetime.now(UTC),
+        id=i,
+        conversation_id=1,
+        role=role,
+        author_id=name,
+        author_name=name,
+        content=content,
+        token_count=0,
+        status=MessageStatus.COMPLETE,
+        platform_message_id=None,
+        created_at=datetime.now(UTC),
     )
 
 
@@ -60,8 +68,12 @@ def test_prompt_fits_and_keeps_system_and_current(
     current_turn = ChatTurn(Role.USER, current)
     try:
         prompt = build_prompt(
-            system_prompt=SYSTEM, history=past, current=current_turn, tokenizer=tokenizer,
-            max_new_tokens=MAX_NEW, show_names=shared,
+            system_prompt=SYSTEM,
+            history=past,
+            current=current_turn,
+            tokenizer=tokenizer,
+            max_new_tokens=MAX_NEW,
+            show_names=shared,
         )
     except PromptTooLong as exc:
         assert tokenizer.count_tokens([ChatTurn(Role.SYSTEM, SYSTEM), current_turn]) > budget
@@ -75,6 +87,8 @@ def test_prompt_fits_and_keeps_system_and_current(
     kept = prompt.turns[1:-1]
     # what is kept is the newest history, in order
     if kept:
-        tail = past[len(past) - len(kept):]
-        expected = [(m.author_name + ": " if shared and m.role is Role.USER else "") + m.content for m in tail]
+        tail = past[len(past) - len(kept) :]
+        expected = [
+            (m.author_name + ": " if shared and m.role is Role.USER else "") + m.content for m in tail
+        ]
         assert [t.content for t in kept] == expected

@@ -11,7 +11,13 @@ from bot.settings import DEFAULT_MODEL, DEFAULT_SYSTEM_PROMPT, load_settings
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)  # no stray .env / hanbot.toml
-    for name in ("DISCORD_TOKEN", "SLACK_BOT_TOKEN", "OPENAI_API_KEY", "HANBOT_REMOTE_API_KEY", "HANBOT_CONFIG"):
+    for name in (
+        "DISCORD_TOKEN",
+        "SLACK_BOT_TOKEN",
+        "OPENAI_API_KEY",
+        "HANBOT_REMOTE_API_KEY",
+        "HANBOT_CONFIG",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -50,7 +56,7 @@ def test_remote_engine_needs_a_url(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_toml_file_is_read_but_secrets_in_it_are_refused(tmp_path: Path) -> None:
-    (tmp_path / "hanbot.toml").write_text('[generation]\nmax_new_tokens = 99\n', encoding="utf-8")
+    (tmp_path / "hanbot.toml").write_text("[generation]\nmax_new_tokens = 99\n", encoding="utf-8")
     assert load_settings().generation.max_new_tokens == 99
     (tmp_path / "hanbot.toml").write_text('discord_token = "abc"\n', encoding="utf-8")
     with pytest.raises(ConfigError, match="environment"):
