@@ -219,19 +219,27 @@ class LocalEngine:
     # ---------------------------------------------------------------- LoRA, pause and resume (worker thread)
 
     def _switch_lora(self, change: Callable[[], None]) -> None:
-        """Apply ``change`` to the model, then tell a decoder that keeps its own copy of the weights.
+        """Apply ``change`` to the model, then make sure the decoder serves what the model now computes.
 
-        HFBatchDecoder runs the model's own modules, so it follows at once. Another decoder (inference.fast keeps
-        fused weights) follows if it offers ``weights_changed()``; if not, it keeps serving what it copied."""
+        HFBatchDecoder runs the model's own modules, so it follows at once. A decoder that keeps its own copy of the
+        weights (inference.fast fuses them) follows if it offers ``weights_changed()``; one that cannot is replaced
+        by the hf decoder, so a promoted LoRA is never silently left out (the replies running at that moment end
+        early with an error; waiting ones are served by the new decoder)."""
         change()
         decoder = self._worker.decoder
+        if decoder is None or isinstance(decoder, HFBatchDecoder):
+            return
         refresh = getattr(decoder, "weights_changed", None)
         if callable(refresh):
             refresh()
-        elif decoder is not None and not isinstance(decoder, HFBatchDecoder):
-            _log.warning(
-                "%s has no weights_changed(): it does not follow LoRA switches", type(decoder).__name__
-            )
+            return
+        _log.warning(
+            "%s cannot follow a LoRA switch: serving with the hf decoder from now on", type(decoder).__name__
+        )
+        self._worker.replace_decoder(
+            HFBatchDecoder(self._model, self._engine_settings.max_batch_size),
+            GenerationFailed("the model changed under this reply (LoRA switch)"),
+        )
 
     async def _drain(self) -> None:
         while True:

@@ -166,6 +166,14 @@ class ModelWorker:
         with self._cond:
             self._cond.notify_all()
 
+    def replace_decoder(self, decoder: BatchDecoder, reason: EngineError) -> None:
+        """End the running requests with ``reason`` (their KV lives in the old decoder), then serve with ``decoder``.
+
+        Worker thread only, through ``call``. Waiting requests are untouched and are admitted into the new decoder."""
+        for job in list(self._active.values()):
+            self._finish(job, reason)
+        self.set_decoder(decoder)
+
     def stop(self, timeout: float | None = None) -> None:
         with self._cond:
             self._stopping = True
