@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -106,6 +107,7 @@ def demo_overrides(data_dir: Path) -> dict[str, Any]:
 
 
 def _run_chat(args: argparse.Namespace) -> int:
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # loading bars would interleave with the chat
     from adapters.console import ConsoleAdapter
     from bot.app import build_core, shutdown, start_background
 
