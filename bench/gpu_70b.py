@@ -1,12 +1,18 @@
-"""GPU benchmark of the bot's fast decoder on the real Llama-3-70B shape (random bf16 weights built on the GPU).
+"""GPU benchmark of the bot's engine on the real Llama-3-70B shape (random bf16 weights built on the GPU).
 
 Decode speed depends on shapes, not on weight values, and the GPU machine cannot download weights, so the model is
 built on the meta device and materialised with random tensors straight on the GPU (norms at one), the method of
 ``shared/tools/prototype_baseline_gpu.py``. Generation is forced to a fixed length (no stop token).
 
-It drives ``inference.fast.StaticSlotDecoder`` through the BatchDecoder interface with a scheduler loop like the
-LocalEngine's (admit while memory allows, one step for every running request, stop at max_new_tokens), and
-measures: copy bandwidth and the bandwidth floor, single-stream decode tok/s, TTFT at 512/2048/4096 prompt tokens,
+``--via engine`` (the default) drives the bot's own engine through its public interface: a
+``inference.local_engine.LocalEngine`` (decoder "static", capacity = the largest concurrency measured) built around
+the materialised model and an offline tokenizer with the Llama-3 vocabulary size and chat template (word-level: the
+word ``t<N>`` is token N, so a prompt of N tokens is N words), fed ``GenerationRequest`` turns through
+``Engine.generate``; TTFT is the time from calling ``generate`` to its first text chunk. Replies are forced to the
+full length by the wrapper of ``bench/engine_cpu.py`` (terminators, here every special-token id, are replaced by an
+ordinary token before the engine sees them). ``--via decoder`` keeps the earlier path: ``inference.fast.
+StaticSlotDecoder`` driven through the BatchDecoder interface with a scheduler loop like the LocalEngine's. Both
+measure: copy bandwidth and the bandwidth floor, single-stream decode tok/s, TTFT at 512/2048/4096 prompt tokens,
 aggregate tok/s and p50/p95 TTFT at 1/4/16/32 conversations arriving together (512-token prompts, 256 new tokens,
 temperature 0.6, top_p 0.9, repetition_penalty 1.1), graph-replay time of one decode step per batch size, peak GPU
 memory, and start-up (weights in memory → first token) cold (empty kernel cache, in a child process) and warm.
@@ -14,11 +20,21 @@ Run the prototype baseline first in the same call and pass its JSON with --basel
 
   RESULTS_DIR=$OUT python3 .gpu/prototype_baseline_gpu.py
   python3 bench/gpu_70b.py --baseline $OUT/baseline.json --out $OUT
+
+The engine path needs pydantic & co. on the GPU machine: ``bench/gpu_wheels.sh`` fetches them (docs/gpu.md has the
+one-call command). CPU smoke run of the same engine-driven code on a 2-layer model (static decoder, eager CPU path):
+
+  .venv/bin/python bench/gpu_70b.py --shape tiny --device cpu --no-cold --new 8 --concurrency 1,4 \
+      --ttft-prompts 32,64 --out /tmp/gpu-bench-smoke
+
+``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`` is set unless the caller sets it: the 2048-token TTFT ran out of
+memory in a fragmented 7.8 GiB headroom without it (docs/gpu.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import statistics
@@ -27,6 +43,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+# Before torch is imported: fragmented cache blocks made the 2048-token prefill run out of memory (docs/gpu.md).
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 import torch
 
@@ -37,8 +57,8 @@ from inference.decoder import SlotRequest
 from inference.fast import StaticSlotDecoder
 
 GIB = 1 << 30
-SAMPLING = dict(temperature=0.6, top_p=0.9, repetition_penalty=1.1, do_sample=True)
-RESULTS: dict = {}
+SAMPLING: dict[str, Any] = dict(temperature=0.6, top_p=0.9, repetition_penalty=1.1, do_sample=True)
+RESULTS: dict[str, Any] = {}
 OUT_FILE: Path | None = None
 
 
@@ -74,18 +94,39 @@ def copy_bandwidth() -> float:
     return bw
 
 
-def build_70b(layers: int = 80):
+SHAPES: dict[str, dict[str, Any]] = {
+    # the real Llama-3-70B shape
+    "70b": dict(
+        hidden_size=8192,
+        intermediate_size=28672,
+        num_hidden_layers=80,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+    ),
+    # CPU smoke test of the same code: Llama-3's vocabulary, 2 small layers
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    ),
+}
+
+
+def build_70b(layers: int | None = None, shape: str = "70b", device: str = "cuda"):
+    """The model on the meta device, then random weights (norms at one) materialised straight on ``device``:
+    bf16 on the GPU, float32 on the CPU (the static decoder's CPU path is checked in float32)."""
     from accelerate import init_empty_weights
     from accelerate.utils import set_module_tensor_to_device
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(
+    dims: dict[str, Any] = dict(SHAPES[shape])
+    if layers is not None:
+        dims["num_hidden_layers"] = layers
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    dims.update(
         vocab_size=128256,
-        hidden_size=8192,
-        intermediate_size=28672,
-        num_hidden_layers=layers,
-        num_attention_heads=64,
-        num_key_value_heads=8,
         max_position_embeddings=8192,
         rope_theta=500000.0,
         rms_norm_eps=1e-5,
@@ -93,16 +134,18 @@ def build_70b(layers: int = 80):
         eos_token_id=128009,
         tie_word_embeddings=False,
     )
+    cfg = LlamaConfig(**dims)
     with init_empty_weights():
         model = LlamaForCausalLM(cfg)
-    model = model.to(torch.bfloat16)
+    model = model.to(dtype)  # type: ignore[arg-type]
+    gen = torch.Generator(device=device).manual_seed(0)
     for name, p in list(model.named_parameters()):
         if name.endswith("norm.weight") or "layernorm" in name:
-            val = torch.ones(p.shape, dtype=torch.bfloat16, device="cuda")
+            val = torch.ones(p.shape, dtype=dtype, device=device)
         else:
-            val = torch.empty(p.shape, dtype=torch.bfloat16, device="cuda").normal_(0, 0.02)
-        set_module_tensor_to_device(model, name, "cuda", value=val)
-    model.model.rotary_emb.to("cuda")
+            val = torch.empty(p.shape, dtype=dtype, device=device).normal_(0, 0.02, generator=gen)
+        set_module_tensor_to_device(model, name, device, value=val)
+    model.model.rotary_emb.to(device)
     model.eval()
     nparams = sum(p.numel() for p in model.parameters())
     return model, nparams
@@ -115,7 +158,7 @@ def prompt(n: int, seed: int) -> tuple[int, ...]:
 
 def start_decoder(model, args, cache_dir: str) -> tuple[StaticSlotDecoder, float]:
     """Construct the decoder and serve one first token; seconds from weights-in-memory to that token."""
-    torch.cuda.synchronize()
+    sync()
     t = time.perf_counter()
     dec = StaticSlotDecoder(
         model,
@@ -237,12 +280,12 @@ def step_times(dec: StaticSlotDecoder) -> dict[str, float]:
         times = []
         if graph is not None:
             for _ in range(20):
-                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                s.record()
+                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                begin.record()
                 graph.replay()
-                e.record()
-                e.synchronize()
-                times.append(s.elapsed_time(e))
+                end.record()
+                end.synchronize()
+                times.append(begin.elapsed_time(end))
             out[str(b)] = round(statistics.median(times), 3)
         for s in slots:
             dec.release(s)
@@ -261,7 +304,8 @@ def guarded(name: str, fn, dec: StaticSlotDecoder | None = None) -> None:
         if dec is not None:
             for slot in range(dec.capacity):
                 dec.release(slot)
-        torch.cuda.empty_cache()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def single_phase(dec: StaticSlotDecoder, args) -> None:
@@ -270,69 +314,327 @@ def single_phase(dec: StaticSlotDecoder, args) -> None:
         tok_s, _t512 = single_stream(dec, args.new)
         best = max(best, tok_s)
     log("single_stream_tok_s", round(best, 2))
-    log("single_stream_fraction_of_floor", round(best / RESULTS["bandwidth_floor_tok_s"], 3))
+    if RESULTS.get("bandwidth_floor_tok_s"):
+        log("single_stream_fraction_of_floor", round(best / RESULTS["bandwidth_floor_tok_s"], 3))
+
+
+# ---------------------------------------------------------------- the engine-driven path (--via engine)
+
+SPECIAL_START = 128000  # Llama-3: ids 128000..128255 are special tokens
+LLAMA3_NAMED = {
+    128000: "<|begin_of_text|>",
+    128001: "<|end_of_text|>",
+    128006: "<|start_header_id|>",
+    128007: "<|end_header_id|>",
+    128008: "<|eom_id|>",
+    128009: "<|eot_id|>",
+}
+FILLER_ID = 1000  # replaces a special token sampled by the random model, so the reply runs on as text
+
+
+def offline_tokenizer(vocab_size: int = 128256):
+    """A word-level tokenizer with Llama-3's vocabulary size, special tokens and chat template, built in-process
+    (the GPU machine downloads nothing): token N is the word ``t<N>`` (ids 0..2 are the role names), so a prompt of
+    N tokens is N words and a decoded reply is words."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from inference.demo_model import LLAMA3_CHAT_TEMPLATE
+
+    roles = ("system", "user", "assistant")
+    vocab = {(roles[i] if i < len(roles) else f"t{i}"): i for i in range(SPECIAL_START)}
+    specials = [
+        LLAMA3_NAMED.get(i, f"<|reserved_special_token_{i - SPECIAL_START}|>")
+        for i in range(SPECIAL_START, vocab_size)
+    ]
+    vocab.update({name: SPECIAL_START + k for k, name in enumerate(specials)})
+    core = Tokenizer(models.WordLevel(vocab, unk_token="t3"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.add_special_tokens(specials)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        model_max_length=8192,
+        clean_up_tokenization_spaces=False,
+    )
+    tokenizer.chat_template = LLAMA3_CHAT_TEMPLATE
+    if len(tokenizer) != vocab_size:
+        raise RuntimeError(f"offline tokenizer has {len(tokenizer)} tokens, expected {vocab_size}")
+    return tokenizer
+
+
+class EngineBench:
+    """A LocalEngine (decoder "static") around the materialised model, fed GenerationRequests whose prompts have
+    exactly the asked number of tokens, every reply forced to its full length."""
+
+    def __init__(self, model, args: argparse.Namespace, cache_dir: str) -> None:
+        from bench.engine_cpu import ForcedLength
+        from bot.settings import EngineSettings, GenerationSettings
+        from inference.decoder import BatchDecoder
+        from inference.decoders import make_decoder
+        from inference.local_engine import LocalEngine
+
+        class NoStop(ForcedLength):
+            """bench/engine_cpu.py's wrapper, with every special-token id (terminators included) replaced."""
+
+            def _swap(self, token: int) -> int:
+                return FILLER_ID if token >= SPECIAL_START else token
+
+        self.inner: BatchDecoder | None = None
+
+        def factory(m: Any, settings: EngineSettings) -> BatchDecoder:
+            self.inner = make_decoder(m, settings)  # the engine's own choice: "static" → inference.fast
+            return NoStop(self.inner, frozenset(), FILLER_ID)
+
+        self.tokenizer = offline_tokenizer(model.config.vocab_size)
+        self.engine = LocalEngine(
+            model,
+            self.tokenizer,
+            engine=EngineSettings(
+                decoder="static",
+                max_batch_size=args.capacity,
+                queue_limit=max(64, 2 * args.capacity),
+                cache_dir=cache_dir,
+            ),
+            generation=GenerationSettings(timeout_s=3600),
+            context_length=model.config.max_position_embeddings,
+            decoder_factory=factory,
+        )
+        self._overhead = len(self.engine.tokenizer.encode(self._turns(["t1000"]))) - 1
+        self._ids = 0
+
+    @staticmethod
+    def _turns(words: list[str]) -> tuple:
+        from bot.domain import ChatTurn, Role
+
+        return (ChatTurn(Role.USER, " ".join(words)),)
+
+    def request(self, prompt_tokens: int, new: int, seed: int, channel: str | None = None):
+        """A GenerationRequest whose encoded prompt (chat template included) is exactly ``prompt_tokens`` long."""
+        from bot.domain import GenerationRequest
+
+        words = [f"t{i}" for i in prompt(prompt_tokens - self._overhead, seed)]
+        turns = self._turns(words)
+        got = len(self.engine.tokenizer.encode(turns))
+        if got != prompt_tokens:
+            raise RuntimeError(f"prompt has {got} tokens, wanted {prompt_tokens}")
+        self._ids += 1
+        rid = f"bench-{self._ids}"
+        return GenerationRequest(
+            rid,
+            channel or rid,
+            turns,
+            GenerationParams(max_new_tokens=new, **SAMPLING),  # type: ignore[arg-type]
+        )
+
+    async def stream(self, request) -> list[float]:
+        """perf_counter time of each text chunk of the reply; checks that the reply ran to its full length."""
+        from bot.domain import QueuePosition
+
+        times: list[float] = []
+        async for event in self.engine.generate(request):
+            if not isinstance(event, QueuePosition):
+                times.append(time.perf_counter())
+        tokens = self.engine.stats.tokens_by_request.get(request.request_id, 0)
+        if tokens != request.params.max_new_tokens or not times:
+            raise RuntimeError(f"{request.request_id}: {tokens} tokens, {len(times)} chunks")
+        return times
+
+    async def first_token(self, prompt_tokens: int, new: int, seed: int) -> tuple[float, list[float]]:
+        t = time.perf_counter()
+        times = await self.stream(self.request(prompt_tokens, new, seed))
+        return times[0] - t, times
+
+    async def single_stream(self, new: int) -> float:
+        """Decode tok/s of one conversation (512-token prompt), from its first chunk to its last (one chunk a token)."""
+        _, times = await self.first_token(512, new, 7)
+        return (len(times) - 1) / (times[-1] - times[0])
+
+    async def ttft(self, n: int) -> float:
+        return statistics.median([(await self.first_token(n, 16, 50 + rep))[0] for rep in range(3)])
+
+    async def conversations(self, n: int, prompt_len: int, new: int) -> dict:
+        """n requests (n channels) call generate at t=0; TTFT is each one's time to its first text chunk."""
+        requests = [self.request(prompt_len, new, 100 + i) for i in range(n)]
+        t0 = time.perf_counter()
+        streams = await asyncio.gather(*(self.stream(r) for r in requests))
+        wall = max(times[-1] for times in streams) - t0
+        ttfts = sorted(times[0] - t0 for times in streams)
+        spans = [(times[0], times[-1]) for times in streams]
+        max_running = max(sum(1 for a, b in spans if a <= start <= b) for start, _ in spans)
+        return {
+            "aggregate_tok_s": round(n * new / wall, 2),
+            "p50_ttft_s": round(statistics.median(ttfts), 3),
+            "p95_ttft_s": round(ttfts[min(n - 1, round(0.95 * (n - 1)))], 3),
+            "max_ttft_s": round(ttfts[-1], 3),
+            "wall_s": round(wall, 2),
+            "max_running": max_running,
+            "admission": "LocalEngine worker (admit between decode steps)",
+        }
+
+
+def start_engine(model, args: argparse.Namespace, cache_dir: str) -> tuple[EngineBench, float]:
+    """Build the engine and serve one first text chunk; seconds from weights-in-memory to that chunk."""
+    sync()
+    t = time.perf_counter()
+    bench = EngineBench(model, args, cache_dir)
+    times = asyncio.run(bench.stream(bench.request(512, 8, 0)))
+    return bench, times[0] - t  # to the first text chunk; the 7 more tokens of this warm-up are not counted
+
+
+def engine_phases(bench: EngineBench, args: argparse.Namespace, on_cuda: bool) -> None:
+    async def run_all() -> None:
+        async def single() -> None:
+            best = max([await bench.single_stream(args.new) for _ in range(2)])
+            log("single_stream_tok_s", round(best, 2))
+            floor = RESULTS.get("bandwidth_floor_tok_s")
+            if floor:
+                log("single_stream_fraction_of_floor", round(best / floor, 3))
+
+        await aguarded("single_stream", single)
+        for n in args.ttft_prompts:
+            await aguarded(f"ttft_s.{n}", lambda n=n: _log_async(f"ttft_s.{n}", bench.ttft(n)))
+        for n in args.concurrency:
+            key = f"concurrency.{n}"
+            await aguarded(key, lambda n=n, key=key: _log_async(key, bench.conversations(n, 512, args.new)))
+        await bench.engine.aclose()
+
+    asyncio.run(run_all())
+    inner = bench.inner
+    log("setup.decoder_class", type(inner).__name__)
+    if on_cuda and isinstance(
+        inner, StaticSlotDecoder
+    ):  # measured on the engine's decoder once the engine closed
+        guarded("decode_step_ms", lambda: log("decode_step_ms", step_times(inner)), inner)
+
+
+async def _log_async(key: str, value) -> None:
+    log(key, round(v, 3) if isinstance(v := await value, float) else v)
+
+
+async def aguarded(name: str, fn) -> None:
+    try:
+        await fn()
+    except Exception as exc:
+        import traceback
+
+        traceback.print_exc()
+        log(f"errors.{name}", repr(exc)[:800])
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def child_cold(args) -> None:
-    model, _ = build_70b()
-    _, elapsed = start_decoder(model, args, args.cache_dir)
+    model, _ = build_70b(args.layers, args.shape, args.device)
+    if args.via == "engine":
+        bench, elapsed = start_engine(model, args, args.cache_dir)
+        asyncio.run(bench.engine.aclose())
+    else:
+        _, elapsed = start_decoder(model, args, args.cache_dir)
     print(json.dumps({"cold_start_s": elapsed}), flush=True)
+
+
+def _ints(text: str) -> list[int]:
+    return [int(c) for c in text.split(",") if c]
 
 
 def main() -> None:
     global OUT_FILE
     ap = argparse.ArgumentParser()
-    ap.add_argument("--setup", default="h200x1-bf16")
+    ap.add_argument(
+        "--via",
+        choices=("engine", "decoder"),
+        default="engine",
+        help="engine: LocalEngine.generate (default); decoder: StaticSlotDecoder directly",
+    )
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="70b")
+    ap.add_argument("--layers", type=int, default=None, help="override the shape's layer count")
+    ap.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke run (with --shape tiny)")
+    ap.add_argument("--setup", default=None, help="results file gpu-<setup>.json; default from --via/--shape")
     ap.add_argument("--out", default=os.environ.get("RESULTS_DIR", "bench/results"))
     ap.add_argument("--baseline", default=None, help="the prototype baseline's JSON (same call)")
-    ap.add_argument("--capacity", type=int, default=32)
-    ap.add_argument("--prefill-chunk", type=int, default=2048)
+    ap.add_argument(
+        "--capacity",
+        type=int,
+        default=None,
+        help="decoder slots; default: the largest concurrency (engine), 32 (decoder)",
+    )
+    ap.add_argument(
+        "--prefill-chunk", type=int, default=2048, help="--via decoder only (the engine uses 2048)"
+    )
     ap.add_argument("--new", type=int, default=256)
-    ap.add_argument("--concurrency", default="1,4,16,32")
-    ap.add_argument("--admission", default="submit,admit_many")
+    ap.add_argument("--concurrency", type=_ints, default=_ints("1,4,16,32"))
+    ap.add_argument("--ttft-prompts", type=_ints, default=_ints("512,2048,4096"))
+    ap.add_argument("--admission", default="submit,admit_many", help="--via decoder only")
     ap.add_argument("--no-cold", action="store_true")
     ap.add_argument("--child-cold", action="store_true")
     ap.add_argument("--cache-dir", default=None)
     args = ap.parse_args()
+    if args.capacity is None:
+        args.capacity = max(args.concurrency) if args.via == "engine" else 32
+    if args.setup is None:
+        base = "h200x1-bf16" if args.shape == "70b" else f"{args.shape}-{args.device}"
+        args.setup = base if args.via == "decoder" else f"{base}-engine"
     if args.child_cold:
         child_cold(args)
         return
+    on_cuda = args.device == "cuda"
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     OUT_FILE = out_dir / f"gpu-{args.setup}.json"
     import transformers
 
-    log("setup.gpus", f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}")
-    log("setup.precision", "bf16 weights and KV cache")
+    if on_cuda:
+        log("setup.gpus", f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}")
+        log("setup.precision", "bf16 weights and KV cache")
+    else:
+        log("setup.gpus", f"none (CPU smoke run, shape {args.shape})")
+        log("setup.precision", "float32 weights and KV cache (CPU)")
+    if args.via == "engine":
+        log(
+            "setup.mechanism",
+            "LocalEngine (static decoder) via Engine.generate: inference.local_engine.LocalEngine with "
+            'EngineSettings(decoder="static", max_batch_size=' + str(args.capacity) + "), its ModelWorker "
+            "scheduling inference.fast.StaticSlotDecoder (paged static KV slots, Triton decode kernels, one CUDA "
+            "graph per batch bucket, on-GPU sampler); offline word-level tokenizer with the Llama-3 vocabulary "
+            "and chat template; TTFT = generate() call to first text chunk"
+            + ("" if on_cuda else " (CPU smoke run: eager torch operations, no Triton, no graphs)"),
+        )
+    else:
+        log(
+            "setup.mechanism",
+            "inference.fast.StaticSlotDecoder: paged static KV slots, Triton decode kernels, "
+            "one CUDA graph per batch bucket, on-GPU sampler; driven through the BatchDecoder interface",
+        )
+    log("setup.shape", {"name": args.shape, **SHAPES[args.shape], "layers_override": args.layers})
     log(
-        "setup.mechanism",
-        "inference.fast.StaticSlotDecoder: paged static KV slots, Triton decode kernels, "
-        "one CUDA graph per batch bucket, on-GPU sampler; driven through the BatchDecoder interface",
+        "setup.versions",
+        {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
+        },
     )
-    log("setup.versions", {"torch": torch.__version__, "transformers": transformers.__version__})
-    log(
-        "command",
-        "RESULTS_DIR=$OUT python3 .gpu/prototype_baseline_gpu.py && python3 bench/gpu_70b.py "
-        + " ".join(sys.argv[1:]),
-    )
-    bw = copy_bandwidth()
-    log("copy_bandwidth_TBps", round(bw / 1e12, 3))
+    baseline_cmd = "RESULTS_DIR=$OUT python3 .gpu/prototype_baseline_gpu.py && " if args.baseline else ""
+    log("command", baseline_cmd + "python3 bench/gpu_70b.py " + " ".join(sys.argv[1:]))
+    bw = copy_bandwidth() if on_cuda else None
+    if bw is not None:
+        log("copy_bandwidth_TBps", round(bw / 1e12, 3))
     cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="hanbot-fast-cache-")
     if not args.no_cold:
-        env = dict(os.environ, TRITON_CACHE_DIR="", TORCHINDUCTOR_CACHE_DIR="")
-        env.pop("TRITON_CACHE_DIR")
-        env.pop("TORCHINDUCTOR_CACHE_DIR")
+        env = dict(os.environ)
+        env.pop("TRITON_CACHE_DIR", None)
+        env.pop("TORCHINDUCTOR_CACHE_DIR", None)
         r = subprocess.run(
             [
                 sys.executable,
                 __file__,
                 "--child-cold",
-                "--cache-dir",
-                cache_dir,
-                "--capacity",
-                str(args.capacity),
-                "--prefill-chunk",
-                str(args.prefill_chunk),
+                *("--via", args.via, "--shape", args.shape, "--device", args.device),
+                *(("--layers", str(args.layers)) if args.layers is not None else ()),
+                *("--cache-dir", cache_dir, "--capacity", str(args.capacity)),
+                *("--prefill-chunk", str(args.prefill_chunk)),
             ],
             capture_output=True,
             text=True,
@@ -345,45 +647,23 @@ def main() -> None:
         else:
             log("cold_start_error", (r.stderr or r.stdout)[-2000:])
     t = time.perf_counter()
-    model, nparams = build_70b()
+    model, nparams = build_70b(args.layers, args.shape, args.device)
     log("materialise_s", round(time.perf_counter() - t, 2))
-    log("weight_GB", round(nparams * 2 / 1e9, 2))
-    log("bandwidth_floor_tok_s", round(bw / (nparams * 2), 2))
-    log("gpu_free_after_weights_GiB", round(torch.cuda.mem_get_info()[0] / GIB, 2))
-    torch.cuda.reset_peak_memory_stats()
-    try:
-        dec, warm = start_decoder(model, args, cache_dir)
-    except Exception as exc:  # keep going without graphs / Triton so the call still measures something
-        log("decoder_error", repr(exc)[:1500])
-        import traceback
-
-        traceback.print_exc()
-        torch.cuda.empty_cache()
-        args.fallback = True
-        os.environ["HANBOT_FAST_NO_TRITON"] = os.environ.get("BENCH_FALLBACK_NO_TRITON", "0")
-        dec, warm = start_decoder(model, args, cache_dir)
-    log("warm_start_s", round(warm, 2))
-    log("kv_cache_tokens", dec.kv_tokens)
-    log("kv_cache_GiB", round(dec.kv_tokens * dec._weights.spec.kv_bytes_per_token / GIB, 2))
-    log(
-        "gemm_plan",
-        {
-            "choices": {str(k): v for k, v in dec.model.plan.choices.items()},
-            "timings": dec.model.plan.timings,
-        },
-    )
-    guarded("single_stream", lambda: single_phase(dec, args), dec)
-    for n in (512, 2048, 4096):
-        guarded(f"ttft_s.{n}", lambda n=n: log(f"ttft_s.{n}", round(ttft(dec, n), 3)), dec)
-    modes = args.admission.split(",")
-    for n in [int(c) for c in args.concurrency.split(",")]:
-        for mode in modes:
-            key = f"concurrency.{n}" if mode == modes[0] else f"concurrency_{mode}.{n}"
-            guarded(
-                key, lambda n=n, mode=mode, key=key: log(key, run_conversations(dec, n, 512, args.new, mode))
-            )
-    guarded("decode_step_ms", lambda: log("decode_step_ms", step_times(dec)), dec)
-    log("peak_gpu_mem_gib", round(torch.cuda.max_memory_allocated() / GIB, 2))
+    log("weight_GB", round(nparams * next(model.parameters()).element_size() / 1e9, 2))
+    if bw is not None:
+        log("bandwidth_floor_tok_s", round(bw / (nparams * 2), 2))
+    if on_cuda:
+        log("gpu_free_after_weights_GiB", round(torch.cuda.mem_get_info()[0] / GIB, 2))
+        torch.cuda.reset_peak_memory_stats()
+    if args.via == "engine":
+        bench, warm = start_engine(model, args, cache_dir)
+        log("warm_start_s", round(warm, 2))
+        log_decoder(bench.inner)
+        engine_phases(bench, args, on_cuda)
+    else:
+        decoder_phases(model, args, cache_dir)
+    if on_cuda:
+        log("peak_gpu_mem_gib", round(torch.cuda.max_memory_allocated() / GIB, 2))
     if args.baseline and Path(args.baseline).is_file():
         base = json.loads(Path(args.baseline).read_text())
         b1 = base.get("prototype_decode_tok_s_bs1_sampling")
@@ -401,6 +681,45 @@ def main() -> None:
     table()
 
 
+def log_decoder(dec) -> None:
+    if not isinstance(dec, StaticSlotDecoder):
+        log("decoder_error", f"the engine chose {type(dec).__name__}, not the static decoder (see its log)")
+        return
+    log("kv_cache_tokens", dec.kv_tokens)
+    log("kv_cache_GiB", round(dec.kv_tokens * dec._weights.spec.kv_bytes_per_token / GIB, 2))
+    plan = getattr(dec.model, "plan", None)
+    if plan is not None:
+        log("gemm_plan", {"choices": {str(k): v for k, v in plan.choices.items()}, "timings": plan.timings})
+
+
+def decoder_phases(model, args: argparse.Namespace, cache_dir: str) -> None:
+    """The earlier path (--via decoder): StaticSlotDecoder driven directly."""
+    try:
+        dec, warm = start_decoder(model, args, cache_dir)
+    except Exception as exc:  # keep going without graphs / Triton so the call still measures something
+        log("decoder_error", repr(exc)[:1500])
+        import traceback
+
+        traceback.print_exc()
+        torch.cuda.empty_cache()
+        args.fallback = True
+        os.environ["HANBOT_FAST_NO_TRITON"] = os.environ.get("BENCH_FALLBACK_NO_TRITON", "0")
+        dec, warm = start_decoder(model, args, cache_dir)
+    log("warm_start_s", round(warm, 2))
+    log_decoder(dec)
+    guarded("single_stream", lambda: single_phase(dec, args), dec)
+    for n in args.ttft_prompts:
+        guarded(f"ttft_s.{n}", lambda n=n: log(f"ttft_s.{n}", round(ttft(dec, n), 3)), dec)
+    modes = args.admission.split(",")
+    for n in args.concurrency:
+        for mode in modes:
+            key = f"concurrency.{n}" if mode == modes[0] else f"concurrency_{mode}.{n}"
+            guarded(
+                key, lambda n=n, mode=mode, key=key: log(key, run_conversations(dec, n, 512, args.new, mode))
+            )
+    guarded("decode_step_ms", lambda: log("decode_step_ms", step_times(dec)), dec)
+
+
 def table() -> None:
     r = RESULTS
     rows = [
@@ -408,7 +727,7 @@ def table() -> None:
         ("bandwidth floor tok/s", r.get("bandwidth_floor_tok_s"), ""),
         ("single stream tok/s", r.get("single_stream_tok_s"), ">= 27"),
         ("baseline single stream tok/s", r.get("baseline", {}).get("single_stream_tok_s"), ""),
-        ("TTFT 512 / 2048 / 4096 s", [r.get("ttft_s", {}).get(str(n)) for n in (512, 2048, 4096)], ""),
+        ("TTFT " + " / ".join(r.get("ttft_s", {})) + " s", list(r.get("ttft_s", {}).values()), ""),
     ]
     for n, c in r.get("concurrency", {}).items():
         rows.append(

@@ -1,0 +1,41 @@
+"""bench/gpu_70b.py's engine-driven path, run on the CPU with a 2-layer model of Llama-3's vocabulary."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_engine_driven_benchmark_writes_the_issue_keys(tmp_path: Path) -> None:
+    cmd = [sys.executable, str(REPO / "bench" / "gpu_70b.py"), "--shape", "tiny", "--device", "cpu"]
+    cmd += [
+        "--no-cold",
+        "--new",
+        "4",
+        "--concurrency",
+        "1,2",
+        "--ttft-prompts",
+        "16,40",
+        "--out",
+        str(tmp_path),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "gpu-tiny-cpu-engine.json").read_text())
+    assert "errors" not in result, result.get("errors")
+    assert result["setup"]["mechanism"].startswith("LocalEngine (static decoder) via Engine.generate")
+    assert result["setup"]["decoder_class"] == "StaticSlotDecoder"
+    assert result["single_stream_tok_s"] > 0
+    assert set(result["ttft_s"]) == {"16", "40"}
+    for n in ("1", "2"):
+        assert result["concurrency"][n]["aggregate_tok_s"] > 0
+        assert result["concurrency"][n]["p95_ttft_s"] >= result["concurrency"][n]["p50_ttft_s"]
+    assert result["concurrency"]["2"]["max_running"] == 2
+    assert result["warm_start_s"] > 0
