@@ -18,7 +18,9 @@ MANIFEST = Path(__file__).resolve().parents[2] / "adapters" / "slack" / "manifes
 def test_the_manifest_matches_the_adapter(sqlite_store, tmp_path):
     manifest = yaml.safe_load(MANIFEST.read_text(encoding="utf-8"))
     settings = load_settings(data_dir=tmp_path / "data", scheduler={"enabled": False})
-    registry = build_core(settings, engine=ScriptedEngine(), store=sqlite_store).commands  # as the bot has them
+    registry = build_core(
+        settings, engine=ScriptedEngine(), store=sqlite_store
+    ).commands  # as the bot has them
 
     commands = {c["command"] for c in manifest["features"]["slash_commands"]}
     assert commands == {f"/{spec.name}" for spec in registry.specs()}
