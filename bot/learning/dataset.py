@@ -168,17 +168,8 @@ def _examples_from_store(
 
 def _conversations(store: ConversationStore) -> list[tuple[int, ConversationKey, str | None]]:
     with store.session() as session:
-        rows = session.execute(
-            select(
-                Conversation.id,
-                Conversation.platform,
-                Conversation.workspace,
-                Conversation.channel,
-                Conversation.thread,
-                Conversation.system_prompt,
-            ).order_by(Conversation.id)
-        ).all()
-    return [(r[0], ConversationKey(r[1], r[2], r[3], r[4]), r[5]) for r in rows]
+        rows = session.scalars(select(Conversation).order_by(Conversation.id)).all()
+        return [(c.id, c.key, c.system_prompt) for c in rows]
 
 
 def _is_excluded(key: ConversationKey, patterns: Sequence[str]) -> bool:

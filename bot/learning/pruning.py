@@ -124,18 +124,10 @@ def _conversations_over_limits(
         )
     )
     with store.session() as session:
-        rows = session.execute(
-            select(
-                Conversation.id,
-                Conversation.platform,
-                Conversation.workspace,
-                Conversation.channel,
-                Conversation.thread,
-            )
-            .where(Conversation.id.in_(per_conversation))
-            .order_by(Conversation.id)
+        rows = session.scalars(
+            select(Conversation).where(Conversation.id.in_(per_conversation)).order_by(Conversation.id)
         ).all()
-    return [(row[0], ConversationKey(row[1], row[2], row[3], row[4])) for row in rows]
+        return [(c.id, c.key) for c in rows]
 
 
 def _prune_conversation(store: ConversationStore, conv_id: int, limits: PruneLimits, now: datetime) -> int:

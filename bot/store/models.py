@@ -20,6 +20,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from bot.domain import ConversationKey
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -67,6 +69,10 @@ class Conversation(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     messages: Mapped[list[Message]] = relationship(back_populates="conversation", passive_deletes=True)
+
+    @property
+    def key(self) -> ConversationKey:
+        return ConversationKey(self.platform, self.workspace, self.channel, self.thread)
 
 
 class Message(Base):
