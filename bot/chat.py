@@ -142,9 +142,9 @@ class ChatService:
             _log.info("reply cancelled conversation=%s message=%s", msg.conversation, msg.message_id)
             raise
         except Exception as exc:
-            await self._reply_failed(msg, reply, exc, sink, lang)
+            await self._reply_failed(msg, user_turn, reply, exc, sink, lang)
             return
-        await self._store_reply(msg, text, MessageStatus.COMPLETE)
+        await self._store_reply(msg, user_turn, text, MessageStatus.COMPLETE)
 
     def _build_prompt(self, msg: IncomingMessage, user_turn: StoredMessage) -> BuiltPrompt:
         history = [m for m in self._store.history(msg.conversation) if m.id != user_turn.id]
@@ -189,7 +189,13 @@ class ChatService:
             await stream.aclose()  # type: ignore[attr-defined]
 
     async def _reply_failed(
-        self, msg: IncomingMessage, reply: _Reply, exc: Exception, sink: ReplySink, lang: Lang
+        self,
+        msg: IncomingMessage,
+        user_turn: StoredMessage,
+        reply: _Reply,
+        exc: Exception,
+        sink: ReplySink,
+        lang: Lang,
     ) -> None:
         if isinstance(exc, BotError):
             _log.warning(
@@ -209,7 +215,7 @@ class ChatService:
             )
             key = "error.generic"
         if reply.text:
-            await self._store_reply(msg, reply.text, MessageStatus.INCOMPLETE)
+            await self._store_reply(msg, user_turn, reply.text, MessageStatus.INCOMPLETE)
         try:
             await sink.send(say(key, lang))
         except Exception:
@@ -217,10 +223,19 @@ class ChatService:
                 "could not tell the user conversation=%s message=%s", msg.conversation, msg.message_id
             )
 
-    async def _store_reply(self, msg: IncomingMessage, text: str, status: MessageStatus) -> None:
+    async def _store_reply(
+        self, msg: IncomingMessage, user_turn: StoredMessage, text: str, status: MessageStatus
+    ) -> None:
+        """Store the reply, linked to the user turn it answers (``/forget-me`` deletes both)."""
         tokens = turn_cost(ChatTurn(Role.ASSISTANT, text), self._engine.tokenizer)
         await asyncio.to_thread(
-            self._store.add_message, msg.conversation, Role.ASSISTANT, text, token_count=tokens, status=status
+            self._store.add_message,
+            msg.conversation,
+            Role.ASSISTANT,
+            text,
+            token_count=tokens,
+            status=status,
+            reply_to=user_turn.id,
         )
         _log.info(
             "reply stored conversation=%s message=%s status=%s chars=%d",

@@ -136,8 +136,8 @@ TEXTS: dict[str, dict[Lang, str]] = {
         "en": "You had already opted out of training.",
     },
     "cmd.forget_me.deleted": {
-        "ko": "저장된 당신의 메시지 {count}개도 삭제했어요.",
-        "en": "{count} of your stored messages were deleted as well.",
+        "ko": "저장된 당신의 메시지 {count}개와 그에 대한 봇의 답변 {replies}개도 삭제했어요.",
+        "en": "{count} of your stored messages and the bot's {replies} replies to them were deleted as well.",
     },
 }
 

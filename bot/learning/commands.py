@@ -163,7 +163,14 @@ def _forget_me_command(service: FinetuneService) -> CommandSpec:
         outcome = await service.forget_user(ctx.platform, ctx.invoker.id, delete=delete)
         lines = [say("cmd.forget_me.done" if outcome.newly_opted_out else "cmd.forget_me.already", ctx.lang)]
         if delete:
-            lines.append(say("cmd.forget_me.deleted", ctx.lang, count=outcome.deleted_turns))
+            lines.append(
+                say(
+                    "cmd.forget_me.deleted",
+                    ctx.lang,
+                    count=outcome.deleted_turns,
+                    replies=outcome.deleted_replies,
+                )
+            )
         return CommandReply("\n".join(lines))
 
     return CommandSpec(
@@ -173,10 +180,10 @@ def _forget_me_command(service: FinetuneService) -> CommandSpec:
         options=(
             CommandOption(
                 "delete",
-                "also delete my stored messages (yes/no) / 저장된 내 메시지도 삭제",
+                "also delete my stored messages and the replies to them (yes/no) / 내 메시지와 답변도 삭제",
                 choices=("no", "yes"),
             ),
         ),
-        usage="/forget-me: your messages are never used for training again; delete:yes also removes them from "
-        "the bot's history.",
+        usage="/forget-me: your messages are never used for training again; delete:yes also removes them, and "
+        "the bot's replies to them, from the bot's history.",
     )

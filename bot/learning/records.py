@@ -100,6 +100,14 @@ class PruneSummary:
 
 
 @dataclass(frozen=True)
+class DeletedTurns:
+    """What /forget-me delete:yes removed: the user's turns, and the bot's replies to them."""
+
+    turns: int
+    replies: int
+
+
+@dataclass(frozen=True)
 class RunOutcomeFields:
     """What a finished run records besides its status."""
 
@@ -299,25 +307,30 @@ class LearningRecords:
         with self._store.session() as session:
             return {f"{p}:{u}" for p, u in session.execute(select(OptOut.platform, OptOut.user_id))}
 
-    def delete_user_turns(self, platform: str, user_id: str) -> int:
-        """Remove a user's own turns from the store (the /forget-me ``delete`` option). Returns how many."""
+    def delete_user_turns(self, platform: str, user_id: str) -> DeletedTurns:
+        """Remove a user's own turns and the bot's replies to them (the /forget-me ``delete`` option)."""
+        turns = select(Message.id).where(
+            Message.platform == platform,
+            Message.author_id == user_id,
+            Message.role == Role.USER.value,
+        )
         with self._store.session() as session, session.begin():
-            result = session.execute(
-                delete(Message).where(
-                    Message.platform == platform,
-                    Message.author_id == user_id,
-                    Message.role == Role.USER.value,
+            replies = _rowcount(
+                session.execute(
+                    delete(Message).where(
+                        Message.role == Role.ASSISTANT.value, Message.reply_to_id.in_(turns)
+                    )
                 )
             )
-            removed = result.rowcount if isinstance(result, CursorResult) else 0
+            removed = _rowcount(session.execute(delete(Message).where(Message.id.in_(turns))))
             session.add(
                 AuditEvent(
                     action="forget_me.delete",
                     actor=f"{platform}:{user_id}",
-                    detail={"platform": platform, "removed": removed},
+                    detail={"platform": platform, "removed": removed, "replies_removed": replies},
                 )
             )
-        return removed
+        return DeletedTurns(turns=removed, replies=replies)
 
     # audit and prune records
 
@@ -351,3 +364,7 @@ class LearningRecords:
             return PruneSummary(
                 ran_at=total.ran_at, conversations=int(conversations or 0), removed=total.removed
             )
+
+
+def _rowcount(result: object) -> int:
+    return result.rowcount if isinstance(result, CursorResult) else 0

@@ -37,6 +37,7 @@ from bot.learning.gate import GateDecision, judge
 from bot.learning.job import TrainJob, TrainResult
 from bot.learning.leases import Clock, DbLease, is_dead_local_process, process_identity
 from bot.learning.records import (
+    DeletedTurns,
     LearningRecords,
     PruneSummary,
     RunInfo,
@@ -79,6 +80,7 @@ class RollbackOutcome:
 class ForgetOutcome:
     newly_opted_out: bool
     deleted_turns: int
+    deleted_replies: int = 0  # the bot's replies to those turns
 
 
 @dataclass(frozen=True)
@@ -230,21 +232,22 @@ class FinetuneService:
         return RollbackOutcome(True, active.name, target.name if target else None)
 
     async def forget_user(self, platform: str, user_id: str, *, delete: bool) -> ForgetOutcome:
-        """Opt a user out of training; with ``delete``, also remove their turns from the store."""
+        """Opt a user out of training; with ``delete``, also remove their turns and the bot's replies to them."""
 
         def forget() -> ForgetOutcome:
             new = self._records.opt_out(platform, user_id)
             purged = sum(purge_author(path, f"{platform}:{user_id}") for path in self._kept_held_out_sets())
-            deleted = self._records.delete_user_turns(platform, user_id) if delete else 0
+            deleted = self._records.delete_user_turns(platform, user_id) if delete else DeletedTurns(0, 0)
             _log.info(
-                "opt-out platform=%s user=%s new=%s held_out_removed=%d deleted=%d",
+                "opt-out platform=%s user=%s new=%s held_out_removed=%d deleted=%d replies_deleted=%d",
                 platform,
                 user_id,
                 new,
                 purged,
-                deleted,
+                deleted.turns,
+                deleted.replies,
             )
-            return ForgetOutcome(new, deleted)
+            return ForgetOutcome(new, deleted.turns, deleted.replies)
 
         return await asyncio.to_thread(forget)
 

@@ -31,6 +31,7 @@ class StoredMessage:
     status: MessageStatus
     platform_message_id: str | None
     created_at: datetime
+    reply_to_id: int | None = None  # a bot reply: the user turn it answers
 
     @classmethod
     def of(cls, row: Message) -> StoredMessage:
@@ -45,6 +46,7 @@ class StoredMessage:
             status=MessageStatus(row.status),
             platform_message_id=row.platform_message_id,
             created_at=row.created_at,
+            reply_to_id=row.reply_to_id,
         )
 
 
@@ -96,8 +98,12 @@ class ConversationStore:
         token_count: int = 0,
         status: MessageStatus = MessageStatus.COMPLETE,
         platform_message_id: str | None = None,
+        reply_to: int | None = None,
     ) -> StoredMessage | None:
-        """Append a turn. Returns None when ``platform_message_id`` was already stored (a duplicate delivery)."""
+        """Append a turn. Returns None when ``platform_message_id`` was already stored (a duplicate delivery).
+
+        ``reply_to``: for a bot reply, the id of the user turn it answers (so /forget-me can delete it with the turn).
+        """
         conv_id = self.conversation_id(key)
         row = Message(
             conversation_id=conv_id,
@@ -110,6 +116,7 @@ class ConversationStore:
             platform=key.platform,
             platform_message_id=platform_message_id,
             created_at=utcnow(),
+            reply_to_id=reply_to,
         )
         try:
             with self._sessions.begin() as session:

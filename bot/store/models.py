@@ -81,6 +81,7 @@ class Message(Base):
         UniqueConstraint("platform", "platform_message_id", name="uq_platform_message"),
         Index("ix_messages_conversation_id_id", "conversation_id", "id"),
         Index("ix_messages_created_at", "created_at"),
+        Index("ix_messages_reply_to_id", "reply_to_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -94,6 +95,10 @@ class Message(Base):
     platform: Mapped[str] = mapped_column(String(32))
     platform_message_id: Mapped[str | None] = mapped_column(String(128), default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # A bot reply: the id of the user turn it answers (None for user turns). A plain column, not a foreign key (see
+    # migration 0002): once that turn is deleted the id matches nothing, and ids are never handed out again while a
+    # reply, always stored after its turn, still holds a larger one.
+    reply_to_id: Mapped[int | None] = mapped_column(Integer, default=None)
 
     conversation: Mapped[Conversation] = relationship(back_populates="messages")
 

@@ -6,6 +6,7 @@ import threading
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import text
 
 from bot.domain import Author, ConversationKey, MessageStatus, Role
 from bot.store.conversations import ConversationStore
@@ -29,6 +30,44 @@ def test_migrate_twice_is_a_no_op(db_url: str) -> None:
     migrate(engine)
     migrate(engine)
     engine.dispose()
+
+
+def test_migration_0002_links_existing_replies_to_the_user_turn_before_them(db_url: str) -> None:
+    engine = create_db_engine(db_url)
+    migrate(engine, "0001")
+    rows = [("user", "q1"), ("assistant", "r1"), ("user", "q2"), ("user", "q3"), ("assistant", "r3")]
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO conversations (platform, workspace, channel, thread, created_at, updated_at) "
+                "VALUES ('discord', 'g', 'c', '', :now, :now)"
+            ),
+            {"now": "2026-11-01 00:00:00"},
+        )
+        for role, content in rows:
+            conn.execute(
+                text(
+                    "INSERT INTO messages (conversation_id, role, content, token_count, status, platform, "
+                    "created_at) VALUES (1, :role, :content, 0, 'complete', 'discord', '2026-11-01 00:00:00')"
+                ),
+                {"role": role, "content": content},
+            )
+    migrate(engine)
+    by_content = {
+        m.content: m for m in ConversationStore(engine).history(ConversationKey("discord", "g", "c"))
+    }
+    engine.dispose()
+    assert by_content["r1"].reply_to_id == by_content["q1"].id
+    assert by_content["r3"].reply_to_id == by_content["q3"].id  # q2 went unanswered
+    assert by_content["q1"].reply_to_id is None
+
+
+def test_a_reply_keeps_the_id_of_the_turn_it_answers(store: ConversationStore) -> None:
+    turn = store.add_message(KEY, Role.USER, "질문", author=Author("u1", "민수"), platform_message_id="m1")
+    assert turn is not None
+    reply = store.add_message(KEY, Role.ASSISTANT, "답", reply_to=turn.id)
+    assert reply is not None and reply.reply_to_id == turn.id
+    assert [m.reply_to_id for m in store.history(KEY)] == [None, turn.id]
 
 
 def test_four_threads_appending_100_messages_each_leave_400_rows(store: ConversationStore) -> None:

@@ -16,6 +16,8 @@ from adapters.discord import DiscordAdapter
 from bot.app import build_commands
 from bot.chat import ChatService
 from bot.domain import ConversationKey
+from bot.learning.commands import learning_commands
+from bot.learning.service import FinetuneService
 from bot.ports import MessageHandler
 from bot.settings import Settings, load_settings
 from bot.store.conversations import ConversationStore, StoredMessage
@@ -83,7 +85,12 @@ async def start_bot(tmp_path: Path, fake_discord: FakeDiscord) -> AsyncIterator[
         store = ConversationStore(db)
         engine = engine or ScriptedEngine()
         chat = ChatService(settings=settings, store=store, engine=engine)
-        commands = build_commands(settings, store, engine, chat=chat)
+        forget_me = [  # the learning loop's /forget-me; /finetune stays the "not set up" placeholder here
+            spec
+            for spec in learning_commands(FinetuneService(settings, store, engine))
+            if spec.name == "forget-me"
+        ]
+        commands = build_commands(settings, store, engine, chat=chat, extra=forget_me)
         adapter = DiscordAdapter(settings, store, guild_ready_timeout=0.05)
         await adapter.start(handler or chat.handle, commands)
         started.append((adapter, db))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+from bot.learning.service import FinetuneService
 from tests.discord.conftest import DiscordBot, StartBot
 from tests.discord.fake_discord import MANAGE_GUILD, FakeDiscord, FakeUser
 from tests.discord.sink_helpers import reply_done
@@ -100,3 +101,38 @@ async def test_finetune_answers_that_it_is_not_available(
     admin = fake_discord.new_user("Admin", roles=[fake_discord.admin_role])
     _, _, texts = await run(fake_discord, "finetune", admin, options={"action": "status"})
     assert texts == ["Fine-tuning is not set up on this bot."]
+
+
+async def test_forget_me_delete_removes_my_turns_and_exactly_the_replies_to_them(
+    start_bot: StartBot, fake_discord: FakeDiscord
+) -> None:
+    def answer(request) -> str:  # the reply names the question it answers
+        return f"답: {request.turns[-1].content.split(': ', 1)[-1]}"
+
+    # slow replies: both questions are stored before either reply, so the replies interleave with the turns
+    bot = await start_bot(engine=ScriptedEngine(reply=answer, chunk_size=2, delay_s=0.02))
+    minji, jun = fake_discord.new_user("Minji"), fake_discord.new_user("Jun")
+    fake_discord.post_message(fake_discord.general, minji, "민지 질문", mention_bot=True)
+    fake_discord.post_message(fake_discord.general, jun, "Jun's question", mention_bot=True)
+    turns = await bot.stored(fake_discord.general, 4)
+    assert [t.role.value for t in turns] == ["user", "user", "assistant", "assistant"]
+
+    _, kind, texts = await run(fake_discord, "forget-me", minji, options={"delete": "yes"})
+
+    assert kind == "type=5 flags=64"
+    assert texts == [
+        "Your messages will no longer be used for training.\n"
+        "1 of your stored messages and the bot's 1 replies to them were deleted as well."
+    ]
+    left = bot.history(fake_discord.general)
+    assert [(t.role.value, t.content) for t in left] == [
+        ("user", "Jun's question"),
+        ("assistant", "답: Jun's question"),
+    ]
+    assert left[1].reply_to_id == left[0].id
+    records = FinetuneService(bot.settings, bot.store, bot.engine).records
+    assert (
+        "forget_me.delete",
+        f"discord:{minji.id}",
+        {"platform": "discord", "removed": 1, "replies_removed": 1},
+    ) in (records.audit_events(["forget_me.delete"]))

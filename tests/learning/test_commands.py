@@ -121,21 +121,25 @@ async def test_forget_me_opts_out_and_deletes_on_request(
 ) -> None:
     registry = _registry(FinetuneService(learning_settings(), sqlite_store, RecordingEngine()), [])
     for i in range(3):
-        sqlite_store.add_message(CHANNEL, Role.USER, f"member says {i}", author=MEMBER)
-        sqlite_store.add_message(CHANNEL, Role.ASSISTANT, f"reply {i}")
-    sqlite_store.add_message(CHANNEL, Role.USER, "admin says", author=ADMIN)
+        turn = sqlite_store.add_message(CHANNEL, Role.USER, f"member says {i}", author=MEMBER)
+        assert turn is not None
+        sqlite_store.add_message(CHANNEL, Role.ASSISTANT, f"reply {i}", reply_to=turn.id)
+    admin_turn = sqlite_store.add_message(CHANNEL, Role.USER, "admin says", author=ADMIN)
+    assert admin_turn is not None
+    sqlite_store.add_message(CHANNEL, Role.ASSISTANT, "reply to admin", reply_to=admin_turn.id)
 
     first = await registry.run("forget-me", _ctx(MEMBER))
     assert first.text == "Your messages will no longer be used for training."
     assert LearningRecords(sqlite_store).opted_out_users() == {"slack:U-member"}
-    assert len(sqlite_store.history(CHANNEL)) == 7
+    assert len(sqlite_store.history(CHANNEL)) == 8
 
     second = await registry.run("forget-me", _ctx(MEMBER, "ko", delete="yes"))
     assert second.text.splitlines() == [
         "이미 학습에서 제외되어 있어요.",
-        "저장된 당신의 메시지 3개도 삭제했어요.",
+        "저장된 당신의 메시지 3개와 그에 대한 봇의 답변 3개도 삭제했어요.",
     ]
     left = [m.content for m in sqlite_store.history(CHANNEL)]
-    assert left == ["reply 0", "reply 1", "reply 2", "admin says"]
-    actions = [a for a, _, _ in LearningRecords(sqlite_store).audit_events()]
-    assert actions == ["opt_out", "forget_me.delete"]
+    assert left == ["admin says", "reply to admin"]
+    audit = LearningRecords(sqlite_store).audit_events()
+    assert [a for a, _, _ in audit] == ["opt_out", "forget_me.delete"]
+    assert audit[1][2] == {"platform": "slack", "removed": 3, "replies_removed": 3}
