@@ -353,3 +353,151 @@ def skinny_linear(x: torch.Tensor, w: torch.Tensor, config: tuple[int, int, int,
         num_warps=warps,
     )
     return y
+
+
+# ---- FP8 weight-only skinny GEMM ----------------------------------------------------------------------------------
+
+# e4m3 → bf16 for four packed bytes: each byte moves to the top of a 16-bit half (prmt), the 7 exponent+mantissa
+# bits shift into bf16 position (the value is then the e4m3 value times 2^-120: e4m3's exponent bias is 7, bf16's
+# 127), the sign goes back, and one bf16x2 multiply by 2^120 (0x7B80) restores the value exactly, subnormals
+# included. Integer and packed-bf16 instructions instead of the conversion pipe, whose cvt e4m3 → f16 → bf16 chain
+# (three conversions per two values) can be slower than HBM on Hopper. ``fp8.e4m3_to_bf16_bits`` is the same
+# arithmetic in torch, tested against torch's conversion for every byte.
+_E4M3_TO_BF16_PTX = """
+{
+.reg .b32 a<2>, b<2>, e120;
+mov.u32 e120, 0x7B807B80;
+prmt.b32 a0, 0, $2, 0x5140;
+prmt.b32 a1, 0, $2, 0x7362;
+and.b32 b0, a0, 0x7FFF7FFF;
+and.b32 b1, a1, 0x7FFF7FFF;
+shr.b32 b0, b0, 4;
+shr.b32 b1, b1, 4;
+lop3.b32 b0, b0, 0x80008000, a0, 0xf8;
+lop3.b32 b1, b1, 0x80008000, a1, 0xf8;
+mul.rn.bf16x2 $0, b0, e120;
+mul.rn.bf16x2 $1, b1, e120;
+}
+"""
+
+
+@triton.jit
+def _fp8_skinny_gemm_kernel(
+    x_ptr,
+    w_ptr,
+    s_ptr,
+    y_ptr,
+    M,
+    N,
+    K,
+    stride_xm,
+    stride_wn,
+    stride_ym,
+    MP: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    STAGES: tl.constexpr,
+    CONVERT: tl.constexpr,
+    EVEN_N: tl.constexpr,
+    EVEN_K: tl.constexpr,
+):
+    """y[M, N] = (x[M, K] @ w[N, K]^T) * s[N] for few rows M (<= MP), w in e4m3, fp32 accumulation.
+
+    The weight rows are the MMA's M dimension (acc[BLOCK_N, MP]), so Hopper can feed the converted weight tile from
+    registers; x is padded to MP rows. w_ptr points at the e4m3 bytes as uint8. CONVERT 0: Triton's own
+    fp8 → x.dtype conversion; CONVERT 1: the PTX bit trick above (x bf16, CUDA only).
+    """
+    pid = tl.program_id(0)
+    rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    rm = tl.arange(0, MP)
+    rk = tl.arange(0, BLOCK_K)
+    nmask = rn < N
+    mmask = rm < M
+    acc = tl.zeros((BLOCK_N, MP), dtype=tl.float32)
+    w_rows = w_ptr + rn.to(tl.int64)[:, None] * stride_wn
+    x_rows = x_ptr + rm[:, None] * stride_xm
+    for k in tl.range(0, K, BLOCK_K, num_stages=STAGES):
+        kk = k + rk
+        if EVEN_K:
+            x = tl.load(x_rows + kk[None, :], mask=mmask[:, None], other=0.0)
+            if EVEN_N:
+                w = tl.load(w_rows + kk[None, :])
+            else:
+                w = tl.load(w_rows + kk[None, :], mask=nmask[:, None], other=0)
+        else:
+            kmask = kk < K
+            x = tl.load(x_rows + kk[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0)
+            w = tl.load(w_rows + kk[None, :], mask=nmask[:, None] & kmask[None, :], other=0)
+        if CONVERT == 1:
+            wx = tl.inline_asm_elementwise(
+                _E4M3_TO_BF16_PTX, "=r,=r,r", [w], dtype=tl.bfloat16, is_pure=True, pack=4
+            )
+        else:
+            wx = w.to(tl.float8e4nv, bitcast=True).to(x.dtype)
+        acc += tl.dot(wx, tl.trans(x))
+    scale = tl.load(s_ptr + rn, mask=nmask, other=0.0)
+    acc = acc * scale[:, None]
+    tl.store(
+        y_ptr + rm[None, :] * stride_ym + rn[:, None],
+        acc.to(y_ptr.dtype.element_ty),
+        mask=nmask[:, None] & mmask[None, :],
+    )
+
+
+FP8_GEMM_CONFIGS: tuple[tuple[int, int, int, int, int], ...] = (
+    # BLOCK_N, BLOCK_K, num_warps, stages, CONVERT (0: Triton's cvt, 1: PTX bit trick)
+    (64, 256, 4, 4, 1),
+    (64, 512, 4, 3, 1),
+    (128, 256, 4, 4, 1),
+    (128, 256, 8, 3, 1),
+    (32, 512, 4, 4, 1),
+    (64, 256, 4, 4, 0),
+    (128, 256, 8, 3, 0),
+    (64, 128, 4, 6, 0),
+)
+FP8_DEFAULT_CONFIG = (64, 256, 4, 4, 0)
+
+
+def fp8_skinny_linear(
+    x: torch.Tensor, w_data: torch.Tensor, w_scale: torch.Tensor, config: tuple[int, ...]
+) -> torch.Tensor:
+    """(x [M, K] @ w_data [N, K]^T) * w_scale [N] for M <= 32, w_data float8_e4m3fn, with one of FP8_GEMM_CONFIGS.
+
+    Returns [M, N] in x.dtype. CONVERT 1 needs bf16 activations (else Triton's conversion is used).
+    """
+    m, k = x.shape
+    n, kw = w_data.shape
+    if kw != k:
+        raise ValueError(f"fp8_skinny_linear: x has {k} columns, w {kw}")
+    if m > 32:
+        raise ValueError(f"fp8_skinny_linear: at most 32 rows, got {m}")
+    if w_data.dtype != torch.float8_e4m3fn or w_data.stride(1) != 1:
+        raise ValueError("fp8_skinny_linear: w_data must be float8_e4m3fn with unit column stride")
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    block_n, block_k, warps, stages, convert = config
+    if convert == 1 and x.dtype != torch.bfloat16:
+        convert = 0
+    mp = 16 if m <= 16 else 32
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    _fp8_skinny_gemm_kernel[(triton.cdiv(n, block_n),)](
+        x,
+        w_data.view(torch.uint8),
+        w_scale,
+        y,
+        m,
+        n,
+        k,
+        x.stride(0),
+        w_data.stride(0),
+        y.stride(0),
+        MP=mp,
+        BLOCK_N=block_n,
+        BLOCK_K=block_k,
+        STAGES=stages,
+        CONVERT=convert,
+        EVEN_N=n % block_n == 0,
+        EVEN_K=k % block_k == 0,
+        num_warps=warps,
+    )
+    return y
