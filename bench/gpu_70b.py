@@ -114,17 +114,12 @@ SHAPES: dict[str, dict[str, Any]] = {
 }
 
 
-def build_70b(layers: int | None = None, shape: str = "70b", device: str = "cuda"):
-    """The model on the meta device, then random weights (norms at one) materialised straight on ``device``:
-    bf16 on the GPU, float32 on the CPU (the static decoder's CPU path is checked in float32)."""
-    from accelerate import init_empty_weights
-    from accelerate.utils import set_module_tensor_to_device
-    from transformers import LlamaConfig, LlamaForCausalLM
+def config_for(shape: str = "70b", layers: int | None = None):
+    from transformers import LlamaConfig
 
     dims: dict[str, Any] = dict(SHAPES[shape])
     if layers is not None:
         dims["num_hidden_layers"] = layers
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
     dims.update(
         vocab_size=128256,
         max_position_embeddings=8192,
@@ -134,10 +129,25 @@ def build_70b(layers: int | None = None, shape: str = "70b", device: str = "cuda
         eos_token_id=128009,
         tie_word_embeddings=False,
     )
-    cfg = LlamaConfig(**dims)
+    return LlamaConfig(**dims)
+
+
+def meta_model(cfg, dtype: torch.dtype):
+    from accelerate import init_empty_weights
+    from transformers import LlamaForCausalLM
+
     with init_empty_weights():
         model = LlamaForCausalLM(cfg)
-    model = model.to(dtype)  # type: ignore[arg-type]
+    return model.to(dtype).eval()  # type: ignore[arg-type]
+
+
+def build_70b(layers: int | None = None, shape: str = "70b", device: str = "cuda"):
+    """The model on the meta device, then random weights (norms at one) materialised straight on ``device``:
+    bf16 on the GPU, float32 on the CPU (the static decoder's CPU path is checked in float32)."""
+    from accelerate.utils import set_module_tensor_to_device
+
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = meta_model(config_for(shape, layers), dtype)
     gen = torch.Generator(device=device).manual_seed(0)
     for name, p in list(model.named_parameters()):
         if name.endswith("norm.weight") or "layernorm" in name:
@@ -149,6 +159,36 @@ def build_70b(layers: int | None = None, shape: str = "70b", device: str = "cuda
     model.eval()
     nparams = sum(p.numel() for p in model.parameters())
     return model, nparams
+
+
+def random_fetch(cfg, device: torch.device, dtype: torch.dtype, seed: int):
+    """A ``weights.Fetch`` of random values (norms at one) with the checkpoint's names and shapes: a
+    tensor-parallel rank builds just its slices on its GPU, as it would read them from safetensors."""
+    h, inter, vocab = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    hd = h // cfg.num_attention_heads
+    q, kv = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
+    shapes = {
+        "q_proj": (q, h),
+        "k_proj": (kv, h),
+        "v_proj": (kv, h),
+        "o_proj": (h, q),
+        "gate_proj": (inter, h),
+        "up_proj": (inter, h),
+        "down_proj": (h, inter),
+        "embed_tokens": (vocab, h),
+        "lm_head": (vocab, h),
+    }
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def fetch(name: str, dim: int | None, part: slice | None) -> torch.Tensor:
+        if name.endswith("norm.weight"):
+            return torch.ones(h, dtype=dtype, device=device)
+        shape = list(shapes[name.split(".")[-2]])
+        if dim is not None and part is not None:
+            shape[dim] = len(range(*part.indices(shape[dim])))
+        return torch.empty(shape, dtype=dtype, device=device).normal_(0, 0.02, generator=gen)
+
+    return fetch
 
 
 def prompt(n: int, seed: int) -> tuple[int, ...]:
@@ -368,7 +408,8 @@ class EngineBench:
     """A LocalEngine (decoder "static") around the materialised model, fed GenerationRequests whose prompts have
     exactly the asked number of tokens, every reply forced to its full length."""
 
-    def __init__(self, model, args: argparse.Namespace, cache_dir: str) -> None:
+    def __init__(self, model, args: argparse.Namespace, cache_dir: str, make_inner=None) -> None:
+        """``make_inner(model, settings)`` builds the decoder (default: the engine's own ``make_decoder``)."""
         from bench.engine_cpu import ForcedLength
         from bot.settings import EngineSettings, GenerationSettings
         from inference.decoder import BatchDecoder
@@ -384,7 +425,7 @@ class EngineBench:
         self.inner: BatchDecoder | None = None
 
         def factory(m: Any, settings: EngineSettings) -> BatchDecoder:
-            self.inner = make_decoder(m, settings)  # the engine's own choice: "static" → inference.fast
+            self.inner = (make_inner or make_decoder)(m, settings)  # "static" → inference.fast
             return NoStop(self.inner, frozenset(), FILLER_ID)
 
         self.tokenizer = offline_tokenizer(model.config.vocab_size)
@@ -396,6 +437,7 @@ class EngineBench:
                 max_batch_size=args.capacity,
                 queue_limit=max(64, 2 * args.capacity),
                 cache_dir=cache_dir,
+                fp8_weights=args.fp8,
             ),
             generation=GenerationSettings(timeout_s=3600),
             context_length=model.config.max_position_embeddings,
@@ -474,11 +516,13 @@ class EngineBench:
         }
 
 
-def start_engine(model, args: argparse.Namespace, cache_dir: str) -> tuple[EngineBench, float]:
+def start_engine(
+    model, args: argparse.Namespace, cache_dir: str, make_inner=None
+) -> tuple[EngineBench, float]:
     """Build the engine and serve one first text chunk; seconds from weights-in-memory to that chunk."""
     sync()
     t = time.perf_counter()
-    bench = EngineBench(model, args, cache_dir)
+    bench = EngineBench(model, args, cache_dir, make_inner)
     times = asyncio.run(bench.stream(bench.request(512, 8, 0)))
     return bench, times[0] - t  # to the first text chunk; the 7 more tokens of this warm-up are not counted
 
@@ -498,15 +542,20 @@ def engine_phases(bench: EngineBench, args: argparse.Namespace, on_cuda: bool) -
         for n in args.concurrency:
             key = f"concurrency.{n}"
             await aguarded(key, lambda n=n, key=key: _log_async(key, bench.conversations(n, 512, args.new)))
+        inner = bench.inner
+        if on_cuda and isinstance(
+            inner, StaticSlotDecoder
+        ):  # graph replays on the idle engine's worker thread
+            await aguarded(
+                "decode_step_ms",
+                lambda: _log_async("decode_step_ms", bench.engine._on_worker(lambda: step_times(inner))),
+            )
+        if on_cuda:
+            log("peak_gpu_mem_gib", round(torch.cuda.max_memory_allocated() / GIB, 2))
         await bench.engine.aclose()
 
     asyncio.run(run_all())
-    inner = bench.inner
-    log("setup.decoder_class", type(inner).__name__)
-    if on_cuda and isinstance(
-        inner, StaticSlotDecoder
-    ):  # measured on the engine's decoder once the engine closed
-        guarded("decode_step_ms", lambda: log("decode_step_ms", step_times(inner)), inner)
+    log("setup.decoder_class", type(bench.inner).__name__)
 
 
 async def _log_async(key: str, value) -> None:
@@ -527,6 +576,7 @@ async def aguarded(name: str, fn) -> None:
 
 def child_cold(args) -> None:
     model, _ = build_70b(args.layers, args.shape, args.device)
+    sync()
     if args.via == "engine":
         bench, elapsed = start_engine(model, args, args.cache_dir)
         asyncio.run(bench.engine.aclose())
@@ -539,8 +589,7 @@ def _ints(text: str) -> list[int]:
     return [int(c) for c in text.split(",") if c]
 
 
-def main() -> None:
-    global OUT_FILE
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument(
         "--via",
@@ -551,7 +600,11 @@ def main() -> None:
     ap.add_argument("--shape", choices=sorted(SHAPES), default="70b")
     ap.add_argument("--layers", type=int, default=None, help="override the shape's layer count")
     ap.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke run (with --shape tiny)")
-    ap.add_argument("--setup", default=None, help="results file gpu-<setup>.json; default from --via/--shape")
+    ap.add_argument("--fp8", action="store_true", help="engine.fp8_weights: FP8 weight-only decode")
+    ap.add_argument(
+        "--tp", type=int, default=1, help="tensor-parallel ranks; run under torchrun --nproc-per-node N"
+    )
+    ap.add_argument("--setup", default=None, help="results file gpu-<setup>.json; default from the options")
     ap.add_argument("--out", default=os.environ.get("RESULTS_DIR", "bench/results"))
     ap.add_argument("--baseline", default=None, help="the prototype baseline's JSON (same call)")
     ap.add_argument(
@@ -570,35 +623,94 @@ def main() -> None:
     ap.add_argument("--no-cold", action="store_true")
     ap.add_argument("--child-cold", action="store_true")
     ap.add_argument("--cache-dir", default=None)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.capacity is None:
         args.capacity = max(args.concurrency) if args.via == "engine" else 32
+    if (args.fp8 or args.tp > 1) and args.via != "engine":
+        ap.error("--fp8 and --tp drive the engine (--via engine)")
     if args.setup is None:
-        base = "h200x1-bf16" if args.shape == "70b" else f"{args.shape}-{args.device}"
+        precision = "fp8" if args.fp8 else "bf16"
+        base = f"h200x{args.tp}-{precision}" if args.shape == "70b" else f"{args.shape}-{args.device}"
+        if args.shape != "70b" and (args.fp8 or args.tp > 1):
+            base += f"-tp{args.tp}-{precision}"
         args.setup = base if args.via == "decoder" else f"{base}-engine"
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     if args.child_cold:
         child_cold(args)
         return
+    if args.tp > 1:
+        tensor_parallel_main(args)
+        return
     on_cuda = args.device == "cuda"
+    start_results(args, on_cuda)
+    bw = measure_bandwidth(on_cuda)
+    cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="hanbot-fast-cache-")
+    if not args.no_cold:
+        cold_start_in_child(args, cache_dir)
+    t = time.perf_counter()
+    model, nparams = build_70b(args.layers, args.shape, args.device)
+    log("materialise_s", round(time.perf_counter() - t, 2))
+    log("weight_GB", round(nparams * next(model.parameters()).element_size() / 1e9, 2))
+    if bw is not None and not args.fp8:
+        log("bandwidth_floor_tok_s", round(bw / (nparams * 2), 2))
+    if on_cuda:
+        log("gpu_free_after_weights_GiB", round(torch.cuda.mem_get_info()[0] / GIB, 2))
+        torch.cuda.reset_peak_memory_stats()
+    if args.via == "engine":
+        bench, warm = start_engine(model, args, cache_dir)
+        log("warm_start_s", round(warm, 2))
+        log_decoder(bench.inner, bw)
+        engine_phases(bench, args, on_cuda)
+    else:
+        decoder_phases(model, args, cache_dir)
+        if on_cuda:
+            log("peak_gpu_mem_gib", round(torch.cuda.max_memory_allocated() / GIB, 2))
+    finish_results(args)
+
+
+def start_results(args: argparse.Namespace, on_cuda: bool) -> None:
+    """Open the results file and record the setup and the command."""
+    global OUT_FILE
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     OUT_FILE = out_dir / f"gpu-{args.setup}.json"
     import transformers
 
     if on_cuda:
-        log("setup.gpus", f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}")
-        log("setup.precision", "bf16 weights and KV cache")
+        log("setup.gpus", f"{args.tp} x {torch.cuda.get_device_name(0)}")
+        log(
+            "setup.precision",
+            "FP8 e4m3 weights (weight-only, per-row scales, from bf16), bf16 activations and KV cache"
+            if args.fp8
+            else "bf16 weights and KV cache",
+        )
     else:
         log("setup.gpus", f"none (CPU smoke run, shape {args.shape})")
-        log("setup.precision", "float32 weights and KV cache (CPU)")
+        log("setup.precision", "float32 weights and KV cache (CPU)" + (", FP8 weights" if args.fp8 else ""))
     if args.via == "engine":
         log(
             "setup.mechanism",
             "LocalEngine (static decoder) via Engine.generate: inference.local_engine.LocalEngine with "
-            'EngineSettings(decoder="static", max_batch_size=' + str(args.capacity) + "), its ModelWorker "
-            "scheduling inference.fast.StaticSlotDecoder (paged static KV slots, Triton decode kernels, one CUDA "
-            "graph per batch bucket, on-GPU sampler); offline word-level tokenizer with the Llama-3 vocabulary "
-            "and chat template; TTFT = generate() call to first text chunk"
+            'EngineSettings(decoder="static", max_batch_size='
+            + str(args.capacity)
+            + (", fp8_weights=True" if args.fp8 else "")
+            + (f", tensor_parallel={args.tp}" if args.tp > 1 else "")
+            + "), its ModelWorker scheduling inference.fast.StaticSlotDecoder (paged static KV slots, Triton "
+            "decode kernels, one CUDA graph per batch bucket, on-GPU sampler"
+            + ("; FP8 weight-only matrix-vector kernels, FP8 prefill products" if args.fp8 else "")
+            + (
+                f"; tensor parallel over {args.tp} GPUs under torchrun: heads and MLP columns split, NCCL "
+                "all-reduce (captured in the graphs) after the O and down projections, rank 0 runs the engine "
+                "and the other ranks replay its decoder calls (inference.fast.mirror)"
+                if args.tp > 1
+                else ""
+            )
+            + "); offline word-level tokenizer with the Llama-3 vocabulary and chat template; TTFT = generate() "
+            "call to first text chunk"
             + ("" if on_cuda else " (CPU smoke run: eager torch operations, no Triton, no graphs)"),
         )
     else:
@@ -617,53 +729,46 @@ def main() -> None:
         },
     )
     baseline_cmd = "RESULTS_DIR=$OUT python3 .gpu/prototype_baseline_gpu.py && " if args.baseline else ""
-    log("command", baseline_cmd + "python3 bench/gpu_70b.py " + " ".join(sys.argv[1:]))
+    launcher = f"torchrun --nproc-per-node {args.tp} " if args.tp > 1 else "python3 "
+    log("command", baseline_cmd + launcher + "bench/gpu_70b.py " + " ".join(sys.argv[1:]))
+
+
+def measure_bandwidth(on_cuda: bool) -> float | None:
     bw = copy_bandwidth() if on_cuda else None
     if bw is not None:
         log("copy_bandwidth_TBps", round(bw / 1e12, 3))
-    cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="hanbot-fast-cache-")
-    if not args.no_cold:
-        env = dict(os.environ)
-        env.pop("TRITON_CACHE_DIR", None)
-        env.pop("TORCHINDUCTOR_CACHE_DIR", None)
-        r = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--child-cold",
-                *("--via", args.via, "--shape", args.shape, "--device", args.device),
-                *(("--layers", str(args.layers)) if args.layers is not None else ()),
-                *("--cache-dir", cache_dir, "--capacity", str(args.capacity)),
-                *("--prefill-chunk", str(args.prefill_chunk)),
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=400,
-        )
-        lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
-        if r.returncode == 0 and lines:
-            log("cold_start_s", round(json.loads(lines[-1])["cold_start_s"], 2))
-        else:
-            log("cold_start_error", (r.stderr or r.stdout)[-2000:])
-    t = time.perf_counter()
-    model, nparams = build_70b(args.layers, args.shape, args.device)
-    log("materialise_s", round(time.perf_counter() - t, 2))
-    log("weight_GB", round(nparams * next(model.parameters()).element_size() / 1e9, 2))
-    if bw is not None:
-        log("bandwidth_floor_tok_s", round(bw / (nparams * 2), 2))
-    if on_cuda:
-        log("gpu_free_after_weights_GiB", round(torch.cuda.mem_get_info()[0] / GIB, 2))
-        torch.cuda.reset_peak_memory_stats()
-    if args.via == "engine":
-        bench, warm = start_engine(model, args, cache_dir)
-        log("warm_start_s", round(warm, 2))
-        log_decoder(bench.inner)
-        engine_phases(bench, args, on_cuda)
+    return bw
+
+
+def cold_start_in_child(args: argparse.Namespace, cache_dir: str) -> None:
+    """Weights in memory → first token in a fresh process with an empty kernel cache (fills ``cache_dir``)."""
+    env = dict(os.environ)
+    env.pop("TRITON_CACHE_DIR", None)
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    r = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--child-cold",
+            *("--via", args.via, "--shape", args.shape, "--device", args.device),
+            *(("--layers", str(args.layers)) if args.layers is not None else ()),
+            *(("--fp8",) if args.fp8 else ()),
+            *("--cache-dir", cache_dir, "--capacity", str(args.capacity)),
+            *("--prefill-chunk", str(args.prefill_chunk)),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=400,
+    )
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+    if r.returncode == 0 and lines:
+        log("cold_start_s", round(json.loads(lines[-1])["cold_start_s"], 2))
     else:
-        decoder_phases(model, args, cache_dir)
-    if on_cuda:
-        log("peak_gpu_mem_gib", round(torch.cuda.max_memory_allocated() / GIB, 2))
+        log("cold_start_error", (r.stderr or r.stdout)[-2000:])
+
+
+def finish_results(args: argparse.Namespace) -> None:
     if args.baseline and Path(args.baseline).is_file():
         base = json.loads(Path(args.baseline).read_text())
         b1 = base.get("prototype_decode_tok_s_bs1_sampling")
@@ -678,15 +783,85 @@ def main() -> None:
         log("baseline.raw", base)
         if b1:
             log("ratio_single_stream_vs_baseline", round(RESULTS.get("single_stream_tok_s", 0.0) / b1, 2))
-    table()
+    table(args)
 
 
-def log_decoder(dec) -> None:
+def tensor_parallel_main(args: argparse.Namespace) -> None:
+    """Under torchrun: every rank builds its random slice of the model on its GPU and a static decoder over it;
+    rank 0 runs the engine and the measurements, the others follow rank 0's decoder calls."""
+    from inference.fast.mirror import MirroredDecoder, follow
+    from inference.fast.parallel import TensorParallel
+    from inference.fast.weights import build_weights
+
+    on_cuda = args.device == "cuda"
+    group = TensorParallel.from_env("cuda" if on_cuda else "cpu")
+    if group.world != args.tp:
+        raise SystemExit(f"--tp {args.tp} but torchrun started {group.world} processes")
+    device = torch.device("cuda", torch.cuda.current_device()) if on_cuda else torch.device("cpu")
+    dtype = torch.bfloat16 if on_cuda else torch.float32
+    leader = group.rank == 0
+    if leader:
+        start_results(args, on_cuda)
+    bw = measure_bandwidth(on_cuda) if leader else None
+    cfg = config_for(args.shape, args.layers)
+    cache_dir = args.cache_dir or os.path.join(tempfile.gettempdir(), f"hanbot-tp-cache-{os.getpid()}")
+    t = time.perf_counter()
+    weights = build_weights(
+        cfg,
+        random_fetch(cfg, device, dtype, seed=group.rank),
+        device=device,
+        dtype=dtype,
+        rank=group.rank,
+        world=group.world,
+        fp8=args.fp8,
+    )
+    if on_cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    group.barrier()
+    if leader:
+        log("materialise_s", round(time.perf_counter() - t, 2))
+        per_rank = weights.matrix_bytes() + weights.embed.numel() * weights.embed.element_size()
+        log("weight_GB_per_gpu", round(per_rank / 1e9, 2))
+        if bw is not None:
+            log("bandwidth_floor_tok_s", round(bw / weights.matrix_bytes(), 2))
+        if on_cuda:
+            log("gpu_free_after_weights_GiB", round(torch.cuda.mem_get_info()[0] / GIB, 2))
+
+    def rank_decoder(_m: Any = None, _s: Any = None) -> StaticSlotDecoder:
+        return StaticSlotDecoder(weights, parallel=group, capacity=args.capacity, cache_dir=cache_dir)
+
+    if not leader:
+        follow(rank_decoder(), group)
+        return
+    skeleton = meta_model(cfg, dtype)
+    bench, start = start_engine(
+        skeleton, args, cache_dir, lambda m, s: MirroredDecoder(rank_decoder(), group)
+    )
+    log("cold_start_s", round(start, 2))
+    log(
+        "start_note",
+        "tensor parallel: cold_start_s is the first engine start in this process with an empty kernel cache "
+        "(compilation and the matrix-product measurement included); no warm restart was measured",
+    )
+    log_decoder(bench.inner, bw)
+    engine_phases(bench, args, on_cuda)
+    bench.inner.close()  # stops the followers (the engine closed its own wrapper, which does not forward it)
+    finish_results(args)
+
+
+def log_decoder(dec, bw: float | None = None) -> None:
+    dec = getattr(dec, "inner", dec)  # a tensor-parallel MirroredDecoder: rank 0's own decoder
     if not isinstance(dec, StaticSlotDecoder):
         log("decoder_error", f"the engine chose {type(dec).__name__}, not the static decoder (see its log)")
         return
     log("kv_cache_tokens", dec.kv_tokens)
     log("kv_cache_GiB", round(dec.kv_tokens * dec._weights.spec.kv_bytes_per_token / GIB, 2))
+    if dec.fp8 or dec.parallel.world > 1:
+        matrices = dec._weights.matrix_bytes()
+        log("decode_matrix_GB_per_gpu", round(matrices / 1e9, 2))
+        if bw is not None:
+            log("bandwidth_floor_tok_s", round(bw / matrices, 2))
     plan = getattr(dec.model, "plan", None)
     if plan is not None:
         log("gemm_plan", {"choices": {str(k): v for k, v in plan.choices.items()}, "timings": plan.timings})
@@ -720,12 +895,14 @@ def decoder_phases(model, args: argparse.Namespace, cache_dir: str) -> None:
     guarded("decode_step_ms", lambda: log("decode_step_ms", step_times(dec)), dec)
 
 
-def table() -> None:
+def table(args: argparse.Namespace) -> None:
     r = RESULTS
+    single_target = ">= 50" if args.tp > 1 else ">= 45" if args.fp8 else ">= 27"
+    many_target = ">= 1000, p95 <= 2" if args.tp > 1 or args.fp8 else ""
     rows = [
         ("copy bandwidth TB/s", r.get("copy_bandwidth_TBps"), ""),
         ("bandwidth floor tok/s", r.get("bandwidth_floor_tok_s"), ""),
-        ("single stream tok/s", r.get("single_stream_tok_s"), ">= 27"),
+        ("single stream tok/s", r.get("single_stream_tok_s"), single_target),
         ("baseline single stream tok/s", r.get("baseline", {}).get("single_stream_tok_s"), ""),
         ("TTFT " + " / ".join(r.get("ttft_s", {})) + " s", list(r.get("ttft_s", {}).values()), ""),
     ]
@@ -734,7 +911,7 @@ def table() -> None:
             (
                 f"{n} conv: aggregate tok/s, p50/p95 TTFT s",
                 [c.get("aggregate_tok_s"), c.get("p50_ttft_s"), c.get("p95_ttft_s")],
-                ">= 350, p95 <= 1.5" if n == "16" else "",
+                ">= 350, p95 <= 1.5" if n == "16" and args.tp == 1 else many_target if n == "32" else "",
             )
         )
     rows += [

@@ -114,6 +114,9 @@ def _run_chat(args: argparse.Namespace) -> int:
     settings = load_settings()
     if args.demo:
         settings = load_settings(**demo_overrides(settings.data_dir))
+    if _followed_rank_0(settings):
+        return 0
+    if args.demo:
         print(DEMO_ANNOUNCEMENT, flush=True)
     else:
         print(f"[model] {settings.model.name_or_path}", flush=True)
@@ -136,6 +139,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     from bot.app import build_adapters, build_core, build_store, serve
 
     settings = load_settings()
+    if _followed_rank_0(settings):
+        return 0
     platforms = args.platform or _configured_platforms(settings)
     if not platforms:
         raise ConfigError(
@@ -151,6 +156,17 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     asyncio.run(run())
     return 0
+
+
+def _followed_rank_0(settings: Settings) -> bool:
+    """Under torchrun with engine.tensor_parallel > 1, a rank other than 0 talks to no platform and no database:
+    it serves its slice of the model, replaying rank 0's decoder calls, until rank 0 stops."""
+    if settings.engine.tensor_parallel == 1 or os.environ.get("RANK", "0") == "0":
+        return False
+    from inference.tensor_parallel import follower_main
+
+    follower_main(settings)
+    return True
 
 
 def _configured_platforms(settings: Settings) -> list[str]:

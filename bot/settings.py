@@ -45,8 +45,8 @@ class ModelSettings(BaseModel):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("bfloat16", description="weights dtype")
     device_map: str | None = Field("auto", description='"auto", "cpu", "cuda:0", ... or empty for no map')
     max_memory: dict[str, str] | None = Field(None, description='per-device caps, e.g. {"0": "130GiB"}')
-    quantization: Literal["none", "8bit", "4bit", "fp8"] = Field(
-        "none", description="8bit/4bit: bitsandbytes (needs CUDA); fp8: weight-only FP8 (fast decoder)"
+    quantization: Literal["none", "8bit", "4bit"] = Field(
+        "none", description="8bit/4bit: bitsandbytes (needs CUDA); for FP8 see engine.fp8_weights"
     )
     context_length: int | None = Field(
         None, ge=64, description="default: the model's max_position_embeddings"
@@ -73,6 +73,13 @@ class EngineSettings(BaseModel):
     )
     cache_dir: str | None = Field(
         None, description="compiled kernels and plans of the static decoder; default <data_dir>/cache/fast"
+    )
+    fp8_weights: bool = Field(
+        False,
+        description="static decoder: weights in FP8 (weight-only, from the bf16 checkpoint; Hopper GPU)",
+    )
+    tensor_parallel: int = Field(
+        1, ge=1, le=8, description="GPUs the model is split over; start with torchrun --nproc-per-node N"
     )
     max_batch_size: int = Field(8, ge=1, le=256, description="conversations decoded together")
     queue_limit: int = Field(64, ge=1, description="waiting requests beyond this are politely refused")
@@ -212,6 +219,22 @@ class Settings(BaseSettings):
                 "engine.kind is 'remote' but engine.remote_base_url is empty: "
                 "set HANBOT_ENGINE__REMOTE_BASE_URL (e.g. http://127.0.0.1:8000/v1)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_fast_decoder_options(self) -> Settings:
+        engine = self.engine
+        if (engine.fp8_weights or engine.tensor_parallel > 1) and engine.kind == "local":
+            if engine.decoder == "hf":
+                raise ValueError(
+                    "engine.fp8_weights and engine.tensor_parallel need the static decoder: "
+                    "set HANBOT_ENGINE__DECODER=static (or auto on a GPU)"
+                )
+            if self.model.quantization != "none":
+                raise ValueError(
+                    "engine.fp8_weights and engine.tensor_parallel load the bf16 checkpoint: "
+                    "set HANBOT_MODEL__QUANTIZATION=none"
+                )
         return self
 
     @model_validator(mode="after")

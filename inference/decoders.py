@@ -2,7 +2,9 @@
 static KV slots and CUDA graphs for Llama models), or "auto" (static on a GPU, hf elsewhere).
 
 ``inference.fast`` is imported only when asked for; when it is missing or cannot serve the model, the hf decoder
-takes over and the log says why.
+takes over and the log says why. Not with ``engine.fp8_weights``: that build releases the model's bf16 weights as it
+quantises them, so its failure is an error (the hf decoder would have nothing left to run).
+Tensor-parallel decoders are built by ``inference.tensor_parallel``, not here.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ def make_decoder(model: PreTrainedModel, settings: EngineSettings) -> BatchDecod
     wants_fast = settings.decoder == "static" or (
         settings.decoder == "auto" and input_device(model).type == "cuda"
     )
-    if wants_fast:
+    if wants_fast or settings.fp8_weights:
         fast = _fast_decoder(model, settings)
         if fast is not None:
             return fast
@@ -37,10 +39,16 @@ def _fast_decoder(model: PreTrainedModel, settings: EngineSettings) -> BatchDeco
         return None
     try:
         decoder: BatchDecoder = StaticSlotDecoder(
-            model, capacity=settings.max_batch_size, cache_dir=settings.cache_dir
+            model, capacity=settings.max_batch_size, cache_dir=settings.cache_dir, fp8=settings.fp8_weights
         )
     except Exception as exc:
+        if settings.fp8_weights:
+            raise
         _log.warning("the static decoder cannot serve this model (%s): using the hf decoder", exc)
         return None
-    _log.info("using the static decoder (inference.fast), %d slots", settings.max_batch_size)
+    _log.info(
+        "using the static decoder (inference.fast), %d slots%s",
+        settings.max_batch_size,
+        ", FP8 weights" if settings.fp8_weights else "",
+    )
     return decoder

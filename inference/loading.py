@@ -55,6 +55,27 @@ def load_model(settings: ModelSettings) -> LoadedModel:
     return LoadedModel(model=model, tokenizer=tokenizer, name=name)
 
 
+def checkpoint_folder(settings: ModelSettings) -> Path:
+    """The local folder of the model's files: the folder itself, or the hub snapshot (downloaded if missing)."""
+    name = settings.name_or_path
+    local = _is_local(name)
+    check_source(name, local)
+    if local:
+        return Path(name).expanduser()
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(
+            snapshot_download(
+                name,
+                revision=settings.revision,
+                allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"],
+            )
+        )
+    except Exception as exc:
+        raise _explain(name, exc) from exc
+
+
 def check_source(name: str, local: bool) -> None:
     """A path-looking name must exist; a hub id is only checked by the download itself."""
     if local and not Path(name).expanduser().is_dir():
@@ -79,11 +100,6 @@ def check_quantization(settings: ModelSettings) -> None:
                 f"model {settings.name_or_path!r}: {settings.quantization} loading needs the bitsandbytes "
                 "package: `pip install bitsandbytes`, or set model.quantization to 'none'."
             ) from None
-    if settings.quantization == "fp8" and not torch.cuda.is_available():
-        raise ModelLoadError(
-            f"model {settings.name_or_path!r}: fp8 needs a GPU with FP8 support (Hopper or newer); "
-            "set model.quantization to 'none' on this machine."
-        )
 
 
 def model_kwargs(settings: ModelSettings) -> dict[str, Any]:
@@ -125,16 +141,6 @@ def _quantization_config(settings: ModelSettings) -> Any:
             bnb_4bit_compute_dtype=torch.bfloat16,
             bnb_4bit_use_double_quant=True,
         )
-    if settings.quantization == "fp8":
-        try:
-            from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
-            from transformers import TorchAoConfig
-        except ImportError:
-            raise ModelLoadError(
-                f"model {settings.name_or_path!r}: fp8 loading needs torchao (`pip install torchao`), "
-                "or set model.quantization to 'none'."
-            ) from None
-        return TorchAoConfig(quant_type=Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
     return None
 
 

@@ -21,7 +21,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from bot.domain import GenerationRequest, StreamEvent
-from bot.errors import EnginePaused, EngineUnhealthy, GenerationFailed, GenerationTimeout
+from bot.errors import EngineError, EnginePaused, EngineUnhealthy, GenerationFailed, GenerationTimeout
 from bot.settings import EngineSettings, GenerationSettings, ModelSettings, Settings
 from inference.decoder import BatchDecoder
 from inference.decoders import make_decoder
@@ -85,7 +85,13 @@ class LocalEngine:
     def from_settings(
         cls, settings: Settings, *, decoder_factory: DecoderFactory = make_decoder
     ) -> LocalEngine:
-        """Load the model the settings name and build the engine around it (raises ModelLoadError)."""
+        """Load the model the settings name and build the engine around it (raises ModelLoadError).
+
+        With ``engine.tensor_parallel`` > 1 this is rank 0 of a torchrun launch (``inference.tensor_parallel``)."""
+        if settings.engine.tensor_parallel > 1:
+            from inference.tensor_parallel import leader_engine
+
+            return leader_engine(settings)
         loaded = load_model(settings.model)
         return cls(
             loaded.model,
@@ -181,6 +187,9 @@ class LocalEngine:
             return
         self._closed = True
         await asyncio.to_thread(self._worker.stop, 30.0)
+        close = getattr(self._worker.decoder, "close", None)
+        if callable(close):  # frees the static decoder's KV cache; stops tensor-parallel followers
+            await asyncio.to_thread(close)
         _log.info("engine closed")
 
     # ---------------------------------------------------------------- steps of generate
@@ -225,11 +234,16 @@ class LocalEngine:
         weights (inference.fast fuses them) follows if it offers ``weights_changed()``; one that cannot is replaced
         by the hf decoder, so a promoted LoRA is never silently left out (the replies running at that moment end
         early with an error; waiting ones are served by the new decoder)."""
-        change()
         decoder = self._worker.decoder
+        refresh = getattr(decoder, "weights_changed", None)
+        if decoder is not None and not callable(refresh) and not getattr(decoder, "model_intact", True):
+            raise EngineError(
+                "LoRA adapters are not served with FP8 or tensor-parallel weights yet: the base model keeps "
+                "serving. Set engine.fp8_weights=false and engine.tensor_parallel=1 to serve fine-tuned versions."
+            )
+        change()
         if decoder is None or isinstance(decoder, HFBatchDecoder):
             return
-        refresh = getattr(decoder, "weights_changed", None)
         if callable(refresh):
             refresh()
             return
@@ -300,7 +314,9 @@ def _worker_threads(model: PreTrainedModel) -> int | None:
 
 
 def _on_accelerator(model: PreTrainedModel) -> bool:
-    return any(p.device.type != "cpu" for p in model.parameters())
+    """Whether the model's weights sit on an accelerator (a meta-device skeleton, whose weights the decoders hold,
+    does not: pausing keeps them)."""
+    return any(p.device.type not in ("cpu", "meta") for p in model.parameters())
 
 
 def _reloader(settings: ModelSettings) -> Callable[[], LoadedModel]:

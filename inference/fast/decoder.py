@@ -27,8 +27,15 @@ from inference.decoder import SlotRequest
 from inference.fast.gemm import LinearPlan
 from inference.fast.kv import GIB, BlockPool, KVBudget, plan_kv_budget
 from inference.fast.model import FastLlama, Segment
+from inference.fast.parallel import Parallel, SingleProcess
 from inference.fast.sampler import SlotSampler
-from inference.fast.weights import extract_weights
+from inference.fast.weights import (
+    LlamaWeights,
+    build_weights,
+    extract_weights,
+    fetch_from_model,
+    release_layer_weights,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -55,13 +62,42 @@ def use_cache_dir(cache_dir: str | Path) -> None:
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root / "inductor"))
 
 
+def decoder_weights(model: Any, *, fp8: bool, parallel: Parallel) -> LlamaWeights:
+    """The weights to serve: the model's own (fused in place), or new FP8 / tensor-parallel ones built from it.
+
+    An FP8 build releases the model's bf16 matrices layer by layer as it goes (so it fits beside them on one GPU):
+    the transformers model cannot run a forward afterwards."""
+    if isinstance(model, LlamaWeights):
+        return model
+    if not fp8 and parallel.world == 1:
+        return extract_weights(model)
+    embed = model.get_input_embeddings().weight
+    return build_weights(
+        model.config,
+        fetch_from_model(model),
+        device=embed.device,
+        dtype=embed.dtype,
+        rank=parallel.rank,
+        world=parallel.world,
+        fp8=fp8,
+        release=release_layer_weights(model) if fp8 else None,
+    )
+
+
 class StaticSlotDecoder:
-    """Batch decoder for Llama-architecture transformers models; CUDA graphs on a GPU, the same code eagerly on CPU."""
+    """Batch decoder for Llama-architecture transformers models; CUDA graphs on a GPU, the same code eagerly on CPU.
+
+    ``model`` is a loaded transformers Llama model, or LlamaWeights already built (``weights.build_weights``: a
+    tensor-parallel rank's slice, FP8 matrices). ``fp8`` quantises the model's weights to FP8 (weight-only).
+    ``parallel`` is this process's tensor-parallel group (``parallel.py``); rank 0's decoder is then wrapped in a
+    ``mirror.MirroredDecoder`` and the others run ``mirror.follow``."""
 
     def __init__(
         self,
         model: Any,
         *,
+        fp8: bool = False,
+        parallel: Parallel | None = None,
         capacity: int = 8,
         max_context: int | None = None,
         block_size: int = 64,
@@ -76,7 +112,12 @@ class StaticSlotDecoder:
     ) -> None:
         if cache_dir is not None:
             use_cache_dir(cache_dir)
-        self._weights = extract_weights(model)
+        self.parallel = parallel or SingleProcess()
+        self._weights = decoder_weights(model, fp8=fp8, parallel=self.parallel)
+        # whether the transformers model still computes what this decoder serves (so the hf decoder can take over
+        # for a LoRA): not after an FP8 build released its weights, nor for a tensor-parallel slice
+        self.model_intact = not fp8 and self.parallel.world == 1 and not isinstance(model, LlamaWeights)
+        self.fp8 = fp8
         if self._weights.device.type == "cuda":
             torch.cuda.empty_cache()  # the fusion's freed blocks go back, so free memory is measured right
         spec = self._weights.spec
@@ -122,7 +163,12 @@ class StaticSlotDecoder:
         scratch = KVBudget(num_blocks=2, block_size=block_size)
         self.pool = BlockPool(scratch, capacity, max_blocks, self.device)
         self.model = FastLlama(
-            self._weights, 2, block_size, self.max_context, LinearPlan(self.device, gemm, plan_file)
+            self._weights,
+            2,
+            block_size,
+            self.max_context,
+            LinearPlan(self.device, gemm, plan_file),
+            self.parallel,
         )
         self.model.tune()
         if self.device.type == "cuda":
@@ -143,6 +189,8 @@ class StaticSlotDecoder:
             budget_bytes=kv_budget_bytes,
             reserve_bytes=reserve_bytes,
         )
+        agreed = self.parallel.agree_min(budget.num_blocks)  # every rank's pool the same size: same admissions
+        budget = KVBudget(num_blocks=agreed, block_size=block_size)
         for attempt in range(8):
             try:
                 self.model.allocate_kv(budget.num_blocks)
@@ -153,7 +201,12 @@ class StaticSlotDecoder:
                     self._dry_run_prefill()
                 break
             except (torch.OutOfMemoryError, torch.AcceleratorError) as exc:
-                if "out of memory" not in str(exc) or attempt == 7 or budget.num_blocks < 4:
+                if (
+                    "out of memory" not in str(exc)
+                    or attempt == 7
+                    or budget.num_blocks < 4
+                    or self.parallel.world > 1  # the other ranks are inside collectives: no retry alone
+                ):
                     raise
                 self._graphs.clear()
                 self.model.free_kv()

@@ -2,6 +2,8 @@
 
 Same function as transformers' ``LlamaForCausalLM``: RMSNorm, rotary embedding with the config's (Llama-3) scaling,
 grouped-query attention, SiLU MLP, residuals rounded in the model dtype as the eager forward rounds them.
+Under tensor parallelism (``parallel.py``) each rank runs its heads and MLP columns; the O and down projections'
+partial sums are all-reduced, and the logits gathered, so every rank ends each step with the same full logits.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch.nn.functional as F
 
 from inference.fast import ops
 from inference.fast.gemm import LinearPlan
+from inference.fast.parallel import Parallel, SingleProcess
 from inference.fast.weights import LlamaWeights, rope_tables
 
 _log = logging.getLogger(__name__)
@@ -38,9 +41,11 @@ class FastLlama:
         block_size: int,
         max_positions: int,
         plan: LinearPlan | None = None,
+        parallel: Parallel | None = None,
     ) -> None:
         spec = weights.spec
         self.plan = plan or LinearPlan(weights.device, "cublas")
+        self.parallel = parallel or SingleProcess()
         self.w = weights
         self.spec = spec
         self.block_size = block_size
@@ -102,14 +107,18 @@ class FastLlama:
                 spec.head_dim,
             )
             a = attend(q, i)  # type: ignore[operator]
-            h = ops.rms_norm(self.plan.linear(a, layer.o), layer.post_norm, eps, residual)
+            o = self.parallel.all_reduce(self.plan.linear(a, layer.o))
+            h = ops.rms_norm(o, layer.post_norm, eps, residual)
             m = self.plan.linear(ops.silu_mul(self.plan.linear(h, layer.gate_up)), layer.down)
+            m = self.parallel.all_reduce(m)
             nxt = w.layers[i + 1].input_norm if i + 1 < len(w.layers) else w.norm
             h = ops.rms_norm(m, nxt, eps, residual)
         return h  # final-normed hidden states
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
-        return self.plan.linear(h, self.w.lm_head).float()
+        """[rows, vocab] float32: every rank's slice of the vocabulary gathered (identity on one rank)."""
+        local = self.plan.linear(h, self.w.lm_head)
+        return self.parallel.gather_rows(local, self.spec.vocab_size).float()
 
     def prefill(
         self, ids: torch.Tensor, positions: torch.Tensor, slot_mapping: torch.Tensor, segments: list[Segment]

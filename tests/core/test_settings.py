@@ -61,3 +61,30 @@ def test_toml_file_is_read_but_secrets_in_it_are_refused(tmp_path: Path) -> None
     (tmp_path / "hanbot.toml").write_text('discord_token = "abc"\n', encoding="utf-8")
     with pytest.raises(ConfigError, match="environment"):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("env", "advice"),
+    [
+        ({"HANBOT_ENGINE__FP8_WEIGHTS": "true", "HANBOT_ENGINE__DECODER": "hf"}, "HANBOT_ENGINE__DECODER"),
+        ({"HANBOT_ENGINE__TENSOR_PARALLEL": "2", "HANBOT_ENGINE__DECODER": "hf"}, "HANBOT_ENGINE__DECODER"),
+        (
+            {"HANBOT_ENGINE__FP8_WEIGHTS": "true", "HANBOT_MODEL__QUANTIZATION": "4bit"},
+            "HANBOT_MODEL__QUANTIZATION",
+        ),
+    ],
+)
+def test_fast_decoder_options_are_checked_at_start(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], advice: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=advice):
+        load_settings()
+
+
+def test_fp8_and_tensor_parallel_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HANBOT_ENGINE__FP8_WEIGHTS", "true")
+    monkeypatch.setenv("HANBOT_ENGINE__TENSOR_PARALLEL", "2")
+    settings = load_settings()
+    assert settings.engine.fp8_weights and settings.engine.tensor_parallel == 2

@@ -1,0 +1,118 @@
+"""Rank 0 leads, the other tensor-parallel ranks follow: every decoder call rank 0 makes is replayed on the others.
+
+Only rank 0 runs the bot (adapters, store, engine and its scheduler). Its decoder is wrapped in ``MirroredDecoder``:
+each call that changes the decoder's state (submit, admit, step, release...) is first sent to the other ranks over
+the gloo control group, then run locally. The other ranks run ``follow(decoder, group)``, which runs the same calls
+on their own slice of the model in the same order, so the collectives inside them line up. Every rank decides the
+same way (same KV pool sizes, agreed at start; same logits, so the same sampled tokens), so the followers need
+nothing back. Queries that change nothing (``capacity``, ``can_admit``) are answered by rank 0 alone.
+
+A request without a seed gets one here, before it is sent: each rank's sampler would otherwise draw its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from inference.decoder import SlotRequest
+from inference.fast.parallel import Parallel
+
+_log = logging.getLogger(__name__)
+
+MIRRORED = ("admit", "admit_many", "submit", "complete", "step", "release", "close")
+_STOP = "__stop__"
+
+
+def _seeded(request: SlotRequest) -> SlotRequest:
+    if request.params.seed is not None:
+        return request
+    params = dataclasses.replace(request.params, seed=random.getrandbits(32))
+    return dataclasses.replace(request, params=params)
+
+
+class MirroredDecoder:
+    """The BatchDecoder rank 0's engine uses: ``inner`` (this rank's StaticSlotDecoder) plus the followers."""
+
+    def __init__(self, inner: Any, group: Parallel) -> None:
+        self.inner = inner
+        self.group = group
+        self._closed = False
+
+    def _send(self, name: str, *args: Any) -> None:
+        self.group.broadcast_object((name, args))
+
+    # ---- the BatchDecoder contract and the static decoder's extras ----
+
+    @property
+    def capacity(self) -> int:
+        return int(self.inner.capacity)
+
+    @property
+    def max_request_tokens(self) -> int:
+        return int(self.inner.max_request_tokens)
+
+    def can_admit(self, prompt_len: int, max_new_tokens: int) -> bool:
+        return bool(self.inner.can_admit(prompt_len, max_new_tokens))
+
+    def admit(self, request: SlotRequest) -> int:
+        request = _seeded(request)
+        self._send("admit", request)
+        return int(self.inner.admit(request))
+
+    def admit_many(self, requests: Iterable[SlotRequest]) -> dict[int, int]:
+        seeded = [_seeded(r) for r in requests]
+        self._send("admit_many", seeded)
+        return dict(self.inner.admit_many(seeded))
+
+    def submit(self, request: SlotRequest) -> None:
+        request = _seeded(request)
+        self._send("submit", request)
+        self.inner.submit(request)
+
+    def complete(self, slots: Sequence[int]) -> dict[int, int]:
+        self._send("complete", list(slots))
+        return dict(self.inner.complete(slots))
+
+    def step(self) -> dict[int, int]:
+        self._send("step")
+        return dict(self.inner.step())
+
+    def release(self, slot: int) -> None:
+        self._send("release", slot)
+        self.inner.release(slot)
+
+    def close(self) -> None:
+        """Close this decoder and stop the followers (their ``follow`` returns)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._send(_STOP)
+        self.inner.close()
+
+    def __getattr__(self, name: str) -> Any:  # inspection (kv_tokens, model, last_step_logits...): rank 0's
+        return getattr(self.inner, name)
+
+
+def follow(decoder: Any, group: Parallel) -> int:
+    """Run rank 0's decoder calls on this rank's decoder until rank 0 closes; returns the number of calls run.
+
+    A call that fails here failed on rank 0 too (the same state, the same inputs): it is logged and skipped, as
+    rank 0's engine fails that request and goes on."""
+    calls = 0
+    while True:
+        name, args = group.broadcast_object(None)
+        if name == _STOP:
+            decoder.close()
+            _log.info("follower rank %d: leader closed after %d calls", group.rank, calls)
+            return calls
+        if name not in MIRRORED:
+            raise RuntimeError(f"follower got an unknown call {name!r}")
+        calls += 1
+        try:
+            getattr(decoder, name)(*args)
+        except Exception as exc:
+            _log.warning("follower rank %d: %s failed as on rank 0 (%s)", group.rank, name, exc)

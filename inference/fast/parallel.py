@@ -1,0 +1,227 @@
+"""Tensor parallelism for the fast decoder: this process's place in a group of processes, one GPU each.
+
+Each rank holds a slice of every weight matrix (Megatron style): the attention heads and the MLP's intermediate
+columns are split, so Q/K/V and gate/up are column slices and the O and down projections are row slices whose
+partial outputs are summed with one all-reduce each per layer. The vocabulary projection is split by rows and the
+logits are gathered, so every rank holds the same full logits and samples the same token (the sampler draws its
+randomness from (seed, position, token id), not from a generator). Embeddings and norms are replicated.
+
+``SingleProcess`` is the no-op group (one GPU, or the CPU). ``TensorParallel.from_env()`` joins the group that
+``torchrun`` describes in the environment: gloo for the decoder calls rank 0 sends the other ranks (see
+``mirror.py``) and for agreeing on sizes; for the tensors, NCCL called directly through ctypes on GPUs (as vLLM's
+pynccl does: a raw NCCL call carries no host-side state, so it can be captured in the decode step's CUDA graph and
+replayed; a ProcessGroupNCCL collective keeps per-call bookkeeping that a replay does not advance), gloo on CPU.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import logging
+import os
+import sys
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+_log = logging.getLogger(__name__)
+
+
+class SingleProcess:
+    """No tensor parallelism: rank 0 of 1; the collectives are identities."""
+
+    rank = 0
+    world = 1
+
+    @property
+    def is_leader(self) -> bool:
+        return self.rank == 0
+
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def gather_rows(self, x: torch.Tensor, full: int) -> torch.Tensor:
+        """[rows, cols] → [rows, full] (the columns of all ranks side by side, cut to ``full``)."""
+        return x[:, :full] if x.shape[1] != full else x
+
+    def agree_min(self, value: int) -> int:
+        return value
+
+    def broadcast_object(self, obj: Any) -> Any:
+        return obj
+
+    def barrier(self) -> None:
+        pass
+
+
+class TensorParallel(SingleProcess):
+    """A torch.distributed group: a gloo ``control`` group for objects, and for tensors ``nccl`` (GPUs) or the
+    gloo group itself (CPU)."""
+
+    def __init__(self, rank: int, world: int, control: Any, nccl: NcclComm | None = None) -> None:
+        self.rank = rank
+        self.world = world
+        self._control = control
+        self._nccl = nccl
+
+    @classmethod
+    def from_env(cls, device_type: str = "cuda", timeout_s: float = 1800.0) -> TensorParallel:
+        """Join the process group ``torchrun`` set up in the environment (RANK, WORLD_SIZE, MASTER_ADDR...)."""
+        if not dist.is_initialized():
+            backend = "nccl" if device_type == "cuda" else "gloo"
+            if device_type == "cuda":
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+        rank, world = dist.get_rank(), dist.get_world_size()
+        control = (
+            dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
+            if dist.get_backend() != "gloo"
+            else dist.group.WORLD
+        )
+        group = cls(rank, world, control)
+        if device_type == "cuda":
+            group._nccl = NcclComm.create(group, torch.device("cuda", torch.cuda.current_device()))
+        _log.info("tensor parallel: rank %d of %d (%s)", rank, world, "nccl" if group._nccl else "gloo")
+        return group
+
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        if self._nccl is not None:
+            self._nccl.all_reduce(x)
+        else:
+            dist.all_reduce(x, group=self._control)
+        return x
+
+    def gather_rows(self, x: torch.Tensor, full: int) -> torch.Tensor:
+        rows, cols = x.shape
+        x = x.contiguous()
+        out = torch.empty((self.world * rows, cols), dtype=x.dtype, device=x.device)
+        if self._nccl is not None:
+            self._nccl.all_gather(out, x)
+        else:
+            dist.all_gather(list(out.chunk(self.world)), x, group=self._control)
+        return out.view(self.world, rows, cols).permute(1, 0, 2).reshape(rows, self.world * cols)[:, :full]
+
+    def agree_min(self, value: int) -> int:
+        t = torch.tensor([value], dtype=torch.int64)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self._control)
+        return int(t.item())
+
+    def broadcast_object(self, obj: Any) -> Any:
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, group=self._control)
+        return box[0]
+
+    def barrier(self) -> None:
+        dist.barrier(group=self._control)
+
+
+Parallel = SingleProcess  # the type every user of a group annotates with (TensorParallel is one)
+
+
+def split(total: int, world: int, what: str) -> int:
+    """``total / world``, refusing a split that is not even (heads, KV heads, intermediate columns)."""
+    if total % world:
+        raise ValueError(f"{what} ({total}) does not split evenly over {world} tensor-parallel ranks")
+    return total // world
+
+
+# ---- NCCL through ctypes (capturable in CUDA graphs) ------------------------------------------------------------
+
+_NCCL_TYPES = {
+    torch.int8: 0,
+    torch.uint8: 1,
+    torch.int32: 2,
+    torch.int64: 4,
+    torch.float16: 6,
+    torch.float32: 7,
+    torch.float64: 8,
+    torch.bfloat16: 9,
+}
+_NCCL_SUM = 0
+
+
+class _UniqueId(ctypes.Structure):
+    _fields_ = [("internal", ctypes.c_byte * 128)]
+
+
+def _load_nccl() -> ctypes.CDLL:
+    """libnccl.so.2: the one torch loaded (found by its soname), else the nvidia-nccl wheel's."""
+    names = [os.environ.get("HANBOT_NCCL_LIBRARY", ""), "libnccl.so.2", "libnccl.so"]
+    for root in sys.path:
+        names += glob.glob(os.path.join(root, "nvidia", "nccl*", "lib", "libnccl.so*"))
+    errors = []
+    for name in filter(None, names):
+        try:
+            return ctypes.CDLL(name)
+        except OSError as exc:
+            errors.append(f"{name}: {exc}")
+    raise RuntimeError("NCCL library not found (set HANBOT_NCCL_LIBRARY): " + "; ".join(errors[:3]))
+
+
+class NcclComm:
+    """One NCCL communicator over the group's ranks; calls go on the current CUDA stream (so they are captured)."""
+
+    def __init__(self, lib: ctypes.CDLL, comm: ctypes.c_void_p, device: torch.device) -> None:
+        self._lib = lib
+        self._comm = comm
+        self.device = device
+        lib.ncclGetErrorString.restype = ctypes.c_char_p
+
+    @classmethod
+    def create(cls, group: TensorParallel, device: torch.device) -> NcclComm:
+        lib = _load_nccl()
+        uid = _UniqueId()
+        if group.rank == 0:
+            cls._check(lib, lib.ncclGetUniqueId(ctypes.byref(uid)), "ncclGetUniqueId")
+        raw = group.broadcast_object(bytes(uid.internal) if group.rank == 0 else None)
+        ctypes.memmove(ctypes.addressof(uid), raw, len(raw))
+        comm = ctypes.c_void_p()
+        with torch.cuda.device(device):
+            cls._check(
+                lib,
+                lib.ncclCommInitRank(ctypes.byref(comm), group.world, uid, group.rank),
+                "ncclCommInitRank",
+            )
+        made = cls(lib, comm, device)
+        probe = torch.ones(1, device=device)
+        made.all_reduce(probe)
+        torch.cuda.synchronize(device)
+        if int(probe.item()) != group.world:
+            raise RuntimeError(f"NCCL all-reduce probe gave {probe.item()}, expected {group.world}")
+        return made
+
+    @staticmethod
+    def _check(lib: ctypes.CDLL, code: int, what: str) -> None:
+        if code != 0:
+            lib.ncclGetErrorString.restype = ctypes.c_char_p
+            raise RuntimeError(f"{what} failed: NCCL error {code} ({lib.ncclGetErrorString(code).decode()})")
+
+    def _stream(self) -> ctypes.c_void_p:
+        return ctypes.c_void_p(torch.cuda.current_stream(self.device).cuda_stream)
+
+    def all_reduce(self, x: torch.Tensor) -> None:
+        """Sum ``x`` over the ranks, in place."""
+        code = self._lib.ncclAllReduce(
+            ctypes.c_void_p(x.data_ptr()),
+            ctypes.c_void_p(x.data_ptr()),
+            ctypes.c_size_t(x.numel()),
+            _NCCL_TYPES[x.dtype],
+            _NCCL_SUM,
+            self._comm,
+            self._stream(),
+        )
+        self._check(self._lib, code, "ncclAllReduce")
+
+    def all_gather(self, out: torch.Tensor, x: torch.Tensor) -> None:
+        """``out`` = every rank's ``x`` one after the other (rank order)."""
+        code = self._lib.ncclAllGather(
+            ctypes.c_void_p(x.data_ptr()),
+            ctypes.c_void_p(out.data_ptr()),
+            ctypes.c_size_t(x.numel()),
+            _NCCL_TYPES[x.dtype],
+            self._comm,
+            self._stream(),
+        )
+        self._check(self._lib, code, "ncclAllGather")

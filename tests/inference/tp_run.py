@@ -1,0 +1,88 @@
+"""One rank of a tensor-parallel run on the CPU (gloo), started by test_tensor_parallel.py as a subprocess.
+
+    python tests/inference/tp_run.py CHECKPOINT_DIR OUT_JSON    (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set)
+
+Every rank reads its slice of the checkpoint and builds a StaticSlotDecoder over it; rank 0 drives ``schedule``
+through a MirroredDecoder and writes the tokens to OUT_JSON, the others follow.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bot.domain import GenerationParams  # noqa: E402
+from inference.decoder import SlotRequest  # noqa: E402
+
+GREEDY = GenerationParams(max_new_tokens=12, do_sample=False, repetition_penalty=1.0)
+SEEDED = GenerationParams(max_new_tokens=12, temperature=0.9, top_p=0.9, repetition_penalty=1.1, seed=1234)
+UNSEEDED = GenerationParams(max_new_tokens=12, temperature=0.9, top_p=0.9, repetition_penalty=1.1)
+PROMPTS = {0: [5, 17, 33, 2, 81, 9], 1: [44, 3, 3, 120, 7], 2: list(range(60, 131)), 3: [200, 11]}
+
+
+def schedule(decoder) -> dict[str, list[int]]:
+    """Requests that join and leave the batch: greedy, seeded and unseeded sampling, prefill in one pass and
+    several; a request released mid-way. Returns {name: tokens}."""
+    out: dict[str, list[int]] = {"a": [], "b": [], "c": [], "d": []}
+    names = {0: "a", 1: "b", 2: "c", 3: "d"}
+    out["a"].append(decoder.admit(SlotRequest(0, tuple(PROMPTS[0]), GREEDY)))
+    for _ in range(3):
+        for slot, tok in decoder.step().items():
+            out[names[slot]].append(tok)
+    firsts = decoder.admit_many(
+        [SlotRequest(1, tuple(PROMPTS[1]), SEEDED), SlotRequest(2, tuple(PROMPTS[2]), GREEDY)]
+    )
+    for slot, tok in firsts.items():
+        out[names[slot]].append(tok)
+    for _ in range(5):
+        for slot, tok in decoder.step().items():
+            out[names[slot]].append(tok)
+    decoder.release(0)  # leaves mid-way
+    decoder.submit(SlotRequest(3, tuple(PROMPTS[3]), UNSEEDED))
+    for _ in range(6):
+        for slot, tok in decoder.step().items():
+            out[names[slot]].append(tok)
+    for slot in (1, 2, 3):
+        decoder.release(slot)
+    return out
+
+
+def main() -> None:
+    from transformers import AutoConfig
+
+    from inference.fast.checkpoint import fetch_from_checkpoint
+    from inference.fast.decoder import StaticSlotDecoder
+    from inference.fast.mirror import MirroredDecoder, follow
+    from inference.fast.parallel import TensorParallel
+    from inference.fast.weights import build_weights
+
+    folder, out_file = Path(sys.argv[1]), Path(sys.argv[2])
+    group = TensorParallel.from_env("cpu")
+    config = AutoConfig.from_pretrained(folder)
+    weights = build_weights(
+        config,
+        fetch_from_checkpoint(folder),
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        rank=group.rank,
+        world=group.world,
+    )
+    decoder = StaticSlotDecoder(weights, parallel=group, capacity=4, max_context=256)
+    if group.rank != 0:
+        calls = follow(decoder, group)
+        print(json.dumps({"rank": group.rank, "calls": calls}))
+        return
+    leader = MirroredDecoder(decoder, group)
+    tokens = schedule(leader)
+    leader.close()
+    local_vocab = weights.lm_head.shape[0]  # type: ignore[union-attr]
+    out_file.write_text(json.dumps({"tokens": tokens, "local_vocab": local_vocab}))
+
+
+if __name__ == "__main__":
+    main()
