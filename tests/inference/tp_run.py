@@ -16,8 +16,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bot.domain import GenerationParams  # noqa: E402
-from inference.decoder import SlotRequest  # noqa: E402
+from bot.domain import GenerationParams
+from inference.decoder import SlotRequest
 
 GREEDY = GenerationParams(max_new_tokens=12, do_sample=False, repetition_penalty=1.0)
 SEEDED = GenerationParams(max_new_tokens=12, temperature=0.9, top_p=0.9, repetition_penalty=1.1, seed=1234)
