@@ -33,6 +33,9 @@ class CommandContext:
     invoker: Author
     args: Mapping[str, str] = field(default_factory=dict)
     lang: Lang = "en"
+    # The platform could not say which thread the command is about (Slack sends none with slash commands): commands
+    # that act on a conversation take the invoker's latest thread in ``conversation``'s channel.
+    thread_unknown: bool = False
 
 
 Handler = Callable[[CommandContext], Awaitable[CommandReply]]

@@ -64,6 +64,18 @@ TEXTS: dict[str, dict[Lang, str]] = {
         "ko": "이 채널의 대화 기록을 지웠어요 ({count}개 메시지).",
         "en": "This channel's conversation was cleared ({count} messages).",
     },
+    "cmd.reset.done_thread": {
+        "ko": "이 채널에서 최근에 저와 나눈 대화를 지웠어요: “{opening}”(으)로 시작하는 스레드 ({count}개 메시지). "
+        "다른 스레드를 지우려면 그 스레드의 링크를 붙여 주세요: /reset <링크>",
+        "en": "Cleared your latest conversation with me in this channel: the thread that starts “{opening}” "
+        "({count} messages). To clear another thread, add its link: /reset <link>",
+    },
+    "cmd.reset.no_thread": {
+        "ko": "이 채널에서 저와 대화한 스레드를 찾지 못했어요. 지울 스레드의 링크를 붙여 주세요 "
+        "(스레드 첫 메시지 ⋮ → 링크 복사): /reset <링크>",
+        "en": "I found no thread in this channel where you talked with me. Add the link of the thread to clear "
+        "(⋮ → Copy link on its first message): /reset <link>",
+    },
     "cmd.finetune.unavailable": {
         "ko": "학습 기능이 아직 설정되지 않았어요.",
         "en": "Fine-tuning is not set up on this bot.",

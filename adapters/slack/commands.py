@@ -5,7 +5,8 @@ Who may run an admin command is decided in the core (``CommandRegistry.run``): t
 is, with ``platform_admin`` set for workspace admins and owners (``users.info``, asked fresh each time).
 
 Which conversation: in a DM, the DM. Slack sends no thread with a slash command, so in a channel a thread is named by
-its link (``/reset https://….slack.com/archives/C…/p1712345678123456``); without one, the channel itself.
+its link (``/reset https://….slack.com/archives/C…/p1712345678123456``); without one the context says the thread is
+unknown, and the core takes the invoker's latest thread with the bot in that channel.
 """
 
 from __future__ import annotations
@@ -66,12 +67,14 @@ class SlashCommands:
         user = await self._users.get(str(command["user_id"]), fresh=True)
         thread, rest = thread_from_link(text, str(command.get("channel_id", "")))
         spec = self._registry.get(name)
+        conversation = conversation_for_command(command, thread)
         return CommandContext(
             platform=PLATFORM,
-            conversation=conversation_for_command(command, thread),
+            conversation=conversation,
             invoker=user.author(),
             args=arguments(spec, rest) if spec else {},
             lang=user.lang or language_of(text),
+            thread_unknown=not is_dm(conversation) and _PERMALINK.search(text) is None,
         )
 
 
@@ -81,6 +84,10 @@ def conversation_for_command(command: Mapping[str, Any], thread: str) -> Convers
     if channel.startswith("D"):  # a DM is one conversation
         return ConversationKey(PLATFORM, workspace, channel)
     return ConversationKey(PLATFORM, workspace, channel, thread)
+
+
+def is_dm(conversation: ConversationKey) -> bool:
+    return conversation.channel.startswith("D")
 
 
 def thread_from_link(text: str, channel: str) -> tuple[str, str]:

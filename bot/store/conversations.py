@@ -182,6 +182,33 @@ class ConversationStore:
             )
             return StoredMessage.of(row) if row else None
 
+    def latest_thread_with(self, key: ConversationKey, author_id: str) -> ConversationKey | None:
+        """The thread of ``key``'s channel where ``author_id`` wrote last (by their newest stored turn), if any."""
+        with self._sessions.begin() as session:
+            conversation = session.scalar(
+                select(Conversation)
+                .join(Message)
+                .where(
+                    Conversation.platform == key.platform,
+                    Conversation.workspace == key.workspace,
+                    Conversation.channel == key.channel,
+                    Conversation.thread != "",
+                    Message.author_id == author_id,
+                    Message.role == Role.USER.value,
+                )
+                .order_by(Message.id.desc())
+                .limit(1)
+            )
+            return conversation.key if conversation is not None else None
+
+    def first_message(self, key: ConversationKey) -> StoredMessage | None:
+        """The conversation's oldest stored turn."""
+        with self._sessions.begin() as session:
+            row = session.scalar(
+                select(Message).join(Conversation).where(*_key_filter(key)).order_by(Message.id).limit(1)
+            )
+            return StoredMessage.of(row) if row is not None else None
+
     def reset(self, key: ConversationKey, *, actor: str) -> int:
         """Forget the conversation's turns (the conversation row and its settings stay). Returns how many."""
         with self._sessions.begin() as session:

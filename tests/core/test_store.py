@@ -127,6 +127,27 @@ def test_reset_forgets_only_that_conversation(store: ConversationStore) -> None:
     assert store.reset(ConversationKey("discord", "g", "never-seen"), actor="x") == 0
 
 
+def test_latest_thread_with_is_the_thread_of_the_channel_where_the_user_wrote_last(
+    store: ConversationStore,
+) -> None:
+    channel = ConversationKey("slack", "T1", "C1")
+    first, second = ConversationKey("slack", "T1", "C1", "1.1"), ConversationKey("slack", "T1", "C1", "2.2")
+    minsu, bob = Author("U1", "민수"), Author("U2", "Bob")
+    store.add_message(first, Role.USER, "first thread", author=minsu)
+    store.add_message(second, Role.USER, "second thread", author=minsu)
+    store.add_message(first, Role.USER, "bob in the first", author=bob)
+    store.add_message(ConversationKey("slack", "T1", "C2", "3.3"), Role.USER, "other channel", author=minsu)
+    store.add_message(channel, Role.USER, "the channel itself is no thread", author=minsu)
+
+    assert store.latest_thread_with(channel, "U1") == second
+    assert store.latest_thread_with(channel, "U2") == first
+    store.add_message(first, Role.USER, "minsu again", author=minsu)
+    assert store.latest_thread_with(channel, "U1") == first
+    assert store.latest_thread_with(channel, "U3") is None
+    opening = store.first_message(first)
+    assert opening is not None and opening.content == "first thread"
+
+
 def test_delivery_ids_are_recorded_once(store: ConversationStore) -> None:
     assert store.record_event("slack", "Ev1") is True
     assert store.record_event("slack", "Ev1") is False

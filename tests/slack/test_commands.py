@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from adapters.slack.mrkdwn import to_mrkdwn
 from bot.domain import ConversationKey
 from bot.texts import say
 from tests.fakes import ScriptedEngine
 from tests.slack.fake_slack import TEAM
-from tests.slack.harness import command_form, dm_event, envelope
+from tests.slack.harness import channel_message, command_form, dm_event, envelope, mention_event
 
 DM = ConversationKey("slack", TEAM, "D1")
 
@@ -85,3 +86,88 @@ async def test_finetune_takes_its_action_and_is_for_admins(start_bot, fake_slack
     by_user = {r["_name"]: r["text"] for r in fake_slack.responses}
     assert by_user["finetune-UADMIN"] == say("cmd.finetune.unavailable", "en")
     assert by_user["finetune-UALICE"] == say("error.not_admin", "en")
+
+
+async def _talk_in_thread(bot, fake_slack, event, event_id: str, key: ConversationKey, turns: int) -> None:
+    await bot.post_event(envelope(event, event_id))
+    await fake_slack.wait_until(lambda: len(bot.history(key)) == turns)
+
+
+async def test_reset_in_a_channel_without_a_link_clears_my_latest_thread_there_and_names_it(
+    start_bot, fake_slack, caplog
+):
+    bot = await start_bot(engine=ScriptedEngine(reply="noted"))
+    older, newer, alices, elsewhere = (
+        "1700000030.000100",
+        "1700000031.000100",
+        "1700000032.000100",
+        "1700000033.1",
+    )
+    keys = {ts: ConversationKey("slack", TEAM, "C1", ts) for ts in (older, newer, alices)}
+    keys[elsewhere] = ConversationKey("slack", TEAM, "C2", elsewhere)
+    await _talk_in_thread(
+        bot, fake_slack, mention_event("배포 일정 정리해 줘", older, user="UADMIN"), "E1", keys[older], 2
+    )
+    await _talk_in_thread(
+        bot,
+        fake_slack,
+        mention_event("What   changed in the\nnew release notes for version two?", newer, user="UADMIN"),
+        "E2",
+        keys[newer],
+        2,
+    )
+    await _talk_in_thread(bot, fake_slack, mention_event("alice's thread", alices), "E3", keys[alices], 2)
+    await _talk_in_thread(
+        bot,
+        fake_slack,
+        mention_event("another channel", elsewhere, user="UADMIN", channel="C2"),
+        "E4",
+        keys[elsewhere],
+        2,
+    )
+    # the admin writes again in the older thread: that is now their latest conversation in C1
+    await _talk_in_thread(
+        bot,
+        fake_slack,
+        channel_message("<@UBOT> 하나 더", "1700000034.000100", thread_ts=older, user="UADMIN"),
+        "E5",
+        keys[older],
+        4,
+    )
+    caplog.set_level("INFO")
+
+    await bot.post_command(command_form(fake_slack, "/reset", user="UADMIN", channel="C1"))
+    await fake_slack.wait_until(lambda: len(fake_slack.responses) == 1)
+
+    assert bot.history(keys[older]) == []
+    assert [len(bot.history(keys[k])) for k in (newer, alices, elsewhere)] == [2, 2, 2]
+    answer = fake_slack.responses[0]
+    assert answer["response_type"] == "ephemeral"
+    assert answer["text"] == to_mrkdwn(
+        say("cmd.reset.done_thread", "en", count=4, opening="배포 일정 정리해 줘")
+    )
+    assert "배포" not in caplog.text, "message text never reaches the logs at INFO"
+
+    # the next /reset takes the newer thread, named by its first words (on one line, cut at a word)
+    await bot.post_command(command_form(fake_slack, "/reset", user="UADMIN", channel="C1"))
+    await fake_slack.wait_until(lambda: len(fake_slack.responses) == 2)
+    assert fake_slack.responses[1]["text"] == to_mrkdwn(
+        say("cmd.reset.done_thread", "en", count=2, opening="What changed in the new release notes…")
+    )
+    assert bot.history(keys[newer]) == [] and len(bot.history(keys[alices])) == 2
+
+
+async def test_reset_in_a_channel_where_i_never_talked_to_the_bot_asks_for_the_link(start_bot, fake_slack):
+    bot = await start_bot(engine=ScriptedEngine(reply="noted"))
+    thread = "1700000040.000100"
+    key = ConversationKey("slack", TEAM, "C1", thread)
+    await _talk_in_thread(bot, fake_slack, mention_event("alice asks", thread), "E1", key, 2)
+
+    await bot.post_command(command_form(fake_slack, "/reset", user="UADMIN", channel="C1"))
+    await bot.post_command(command_form(fake_slack, "/reset", user="UALICE", channel="C1"))
+
+    await fake_slack.wait_until(lambda: len(fake_slack.responses) == 2)
+    by_user = {r["_name"]: r["text"] for r in fake_slack.responses}
+    assert by_user["reset-UADMIN"] == to_mrkdwn(say("cmd.reset.no_thread", "en"))
+    assert by_user["reset-UALICE"] == say("error.not_admin", "en"), "the core still checks who may reset"
+    assert len(bot.history(key)) == 2
