@@ -66,6 +66,9 @@ class LinearPlan:
         self._fp8_kernels = ops.triton_kernels(device) if device.type == "cuda" else None
         # How FP8 prefill (more than 32 rows) runs: "scaled_mm" (W8A8, FP8 tensor cores) or "dequant".
         self.fp8_prefill = self._resolve_fp8_prefill(fp8_prefill)
+        self.scaled_mm_pad_rows = (
+            False  # set when _scaled_mm refused an unaligned row count and padding helped
+        )
 
     def _resolve_fp8_prefill(self, requested: str) -> str:
         if self.device.type != "cuda":
@@ -103,8 +106,19 @@ class LinearPlan:
             return self._fp8_kernels.fp8_skinny_linear(x, w.data, w.scale, cfg)  # type: ignore[no-any-return]
         if self.fp8_prefill == "scaled_mm" and x.dtype == torch.bfloat16 and _scaled_mm_shape_ok(w):
             try:
-                return scaled_mm_linear(x, w)
-            except Exception as exc:  # an unsupported build or shape: the dequantised product is always right
+                return scaled_mm_linear(x, w, pad_rows=self.scaled_mm_pad_rows)
+            except Exception as exc:
+                if not self.scaled_mm_pad_rows and m % 16:
+                    # a build may want aligned rows: retry once padded to 16; keep padding if that works
+                    try:
+                        y = scaled_mm_linear(x, w, pad_rows=True)
+                    except Exception:
+                        y = None
+                    if y is not None:
+                        self.scaled_mm_pad_rows = True
+                        _log.warning("torch._scaled_mm needed rows padded to a multiple of 16 (%s)", exc)
+                        return y
+                # an unsupported build or shape: the dequantised product is always right
                 _log.warning(
                     "torch._scaled_mm failed (%s): FP8 prefill falls back to dequantise + cuBLAS", exc
                 )
@@ -116,14 +130,15 @@ class LinearPlan:
         return self._fp8_kernels.fp8_skinny_linear(x, w.data, w.scale, cfg)  # type: ignore[no-any-return]
 
     def _tune_fp8(self, name: str, mats: Sequence[Fp8Weight]) -> None:
-        """Time every FP8 config per row class; a config whose result disagrees with the default's is dropped."""
+        """Time every FP8 config per row class; a config whose result disagrees with the dequantised product is
+        dropped, so a miscompiled config cannot win by being fast."""
         kernels = self._fp8_kernels
         assert kernels is not None
         n, k = mats[0].shape
         bytes_ = mats[0].nbytes()
         for rows in ROW_CLASSES:
             x = torch.randn((rows, k), dtype=torch.bfloat16, device=self.device)
-            ref = self._run_fp8(x, mats[0], kernels.FP8_DEFAULT_CONFIG).float()
+            ref = dequant_linear(x, mats[0]).float()
             tol = 1e-2 * float(ref.abs().max()) + 1e-6
             best: tuple[int, ...] = kernels.FP8_DEFAULT_CONFIG
             best_t = float("inf")
@@ -288,13 +303,20 @@ def quantize_rows_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return xq, scale
 
 
-def scaled_mm_linear(x: torch.Tensor, w: Fp8Weight) -> torch.Tensor:
-    """W8A8: x quantised per token, one ``torch._scaled_mm`` with row-wise scales on both sides (Hopper FP8)."""
+def scaled_mm_linear(x: torch.Tensor, w: Fp8Weight, pad_rows: bool = False) -> torch.Tensor:
+    """W8A8: x quantised per token, one ``torch._scaled_mm`` with row-wise scales on both sides (Hopper FP8).
+
+    ``pad_rows``: zero rows appended up to a multiple of 16 (dropped from the result), for builds that need it.
+    """
+    m = x.shape[0]
+    if pad_rows and m % 16:
+        x = F.pad(x, (0, 0, 0, 16 - m % 16))
     xq, sx = quantize_rows_fp8(x)
     n = w.shape[0]
-    return torch._scaled_mm(
+    y = torch._scaled_mm(
         xq, w.data.t(), scale_a=sx, scale_b=w.scale.view(1, n), out_dtype=x.dtype, use_fast_accum=False
     )
+    return y[:m] if y.shape[0] != m else y
 
 
 def dequant_linear(x: torch.Tensor, w: Fp8Weight, chunk_rows: int = DEQUANT_CHUNK_ROWS) -> torch.Tensor:
