@@ -25,6 +25,7 @@ from bot.domain import (
 from bot.errors import BotError
 from bot.ports import Engine, ReplySink
 from bot.prompt import BuiltPrompt, PromptTooLong, build_prompt, speaker_turn, turn_cost
+from bot.quoting import quote_block, with_quote
 from bot.settings import Settings
 from bot.store.conversations import ConversationStore, StoredMessage
 from bot.texts import Lang, language_of, say
@@ -92,7 +93,8 @@ class ChatService:
     # the steps
 
     async def _store_user_turn(self, msg: IncomingMessage, text: str) -> StoredMessage | None:
-        tokens = turn_cost(ChatTurn(Role.USER, text), self._engine.tokenizer)
+        quote = await asyncio.to_thread(self._quote_for, msg)
+        tokens = turn_cost(ChatTurn(Role.USER, with_quote(quote, text)), self._engine.tokenizer)
         stored = await asyncio.to_thread(
             self._store.add_message,
             msg.conversation,
@@ -101,16 +103,24 @@ class ChatService:
             author=msg.author,
             token_count=tokens,
             platform_message_id=msg.message_id,
+            quoted=quote,
         )
         if stored is not None:
             _log.info(
-                "message stored conversation=%s message=%s author=%s chars=%d",
+                "message stored conversation=%s message=%s author=%s chars=%d quoted=%d",
                 msg.conversation,
                 msg.message_id,
                 msg.author.id,
                 len(text),
+                len(quote or ""),
             )
         return stored
+
+    def _quote_for(self, msg: IncomingMessage) -> str | None:
+        """The messages this one replies to that the stored conversation lacks (none without a reply chain)."""
+        if not msg.quoted:
+            return None
+        return quote_block(msg.quoted, self._store.history(msg.conversation))
 
     async def _answer(
         self, msg: IncomingMessage, user_turn: StoredMessage, sink: ReplySink, lang: Lang
@@ -150,14 +160,23 @@ class ChatService:
         history = [m for m in self._store.history(msg.conversation) if m.id != user_turn.id]
         show_names = not msg.is_direct
         system_prompt = self._store.system_prompt(msg.conversation) or self._settings.model.system_prompt
-        return build_prompt(
-            system_prompt=system_prompt,
-            history=history,
-            current=speaker_turn(user_turn, show_names=show_names),
-            tokenizer=self._engine.tokenizer,
-            max_new_tokens=self._settings.generation.max_new_tokens,
-            show_names=show_names,
-        )
+
+        def build(*, quote: bool) -> BuiltPrompt:
+            return build_prompt(
+                system_prompt=system_prompt,
+                history=history,
+                current=speaker_turn(user_turn, show_names=show_names, quote=quote),
+                tokenizer=self._engine.tokenizer,
+                max_new_tokens=self._settings.generation.max_new_tokens,
+                show_names=show_names,
+            )
+
+        try:
+            return build(quote=True)
+        except PromptTooLong:
+            if not user_turn.quoted:
+                raise
+            return build(quote=False)  # the quoted messages are context; the user's own words must fit
 
     async def _notice_trimmed_history(
         self, key: ConversationKey, prompt: BuiltPrompt, sink: ReplySink, lang: Lang

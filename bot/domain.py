@@ -53,6 +53,16 @@ class Author:
 
 
 @dataclass(frozen=True)
+class QuotedMessage:
+    """An earlier message that the incoming one replies to (Discord's *Reply*), as people read it."""
+
+    message_id: str  # the platform's id
+    author_name: str
+    text: str
+    from_bot: bool = False  # one of the bot's own messages
+
+
+@dataclass(frozen=True)
 class IncomingMessage:
     platform: str
     conversation: ConversationKey
@@ -61,6 +71,9 @@ class IncomingMessage:
     text: str  # with the bot's mention stripped
     is_direct: bool = False  # a DM: only one human speaks, so no speaker names are shown to the model
     reply_to: str | None = None
+    # The reply chain above this message, nearest first (at most bot.quoting.QUOTE_DEPTH); the core shows the model
+    # those that are not already in the conversation's stored history.
+    quoted: tuple[QuotedMessage, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from bot.domain import ChatTurn, Role
 from bot.errors import BotError
 from bot.ports import ChatTokenizer
+from bot.quoting import with_quote
 from bot.store.conversations import StoredMessage
 
 
@@ -34,12 +35,13 @@ class BuiltPrompt:
     history_dropped: int
 
 
-def speaker_turn(message: StoredMessage, *, show_names: bool) -> ChatTurn:
-    """A stored message as the model sees it: in shared channels a user turn carries the speaker's name."""
+def speaker_turn(message: StoredMessage, *, show_names: bool, quote: bool = True) -> ChatTurn:
+    """A stored message as the model sees it: in shared channels a user turn carries the speaker's name, and a
+    reply the messages it replies to above it (``quote=False`` leaves those out)."""
     content = message.content
     if show_names and message.role is Role.USER and message.author_name:
         content = f"{message.author_name}: {content}"
-    return ChatTurn(message.role, content)
+    return ChatTurn(message.role, with_quote(message.quoted if quote else None, content))
 
 
 def build_prompt(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import replace
 from typing import Any
 
 import discord
@@ -18,6 +19,7 @@ from discord import app_commands
 from adapters.discord.commands import build_tree, sync_tree
 from adapters.discord.events import to_incoming
 from adapters.discord.pacing import ChannelPacer
+from adapters.discord.replies import reply_chain
 from adapters.discord.sink import DiscordReplySink
 from bot.commands import CommandRegistry
 from bot.errors import ConfigError
@@ -175,6 +177,8 @@ class DiscordAdapter:
         incoming = to_incoming(message, client.user)
         if incoming is None:
             return
+        if message.reference is not None:
+            incoming = replace(incoming, quoted=await reply_chain(message, client.user))
         sink = DiscordReplySink(
             message.channel,
             channel_id=message.channel.id,

@@ -32,6 +32,7 @@ class StoredMessage:
     platform_message_id: str | None
     created_at: datetime
     reply_to_id: int | None = None  # a bot reply: the user turn it answers
+    quoted: str | None = None  # a user turn: the earlier messages it replies to, as the model saw them
 
     @classmethod
     def of(cls, row: Message) -> StoredMessage:
@@ -47,6 +48,7 @@ class StoredMessage:
             platform_message_id=row.platform_message_id,
             created_at=row.created_at,
             reply_to_id=row.reply_to_id,
+            quoted=row.quoted,
         )
 
 
@@ -99,10 +101,12 @@ class ConversationStore:
         status: MessageStatus = MessageStatus.COMPLETE,
         platform_message_id: str | None = None,
         reply_to: int | None = None,
+        quoted: str | None = None,
     ) -> StoredMessage | None:
         """Append a turn. Returns None when ``platform_message_id`` was already stored (a duplicate delivery).
 
         ``reply_to``: for a bot reply, the id of the user turn it answers (so /forget-me can delete it with the turn).
+        ``quoted``: for a user turn, the earlier messages it replies to (``bot.quoting``).
         """
         conv_id = self.conversation_id(key)
         row = Message(
@@ -117,6 +121,7 @@ class ConversationStore:
             platform_message_id=platform_message_id,
             created_at=utcnow(),
             reply_to_id=reply_to,
+            quoted=quoted,
         )
         try:
             with self._sessions.begin() as session:

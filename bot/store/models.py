@@ -99,6 +99,8 @@ class Message(Base):
     # migration 0002): once that turn is deleted the id matches nothing, and ids are never handed out again while a
     # reply, always stored after its turn, still holds a larger one.
     reply_to_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    # A user turn that replies to earlier messages: those messages as the model saw them (bot.quoting).
+    quoted: Mapped[str | None] = mapped_column(Text, default=None)
 
     conversation: Mapped[Conversation] = relationship(back_populates="messages")
 

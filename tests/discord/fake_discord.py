@@ -291,7 +291,7 @@ class FakeDiscord:
         if reply_to is not None:
             payload["type"] = 19
             payload["message_reference"] = {"message_id": reply_to, "channel_id": channel_id, "type": 0}
-            payload["referenced_message"] = self.messages.get(reply_to)
+            payload["referenced_message"] = _as_referenced(self.messages.get(reply_to))
         if dm:
             payload.pop("guild_id")
             payload.pop("member")
@@ -384,6 +384,7 @@ class FakeDiscord:
         r.add_put(f"{API}/applications/{{app}}/guilds/{{guild}}/commands", self._sync_commands)
         r.add_post(f"{API}/channels/{{channel}}/typing", self._no_content)
         r.add_post(f"{API}/channels/{{channel}}/messages", self._create_message)
+        r.add_get(f"{API}/channels/{{channel}}/messages/{{message}}", self._get_message)
         r.add_patch(f"{API}/channels/{{channel}}/messages/{{message}}", self._edit_message)
         r.add_delete(f"{API}/channels/{{channel}}/messages/{{message}}", self._delete_message)
         r.add_post(f"{API}/interactions/{{id}}/{{token}}/callback", self._interaction_callback)
@@ -480,9 +481,17 @@ class FakeDiscord:
                 "message_id": str(reference.get("message_id")),
                 "channel_id": channel_id,
             }
-            payload["referenced_message"] = self.messages.get(str(reference.get("message_id")))
+            payload["referenced_message"] = _as_referenced(
+                self.messages.get(str(reference.get("message_id")))
+            )
         self.messages[message_id] = payload
         return json_response(payload)
+
+    async def _get_message(self, request: web.Request) -> web.Response:
+        message = self.messages.get(request.match_info["message"])
+        if message is None or message["channel_id"] != request.match_info["channel"]:
+            return json_response({"message": "Unknown Message", "code": 10008}, 404)
+        return json_response(message)
 
     async def _edit_message(self, request: web.Request) -> web.Response:
         message = self.messages.get(request.match_info["message"])
@@ -632,6 +641,13 @@ def _role(role_id: str, name: str, permissions: int, position: int) -> dict[str,
         "unicode_emoji": None,
         "flags": 0,
     }
+
+
+def _as_referenced(message: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A message as Discord nests it in ``referenced_message``: one level, without its own referenced message."""
+    if message is None:
+        return None
+    return {k: v for k, v in message.items() if k != "referenced_message"}
 
 
 def _member_fragment(member: FakeMember) -> dict[str, Any]:

@@ -145,3 +145,59 @@ async def test_only_messages_for_the_bot_reach_the_core_cleaned_and_attributed(
     assert msg.conversation == ConversationKey("discord", fake_discord.guild_id, fake_discord.general)
     assert msg.author.display_name == "관리자" and msg.author.platform_admin and not msg.author.is_bot
     assert set(msg.author.role_ids) == {fake_discord.admin_role, fake_discord.helper_role}
+
+
+async def test_a_reply_to_other_peoples_messages_shows_the_model_that_chain_and_keeps_it(
+    start_bot: StartBot, fake_discord: FakeDiscord, caplog
+) -> None:
+    jun, ara = fake_discord.new_user("Jun"), fake_discord.new_user("Ara")
+    minji = fake_discord.new_user("Minji", nick="민지")
+    # not for the bot, and written before it started: it is fetched, not taken from discord.py's cache
+    asked = fake_discord.post_message(fake_discord.general, jun, "내일 회의 몇 시죠?")
+    bot = await start_bot(engine=ScriptedEngine(reply="회의는 내일 3시, 2층이에요."))
+    answered = fake_discord.post_message(fake_discord.general, ara, "3시요,\n2층 회의실", reply_to=asked)
+    caplog.set_level("INFO")
+
+    fake_discord.post_message(
+        fake_discord.general, minji, "이거 요약해 줘", mention_bot=True, reply_to=answered
+    )
+    await fake_discord.wait_for(reply_done(fake_discord, fake_discord.general, "회의는 내일 3시, 2층이에요."))
+
+    quote = "> Jun: 내일 회의 몇 시죠?\n> Ara: 3시요,\n> 2층 회의실"
+    assert bot.engine.requests[0].turns[-1].content == f"{quote}\n민지: 이거 요약해 줘"
+    assert fake_discord.log("GET", rf"/messages/{asked}$"), (
+        "the message above the event's reference was fetched"
+    )
+    turns = await bot.stored(fake_discord.general, 2)
+    assert (turns[0].content, turns[0].quoted) == ("이거 요약해 줘", quote)
+    assert "회의" not in caplog.text and "요약" not in caplog.text, "no message text in the logs at INFO"
+
+    # the quote is part of the stored turn: later prompts (after a restart too) show it in the history
+    fake_discord.post_message(fake_discord.general, jun, "고마워요", mention_bot=True)
+    await bot.stored(fake_discord.general, 4)
+    history_turns = [t.content for t in bot.engine.requests[1].turns[1:-1]]
+    assert history_turns == [f"{quote}\n민지: 이거 요약해 줘", "회의는 내일 3시, 2층이에요."]
+
+
+async def test_a_reply_to_what_the_conversation_already_holds_quotes_nothing_again(
+    start_bot: StartBot, fake_discord: FakeDiscord
+) -> None:
+    bot = await start_bot(engine=ScriptedEngine(reply="네, 알겠어요."))
+    jun = fake_discord.new_user("Jun")
+    asked = fake_discord.post_message(fake_discord.general, jun, "첫 질문", mention_bot=True)
+    await fake_discord.wait_for(reply_done(fake_discord, fake_discord.general, "네, 알겠어요."))
+    await bot.stored(fake_discord.general, 2)
+    answer = fake_discord.bot_messages(fake_discord.general)[0]["id"]
+
+    fake_discord.post_message(
+        fake_discord.general, jun, "그럼 하나 더요", reply_to=answer
+    )  # the bot's answer
+    await bot.stored(fake_discord.general, 4)
+    fake_discord.post_message(fake_discord.general, jun, "다시 그 질문", mention_bot=True, reply_to=asked)
+    await bot.stored(fake_discord.general, 6)
+
+    assert [r.turns[-1].content for r in bot.engine.requests[1:]] == [
+        "Jun: 그럼 하나 더요",
+        "Jun: 다시 그 질문",
+    ]
+    assert [t.quoted for t in bot.history(fake_discord.general)] == [None] * 6
