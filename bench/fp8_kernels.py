@@ -169,7 +169,7 @@ def bench_fp8_linear(
     out_file: Path | None = None,
 ) -> dict[str, Any]:
     """Run the whole benchmark on ``device`` (CUDA); returns (and writes to ``out_file``) the results."""
-    device = device or torch.device("cuda")
+    device = device or torch.device("cuda", torch.cuda.current_device())
     torch.cuda.set_device(device)
     result: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device),
