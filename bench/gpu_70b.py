@@ -730,7 +730,10 @@ def start_results(args: argparse.Namespace, on_cuda: bool) -> None:
     )
     baseline_cmd = "RESULTS_DIR=$OUT python3 .gpu/prototype_baseline_gpu.py && " if args.baseline else ""
     launcher = f"torchrun --nproc-per-node {args.tp} " if args.tp > 1 else "python3 "
-    log("command", baseline_cmd + launcher + "bench/gpu_70b.py " + " ".join(sys.argv[1:]))
+    this_run = launcher + "bench/gpu_70b.py " + " ".join(sys.argv[1:])
+    # a device script that runs several things in one call names itself in BENCH_COMMAND
+    script = os.environ.get("BENCH_COMMAND")
+    log("command", f"{script}   (this run: {this_run})" if script else baseline_cmd + this_run)
 
 
 def measure_bandwidth(on_cuda: bool) -> float | None:
