@@ -100,6 +100,9 @@ class ForcedLength:
     def _swap(self, token: int) -> int:
         return self._filler if token in self._stop_ids else token
 
+    def __getattr__(self, name: str) -> object:  # the inner decoder's extras (can_admit_together, close...)
+        return getattr(self._inner, name)
+
 
 def load_bench_model(args: argparse.Namespace) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
     demo_dir = ensure_demo_model(REPO / ".cache" / "demo-model")

@@ -789,6 +789,38 @@ def finish_results(args: argparse.Namespace) -> None:
     table(args)
 
 
+def all_reduce_micro(group: Any, device: torch.device) -> dict[str, float]:
+    """Microseconds per all-reduce of a decode step's [rows, 8192] bf16 tensor, 50 in a CUDA graph, per kind."""
+    kinds = {"nccl": group._nccl.all_reduce}
+    if group._p2p is not None:
+        kinds["symm_mem"] = group._p2p.all_reduce
+    out: dict[str, float] = {}
+    for kind, fn in kinds.items():
+        for rows in (1, 32):
+            x = torch.zeros(rows, 8192, dtype=torch.bfloat16, device=device)
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    fn(x)
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                for _ in range(50):
+                    fn(x)
+            torch.cuda.synchronize(device)
+            group.barrier()
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            for _ in range(5):
+                graph.replay()
+            end.record()
+            end.synchronize()
+            out[f"{kind}.rows{rows}"] = round(begin.elapsed_time(end) * 1e3 / 250, 2)
+            del graph
+    return out
+
+
 def tensor_parallel_main(args: argparse.Namespace) -> None:
     """Under torchrun: every rank builds its random slice of the model on its GPU and a static decoder over it;
     rank 0 runs the engine and the measurements, the others follow rank 0's decoder calls."""
@@ -806,6 +838,11 @@ def tensor_parallel_main(args: argparse.Namespace) -> None:
     if leader:
         start_results(args, on_cuda)
     bw = measure_bandwidth(on_cuda) if leader else None
+    if on_cuda:
+        micro = all_reduce_micro(group, torch.device("cuda", torch.cuda.current_device()))
+        if leader:
+            log("setup.all_reduce", group.all_reduce_kind)
+            log("all_reduce_us_in_graph", micro)
     cfg = config_for(args.shape, args.layers)
     cache_dir = args.cache_dir or os.path.join(tempfile.gettempdir(), f"hanbot-tp-cache-{os.getpid()}")
     t = time.perf_counter()

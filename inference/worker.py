@@ -234,7 +234,7 @@ class ModelWorker:
             return taken
         while self._free_slots(leaving) - len(taken) > 0:
             job = self._queue.peek(self._is_busy)
-            if job is None or not decoder.can_admit(len(job.prompt_ids), job.max_new_tokens):
+            if job is None or not _fits_with(decoder, taken, job):
                 break
             self._queue.pop(self._is_busy)
             self._busy[job.request.channel] = job
@@ -383,6 +383,16 @@ class ModelWorker:
             self._finish(job, GenerationCancelled("the engine is shutting down"))
         failed = self.fail_waiting(GenerationCancelled("the engine is shutting down"))
         _log.info("model worker stopped (%d waiting requests cancelled)", failed)
+
+
+def _fits_with(decoder: BatchDecoder, taken: list[Job], job: Job) -> bool:
+    """Whether ``job`` fits in the decoder's memory beside the jobs already taken this round (admitted right after,
+    so the decoder's own state does not count them yet). A decoder without ``can_admit_together`` is asked about
+    ``job`` alone (the hf decoder reserves nothing ahead)."""
+    together = getattr(decoder, "can_admit_together", None)
+    if callable(together):
+        return bool(together([(len(j.prompt_ids), j.max_new_tokens) for j in (*taken, job)]))
+    return decoder.can_admit(len(job.prompt_ids), job.max_new_tokens)
 
 
 def _as_failure(job: Job, exc: BaseException, stage: str) -> GenerationFailed:

@@ -189,8 +189,8 @@ class StaticSlotDecoder:
             budget_bytes=kv_budget_bytes,
             reserve_bytes=reserve_bytes,
         )
-        agreed = self.parallel.agree_min(budget.num_blocks)  # every rank's pool the same size: same admissions
-        budget = KVBudget(num_blocks=agreed, block_size=block_size)
+        # every rank's pool the same size, so every rank admits the same requests
+        budget = KVBudget(num_blocks=self.parallel.agree_min(budget.num_blocks), block_size=block_size)
         for attempt in range(8):
             try:
                 self.model.allocate_kv(budget.num_blocks)
@@ -251,6 +251,12 @@ class StaticSlotDecoder:
         if tokens > self.max_request_tokens:
             return True  # never fits: admit raises, so the request fails instead of waiting forever
         return self.pool.can_reserve(tokens)
+
+    def can_admit_together(self, sizes: Sequence[tuple[int, int]]) -> bool:
+        """Whether requests of these (prompt_len, max_new_tokens) all fit in the KV memory free now (requests that
+        can never fit are left out: ``admit`` refuses them)."""
+        blocks = sum(self.pool.blocks_for(p + n) for p, n in sizes if p + n <= self.max_request_tokens)
+        return blocks <= self.pool.free_blocks
 
     def admit(self, request: SlotRequest) -> int:
         self.submit(request)
@@ -497,7 +503,9 @@ class StaticSlotDecoder:
         _log.info("captured %d decode graphs", len(self._graphs))
 
     def close(self) -> None:
-        """Drop the graphs and the KV cache (the model's weights stay)."""
+        """Drop the graphs and the KV cache (the model's weights stay). Idempotent."""
+        if not hasattr(self, "model"):
+            return
         self._graphs.clear()
         self._active.clear()
         self._pending.clear()

@@ -65,6 +65,12 @@ class TensorParallel(SingleProcess):
         self.world = world
         self._control = control
         self._nccl = nccl
+        self._p2p: SymmMemAllReduce | None = None
+
+    @property
+    def all_reduce_kind(self) -> str:
+        """What sums the decode step's small tensors: "symm_mem" (one-shot over peer memory), "nccl" or "gloo"."""
+        return "symm_mem" if self._p2p else "nccl" if self._nccl else "gloo"
 
     @classmethod
     def from_env(cls, device_type: str = "cuda", timeout_s: float = 1800.0) -> TensorParallel:
@@ -82,12 +88,17 @@ class TensorParallel(SingleProcess):
         )
         group = cls(rank, world, control)
         if device_type == "cuda":
-            group._nccl = NcclComm.create(group, torch.device("cuda", torch.cuda.current_device()))
-        _log.info("tensor parallel: rank %d of %d (%s)", rank, world, "nccl" if group._nccl else "gloo")
+            device = torch.device("cuda", torch.cuda.current_device())
+            group._nccl = NcclComm.create(group, device)
+            if os.environ.get("HANBOT_TP_ALLREDUCE", "auto") != "nccl":
+                group._p2p = SymmMemAllReduce.try_create(group, device)
+        _log.info("tensor parallel: rank %d of %d (%s)", rank, world, group.all_reduce_kind)
         return group
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
-        if self._nccl is not None:
+        if self._p2p is not None and self._p2p.fits(x):
+            self._p2p.all_reduce(x)
+        elif self._nccl is not None:
             self._nccl.all_reduce(x)
         else:
             dist.all_reduce(x, group=self._control)
@@ -225,3 +236,50 @@ class NcclComm:
             self._stream(),
         )
         self._check(self._lib, code, "ncclAllGather")
+
+
+# ---- one-shot all-reduce over symmetric (peer) memory --------------------------------------------------------------
+
+
+class SymmMemAllReduce:
+    """Sums small tensors (a decode step's rows) with torch's one-shot symmetric-memory kernel: each GPU reads the
+    others' copies over NVLink, a few microseconds where NCCL needs ten or more. Larger tensors (prefill) go to NCCL.
+    Multicast stays off (TORCH_SYMM_MEM_DISABLE_MULTICAST=1 on shared machines): one-shot needs only peer access."""
+
+    MAX_BYTES = 1 << 20  # 32 rows of 8192 bf16 values is 512 KiB
+
+    def __init__(self, buffer: torch.Tensor, group_name: str) -> None:
+        self.buffer = buffer
+        self.group_name = group_name
+
+    @classmethod
+    def try_create(cls, group: TensorParallel, device: torch.device) -> SymmMemAllReduce | None:
+        """Set it up and check it against NCCL on every rank; None (NCCL serves) when any rank cannot."""
+        made: SymmMemAllReduce | None = None
+        try:
+            import torch.distributed._symmetric_memory as symm_mem
+
+            name = dist.group.WORLD.group_name  # type: ignore[union-attr]
+            buffer = symm_mem.empty(cls.MAX_BYTES // 2, dtype=torch.bfloat16, device=device)
+            symm_mem.rendezvous(buffer, name)
+            made = cls(buffer, name)
+            probe = torch.full((4, 1024), float(group.rank + 1), dtype=torch.bfloat16, device=device)
+            made.all_reduce(probe)
+            torch.cuda.synchronize(device)
+            want = float(sum(range(1, group.world + 1)))
+            if not bool((probe == want).all()):
+                raise RuntimeError(f"symmetric-memory all-reduce probe gave {probe[0, 0].item()}, not {want}")
+        except Exception as exc:
+            _log.warning("symmetric-memory all-reduce unavailable (%s): NCCL sums every tensor", exc)
+            made = None
+        if group.agree_min(1 if made else 0) == 0:
+            return None
+        return made
+
+    def fits(self, x: torch.Tensor) -> bool:
+        return x.dtype == self.buffer.dtype and x.numel() <= self.buffer.numel() and x.is_contiguous()
+
+    def all_reduce(self, x: torch.Tensor) -> None:
+        staged = self.buffer[: x.numel()]
+        staged.copy_(x.view(-1))
+        torch.ops.symm_mem.one_shot_all_reduce_out(staged, "sum", self.group_name, x.view(-1))
