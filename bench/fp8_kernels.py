@@ -2,12 +2,12 @@
 
 For each Llama-3-70B weight shape (qkv, o, gate_up, down, lm_head) and 1/16/32 rows: achieved TB/s of every FP8
 skinny-kernel config (bytes = FP8 matrix + row scales) against cuBLAS on the bf16 matrix (bytes = bf16 matrix), and
-the fraction of the measured copy bandwidth (the practical floor). For prefill (2048 rows by default): TFLOP/s of
+the fraction of the measured copy bandwidth (the practical floor). For prefill (512 and 2048 rows by default): TFLOP/s of
 ``torch._scaled_mm`` (W8A8, activation quantisation included and excluded), of the row-chunked dequantise + cuBLAS
 fallback, and of cuBLAS bf16. Every measurement is wrapped: an error is recorded in the JSON and the run goes on.
 Results go to DIR/fp8-kernels.json (rewritten after each shape, so a cut-short run leaves what it measured).
 
-  python3 bench/fp8_kernels.py --out DIR [--shapes o,down] [--rows 1,16,32] [--prefill-rows 2048]
+  python3 bench/fp8_kernels.py --out DIR [--shapes o,down] [--rows 1,16,32] [--prefill-rows 512,2048]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import statistics
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -141,9 +141,14 @@ def bench_prefill(name: str, n: int, k: int, m: int) -> dict[str, Any]:
     tflops("scaled_mm_with_act_quant", lambda: scaled_mm_linear(x, q))
     xq, sx = quantize_rows_fp8(x)
     tflops(
-        "scaled_mm_only",
+        "scaled_mm_without_act_quant",
         lambda: torch._scaled_mm(
-            xq, q.data.t(), scale_a=sx, scale_b=q.scale.view(1, n), out_dtype=torch.bfloat16
+            xq,
+            q.data.t(),
+            scale_a=sx,
+            scale_b=q.scale.view(1, n),
+            out_dtype=torch.bfloat16,
+            use_fast_accum=False,
         ),
     )
     tflops("dequant_cublas", lambda: dequant_linear(x, q))
@@ -164,12 +169,14 @@ def bench_fp8_linear(
     device: torch.device | None = None,
     shapes: list[str] | None = None,
     rows: list[int] | None = None,
-    prefill_rows: int = 2048,
+    prefill_rows: Sequence[int] = (512, 2048),
     n_mats: int = 2,
     out_file: Path | None = None,
 ) -> dict[str, Any]:
     """Run the whole benchmark on ``device`` (CUDA); returns (and writes to ``out_file``) the results."""
-    device = device or torch.device("cuda", torch.cuda.current_device())
+    device = device or torch.device("cuda")
+    if device.index is None:  # set_device needs an index
+        device = torch.device("cuda", torch.cuda.current_device())
     torch.cuda.set_device(device)
     result: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device),
@@ -198,13 +205,16 @@ def bench_fp8_linear(
         def decode(name: str = name, n: int = n, k: int = k) -> dict[str, Any]:
             return bench_decode(name, n, k, decode_rows, n_mats, copy)
 
-        def prefill(name: str = name, n: int = n, k: int = k) -> dict[str, Any]:
-            return bench_prefill(name, n, k, prefill_rows)
-
         _guard(result["decode"], name, decode)
         save()
-        if prefill_rows > 0 and name != "lm_head":
-            _guard(result["prefill"], name, prefill)
+        if name == "lm_head":
+            continue
+        for pm in prefill_rows:
+
+            def prefill(name: str = name, n: int = n, k: int = k, pm: int = pm) -> dict[str, Any]:
+                return bench_prefill(name, n, k, pm)
+
+            _guard(result["prefill"], f"{name}.m{pm}", prefill)
             save()
     save()
     return result
@@ -215,7 +225,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--rows", default="1,16,32")
-    ap.add_argument("--prefill-rows", type=int, default=2048)
+    ap.add_argument("--prefill-rows", default="512,2048", help="row counts for prefill; empty: none")
     ap.add_argument(
         "--mats", type=int, default=2, help="matrices per shape, rotated so the L2 cache does not help"
     )
@@ -229,7 +239,7 @@ def main() -> None:
             torch.device("cuda"),
             shapes=[s for s in args.shapes.split(",") if s],
             rows=[int(r) for r in args.rows.split(",") if r],
-            prefill_rows=args.prefill_rows,
+            prefill_rows=[int(r) for r in args.prefill_rows.split(",") if r],
             n_mats=args.mats,
             out_file=out_file,
         )

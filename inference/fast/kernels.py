@@ -382,6 +382,32 @@ mul.rn.bf16x2 $1, b1, e120;
 """
 )
 
+# The f16-compute mode (CONVERT 2) multiplies the activations by 2^-8 before rounding them to f16 (so |x| up to 65504 * 2^8
+# ≈ 1.7e7 stays finite; beyond that it is inf) and the fp32 accumulator by 2^8 in the epilogue. bf16 → f16 of the scaled value is exact
+# for 2^-6 <= |x| <= 1.7e7 (f16 has 10 mantissa bits to bf16's 7); smaller |x| land in f16's subnormals, where
+# the rounding error is at most 2^-25 * 2^8 = 2^-17 absolute (7.6e-6), far below the weights' e4m3 rounding.
+FP16_X_SHIFT = 8
+
+
+@triton.jit
+def _scale_to_f16_kernel(x_ptr, out_ptr, K, stride_xm, MUL: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < K
+    x = tl.load(x_ptr + row * stride_xm + offs, mask=mask, other=0.0)
+    tl.store(out_ptr + row * K + offs, (x.to(tl.float32) * MUL).to(tl.float16), mask=mask)
+
+
+def scale_to_f16(x: torch.Tensor) -> torch.Tensor:
+    """x [M, K] (unit column stride) times 2^-FP16_X_SHIFT, rounded to f16 (contiguous): the f16 modes' input."""
+    m, k = x.shape
+    out = torch.empty((m, k), dtype=torch.float16, device=x.device)
+    block = 1024
+    _scale_to_f16_kernel[(m, triton.cdiv(k, block))](
+        x, out, k, x.stride(0), MUL=2.0**-FP16_X_SHIFT, BLOCK=block, num_warps=4
+    )
+    return out
+
 
 @triton.jit
 def _fp8_skinny_gemm_kernel(
@@ -408,7 +434,9 @@ def _fp8_skinny_gemm_kernel(
 
     The weight rows are the MMA's M dimension (acc[BLOCK_N, MP]), so Hopper can feed the converted weight tile from
     registers; x is padded to MP rows. w_ptr points at the e4m3 bytes as uint8. CONVERT 0: Triton's own
-    fp8 → x.dtype conversion; CONVERT 1: the PTX bit trick above (x bf16, CUDA only).
+    fp8 → x.dtype conversion; CONVERT 1: the PTX bit trick above (x bf16, CUDA only); CONVERT 2: x is f16 holding
+    the activations times 2^-8 (``scale_to_f16``), the weights go to f16 by Triton's conversion (one native
+    instruction per two values on sm_89+) and the epilogue multiplies by 2^8.
     """
     pid = tl.program_id(0)
     rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -442,6 +470,8 @@ def _fp8_skinny_gemm_kernel(
         else:
             acc += tl.dot(wx, tl.trans(x))
     scale = tl.load(s_ptr + rn, mask=nmask, other=0.0)
+    if CONVERT >= 2:  # f16 compute: the activations were scaled by 2^-FP16_X_SHIFT = 2^-8
+        scale = scale * 256.0
     acc = acc * scale[:, None]
     tl.store(
         y_ptr + rm[None, :] * stride_ym + rn[:, None],
@@ -451,8 +481,8 @@ def _fp8_skinny_gemm_kernel(
 
 
 FP8_GEMM_CONFIGS: tuple[tuple[int, int, int, int, int], ...] = (
-    # BLOCK_N, BLOCK_K, num_warps, stages, CONVERT (0: Triton's cvt, 1: PTX bit trick). Compiled for sm_90 on CPU:
-    # shared memory 40-115 KB at MP=16 (so 1-5 programs per SM), no register spills.
+    # BLOCK_N, BLOCK_K, num_warps, stages, CONVERT (0: Triton's cvt to bf16, 1: PTX bit trick to bf16, 2: f16
+    # compute). Compiled for sm_90 on CPU: shared memory 40-160 KB (so 1-5 programs per SM).
     (64, 256, 4, 4, 1),
     (64, 128, 4, 6, 1),
     (128, 128, 8, 4, 1),
@@ -461,6 +491,23 @@ FP8_GEMM_CONFIGS: tuple[tuple[int, int, int, int, int], ...] = (
     (32, 512, 4, 4, 1),
     (64, 256, 4, 4, 0),
     (64, 128, 4, 6, 0),
+    # Added after the SASS of the main loop (sm_90, 16-divisible shapes, MP=16), instructions per weight element
+    # per thread: (32,256,4,4,1) 6.8, (64,128,4,6,1) 6.8 (wgmma: 112 extra PRMT per 64 values repack the bytes),
+    # (64,128,4,6,0) 4.5. Below BLOCK_N = 64 Triton uses mma.sync and, with more than BLOCK_N/16 warps, splits the
+    # warps over the activation rows too, so each warp converts the same weights again: BLOCK_N = 16 * num_warps
+    # converts each weight once, (32,256,2,4,1) 4.1. CONVERT 2 converts e4m3 → f16 with the one native
+    # cvt.rn.f16x2.e4m3x2 per two values and multiplies in f16: (32,256,2,4,2) 2.1, (16,1024,1,3,2) 2.0,
+    # (64,128,4,6,2) 3.0, (128,256,8,3,2) 2.7. The smaller BLOCK_N also gives the 8192-row matrices (qkv, o,
+    # down) 256-512 programs for the 132 SMs instead of 64-256.
+    (32, 256, 2, 4, 1),
+    (16, 512, 1, 4, 1),
+    (32, 256, 2, 4, 2),
+    (32, 512, 2, 3, 2),
+    (16, 512, 1, 4, 2),
+    (16, 1024, 1, 3, 2),
+    (64, 128, 4, 6, 2),
+    (64, 256, 4, 4, 2),
+    (128, 256, 8, 3, 2),
 )
 FP8_DEFAULT_CONFIG = (64, 128, 4, 6, 0)  # untuned: Triton's own conversion, 64 KB of shared memory
 
@@ -470,7 +517,9 @@ def fp8_skinny_linear(
 ) -> torch.Tensor:
     """(x [M, K] @ w_data [N, K]^T) * w_scale [N] for M <= 32, w_data float8_e4m3fn, with one of FP8_GEMM_CONFIGS.
 
-    Returns [M, N] in x.dtype. CONVERT 1 needs bf16 activations (else Triton's conversion is used).
+    Returns [M, N] in x.dtype. CONVERT 1 needs bf16 activations (else Triton's conversion is used). CONVERT 2
+    (bf16/f16 activations; fp32 ones use CONVERT 0) first rounds x * 2^-8 to f16 (``scale_to_f16``, one small
+    kernel) and multiplies in f16: see FP16_X_SHIFT for its precision.
     """
     m, k = x.shape
     n, kw = w_data.shape
@@ -485,17 +534,20 @@ def fp8_skinny_linear(
     block_n, block_k, warps, stages, convert = config
     if convert == 1 and x.dtype != torch.bfloat16:
         convert = 0
+    if convert >= 2 and x.dtype == torch.float32:
+        convert = 0  # fp32 activations (tests) keep their precision: Triton's conversion, IEEE dot
     mp = 16 if m <= 16 else 32
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    xk = scale_to_f16(x) if convert >= 2 else x
     _fp8_skinny_gemm_kernel[(triton.cdiv(n, block_n),)](
-        x,
+        xk,
         w_data.view(torch.uint8),
         w_scale,
         y,
         m,
         n,
         k,
-        x.stride(0),
+        xk.stride(0),
         w_data.stride(0),
         y.stride(0),
         MP=mp,
