@@ -295,8 +295,14 @@ def _scaled_mm_shape_ok(w: Fp8Weight) -> bool:
 
 
 def quantize_rows_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row (per-token) absmax FP8 quantisation of activations: (e4m3 [M, K], float32 scales [M, 1])."""
-    xf = x.float()
+    """Per-row (per-token) absmax FP8 quantisation of activations: (e4m3 [M, K], float32 scales [M, 1]).
+
+    On CUDA one fused kernel (``quant_kernels``, the same arithmetic); elsewhere these torch operations."""
+    if x.is_cuda and x.dim() == 2 and ops.triton_kernels(x.device) is not None:
+        from inference.fast.quant_kernels import quantize_rows
+
+        return quantize_rows(x)
+    xf = x.to(torch.float32, copy=True)  # divided in place below
     amax = xf.abs().amax(dim=1, keepdim=True)
     scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
     xq = xf.div_(scale).clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
