@@ -3,6 +3,7 @@
 #   1. the prototype's way with the layers split 40/40 (accelerate's dispatch, as device_map="auto" does):
 #      .gpu/prototype_baseline_gpu.py (a copy of shared/tools/) sees both GPUs
 #   2. the bot's engine with tensor parallelism under torchrun (bench/gpu_70b.py --tp 2)
+#   3. the same with FP8 weights (--tp 2 --fp8): the setup for many conversations
 # Run from the repository root on the device with .whl (bench/gpu_wheels.sh) and .gpu carried:
 #   bash bench/device/two_h200.sh
 set -u
@@ -20,5 +21,8 @@ fi
 grep "all_reduce" "$OUT/probe.log"
 RESULTS_DIR="$OUT/b2" timeout 280 python3 .gpu/prototype_baseline_gpu.py >"$OUT/baseline2.log" 2>&1
 timeout 300 torchrun --nproc-per-node 2 bench/gpu_70b.py --tp 2 --baseline "$OUT/b2/baseline.json" --out "$OUT" >"$OUT/tp.log" 2>&1
+timeout 240 torchrun --nproc-per-node 2 bench/gpu_70b.py --tp 2 --fp8 --baseline "$OUT/b2/baseline.json" --out "$OUT" \
+  >"$OUT/tp-fp8.log" 2>&1
 echo "=== baseline (layer split)"; tail -4 "$OUT/baseline2.log"
 echo "=== tensor parallel"; grep -v "^gemm_plan\|^baseline.raw" "$OUT/tp.log" | tail -45
+echo "=== tensor parallel, FP8"; grep -v "^gemm_plan\|^baseline.raw" "$OUT/tp-fp8.log" | tail -16

@@ -246,6 +246,8 @@ class LinearPlan:
     def _cache_key(self, groups: dict[str, Sequence[Matrix]]) -> str:
         shapes = sorted(f"{n}:{tuple(m[0].shape)}:{_dtype(m[0])}" for n, m in groups.items())
         key = f"{torch.cuda.get_device_name(self.device)}|{torch.__version__}|{self.mode}|{shapes}"
+        if self._kernels is not None:
+            key += f"|bf16:{self._kernels.GEMM_CONFIGS}"  # new configurations are measured, not skipped
         if self._fp8_kernels is not None and any(isinstance(m[0], Fp8Weight) for m in groups.values()):
             key += f"|fp8:{self._fp8_kernels.FP8_GEMM_CONFIGS}"
         return key

@@ -326,6 +326,11 @@ GEMM_CONFIGS: tuple[tuple[int, int, int, int], ...] = (
     (16, 256, 4, 6),
     (64, 128, 4, 4),
     (32, 512, 8, 3),
+    # fewer warps per weight tile: each warp streams its own weight rows (the FP8 kernel's lesson); the small
+    # matrices of a tensor-parallel rank (qkv 5120 x 8192, o 8192 x 4096) reached only ~3 TB/s with cuBLAS
+    (32, 256, 2, 4),
+    (16, 512, 1, 4),
+    (32, 512, 2, 3),
 )
 
 

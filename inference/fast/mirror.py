@@ -1,8 +1,8 @@
 """Rank 0 leads, the other tensor-parallel ranks follow: every decoder call rank 0 makes is replayed on the others.
 
 Only rank 0 runs the bot (adapters, store, engine and its scheduler). Its decoder is wrapped in ``MirroredDecoder``:
-each call that changes the decoder's state (submit, admit, step, release...) is first sent to the other ranks over
-the gloo control group, then run locally. The other ranks run ``follow(decoder, group)``, which runs the same calls
+each call that changes the decoder's state (submit, admit, step, release...) is first sent to the other ranks (a
+shared-memory page, ``channel.py``; gloo where there is none), then run locally. The other ranks run ``follow(decoder, group)``, which runs the same calls
 on their own slice of the model in the same order, so the collectives inside them line up. Every rank decides the
 same way (same KV pool sizes, agreed at start; same logits, so the same sampled tokens), so the followers need
 nothing back. Queries that change nothing (``capacity``, ``can_admit``) are answered by rank 0 alone.
@@ -43,7 +43,7 @@ class MirroredDecoder:
         self._closed = False
 
     def _send(self, name: str, *args: Any) -> None:
-        self.group.broadcast_object((name, args))
+        self.group.send_call((name, args))
 
     # ---- the BatchDecoder contract and the static decoder's extras ----
 
@@ -104,7 +104,7 @@ def follow(decoder: Any, group: Parallel) -> int:
     rank 0's engine fails that request and goes on."""
     calls = 0
     while True:
-        name, args = group.broadcast_object(None)
+        name, args = group.recv_call()
         if name == _STOP:
             decoder.close()
             _log.info("follower rank %d: leader closed after %d calls", group.rank, calls)

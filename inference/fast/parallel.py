@@ -26,6 +26,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from inference.fast.channel import ShmChannel
+
 _log = logging.getLogger(__name__)
 
 
@@ -52,6 +54,12 @@ class SingleProcess:
     def broadcast_object(self, obj: Any) -> Any:
         return obj
 
+    def send_call(self, obj: Any) -> None:
+        """Rank 0: tell the other ranks what to run next (nothing to tell on one rank)."""
+
+    def recv_call(self) -> Any:
+        raise RuntimeError("a single process has no rank 0 to follow")
+
     def barrier(self) -> None:
         pass
 
@@ -66,6 +74,7 @@ class TensorParallel(SingleProcess):
         self._control = control
         self._nccl = nccl
         self._p2p: SymmMemAllReduce | None = None
+        self._channel: ShmChannel | None = None
 
     @property
     def all_reduce_kind(self) -> str:
@@ -92,8 +101,40 @@ class TensorParallel(SingleProcess):
             group._nccl = NcclComm.create(group, device)
             if os.environ.get("HANBOT_TP_ALLREDUCE", "auto") != "nccl":
                 group._p2p = SymmMemAllReduce.try_create(group, device)
-        _log.info("tensor parallel: rank %d of %d (%s)", rank, world, group.all_reduce_kind)
+        if os.environ.get("HANBOT_TP_CHANNEL", "shm") == "shm":
+            group._open_channel()
+        _log.info(
+            "tensor parallel: rank %d of %d (%s; calls over %s)",
+            rank,
+            world,
+            group.all_reduce_kind,
+            "shared memory" if group._channel else "gloo",
+        )
         return group
+
+    def _open_channel(self) -> None:
+        """Rank 0 makes the shared page for its calls, the others attach (all ranks run on one host)."""
+        try:
+            made = ShmChannel.create(self.world - 1) if self.rank == 0 else None
+        except OSError as exc:
+            _log.warning("no shared memory for the decoder calls (%s): gloo carries them", exc)
+            made = None
+        name = self.broadcast_object(made.name if made else None)
+        if name is None:
+            return
+        self._channel = made or ShmChannel.attach(name, self.world - 1, self.rank - 1)
+        self.barrier()
+
+    def send_call(self, obj: Any) -> None:
+        if self._channel is not None:
+            self._channel.write(obj, oversized=self.broadcast_object)
+        else:
+            self.broadcast_object(obj)
+
+    def recv_call(self) -> Any:
+        if self._channel is not None:
+            return self._channel.read(oversized=lambda: self.broadcast_object(None))
+        return self.broadcast_object(None)
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         if self._p2p is not None and self._p2p.fits(x):
