@@ -92,6 +92,7 @@ class MirroredDecoder:
         self._closed = True
         self._send(_STOP)
         self.inner.close()
+        self.group.close()
 
     def __getattr__(self, name: str) -> Any:  # inspection (kv_tokens, model, last_step_logits...): rank 0's
         return getattr(self.inner, name)
@@ -107,6 +108,7 @@ def follow(decoder: Any, group: Parallel) -> int:
         name, args = group.recv_call()
         if name == _STOP:
             decoder.close()
+            group.close()
             _log.info("follower rank %d: leader closed after %d calls", group.rank, calls)
             return calls
         if name not in MIRRORED:

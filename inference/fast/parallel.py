@@ -63,6 +63,9 @@ class SingleProcess:
     def barrier(self) -> None:
         pass
 
+    def close(self) -> None:
+        """Leave the group (nothing to leave on one rank)."""
+
 
 class TensorParallel(SingleProcess):
     """A torch.distributed group: a gloo ``control`` group for objects, and for tensors ``nccl`` (GPUs) or the
@@ -124,6 +127,14 @@ class TensorParallel(SingleProcess):
             return
         self._channel = made or ShmChannel.attach(name, self.world - 1, self.rank - 1)
         self.barrier()
+
+    def close(self) -> None:
+        """Drop the shared page (rank 0 removes it) and leave the process group. Idempotent."""
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
     def send_call(self, obj: Any) -> None:
         if self._channel is not None:
