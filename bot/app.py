@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,6 +45,17 @@ def build_store(settings: Settings) -> ConversationStore:
     db = create_db_engine(settings.database_url, echo=settings.store.echo_sql)
     migrate(db)
     return ConversationStore(db)
+
+
+def follow_rank_0(settings: Settings) -> bool:
+    """Under torchrun with engine.tensor_parallel > 1, a rank other than 0 talks to no platform and no database: it
+    serves its slice of the model, replaying rank 0's decoder calls, until rank 0 stops. True when it did."""
+    if settings.engine.tensor_parallel == 1 or os.environ.get("RANK", "0") == "0":
+        return False
+    from inference.tensor_parallel import follower_main
+
+    follower_main(settings)
+    return True
 
 
 def build_engine(settings: Settings) -> Engine:

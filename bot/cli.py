@@ -109,12 +109,12 @@ def demo_overrides(data_dir: Path) -> dict[str, Any]:
 def _run_chat(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # loading bars would interleave with the chat
     from adapters.console import ConsoleAdapter
-    from bot.app import build_core, shutdown, start_background
+    from bot.app import build_core, follow_rank_0, shutdown, start_background
 
     settings = load_settings()
     if args.demo:
         settings = load_settings(**demo_overrides(settings.data_dir))
-    if _followed_rank_0(settings):
+    if follow_rank_0(settings):
         return 0
     if args.demo:
         print(DEMO_ANNOUNCEMENT, flush=True)
@@ -136,10 +136,10 @@ def _run_chat(args: argparse.Namespace) -> int:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from bot.app import build_adapters, build_core, build_store, serve
+    from bot.app import build_adapters, build_core, build_store, follow_rank_0, serve
 
     settings = load_settings()
-    if _followed_rank_0(settings):
+    if follow_rank_0(settings):
         return 0
     platforms = args.platform or _configured_platforms(settings)
     if not platforms:
@@ -156,17 +156,6 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     asyncio.run(run())
     return 0
-
-
-def _followed_rank_0(settings: Settings) -> bool:
-    """Under torchrun with engine.tensor_parallel > 1, a rank other than 0 talks to no platform and no database:
-    it serves its slice of the model, replaying rank 0's decoder calls, until rank 0 stops."""
-    if settings.engine.tensor_parallel == 1 or os.environ.get("RANK", "0") == "0":
-        return False
-    from inference.tensor_parallel import follower_main
-
-    follower_main(settings)
-    return True
 
 
 def _configured_platforms(settings: Settings) -> list[str]:
