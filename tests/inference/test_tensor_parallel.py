@@ -23,6 +23,7 @@ from inference.fast import StaticSlotDecoder
 from inference.fast.parallel import SingleProcess, split
 from inference.fast.weights import LlamaSpec, RankSlices
 from tests.inference.remote_server import free_port
+from tests.inference.test_fast_decoder import tiny_config as fast_decoder_config
 from tests.inference.tp_run import schedule
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,25 +31,7 @@ pytestmark = pytest.mark.slow
 
 
 def tiny_config() -> LlamaConfig:
-    return LlamaConfig(
-        vocab_size=383,  # odd: the second rank's vocabulary rows are padded
-        hidden_size=64,
-        intermediate_size=160,
-        num_hidden_layers=3,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        rope_theta=500000.0,
-        rms_norm_eps=1e-5,
-        rope_scaling={
-            "rope_type": "llama3",
-            "factor": 8.0,
-            "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 64,
-        },
-        tie_word_embeddings=False,
-    )
+    return fast_decoder_config(vocab_size=383)  # odd: the second rank's vocabulary rows are padded
 
 
 @pytest.fixture(scope="module")
