@@ -81,6 +81,10 @@ class EngineSettings(BaseModel):
     tensor_parallel: int = Field(
         1, ge=1, le=8, description="GPUs the model is split over; start with torchrun --nproc-per-node N"
     )
+    interleave_prefill: bool = Field(
+        False,
+        description="static decoder: prefill newcomers in chunks between decode steps, running replies keep streaming",
+    )
     max_batch_size: int = Field(8, ge=1, le=256, description="conversations decoded together")
     queue_limit: int = Field(64, ge=1, description="waiting requests beyond this are politely refused")
     # remote (OpenAI-compatible chat completions); the API key comes from HANBOT_REMOTE_API_KEY or OPENAI_API_KEY

@@ -72,6 +72,7 @@ class LocalEngine:
             self._stop_ids,
             queue_limit=self._engine_settings.queue_limit,
             torch_threads=_worker_threads(model),
+            interleave_prefill=self._engine_settings.interleave_prefill,
         )
         _log.info(
             "local engine ready: %s, batch %d, queue %d, stop ids %s",

@@ -85,10 +85,15 @@ class ModelWorker:
         *,
         queue_limit: int,
         torch_threads: int | None = None,
+        interleave_prefill: bool = False,
         name: str = "hanbot-model",
     ) -> None:
-        """``torch_threads``: intra-op threads for the worker thread (None: torch's default)."""
+        """``torch_threads``: intra-op threads for the worker thread (None: torch's default).
+        ``interleave_prefill``: with a decoder that offers ``submit``, a newcomer's prompt is only queued at
+        admission and prefilled in chunks inside the following steps, so the running replies keep streaming; its
+        first token comes back from a step like any other. Off: the whole prompt is prefilled at admission."""
         self._decoder: BatchDecoder | None = decoder
+        self._interleave = interleave_prefill
         self._stop_ids = stop_ids
         self._queue: FairQueue[Job] = FairQueue(queue_limit)
         self._cond = threading.Condition()
@@ -293,8 +298,13 @@ class ModelWorker:
             slot,
             len(job.prompt_ids),
         )
+        request = SlotRequest(slot, tuple(job.prompt_ids), job.request.params)
+        submit = getattr(decoder, "submit", None) if self._interleave else None
         try:
-            first = decoder.admit(SlotRequest(slot, tuple(job.prompt_ids), job.request.params))
+            if callable(submit):
+                submit(request)  # prefilled in the coming steps; the first token comes from one of them
+                return
+            first = decoder.admit(request)
         except Exception as exc:
             self._finish(job, _as_failure(job, exc, "admitting"))
             return
@@ -324,10 +334,21 @@ class ModelWorker:
                 self._finish(job, _as_failure(job, exc, "decoding"))
             return
         self.stats.steps += 1
+        self._fail_prefills(decoder)
         for slot, token in tokens.items():
             running = self._active.get(slot)
             if running is not None:
                 self._deliver(running, token)
+
+    def _fail_prefills(self, decoder: BatchDecoder) -> None:
+        """End the requests whose prefill failed inside the step (the others went on decoding)."""
+        take = getattr(decoder, "take_prefill_failures", None)
+        if not callable(take):
+            return
+        for slot, exc in take().items():
+            job = self._active.get(slot)
+            if job is not None:
+                self._finish(job, _as_failure(job, exc, "prefilling"))
 
     def _deliver(self, job: Job, token: int) -> None:
         """Count the token, then stop on a terminator or the length limit, else hand over the text it completes."""

@@ -146,6 +146,7 @@ class StaticSlotDecoder:
         self._active: set[int] = set()
         self._pending: deque[_Pending] = deque()
         self._ready: dict[int, int] = {}
+        self._prefill_failures: dict[int, BaseException] = {}
         self._sms = (
             torch.cuda.get_device_properties(self.device).multi_processor_count
             if self.device.type == "cuda"
@@ -315,13 +316,32 @@ class StaticSlotDecoder:
         )
 
     def step(self) -> dict[int, int]:
+        """One prefill pass of queued prompts (if any), then one decode step for the running slots.
+
+        A failed prefill pass ends only its own requests: their slots are released and the errors are kept for
+        ``take_prefill_failures``; the running slots still decode."""
         out, self._ready = self._ready, {}
         decoding = sorted(self._active)
         if self._pending:
-            out.update(self._prefill_round())
+            slots = [p.slot for p in self._pending]
+            try:
+                out.update(self._prefill_round())
+            except Exception as exc:
+                _log.warning("prefill pass failed (%s): its requests end, the running ones go on", exc)
+                self._prefill_failures.update(
+                    {s: exc for s in slots if s not in self._active and not self._is_pending(s)}
+                )
         if decoding:
             out.update(self._decode(decoding))
         return out
+
+    def take_prefill_failures(self) -> dict[int, BaseException]:
+        """{slot: error} of the prompts whose prefill failed inside ``step`` since the last call."""
+        failures, self._prefill_failures = self._prefill_failures, {}
+        return failures
+
+    def _is_pending(self, slot: int) -> bool:
+        return any(p.slot == slot for p in self._pending)
 
     def release(self, slot: int) -> None:
         if slot in self._active:

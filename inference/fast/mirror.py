@@ -118,3 +118,6 @@ def follow(decoder: Any, group: Parallel) -> int:
             getattr(decoder, name)(*args)
         except Exception as exc:
             _log.warning("follower rank %d: %s failed as on rank 0 (%s)", group.rank, name, exc)
+        take = getattr(decoder, "take_prefill_failures", None)
+        if callable(take):
+            take()  # rank 0's engine ends those requests; here the slots are already free

@@ -78,6 +78,7 @@ class TensorParallel(SingleProcess):
         self._nccl = nccl
         self._p2p: SymmMemAllReduce | None = None
         self._channel: ShmChannel | None = None
+        self._closed = False
 
     @property
     def all_reduce_kind(self) -> str:
@@ -129,7 +130,13 @@ class TensorParallel(SingleProcess):
         self.barrier()
 
     def close(self) -> None:
-        """Drop the shared page (rank 0 removes it) and leave the process group. Idempotent."""
+        """Leave the group: every rank calls this once its last call has run (rank 0 after sending the stop, the
+        others on receiving it); they meet at a barrier, so none tears its connections down while another still
+        uses them. Then drop the shared page (rank 0 removes it). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.barrier()
         if self._channel is not None:
             self._channel.close()
             self._channel = None
