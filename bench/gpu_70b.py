@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import statistics
@@ -428,6 +429,7 @@ class EngineBench:
             self.inner = (make_inner or make_decoder)(m, settings)  # "static" → inference.fast
             return NoStop(self.inner, frozenset(), FILLER_ID)
 
+        self.interleave = args.interleave
         self.tokenizer = offline_tokenizer(model.config.vocab_size)
         self.engine = LocalEngine(
             model,
@@ -438,6 +440,7 @@ class EngineBench:
                 queue_limit=max(64, 2 * args.capacity),
                 cache_dir=cache_dir,
                 fp8_weights=args.fp8,
+                interleave_prefill=args.interleave,
             ),
             generation=GenerationSettings(timeout_s=3600),
             context_length=model.config.max_position_embeddings,
@@ -505,14 +508,22 @@ class EngineBench:
         ttfts = sorted(times[0] - t0 for times in streams)
         spans = [(times[0], times[-1]) for times in streams]
         max_running = max(sum(1 for a, b in spans if a <= start <= b) for start, _ in spans)
+        gaps = sorted(b - a for times in streams for a, b in itertools.pairwise(times))
         return {
+            "max_stream_gap_s": round(gaps[-1], 3) if gaps else None,  # longest pause inside a running reply
+            "p99_stream_gap_s": round(gaps[int(0.99 * (len(gaps) - 1))], 3) if gaps else None,
             "aggregate_tok_s": round(n * new / wall, 2),
             "p50_ttft_s": round(statistics.median(ttfts), 3),
             "p95_ttft_s": round(ttfts[min(n - 1, round(0.95 * (n - 1)))], 3),
             "max_ttft_s": round(ttfts[-1], 3),
             "wall_s": round(wall, 2),
             "max_running": max_running,
-            "admission": "LocalEngine worker (admit between decode steps)",
+            "admission": "LocalEngine worker: "
+            + (
+                "prompts queued, prefilled in chunks inside the decode steps (interleave_prefill)"
+                if self.interleave
+                else "whole prompt prefilled at admission, between decode steps"
+            ),
         }
 
 
@@ -601,6 +612,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--layers", type=int, default=None, help="override the shape's layer count")
     ap.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke run (with --shape tiny)")
     ap.add_argument("--fp8", action="store_true", help="engine.fp8_weights: FP8 weight-only decode")
+    ap.add_argument(
+        "--interleave",
+        action="store_true",
+        help="engine.interleave_prefill: prompts prefilled inside the steps",
+    )
     ap.add_argument(
         "--tp", type=int, default=1, help="tensor-parallel ranks; run under torchrun --nproc-per-node N"
     )
@@ -698,6 +714,7 @@ def start_results(args: argparse.Namespace, on_cuda: bool) -> None:
             'EngineSettings(decoder="static", max_batch_size='
             + str(args.capacity)
             + (", fp8_weights=True" if args.fp8 else "")
+            + (", interleave_prefill=True" if args.interleave else "")
             + (f", tensor_parallel={args.tp}" if args.tp > 1 else "")
             + "), its ModelWorker scheduling inference.fast.StaticSlotDecoder (paged static KV slots, Triton "
             "decode kernels, one CUDA graph per batch bucket, on-GPU sampler"
