@@ -9,6 +9,6 @@ export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 export BENCH_COMMAND="bash bench/device/interleave_h200.sh"
 OUT=${OUT:-bench/results}
 COMMON="--no-cold --new 256 --concurrency 16,32 --ttft-prompts 512 --cache-dir /tmp/fast-cache --out $OUT"
-timeout 200 python3 bench/gpu_70b.py $COMMON --setup h200x1-bf16-engine-admit >"$OUT/admit.log" 2>&1
-timeout 200 python3 bench/gpu_70b.py $COMMON --interleave --setup h200x1-bf16-engine-interleave >"$OUT/interleave.log" 2>&1
+timeout 115 python3 bench/gpu_70b.py $COMMON --setup h200x1-bf16-engine-admit >"$OUT/admit.log" 2>&1
+timeout 115 python3 bench/gpu_70b.py $COMMON --interleave --setup h200x1-bf16-engine-interleave >"$OUT/interleave.log" 2>&1
 for f in admit interleave; do echo "=== $f"; grep "concurrency\|ttft_s\|single\|warm" "$OUT/$f.log" | tail -6; done
