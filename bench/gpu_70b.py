@@ -615,7 +615,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--interleave",
         action="store_true",
-        help="engine.interleave_prefill: prompts prefilled inside the steps",
+        help="engine.interleave_prefill (the bot's default): prompts prefilled in chunks inside the steps; without "
+        "it the whole prompt is prefilled at admission, as the main committed figures were measured",
     )
     ap.add_argument(
         "--tp", type=int, default=1, help="tensor-parallel ranks; run under torchrun --nproc-per-node N"

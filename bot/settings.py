@@ -82,7 +82,7 @@ class EngineSettings(BaseModel):
         1, ge=1, le=8, description="GPUs the model is split over; start with torchrun --nproc-per-node N"
     )
     interleave_prefill: bool = Field(
-        False,
+        True,
         description="static decoder: prefill newcomers in chunks between decode steps, running replies keep streaming",
     )
     max_batch_size: int = Field(8, ge=1, le=256, description="conversations decoded together")

@@ -85,7 +85,7 @@ class ModelWorker:
         *,
         queue_limit: int,
         torch_threads: int | None = None,
-        interleave_prefill: bool = False,
+        interleave_prefill: bool = True,
         name: str = "hanbot-model",
     ) -> None:
         """``torch_threads``: intra-op threads for the worker thread (None: torch's default).
