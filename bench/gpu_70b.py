@@ -904,7 +904,6 @@ def tensor_parallel_main(args: argparse.Namespace) -> None:
     )
     log_decoder(bench.inner, bw)
     engine_phases(bench, args, on_cuda)
-    bench.inner.close()  # stops the followers (the engine closed its own wrapper, which does not forward it)
     finish_results(args)
 
 

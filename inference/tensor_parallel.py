@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -52,10 +53,8 @@ def join_group(settings: Settings) -> TensorParallel:
     return TensorParallel.from_env("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def rank_decoder(settings: Settings, group: TensorParallel) -> StaticSlotDecoder:
+def rank_decoder(settings: Settings, group: TensorParallel, folder: Path, config: Any) -> StaticSlotDecoder:
     """This rank's slice of the checkpoint, on its GPU (the CPU without one), served by a static decoder."""
-    folder = checkpoint_folder(settings.model)
-    config = AutoConfig.from_pretrained(folder)
     device = (
         torch.device("cuda", torch.cuda.current_device())
         if torch.cuda.is_available()
@@ -80,13 +79,11 @@ def rank_decoder(settings: Settings, group: TensorParallel) -> StaticSlotDecoder
     )
 
 
-def skeleton_model(settings: Settings) -> Any:
+def skeleton_model(folder: Path, config: Any) -> Any:
     """The transformers model on the meta device: config, generation config and module names, no weights (the
     decoders hold those). The engine reads its settings from it."""
     from accelerate import init_empty_weights
 
-    folder = checkpoint_folder(settings.model)
-    config = AutoConfig.from_pretrained(folder)
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config)
     try:
@@ -103,10 +100,12 @@ def leader_engine(settings: Settings) -> LocalEngine:
     group = join_group(settings)
     if group.rank != 0:
         raise RuntimeError("leader_engine runs on rank 0 only; the other ranks run follower_main")
-    decoder = MirroredDecoder(rank_decoder(settings, group), group)
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint_folder(settings.model))
+    folder = checkpoint_folder(settings.model)
+    config = AutoConfig.from_pretrained(folder)
+    decoder = MirroredDecoder(rank_decoder(settings, group, folder, config), group)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
     return LocalEngine(
-        skeleton_model(settings),
+        skeleton_model(folder, config),
         tokenizer,
         engine=settings.engine,
         generation=settings.generation,
@@ -118,7 +117,8 @@ def leader_engine(settings: Settings) -> LocalEngine:
 def follower_main(settings: Settings) -> int:
     """A rank other than 0: build this rank's decoder and replay rank 0's calls until it closes."""
     group = join_group(settings)
-    decoder = rank_decoder(settings, group)
+    folder = checkpoint_folder(settings.model)
+    decoder = rank_decoder(settings, group, folder, AutoConfig.from_pretrained(folder))
     _log.info("rank %d of %d ready; following rank 0", group.rank, group.world)
     follow(decoder, group)
     return 0

@@ -155,9 +155,7 @@ def extract_weights(model: Any) -> LlamaWeights:
     if inner is None or layers is None or not hasattr(model, "lm_head"):
         raise UnsupportedModel(f"{type(model).__name__} is not a Llama-architecture causal LM")
     config = model.config
-    act = getattr(config, "hidden_act", "silu")
-    if act not in ("silu", "swish"):
-        raise UnsupportedModel(f"activation {act!r} is not supported by the fast decoder")
+    check_architecture(config)
     spec = LlamaSpec.from_config(config)
     device = inner.embed_tokens.weight.device
     if device.type == "meta":
