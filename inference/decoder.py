@@ -23,6 +23,9 @@ class SlotRequest:
     slot: int
     prompt_ids: tuple[int, ...]
     params: GenerationParams
+    # the LoRA this request is decoded with: the decoder's unique id of the loaded weights (a reload under the same
+    # public name gets a new id), or None for the base model. Part of any KV-reuse key: an adapter changes the KV.
+    lora: str | None = None
 
 
 class BatchDecoder(Protocol):
