@@ -106,6 +106,13 @@ class GenerationRequest:
     turns: tuple[ChatTurn, ...]
     params: GenerationParams = field(default_factory=GenerationParams)
     timeout_s: float | None = None
+    # which LoRA version serves this request: None means the engine's default (set by Engine.use_lora),
+    # BASE_MODEL the base model without any LoRA, any other name a LoRA loaded with Engine.load_lora
+    lora: str | None = None
+
+
+BASE_MODEL = ""
+"""``GenerationRequest.lora`` value that asks for the base model whatever the engine's default is."""
 
 
 @dataclass(frozen=True)
