@@ -43,7 +43,7 @@ class Core:
 
 def build_store(settings: Settings) -> ConversationStore:
     db = create_db_engine(settings.database_url, echo=settings.store.echo_sql)
-    migrate(db)
+    migrate(db, data_dir=settings.data_dir)
     return ConversationStore(db)
 
 

@@ -58,6 +58,11 @@ class Engine(Protocol):
         """Serve with the LoRA ``name``, or with the base model when ``None``."""
         ...
 
+    @property
+    def active_lora(self) -> str | None:
+        """The LoRA this engine serves now (what ``use_lora`` last made it serve), None for the base model."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

@@ -243,6 +243,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:
+        """Relative folders are taken from the working folder at start and held absolute from then on, so what the
+        bot stores and hands the trainer does not depend on where a later process runs."""
+        self.data_dir = self.data_dir.expanduser().resolve()
+        if self.finetune.output_dir:
+            self.finetune.output_dir = str(Path(self.finetune.output_dir).expanduser().resolve())
         if self.engine.cache_dir is None:
             self.engine.cache_dir = str(self.data_dir / "cache" / "fast")
         return self

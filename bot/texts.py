@@ -135,6 +135,22 @@ TEXTS: dict[str, dict[Lang, str]] = {
         "ko": "사용 중: 기본 모델 (LoRA 없음).",
         "en": "In service: the base model (no LoRA).",
     },
+    "finetune.status.serving": {
+        "ko": "사용 중: LoRA {version}.",
+        "en": "In service: LoRA {version}.",
+    },
+    "finetune.status.not_serving": {
+        "ko": "주의: 기록상 사용 중인 버전은 LoRA {version}이지만 이 봇은 지금 {serving}(으)로 답하고 있어요.",
+        "en": "Warning: LoRA {version} is the active version on record, but this bot answers with {serving}.",
+    },
+    "finetune.status.folder_missing": {
+        "ko": "그 버전의 폴더({path})가 없어요. 데이터 폴더(HANBOT_DATA_DIR) 설정을 확인해 주세요.",
+        "en": "Its folder ({path}) is missing: check the data directory (HANBOT_DATA_DIR).",
+    },
+    "finetune.status.see_log": {
+        "ko": "그 버전을 불러오지 못했어요. 봇 로그를 확인해 주세요.",
+        "en": "It could not be loaded: see the bot's log.",
+    },
     "finetune.status.prune": {
         "ko": "마지막 기록 정리 ({when}): 대화 {conversations}개에서 메시지 {removed}개 삭제.",
         "en": "Last history prune ({when}): {removed} messages removed from {conversations} conversations.",

@@ -483,6 +483,10 @@ class RemoteEngine:
         self._lora = name
         _log.info("remote engine now sends model %s", self.model)
 
+    @property
+    def active_lora(self) -> str | None:
+        return self._lora
+
     async def aclose(self) -> None:
         self._closed = True
         await self._client.aclose()

@@ -81,6 +81,10 @@ class ScriptedEngine:
     async def use_lora(self, name: str | None) -> None:
         self.lora = name
 
+    @property
+    def active_lora(self) -> str | None:
+        return self.lora
+
     async def aclose(self) -> None:
         return None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from bot.commands import CommandContext, CommandOption, CommandSpec
@@ -85,18 +86,7 @@ def render_status(status: FinetuneStatus, lang: Lang, zone: ZoneInfo) -> str:
                 result=_result_text(status.last, lang),
             )
         )
-    if status.active is not None:
-        lines.append(
-            say(
-                "finetune.status.active",
-                lang,
-                version=status.active.name,
-                loss=_loss(status.active.eval_loss),
-                when=_when(status.active.created_at, zone),
-            )
-        )
-    else:
-        lines.append(say("finetune.status.base", lang))
+    lines.extend(_service_lines(status, lang, zone))
     if status.last_prune is not None:
         lines.append(
             say(
@@ -108,6 +98,34 @@ def render_status(status: FinetuneStatus, lang: Lang, zone: ZoneInfo) -> str:
             )
         )
     return "\n".join(lines)
+
+
+def _service_lines(status: FinetuneStatus, lang: Lang, zone: ZoneInfo) -> list[str]:
+    """What the engine serves, as the engine says; and a warning when that is not the active version on record."""
+    active = status.active
+    if active is not None and status.serving == active.name:
+        return [
+            say(
+                "finetune.status.active",
+                lang,
+                version=active.name,
+                loss=_loss(active.eval_loss),
+                when=_when(active.created_at, zone),
+            )
+        ]
+    if status.serving is None:
+        lines = [say("finetune.status.base", lang)]
+    else:
+        lines = [say("finetune.status.serving", lang, version=status.serving)]
+    if active is not None:
+        why = "finetune.status.folder_missing" if not Path(active.path).is_dir() else "finetune.status.see_log"
+        serving = status.serving or say("finetune.base_model", lang)
+        lines.append(
+            say("finetune.status.not_serving", lang, version=active.name, serving=serving)
+            + " "
+            + say(why, lang, path=active.path)
+        )
+    return lines
 
 
 def _running_line(run: RunInfo, lang: Lang) -> str:

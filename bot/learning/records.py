@@ -10,12 +10,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from bot.domain import Role
+from bot.learning.paths import from_stored, to_stored
 from bot.store.conversations import ConversationStore
 from bot.store.models import AuditEvent, FinetuneRun, LoraVersion, Message, OptOut, PruneRecord, utcnow
 
@@ -49,7 +51,7 @@ class RunInfo:
     error: str | None
 
     @classmethod
-    def of(cls, row: FinetuneRun) -> RunInfo:
+    def of(cls, row: FinetuneRun, data_dir: Path | None = None) -> RunInfo:
         return cls(
             id=row.id,
             status=RunStatus(row.status),
@@ -62,7 +64,7 @@ class RunInfo:
             eval_examples=row.eval_examples,
             eval_loss=row.eval_loss,
             baseline_loss=row.baseline_loss,
-            adapter_path=row.adapter_path,
+            adapter_path=_resolved(row.adapter_path, data_dir),
             error=row.error,
         )
 
@@ -71,7 +73,7 @@ class RunInfo:
 class VersionInfo:
     id: int
     name: str
-    path: str
+    path: str  # the folder, absolute (the database keeps it relative to the data directory)
     run_id: int | None
     eval_loss: float | None
     is_active: bool
@@ -79,11 +81,11 @@ class VersionInfo:
     retired_at: datetime | None
 
     @classmethod
-    def of(cls, row: LoraVersion) -> VersionInfo:
+    def of(cls, row: LoraVersion, data_dir: Path | None = None) -> VersionInfo:
         return cls(
             id=row.id,
             name=row.name,
-            path=row.path,
+            path=_resolved(row.path, data_dir) or row.path,
             run_id=row.run_id,
             eval_loss=row.eval_loss,
             is_active=row.is_active,
@@ -120,8 +122,20 @@ class RunOutcomeFields:
 
 
 class LearningRecords:
-    def __init__(self, store: ConversationStore) -> None:
+    """``data_dir``: version folders are stored relative to it and handed out absolute (None: as stored)."""
+
+    def __init__(self, store: ConversationStore, *, data_dir: Path | None = None) -> None:
         self._store = store
+        self._data_dir = data_dir
+
+    def _run(self, row: FinetuneRun) -> RunInfo:
+        return RunInfo.of(row, self._data_dir)
+
+    def _version(self, row: LoraVersion) -> VersionInfo:
+        return VersionInfo.of(row, self._data_dir)
+
+    def _stored(self, path: str | None) -> str | None:
+        return to_stored(path, self._data_dir) if path is not None and self._data_dir is not None else path
 
     # runs
 
@@ -141,7 +155,7 @@ class LearningRecords:
                     action="finetune.start", actor=started_by, detail={"run": row.id, "trigger": trigger}
                 )
             )
-            return RunInfo.of(row)
+            return self._run(row)
 
     def update_progress(self, run_id: int, progress: dict[str, Any]) -> None:
         with self._store.session() as session, session.begin():
@@ -168,7 +182,7 @@ class LearningRecords:
             row.eval_examples = fields.eval_examples or row.eval_examples
             row.eval_loss = fields.eval_loss
             row.baseline_loss = fields.baseline_loss
-            row.adapter_path = fields.adapter_path
+            row.adapter_path = self._stored(fields.adapter_path)
             row.error = fields.error[:2000] if fields.error else None
             session.add(
                 AuditEvent(
@@ -181,12 +195,12 @@ class LearningRecords:
                     },
                 )
             )
-            return RunInfo.of(row)
+            return self._run(row)
 
     def run(self, run_id: int) -> RunInfo | None:
         with self._store.session() as session:
             row = session.get(FinetuneRun, run_id)
-            return RunInfo.of(row) if row else None
+            return self._run(row) if row else None
 
     def running_runs(self) -> list[RunInfo]:
         with self._store.session() as session:
@@ -195,7 +209,7 @@ class LearningRecords:
                 .where(FinetuneRun.status == RunStatus.RUNNING.value)
                 .order_by(FinetuneRun.id)
             )
-            return [RunInfo.of(r) for r in rows]
+            return [self._run(r) for r in rows]
 
     def last_finished_run(self) -> RunInfo | None:
         with self._store.session() as session:
@@ -205,18 +219,18 @@ class LearningRecords:
                 .order_by(FinetuneRun.id.desc())
                 .limit(1)
             )
-            return RunInfo.of(row) if row else None
+            return self._run(row) if row else None
 
     # LoRA versions
 
     def active_version(self) -> VersionInfo | None:
         with self._store.session() as session:
             row = session.scalar(select(LoraVersion).where(LoraVersion.is_active.is_(True)).limit(1))
-            return VersionInfo.of(row) if row else None
+            return self._version(row) if row else None
 
     def versions(self) -> list[VersionInfo]:
         with self._store.session() as session:
-            return [VersionInfo.of(r) for r in session.scalars(select(LoraVersion).order_by(LoraVersion.id))]
+            return [self._version(r) for r in session.scalars(select(LoraVersion).order_by(LoraVersion.id))]
 
     def next_version_name(self) -> str:
         with self._store.session() as session:
@@ -230,7 +244,7 @@ class LearningRecords:
             if previous is not None:
                 previous.is_active = False
             row = LoraVersion(
-                name=name, path=path, run_id=run_id, eval_loss=eval_loss, is_active=True, created_at=utcnow()
+                name=name, path=self._stored(path), run_id=run_id, eval_loss=eval_loss, is_active=True, created_at=utcnow()
             )
             session.add(row)
             session.flush()
@@ -241,7 +255,7 @@ class LearningRecords:
                     detail={"run": run_id, "version": name, "previous": previous.name if previous else None},
                 )
             )
-            return VersionInfo.of(row)
+            return self._version(row)
 
     def rollback_target(self) -> tuple[VersionInfo | None, VersionInfo | None]:
         """(the active version, the version a rollback returns to: the newest older one not retired, or None)."""
@@ -255,7 +269,7 @@ class LearningRecords:
                 .order_by(LoraVersion.id.desc())
                 .limit(1)
             )
-            return VersionInfo.of(active), VersionInfo.of(target) if target else None
+            return self._version(active), self._version(target) if target else None
 
     def roll_back(self, *, from_id: int, to_id: int | None, actor: str) -> None:
         """Retire ``from_id`` (a later rollback goes further back) and activate ``to_id`` (None: the base)."""
@@ -364,6 +378,12 @@ class LearningRecords:
             return PruneSummary(
                 ran_at=total.ran_at, conversations=int(conversations or 0), removed=total.removed
             )
+
+
+def _resolved(stored: str | None, data_dir: Path | None) -> str | None:
+    if stored is None or data_dir is None:
+        return stored
+    return str(from_stored(stored, data_dir))
 
 
 def _rowcount(result: object) -> int:

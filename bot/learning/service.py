@@ -45,6 +45,7 @@ from bot.learning.records import (
     RunStatus,
     VersionInfo,
 )
+from bot.errors import EngineError
 from bot.ports import Engine
 from bot.settings import Settings
 from bot.store.conversations import ConversationStore
@@ -89,7 +90,7 @@ class FinetuneStatus:
     last: RunInfo | None
     active: VersionInfo | None
     last_prune: PruneSummary | None
-    serving: str | None  # what this process's engine serves (a version name, or None for the base)
+    serving: str | None  # what this process's engine says it serves (a version name, or None for the base)
 
 
 class FinetuneService:
@@ -105,7 +106,7 @@ class FinetuneService:
         self._settings = settings
         self._store = store
         self._engine = engine
-        self._records = LearningRecords(store)
+        self._records = LearningRecords(store, data_dir=settings.data_dir)
         self._holder = holder or process_identity()
         self._lease = DbLease(
             store,
@@ -119,7 +120,7 @@ class FinetuneService:
         self._task: asyncio.Task[RunInfo] | None = None
         self._process: asyncio.subprocess.Process | None = None
         self._loaded: set[str] = set()
-        self._serving: str | None = None
+        self._serving: str | None = None  # what this service last made the engine serve
 
     @property
     def records(self) -> LearningRecords:
@@ -127,7 +128,8 @@ class FinetuneService:
 
     @property
     def lora_dir(self) -> Path:
-        return self._settings.lora_dir
+        """Absolute: the trainer runs in the project folder, whatever folder the bot runs in."""
+        return self._settings.lora_dir.resolve()
 
     @property
     def training_pid(self) -> int | None:
@@ -159,7 +161,13 @@ class FinetuneService:
                 if self._serving is None:
                     return
             if active is not None and wanted is not None:
-                await self._ensure_loaded(active)
+                try:
+                    await self._ensure_loaded(active)
+                except EngineError as exc:
+                    _log.error("LoRA %s is active but cannot be loaded (%s): serving the base", active.name, exc)
+                    wanted = None
+                    if self._serving is None:
+                        return
             await self._engine.use_lora(wanted)
             self._serving = wanted
             _log.info("serving LoRA %s", wanted or "(base)")
@@ -210,7 +218,7 @@ class FinetuneService:
                 last=self._records.last_finished_run(),
                 active=self._records.active_version(),
                 last_prune=self._records.last_prune(),
-                serving=self._serving,
+                serving=self._engine.active_lora,
             )
 
         return await asyncio.to_thread(read)
@@ -316,7 +324,7 @@ class FinetuneService:
         ft = self._settings.finetune
         regression = Path(active.path) / HELD_OUT_NAME if active else None
         return TrainJob(
-            base_model=self._settings.model.name_or_path,
+            base_model=_model_reference(self._settings.model.name_or_path),
             train_file=str(files.train_path),
             eval_file=str(files.eval_path),
             output_dir=str(run_dir / "adapter"),
@@ -517,6 +525,13 @@ class FinetuneService:
     def _kept_held_out_sets(self) -> list[Path]:
         versions = self.lora_dir / "versions"
         return sorted(versions.glob(f"*/{HELD_OUT_NAME}")) if versions.is_dir() else []
+
+
+def _model_reference(name_or_path: str) -> str:
+    """A local model folder named relative to the bot's working folder, made absolute for the trainer (which runs
+    in the project folder); a Hub id as it is."""
+    local = Path(name_or_path).expanduser()
+    return str(local.resolve()) if local.exists() else name_or_path
 
 
 def _trainer_env() -> dict[str, str]:

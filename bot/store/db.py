@@ -63,11 +63,14 @@ def alembic_config(engine: Engine) -> Config:
     return config
 
 
-def migrate(engine: Engine, revision: str = "head") -> None:
-    """Bring the database schema to ``revision`` (run at every start; a no-op when already there)."""
+def migrate(engine: Engine, revision: str = "head", *, data_dir: Path | None = None) -> None:
+    """Bring the database schema to ``revision`` (run at every start; a no-op when already there).
+
+    ``data_dir``: the bot's data directory, for migrations that rewrite stored file paths (0004)."""
     config = alembic_config(engine)
     with engine.connect() as connection:
         config.attributes["connection"] = connection
+        config.attributes["data_dir"] = data_dir
         command.upgrade(config, revision)
         connection.commit()
     _log.info("database schema at %s (%s)", revision, engine.url.get_backend_name())

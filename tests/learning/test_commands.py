@@ -101,7 +101,14 @@ async def test_status_run_and_rollback_replies(
     lines = (await registry.run("finetune", _ctx(ADMIN, action="status"))).text.splitlines()
     assert lines[0] == "Run #3: training, step 12/40, loss 0.8300, about 1m35s left (started by scheduler)."
     assert "promoted, held-out loss 0.5000 (was 2.0000)." in lines[1]
+    # this process's engine has not switched yet: status says what it serves, and that it is not v1
+    assert lines[2] == "In service: the base model (no LoRA)."
+    assert lines[3].startswith("Warning: LoRA v1 is the active version on record, but this bot answers with the ")
+    assert "could not be loaded" in lines[3]
+    await service.sync_active()
+    lines = (await registry.run("finetune", _ctx(ADMIN, action="status"))).text.splitlines()
     assert lines[2].startswith("In service: LoRA v1 (held-out loss 0.5000, since ")
+    assert not any(line.startswith("Warning") for line in lines)
     ko = (await registry.run("finetune", _ctx(ADMIN, "ko", action="status"))).text
     assert "학습 #3: 학습 중, 12/40 단계" in ko and "사용 중: LoRA v1" in ko
 
