@@ -1,7 +1,8 @@
 """The console chat: the prototype's terminal loop on the same core as Discord and Slack.
 
 ``사용자: `` prompts for a line; the reply streams after ``봇: ``; ``종료``, ``exit``, ``quit`` or end of input quits.
-Lines starting with ``/`` are commands (``/reset``, ``/help``, ``/finetune status``...).
+Lines starting with ``/`` are commands, written as Discord shows them (``/finetune action:status``,
+``/forget-me delete:yes``) or bare (``/finetune status``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import TextIO
 
-from bot.commands import CommandContext, CommandRegistry
+from bot.commands import CommandContext, CommandRegistry, parse_arguments
 from bot.domain import Author, ConversationKey, IncomingMessage, QueuePosition, StreamEvent
 from bot.ports import MessageHandler
 from bot.texts import language_of, say
@@ -126,7 +127,7 @@ class ConsoleAdapter:
     async def _run_command(self, text: str, commands: CommandRegistry, sink: ConsoleReplySink) -> None:
         name, *words = text[1:].split()
         spec = commands.get(name)
-        args = dict(zip((o.name for o in spec.options), words, strict=False)) if spec else {}
+        args = parse_arguments(spec, " ".join(words)) if spec else {}
         ctx = CommandContext(
             platform="console",
             conversation=self.conversation,

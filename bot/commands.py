@@ -51,6 +51,45 @@ class CommandSpec:
     usage: str = ""  # longer help for /help
 
 
+YES_WORDS = frozenset({"yes", "y", "true", "네", "예"})
+
+
+def is_yes(value: str | None) -> bool:
+    return (value or "").strip().lower() in YES_WORDS
+
+
+def parse_arguments(spec: CommandSpec, text: str) -> dict[str, str]:
+    """A typed command's words as its options, in the syntax Discord shows and the docs use, and the bare one.
+
+    ``name:value`` (or ``name: value``) sets an option, in any order; other words fill the options not named, in
+    order, the last one taking what is left; the bare name of a yes/no option means yes (``/forget-me undo``).
+    """
+    options = {option.name.lower(): option for option in spec.options}
+    args: dict[str, str] = {}
+    bare: list[str] = []
+    words = text.split()
+    index = 0
+    while index < len(words):
+        word = words[index]
+        name, colon, value = word.partition(":")
+        option = options.get(name.lower())
+        if option is not None and colon:
+            if not value and index + 1 < len(words):
+                index += 1
+                value = words[index]
+            args[option.name] = value
+        elif option is not None and "yes" in option.choices:
+            args[option.name] = "yes"
+        else:
+            bare.append(word)
+        index += 1
+    unnamed = [option for option in spec.options if option.name not in args]
+    for position, option in enumerate(unnamed[: len(bare)]):
+        last = position == len(unnamed) - 1
+        args[option.name] = " ".join(bare[position:]) if last else bare[position]
+    return args
+
+
 class CommandRegistry:
     def __init__(self, policy: AdminPolicy, specs: Sequence[CommandSpec] = ()) -> None:
         self._policy = policy

@@ -122,8 +122,14 @@ TEXTS: dict[str, dict[Lang, str]] = {
         "en": "promoted, held-out loss {loss} (was {baseline}).",
     },
     "finetune.result.rejected": {
-        "ko": "평가를 통과하지 못해 적용하지 않았어요 ({reason}).",
+        "ko": "적용하지 않았어요 ({reason}).",
         "en": "not promoted ({reason}).",
+    },
+    "finetune.reason.too_few": {
+        "ko": "학습 예시가 너무 적어요: {total}개 < 최소 {minimum}개. 빠진 답변: 학습 제외를 요청한 사람과의 대화 "
+        "{opted_out}개, 제외된 채널 {excluded}개, 피드백 기준 {feedback}개",
+        "en": "too few examples: {total} < {minimum}; left out: {opted_out} replies to people who opted out, "
+        "{excluded} in excluded channels, {feedback} by feedback",
     },
     "finetune.result.failed": {"ko": "실패했어요 ({reason}).", "en": "failed ({reason})."},
     "finetune.result.cancelled": {"ko": "중단되었어요.", "en": "cancelled."},
@@ -156,8 +162,28 @@ TEXTS: dict[str, dict[Lang, str]] = {
         "en": "Last history prune ({when}): {removed} messages removed from {conversations} conversations.",
     },
     "cmd.forget_me.done": {
-        "ko": "앞으로 당신의 메시지는 학습에 쓰이지 않아요.",
-        "en": "Your messages will no longer be used for training.",
+        "ko": "앞으로 당신의 메시지는 학습에 쓰이지 않아요. (/forget-me undo:yes 로 되돌릴 수 있어요.)",
+        "en": "Your messages will no longer be used for training. (/forget-me undo:yes takes you back in.)",
+    },
+    "cmd.forget_me.undone": {
+        "ko": "다시 학습에 참여하게 했어요. 저장되어 있는 당신의 메시지(제외되어 있던 동안 쓴 것도)가 다음 학습부터 "
+        "쓰일 수 있어요. 이미 삭제한 메시지는 되살아나지 않아요.",
+        "en": "You are back in: your stored messages, also those written while you were out, may be used from the "
+        "next fine-tune on. Messages you deleted stay deleted.",
+    },
+    "cmd.forget_me.not_opted_out": {
+        "ko": "학습에서 제외되어 있지 않았어요. 바뀐 것은 없어요.",
+        "en": "You had not opted out of training: nothing changed.",
+    },
+    "cmd.forget_me.kept_out_by_settings": {
+        "ko": "관리자 설정(finetune.opted_out_users)으로 학습에서 제외되어 있어서 여기서는 되돌릴 수 없어요. "
+        "관리자에게 문의해 주세요.",
+        "en": "An admin's setting (finetune.opted_out_users) keeps your messages out of training: only an admin "
+        "can change that.",
+    },
+    "cmd.forget_me.undo_and_delete": {
+        "ko": "delete와 undo는 함께 쓸 수 없어요. 하나만 골라 주세요.",
+        "en": "delete and undo cannot go together: please choose one.",
     },
     "cmd.forget_me.already": {
         "ko": "이미 학습에서 제외되어 있어요.",

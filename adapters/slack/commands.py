@@ -23,7 +23,7 @@ from slack_bolt.context.respond.async_respond import AsyncRespond
 from adapters.slack.events import PLATFORM
 from adapters.slack.mrkdwn import to_mrkdwn
 from adapters.slack.users import UserDirectory
-from bot.commands import CommandContext, CommandRegistry, CommandSpec
+from bot.commands import CommandContext, CommandRegistry, CommandSpec, parse_arguments
 from bot.domain import ConversationKey
 from bot.texts import language_of, say_both
 
@@ -100,12 +100,6 @@ def thread_from_link(text: str, channel: str) -> tuple[str, str]:
 
 
 def arguments(spec: CommandSpec, text: str) -> dict[str, str]:
-    """The command's words, given to its options in order (the last option takes what is left)."""
-    words = text.split()
-    args: dict[str, str] = {}
-    for index, option in enumerate(spec.options):
-        if index >= len(words):
-            break
-        last = index == len(spec.options) - 1
-        args[option.name] = " ".join(words[index:]) if last else words[index]
-    return args
+    """The command's words as its options: ``name:value`` as Discord shows them, or bare in order (the core's
+    ``parse_arguments``, the same as the console)."""
+    return parse_arguments(spec, text)

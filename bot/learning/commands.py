@@ -7,7 +7,7 @@ from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from bot.commands import CommandContext, CommandOption, CommandSpec
+from bot.commands import CommandContext, CommandOption, CommandSpec, is_yes
 from bot.domain import CommandReply
 from bot.learning.records import RunInfo, RunStatus
 from bot.learning.service import FinetuneService, FinetuneStatus
@@ -155,10 +155,20 @@ def _result_text(run: RunInfo, lang: Lang) -> str:
             "finetune.result.succeeded", lang, loss=_loss(run.eval_loss), baseline=_loss(run.baseline_loss)
         )
     if run.status is RunStatus.REJECTED:
-        return say("finetune.result.rejected", lang, reason=run.error or "?")
+        return say("finetune.result.rejected", lang, reason=_reason(run, lang))
     if run.status is RunStatus.FAILED:
         return say("finetune.result.failed", lang, reason=(run.error or "?")[:300])
     return say("finetune.result.cancelled", lang)
+
+
+def _reason(run: RunInfo, lang: Lang) -> str:
+    """Why a run ended as it did, in the reader's language when the run recorded it as a text key and fields."""
+    recorded = run.progress.get("reason")
+    if isinstance(recorded, dict):
+        key = f"finetune.reason.{recorded.get('key')}"
+        if key in TEXTS:
+            return say(key, lang, **{k: v for k, v in recorded.items() if k != "key"})
+    return run.error or "?"
 
 
 def _loss(value: object) -> str:
@@ -177,7 +187,11 @@ def _duration(seconds: float) -> str:
 
 def _forget_me_command(service: FinetuneService) -> CommandSpec:
     async def forget_me(ctx: CommandContext) -> CommandReply:
-        delete = (ctx.args.get("delete") or "no").strip().lower() in ("yes", "y", "true", "네", "예")
+        delete, undo = is_yes(ctx.args.get("delete")), is_yes(ctx.args.get("undo"))
+        if delete and undo:
+            return CommandReply(say("cmd.forget_me.undo_and_delete", ctx.lang))
+        if undo:
+            return await _opt_back_in(service, ctx)
         outcome = await service.forget_user(ctx.platform, ctx.invoker.id, delete=delete)
         lines = [say("cmd.forget_me.done" if outcome.newly_opted_out else "cmd.forget_me.already", ctx.lang)]
         if delete:
@@ -201,7 +215,19 @@ def _forget_me_command(service: FinetuneService) -> CommandSpec:
                 "also delete my stored messages and the replies to them (yes/no) / 내 메시지와 답변도 삭제",
                 choices=("no", "yes"),
             ),
+            CommandOption(
+                "undo",
+                "yes: use my messages for training again / 다시 학습에 참여",
+                choices=("no", "yes"),
+            ),
         ),
-        usage="/forget-me: your messages are never used for training again; delete:yes also removes them, and "
-        "the bot's replies to them, from the bot's history.",
+        usage="/forget-me: your messages are never used for training again; /forget-me delete:yes also removes "
+        "them, and the bot's replies to them, from the bot's history; /forget-me undo:yes opts you back in.",
     )
+
+
+async def _opt_back_in(service: FinetuneService, ctx: CommandContext) -> CommandReply:
+    outcome = await service.opt_in(ctx.platform, ctx.invoker.id)
+    if outcome.by_settings:
+        return CommandReply(say("cmd.forget_me.kept_out_by_settings", ctx.lang))
+    return CommandReply(say("cmd.forget_me.undone" if outcome.opted_in else "cmd.forget_me.not_opted_out", ctx.lang))

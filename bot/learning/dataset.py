@@ -134,9 +134,7 @@ def author_tag(author: str) -> str:
 def build_dataset(store: ConversationStore, options: DatasetOptions, out_dir: Path) -> DatasetFiles:
     """Write ``train.jsonl`` and ``eval.jsonl`` to ``out_dir`` and say how many examples each holds."""
     counts: Counter[str] = Counter()
-    examples = list(_examples_from_store(store, options, counts))
-    examples.extend(_examples_from_files(options.extra_datasets, options.system_prompt, counts))
-    unique = _without_duplicates(examples, counts)
+    unique = _all_examples(store, options, counts)
     train, held_out = split_held_out(unique, options.eval_fraction, seed=options.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = DatasetFiles(
@@ -150,6 +148,30 @@ def build_dataset(store: ConversationStore, options: DatasetOptions, out_dir: Pa
     return files
 
 
+def held_out_examples(store: ConversationStore, options: DatasetOptions) -> list[Example]:
+    """The examples that every run with these options holds out (their stable hash is below the fraction), so no
+    version trained with them has seen them: what tops up a kept held-out set that lost examples."""
+    unique = _all_examples(store, options, Counter())
+    return [e for e in unique if _held_out_score(e, options.seed) < options.eval_fraction]
+
+
+def top_up(path: Path, examples: Sequence[Example]) -> int:
+    """Add to the JSONL file at ``path`` the examples it does not hold yet. Returns how many were added."""
+    present = {e.identity for e in read_examples(path)}
+    new = [e for e in examples if e.identity not in present]
+    if new:
+        with path.open("a", encoding="utf-8") as out:
+            for example in new:
+                out.write(example.to_line() + "\n")
+    return len(new)
+
+
+def _all_examples(store: ConversationStore, options: DatasetOptions, counts: Counter[str]) -> list[Example]:
+    examples = list(_examples_from_store(store, options, counts))
+    examples.extend(_examples_from_files(options.extra_datasets, options.system_prompt, counts))
+    return _without_duplicates(examples, counts)
+
+
 # from the store
 
 
@@ -157,10 +179,11 @@ def _examples_from_store(
     store: ConversationStore, options: DatasetOptions, counts: Counter[str]
 ) -> Iterator[Example]:
     for conv_id, key, system_prompt in _conversations(store):
+        turns = _load_turns(store, conv_id, key.platform)
         if _is_excluded(key, options.excluded_channels):
             counts["excluded_conversations"] += 1
+            counts["excluded_replies"] += sum(t.role is Role.ASSISTANT for t in turns)
             continue
-        turns = _load_turns(store, conv_id, key.platform)
         exchanges = _exchanges(turns)
         kept = _without_opted_out(exchanges, options.opted_out_users, counts)
         yield from _examples_from_exchanges(kept, system_prompt or options.system_prompt, options, counts)
@@ -224,7 +247,7 @@ def _without_opted_out(
     kept = []
     for exchange in exchanges:
         if any(turn.author in opted_out for turn in exchange.users):
-            counts["opted_out_exchanges"] += 1
+            counts["opted_out_exchanges"] += exchange.reply is not None
         else:
             kept.append(exchange)
     return kept

@@ -118,7 +118,9 @@ class RunOutcomeFields:
     eval_loss: float | None = None
     baseline_loss: float | None = None
     adapter_path: str | None = None
-    error: str | None = None
+    error: str | None = None  # an English phrase for the logs and the audit trail
+    # the same reason for /finetune status in the reader's language: {"key": <finetune.reason.KEY in texts>, **fields}
+    reason: dict[str, Any] | None = None
 
 
 class LearningRecords:
@@ -184,6 +186,8 @@ class LearningRecords:
             row.baseline_loss = fields.baseline_loss
             row.adapter_path = self._stored(fields.adapter_path)
             row.error = fields.error[:2000] if fields.error else None
+            if fields.reason is not None:
+                row.progress = {**(row.progress or {}), "reason": fields.reason}
             session.add(
                 AuditEvent(
                     action=f"finetune.{status.value}",
@@ -315,6 +319,18 @@ class LearningRecords:
         except IntegrityError:
             return False
         return True
+
+    def opt_in(self, platform: str, user_id: str) -> bool:
+        """Undo an opt-out (``/forget-me undo``). False when the user had not opted out."""
+        with self._store.session() as session, session.begin():
+            removed = _rowcount(
+                session.execute(delete(OptOut).where(OptOut.platform == platform, OptOut.user_id == user_id))
+            )
+            if removed:
+                session.add(
+                    AuditEvent(action="opt_in", actor=f"{platform}:{user_id}", detail={"platform": platform})
+                )
+        return removed > 0
 
     def opted_out_users(self) -> set[str]:
         """``platform:user_id`` of everyone who opted out with /forget-me."""

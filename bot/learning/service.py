@@ -31,7 +31,9 @@ from bot.learning.dataset import (
     DatasetFiles,
     DatasetOptions,
     build_dataset,
+    held_out_examples,
     purge_author,
+    top_up,
 )
 from bot.learning.gate import GateDecision, judge
 from bot.learning.job import TrainJob, TrainResult
@@ -82,6 +84,12 @@ class ForgetOutcome:
     newly_opted_out: bool
     deleted_turns: int
     deleted_replies: int = 0  # the bot's replies to those turns
+
+
+@dataclass(frozen=True)
+class OptInOutcome:
+    opted_in: bool  # an opt-out was undone
+    by_settings: bool  # finetune.opted_out_users still keeps this user out (an admin's setting)
 
 
 @dataclass(frozen=True)
@@ -244,20 +252,31 @@ class FinetuneService:
 
         def forget() -> ForgetOutcome:
             new = self._records.opt_out(platform, user_id)
-            purged = sum(purge_author(path, f"{platform}:{user_id}") for path in self._kept_held_out_sets())
+            author = f"{platform}:{user_id}"
+            purged = {path: purge_author(path, author) for path in self._kept_held_out_sets()}
             deleted = self._records.delete_user_turns(platform, user_id) if delete else DeletedTurns(0, 0)
+            added = self._refresh_active_held_out(purged)
             _log.info(
-                "opt-out platform=%s user=%s new=%s held_out_removed=%d deleted=%d replies_deleted=%d",
+                "opt-out platform=%s user=%s new=%s held_out_removed=%d held_out_added=%d deleted=%d "
+                "replies_deleted=%d",
                 platform,
                 user_id,
                 new,
-                purged,
+                sum(purged.values()),
+                added,
                 deleted.turns,
                 deleted.replies,
             )
             return ForgetOutcome(new, deleted.turns, deleted.replies)
 
         return await asyncio.to_thread(forget)
+
+    async def opt_in(self, platform: str, user_id: str) -> OptInOutcome:
+        """Undo ``forget_user``'s opt-out (deleted turns stay deleted)."""
+        opted_in = await asyncio.to_thread(self._records.opt_in, platform, user_id)
+        by_settings = f"{platform}:{user_id}" in self._settings.finetune.opted_out_users
+        _log.info("opt-in platform=%s user=%s undone=%s by_settings=%s", platform, user_id, opted_in, by_settings)
+        return OptInOutcome(opted_in, by_settings)
 
     # one run
 
@@ -278,8 +297,7 @@ class FinetuneService:
             files = await self._build_dataset(run, run_dir)
             total = files.train_examples + files.eval_examples
             if total < self._settings.finetune.min_examples:
-                reason = f"too few examples: {total} < {self._settings.finetune.min_examples}"
-                return await self._finish(run, RunStatus.REJECTED, RunOutcomeFields(error=reason))
+                return await self._finish(run, RunStatus.REJECTED, too_few_examples(files, self._settings))
             job = self._job(run_dir, files, active)
             job.write(run_dir / "job.json")
             result = await self._train(run, job, run_dir)
@@ -522,9 +540,38 @@ class FinetuneService:
                 )
                 _log.warning("fine-tune run=%d was left running by a stopped bot: marked failed", run.id)
 
+    def _refresh_active_held_out(self, purged: dict[Path, int]) -> int:
+        """The active version's kept held-out set lost examples to an opt-out: top it up with today's held-out
+        examples (never trained on by any run with these settings), so the next gate is not silently weaker."""
+        active = self._records.active_version()
+        kept = Path(active.path) / HELD_OUT_NAME if active is not None else None
+        if kept is None or not purged.get(kept):
+            return 0
+        options = DatasetOptions.from_settings(self._settings, opted_out=self._records.opted_out_users())
+        return top_up(kept, held_out_examples(self._store, options))
+
     def _kept_held_out_sets(self) -> list[Path]:
         versions = self.lora_dir / "versions"
         return sorted(versions.glob(f"*/{HELD_OUT_NAME}")) if versions.is_dir() else []
+
+
+def too_few_examples(files: DatasetFiles, settings: Settings) -> RunOutcomeFields:
+    """The refusal of a run with too little data, with what the dataset rules left out and why."""
+    dropped = {
+        "opted_out": files.counts.get("opted_out_exchanges", 0),
+        "excluded": files.counts.get("excluded_replies", 0),
+        "feedback": files.counts.get("feedback_dropped", 0),
+    }
+    total = files.train_examples + files.eval_examples
+    minimum = settings.finetune.min_examples
+    error = (
+        f"too few examples: {total} < {minimum} (left out: {dropped['opted_out']} replies to people who opted "
+        f"out, {dropped['excluded']} in excluded channels, {dropped['feedback']} by feedback)"
+    )
+    reason = {"key": "too_few", "total": total, "minimum": minimum, **dropped}
+    return RunOutcomeFields(
+        train_examples=files.train_examples, eval_examples=files.eval_examples, error=error, reason=reason
+    )
 
 
 def _model_reference(name_or_path: str) -> str:

@@ -41,7 +41,10 @@ async def test_specs_have_help_text_and_choices(
     assert set(specs) == {"finetune", "forget-me"}
     assert specs["finetune"].admin_only and not specs["forget-me"].admin_only
     assert specs["finetune"].options[0].choices == ("run", "status", "rollback")
-    assert specs["forget-me"].options[0].choices == ("no", "yes")
+    assert [(o.name, o.choices) for o in specs["forget-me"].options] == [
+        ("delete", ("no", "yes")),
+        ("undo", ("no", "yes")),
+    ]
     for spec in specs.values():
         assert spec.description and len(spec.description) <= 100 and spec.usage
 
@@ -84,7 +87,10 @@ async def test_status_run_and_rollback_replies(
         )
     lines = (await registry.run("finetune", _ctx(ADMIN, action="status"))).text.splitlines()
     assert lines[0] == "No fine-tune is running."
-    assert lines[1].startswith("Last run #1 (") and "not promoted (too few examples: 0 < 1000)" in lines[1]
+    assert lines[1].startswith("Last run #1 (") and lines[1].endswith(
+        "not promoted (too few examples: 0 < 1000; left out: 0 replies to people who opted out, "
+        "0 in excluded channels, 0 by feedback)."
+    )
     assert lines[3] == "Last history prune (2026-11-28 03:30 KST): 7 messages removed from 1 conversations."
 
     # a version in service, and a run in progress, as another process would have recorded them
@@ -136,7 +142,7 @@ async def test_forget_me_opts_out_and_deletes_on_request(
     sqlite_store.add_message(CHANNEL, Role.ASSISTANT, "reply to admin", reply_to=admin_turn.id)
 
     first = await registry.run("forget-me", _ctx(MEMBER))
-    assert first.text == "Your messages will no longer be used for training."
+    assert first.text.startswith("Your messages will no longer be used for training.")
     assert LearningRecords(sqlite_store).opted_out_users() == {"slack:U-member"}
     assert len(sqlite_store.history(CHANNEL)) == 8
 
