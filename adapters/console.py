@@ -17,7 +17,7 @@ from typing import TextIO
 from bot.commands import CommandContext, CommandRegistry, parse_arguments
 from bot.domain import Author, ConversationKey, IncomingMessage, QueuePosition, StreamEvent
 from bot.ports import MessageHandler
-from bot.texts import language_of, say
+from bot.texts import Lang, language_of, say
 
 _log = logging.getLogger(__name__)
 
@@ -27,10 +27,11 @@ QUIT_WORDS = frozenset({"종료", "exit", "quit"})
 
 
 class ConsoleReplySink:
-    """Prints the reply as it streams; shows the queue position while waiting."""
+    """Prints the reply as it streams; shows the queue position while waiting, in ``lang`` (the user's)."""
 
-    def __init__(self, out: TextIO) -> None:
+    def __init__(self, out: TextIO, lang: Lang = "en") -> None:
         self._out = out
+        self.lang = lang
 
     async def send(self, text: str) -> None:
         self._write(f"{BOT_PREFIX}{text}\n")
@@ -42,12 +43,12 @@ class ConsoleReplySink:
             async for event in events:
                 if isinstance(event, QueuePosition):
                     if not parts:
-                        self._write(f"({say('chat.queued', 'ko', position=event.position)}) ")
+                        self._write(f"({say('chat.queued', self.lang, position=event.position)}) ")
                     continue
                 parts.append(event)
                 self._write(event)
         except BaseException:
-            self._write(f" {say('chat.incomplete', language_of(''.join(parts)))}\n")
+            self._write(f" {say('chat.incomplete', self.lang)}\n")
             raise
         self._write("\n")
         return "".join(parts)
@@ -73,6 +74,7 @@ class ConsoleAdapter:
         self._in = stdin or sys.stdin
         self._out = stdout or sys.stdout
         self._task: asyncio.Task[None] | None = None
+        self._lang: Lang | None = None  # the language the user last wrote in
 
     @property
     def conversation(self) -> ConversationKey:
@@ -99,6 +101,7 @@ class ConsoleAdapter:
             text = line.strip()
             if text in QUIT_WORDS:
                 break
+            sink.lang = self._language(text)
             if text.startswith("/"):
                 await self._run_command(text, commands, sink)
                 continue
@@ -114,9 +117,16 @@ class ConsoleAdapter:
                 await on_message(message, sink)
             except Exception:  # the boundary: log, tell, keep the loop alive
                 _log.exception("console message failed message=%s", message.message_id)
-                await sink.send(say("error.generic", language_of(text)))
+                await sink.send(say("error.generic", sink.lang))
         self._out.write("\n")
         self._out.flush()
+
+    def _language(self, text: str) -> Lang:
+        """The language of what the user just wrote; for a command or a blank line without Hangul, the language
+        they last wrote in (a Korean user's ``/finetune status`` is answered in Korean)."""
+        if language_of(text) == "ko" or (text and not text.startswith("/")):
+            self._lang = language_of(text)
+        return self._lang or "en"
 
     async def _read_line(self) -> str | None:
         self._out.write(PROMPT)
@@ -133,7 +143,7 @@ class ConsoleAdapter:
             conversation=self.conversation,
             invoker=self._author,
             args=args,
-            lang=language_of(text),
+            lang=sink.lang,
         )
         reply = await commands.run(name, ctx)
         await sink.send(reply.text)

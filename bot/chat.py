@@ -28,9 +28,11 @@ from bot.prompt import BuiltPrompt, PromptTooLong, build_prompt, speaker_turn, t
 from bot.quoting import quote_block, with_quote
 from bot.settings import Settings
 from bot.store.conversations import ConversationStore, StoredMessage
-from bot.texts import Lang, language_of, say
+from bot.texts import Lang, language_of, say, say_both
 
 _log = logging.getLogger(__name__)
+
+EMPTY_HINT_LOOKBACK = 20  # turns searched for the language of someone who sent an empty mention
 
 
 @dataclass
@@ -63,7 +65,7 @@ class ChatService:
         lang = language_of(msg.text)
         text = msg.text.strip()
         if not text:
-            await sink.send(say("chat.empty", lang))
+            await sink.send(await self._empty_message_hint(msg))
             return
         user_turn = await self._store_user_turn(msg, text)
         if user_turn is None:
@@ -76,6 +78,12 @@ class ChatService:
         finally:
             if task is not None:
                 self._active.get(msg.conversation, set()).discard(task)  # type: ignore[arg-type]
+
+    async def _empty_message_hint(self, msg: IncomingMessage) -> str:
+        """A bare mention says nothing of its writer's language: take it from their last turns here, else both."""
+        recent = await asyncio.to_thread(self._store.history, msg.conversation, limit=EMPTY_HINT_LOOKBACK)
+        own = [m.content for m in recent if m.role is Role.USER and m.author_id == msg.author.id]
+        return say("chat.empty", language_of(own[-1])) if own else say_both("chat.empty")
 
     async def forget(self, key: ConversationKey, *, actor: str) -> int:
         """Stop any reply in progress in this conversation and delete its turns (the /reset command)."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from bot.domain import Author, CommandReply, ConversationKey
 from bot.errors import BotError
 from bot.permissions import AdminPolicy
-from bot.texts import Lang, say
+from bot.texts import TEXTS, Lang, say
 
 _log = logging.getLogger(__name__)
 
@@ -131,10 +131,13 @@ class CommandRegistry:
         return reply
 
     def help_text(self, lang: Lang) -> str:
+        """The commands with their usage, in ``lang`` where texts.py has it (``help.usage.<name>``)."""
         lines = ["명령어 / Commands:" if lang == "ko" else "Commands:"]
         for spec in self._specs.values():
-            admin = " (admin)" if spec.admin_only else ""
+            admin = (" (관리자)" if lang == "ko" else " (admin)") if spec.admin_only else ""
             lines.append(f"/{spec.name}{admin}: {spec.description}")
-            if spec.usage:
-                lines.append(f"    {spec.usage}")
+            key = f"help.usage.{spec.name}"
+            usage = say(key, lang) if key in TEXTS else spec.usage
+            if usage:
+                lines.append(f"    {usage}")
         return "\n".join(lines)

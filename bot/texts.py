@@ -80,6 +80,31 @@ TEXTS: dict[str, dict[Lang, str]] = {
         "ko": "학습 기능이 아직 설정되지 않았어요.",
         "en": "Fine-tuning is not set up on this bot.",
     },
+    # /help: what each command does (the English ones match the CommandSpec usage)
+    "help.usage.help": {
+        "ko": "/help: 이 목록. 질문은 봇을 멘션하거나 DM으로 보내 주세요.",
+        "en": "/help: this list. Mention the bot (or DM it) to ask a question.",
+    },
+    "help.usage.reset": {
+        "ko": "/reset: 이 채널(또는 스레드)에서 나눈 대화를 봇이 모두 잊어요. 슬랙 채널에서는 그 채널에서 저와 나눈 최근 "
+        "스레드, 또는 링크를 붙인 스레드(/reset <링크>)를 지워요.",
+        "en": "/reset: the bot forgets everything said in this channel (or thread) so far. In a Slack channel: "
+        "your latest thread with the bot there, or the thread whose link you add (/reset <link>).",
+    },
+    "help.usage.finetune": {
+        "ko": "/finetune action:run: 모은 대화로 지금 LoRA를 학습해요 (지금 것보다 나을 때만 적용); "
+        "/finetune action:status: 진행 상황, 마지막 결과, 사용 중인 LoRA; /finetune action:rollback: 이전 LoRA로 "
+        "되돌려요. (콘솔과 슬랙에서는 /finetune run 처럼 써도 돼요.)",
+        "en": "/finetune action:run: train a LoRA on the collected conversations now (used only if it beats the "
+        "current one); /finetune action:status: progress, last result, LoRA in service; /finetune action:rollback: "
+        "back to the previous LoRA. (In the console and Slack, /finetune run works too.)",
+    },
+    "help.usage.forget-me": {
+        "ko": "/forget-me: 앞으로 당신의 메시지를 학습에 쓰지 않아요; /forget-me delete:yes 는 저장된 메시지와 그 답변도 "
+        "지워요; /forget-me undo:yes 는 다시 학습에 참여해요.",
+        "en": "/forget-me: your messages are never used for training again; /forget-me delete:yes also removes "
+        "them, and the bot's replies to them, from the bot's history; /forget-me undo:yes opts you back in.",
+    },
     # learning loop (/finetune, /forget-me)
     "cmd.finetune.started": {
         "ko": "학습 #{run}을(를) 시작했어요. 진행 상황은 /finetune status 로 볼 수 있어요.",
@@ -130,6 +155,27 @@ TEXTS: dict[str, dict[Lang, str]] = {
         "{opted_out}개, 제외된 채널 {excluded}개, 피드백 기준 {feedback}개",
         "en": "too few examples: {total} < {minimum}; left out: {opted_out} replies to people who opted out, "
         "{excluded} in excluded channels, {feedback} by feedback",
+    },
+    "finetune.reason.timeout": {
+        "ko": "{seconds}초가 지나도 끝나지 않아 멈췄어요",
+        "en": "timed out after {seconds} s",
+    },
+    "finetune.reason.trainer_stopped": {
+        "ko": "학습 프로세스가 멈췄어요: {detail}",
+        "en": "the trainer {detail}",
+    },
+    "finetune.reason.no_result": {
+        "ko": "학습 프로세스가 결과를 남기지 않았어요: {detail}",
+        "en": "the trainer left no readable result: {detail}",
+    },
+    "finetune.reason.crashed": {"ko": "오류가 났어요: {detail}", "en": "{detail}"},
+    "finetune.reason.active_changed": {
+        "ko": "학습하는 동안 사용 중인 LoRA가 바뀌어서 적용하지 않았어요",
+        "en": "the active LoRA changed while this run trained; not promoting",
+    },
+    "finetune.reason.abandoned": {
+        "ko": "학습 중에 봇이 멈췄어요",
+        "en": "the bot stopped while this run was training",
     },
     "finetune.result.failed": {"ko": "실패했어요 ({reason}).", "en": "failed ({reason})."},
     "finetune.result.cancelled": {"ko": "중단되었어요.", "en": "cancelled."},

@@ -50,8 +50,9 @@ def _finetune_command(service: FinetuneService, zone: ZoneInfo) -> CommandSpec:
         ),
         admin_only=True,
         usage=(
-            "/finetune run: train a LoRA on the collected conversations now (used only if it beats the current one); "
-            "/finetune status: progress, last result, LoRA in service; /finetune rollback: back to the previous LoRA."
+            "/finetune action:run: train a LoRA on the collected conversations now (used only if it beats the "
+            "current one); /finetune action:status: progress, last result, LoRA in service; /finetune action:rollback: "
+            "back to the previous LoRA. (In the console and Slack, /finetune run works too.)"
         ),
     )
 
@@ -118,7 +119,9 @@ def _service_lines(status: FinetuneStatus, lang: Lang, zone: ZoneInfo) -> list[s
     else:
         lines = [say("finetune.status.serving", lang, version=status.serving)]
     if active is not None:
-        why = "finetune.status.folder_missing" if not Path(active.path).is_dir() else "finetune.status.see_log"
+        why = (
+            "finetune.status.folder_missing" if not Path(active.path).is_dir() else "finetune.status.see_log"
+        )
         serving = status.serving or say("finetune.base_model", lang)
         lines.append(
             say("finetune.status.not_serving", lang, version=active.name, serving=serving)
@@ -157,7 +160,7 @@ def _result_text(run: RunInfo, lang: Lang) -> str:
     if run.status is RunStatus.REJECTED:
         return say("finetune.result.rejected", lang, reason=_reason(run, lang))
     if run.status is RunStatus.FAILED:
-        return say("finetune.result.failed", lang, reason=(run.error or "?")[:300])
+        return say("finetune.result.failed", lang, reason=_reason(run, lang)[:400])
     return say("finetune.result.cancelled", lang)
 
 
@@ -230,4 +233,6 @@ async def _opt_back_in(service: FinetuneService, ctx: CommandContext) -> Command
     outcome = await service.opt_in(ctx.platform, ctx.invoker.id)
     if outcome.by_settings:
         return CommandReply(say("cmd.forget_me.kept_out_by_settings", ctx.lang))
-    return CommandReply(say("cmd.forget_me.undone" if outcome.opted_in else "cmd.forget_me.not_opted_out", ctx.lang))
+    return CommandReply(
+        say("cmd.forget_me.undone" if outcome.opted_in else "cmd.forget_me.not_opted_out", ctx.lang)
+    )

@@ -248,7 +248,12 @@ class LearningRecords:
             if previous is not None:
                 previous.is_active = False
             row = LoraVersion(
-                name=name, path=self._stored(path), run_id=run_id, eval_loss=eval_loss, is_active=True, created_at=utcnow()
+                name=name,
+                path=self._stored(path),
+                run_id=run_id,
+                eval_loss=eval_loss,
+                is_active=True,
+                created_at=utcnow(),
             )
             session.add(row)
             session.flush()

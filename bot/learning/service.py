@@ -25,6 +25,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from bot.errors import EngineError
 from bot.learning.dataset import (
     EVAL_FILE,
     TRAIN_FILE,
@@ -47,7 +48,6 @@ from bot.learning.records import (
     RunStatus,
     VersionInfo,
 )
-from bot.errors import EngineError
 from bot.ports import Engine
 from bot.settings import Settings
 from bot.store.conversations import ConversationStore
@@ -63,7 +63,13 @@ PROGRESS_LOG_INTERVAL_S = 10.0
 
 
 class TrainingFailed(Exception):
-    """The training subprocess did not produce a result (crash, kill, timeout)."""
+    """The training subprocess did not produce a result (crash, kill, timeout).
+
+    ``reason``: the same for /finetune status in the reader's language (``finetune.reason.<key>`` and fields)."""
+
+    def __init__(self, message: str, reason: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -172,7 +178,9 @@ class FinetuneService:
                 try:
                     await self._ensure_loaded(active)
                 except EngineError as exc:
-                    _log.error("LoRA %s is active but cannot be loaded (%s): serving the base", active.name, exc)
+                    _log.error(
+                        "LoRA %s is active but cannot be loaded (%s): serving the base", active.name, exc
+                    )
                     wanted = None
                     if self._serving is None:
                         return
@@ -275,7 +283,9 @@ class FinetuneService:
         """Undo ``forget_user``'s opt-out (deleted turns stay deleted)."""
         opted_in = await asyncio.to_thread(self._records.opt_in, platform, user_id)
         by_settings = f"{platform}:{user_id}" in self._settings.finetune.opted_out_users
-        _log.info("opt-in platform=%s user=%s undone=%s by_settings=%s", platform, user_id, opted_in, by_settings)
+        _log.info(
+            "opt-in platform=%s user=%s undone=%s by_settings=%s", platform, user_id, opted_in, by_settings
+        )
         return OptInOutcome(opted_in, by_settings)
 
     # one run
@@ -320,11 +330,16 @@ class FinetuneService:
             raise
         except TrainingFailed as exc:
             _log.warning("fine-tune run=%d failed: %s", run.id, exc)
-            return await self._finish(run, RunStatus.FAILED, RunOutcomeFields(error=str(exc)))
+            return await self._finish(
+                run, RunStatus.FAILED, RunOutcomeFields(error=str(exc), reason=exc.reason)
+            )
         except Exception as exc:
             _log.exception("fine-tune run=%d crashed", run.id)
+            detail = f"{type(exc).__name__}: {exc}"
             return await self._finish(
-                run, RunStatus.FAILED, RunOutcomeFields(error=f"{type(exc).__name__}: {exc}")
+                run,
+                RunStatus.FAILED,
+                RunOutcomeFields(error=detail, reason={"key": "crashed", "detail": detail[:300]}),
             )
         finally:
             await asyncio.to_thread(_remove_datasets, run_dir)
@@ -397,18 +412,24 @@ class FinetuneService:
                 code = await process.wait()
         except TimeoutError:
             await _kill(process)
-            raise TrainingFailed(f"timed out after {self._settings.finetune.timeout_s:.0f} s") from None
+            seconds = round(self._settings.finetune.timeout_s)
+            raise TrainingFailed(
+                f"timed out after {seconds} s", {"key": "timeout", "seconds": seconds}
+            ) from None
         except BaseException:
             await _kill(process)
             raise
         finally:
             self._process = None
         if code != 0:
-            raise TrainingFailed(f"trainer {_describe_exit(code)}; {_tail(log_path)}")
+            detail = f"{_describe_exit(code)}; {_tail(log_path)}"
+            raise TrainingFailed(f"trainer {detail}", {"key": "trainer_stopped", "detail": detail[:300]})
         try:
             return TrainResult.read(Path(job.result_file))
         except (OSError, ValueError, KeyError) as exc:
-            raise TrainingFailed(f"trainer left no readable result: {exc}") from exc
+            raise TrainingFailed(
+                f"trainer left no readable result: {exc}", {"key": "no_result", "detail": str(exc)[:300]}
+            ) from exc
 
     async def _follow_progress(self, run: RunInfo, process: asyncio.subprocess.Process) -> None:
         assert process.stdout is not None
@@ -460,7 +481,9 @@ class FinetuneService:
         async with self._switch_lock:
             active = await asyncio.to_thread(self._records.active_version)
             if (active.id if active else None) != (compared_with.id if compared_with else None):
-                raise TrainingFailed("the active LoRA changed while this run trained; not promoting")
+                raise TrainingFailed(
+                    "the active LoRA changed while this run trained; not promoting", {"key": "active_changed"}
+                )
             name = await asyncio.to_thread(self._records.next_version_name)
             version_dir = self.lora_dir / "versions" / name
             await asyncio.to_thread(
@@ -536,7 +559,9 @@ class FinetuneService:
                 self._records.finish_run(
                     run.id,
                     RunStatus.FAILED,
-                    RunOutcomeFields(error="the bot stopped while this run was training"),
+                    RunOutcomeFields(
+                        error="the bot stopped while this run was training", reason={"key": "abandoned"}
+                    ),
                 )
                 _log.warning("fine-tune run=%d was left running by a stopped bot: marked failed", run.id)
 

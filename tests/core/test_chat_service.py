@@ -13,7 +13,7 @@ from bot.domain import Author, ConversationKey, GenerationRequest, IncomingMessa
 from bot.errors import QueueFull
 from bot.settings import Settings, load_settings
 from bot.store.conversations import ConversationStore
-from bot.texts import say
+from bot.texts import say, say_both
 from tests.fakes import CharTokenizer, RecordingSink, ScriptedEngine
 
 KEY = ConversationKey("discord", "g1", "c1")
@@ -82,7 +82,8 @@ async def test_empty_message_gets_a_hint_and_no_model_call(
     chat = ChatService(settings=core_settings, store=sqlite_store, engine=engine)
     sink = RecordingSink()
     await chat.handle(message("   ", "m1"), sink)
-    assert sink.sent == [say("chat.empty", "en")] and engine.requests == []
+    # no earlier turn tells the writer's language: both
+    assert sink.sent == [say_both("chat.empty")] and engine.requests == []
     assert sqlite_store.count_messages(KEY) == 0
 
 

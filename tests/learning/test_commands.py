@@ -109,7 +109,9 @@ async def test_status_run_and_rollback_replies(
     assert "promoted, held-out loss 0.5000 (was 2.0000)." in lines[1]
     # this process's engine has not switched yet: status says what it serves, and that it is not v1
     assert lines[2] == "In service: the base model (no LoRA)."
-    assert lines[3].startswith("Warning: LoRA v1 is the active version on record, but this bot answers with the ")
+    assert lines[3].startswith(
+        "Warning: LoRA v1 is the active version on record, but this bot answers with the "
+    )
     assert "could not be loaded" in lines[3]
     await service.sync_active()
     lines = (await registry.run("finetune", _ctx(ADMIN, action="status"))).text.splitlines()

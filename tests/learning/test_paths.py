@@ -69,7 +69,9 @@ def test_migration_0004_rewrites_old_rows(tmp_path: Path, monkeypatch: pytest.Mo
     old.finish_run(
         run.id, RunStatus.SUCCEEDED, RunOutcomeFields(adapter_path=str(data / "lora" / "versions" / "v1"))
     )
-    old.promote(name="v1", path=str(data / "lora" / "versions" / "v1"), run_id=run.id, eval_loss=1.0, actor="a")
+    old.promote(
+        name="v1", path=str(data / "lora" / "versions" / "v1"), run_id=run.id, eval_loss=1.0, actor="a"
+    )
     old.promote(name="v2", path="data/lora/versions/v2", run_id=run.id, eval_loss=1.0, actor="a")
     old.promote(name="v3", path="/srv/elsewhere/v3", run_id=run.id, eval_loss=1.0, actor="a")
 
@@ -182,7 +184,10 @@ def test_restart_from_another_folder_serves_the_active_version(
     version_dir.rename(version_dir.with_name("moved-away"))
     missing = run_chat(elsewhere, "../first/data", status_and_question, "missing")
     assert "In service: the base model (no LoRA)." in missing
-    assert "Warning: LoRA v1 is the active version on record, but this bot answers with the base model." in missing
+    assert (
+        "Warning: LoRA v1 is the active version on record, but this bot answers with the base model."
+        in missing
+    )
     assert "is missing: check the data directory" in missing
     assert replies(missing)[1] != lora_reply  # the version changes what the demo model says
 
@@ -211,7 +216,9 @@ async def test_the_trainer_runs_whatever_the_bots_working_folder(
     service = FinetuneService(settings, store, RecordingEngine())
     run = await service.run(actor="console:local")
     assert run is not None and run.status in (RunStatus.SUCCEEDED, RunStatus.REJECTED), run
-    job = json.loads((settings.lora_dir / "runs" / f"run-{run.id:04d}" / "job.json").read_text(encoding="utf-8"))
+    job = json.loads(
+        (settings.lora_dir / "runs" / f"run-{run.id:04d}" / "job.json").read_text(encoding="utf-8")
+    )
     for key in ("base_model", "train_file", "eval_file", "output_dir", "result_file"):
         assert Path(job[key]).is_absolute(), (key, job[key])
     assert run.eval_loss is not None  # the trainer evaluated: it found its job, data and model
