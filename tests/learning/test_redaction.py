@@ -10,7 +10,7 @@ import pytest
 
 from bot.domain import Author, ConversationKey, Role
 from bot.learning.dataset import DatasetOptions, build_dataset
-from bot.learning.redaction import PiiKind, find_pii, placeholder, redact
+from bot.learning.redaction import PiiKind, find_pii, passes_luhn, placeholder, redact
 from bot.store.conversations import ConversationStore
 from tests.learning.pii_samples import ALL_SAMPLES, NOT_PII, Sample
 
@@ -80,3 +80,14 @@ def test_dataset_file_holds_no_personal_data(sqlite_store: ConversationStore, tm
         if len(digits) >= 9:
             assert digits not in digits_written
     assert find_pii(written) == []
+
+
+def test_card_numbers_need_the_luhn_check() -> None:
+    """Every card sample is a valid number; the same digits with another check digit are not taken for a card."""
+    for _, sentence, secret in ALL_SAMPLES["card"]:
+        wrong = secret[:-1] + str((int(secret[-1]) + 1) % 10)
+        assert PiiKind.CARD not in {kind for kind, _ in find_pii(sentence.replace(secret, wrong))}, wrong
+    assert redact("카드 아님: 20261205143000 (로그 시각)") == "카드 아님: 20261205143000 (로그 시각)"
+    assert passes_luhn("20261205143005")  # a timestamp that happens to pass the card check
+    assert redact("결제 시각 20261205143005") == "결제 시각 20261205143005"
+    assert redact("Diners 3056-930902-5904 expired") == "Diners [CARD] expired"
