@@ -52,18 +52,20 @@ def promote(records: LearningRecords, name: str, path: str) -> None:
     records.promote(name=name, path=path, run_id=run.id, eval_loss=1.0, actor="console:local")
 
 
-def _store_at_0003(data: Path) -> ConversationStore:
-    engine = create_db_engine(f"sqlite:///{data / 'hanbot.db'}")
+def _store_at_0003(url: str) -> ConversationStore:
+    engine = create_db_engine(url)
     migrate(engine, "0003")
     return ConversationStore(engine)
 
 
-def test_migration_0004_rewrites_old_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_migration_0004_rewrites_old_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str
+) -> None:
     """Rows stored by the old code: absolute, relative to the old working folder, and a folder outside."""
     monkeypatch.chdir(tmp_path)
     data = tmp_path / "data"
     (data / "lora" / "versions" / "v2").mkdir(parents=True)
-    store = _store_at_0003(data)
+    store = _store_at_0003(db_url)
     old = LearningRecords(store)  # no data_dir: paths stored as given, as before
     run = old.create_run(trigger="manual", started_by="console:local", owner="x")
     old.finish_run(
@@ -95,17 +97,30 @@ def test_migration_0004_rewrites_old_rows(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_migration_0004_from_another_folder_finds_the_default_layout(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str
 ) -> None:
     """The bot stored "data/lora/versions/v1" in /srv/bot and now starts in / with data_dir /srv/bot/data."""
     data = tmp_path / "bot" / "data"
     (data / "lora" / "versions" / "v1").mkdir(parents=True)
-    store = _store_at_0003(data)
+    store = _store_at_0003(db_url)
     promote(LearningRecords(store), "v1", "data/lora/versions/v1")
     monkeypatch.chdir(tmp_path)
     migrate(store.engine, data_dir=data)
     active = LearningRecords(store, data_dir=data).active_version()
     assert active is not None and Path(active.path) == data.resolve() / "lora" / "versions" / "v1"
+
+
+def test_migration_0004_without_a_data_dir_keeps_the_default_layout(tmp_path: Path, sqlite_url: str) -> None:
+    """`alembic upgrade` by hand knows no data directory: relative rows keep the part from lora/versions/ on."""
+    store = _store_at_0003(sqlite_url)
+    records = LearningRecords(store)
+    promote(records, "v1", "data/lora/versions/v1")
+    promote(records, "v2", "/srv/hanbot/data/lora/versions/v2")
+    migrate(store.engine)
+    assert {v.name: v.path for v in records.versions()} == {
+        "v1": "lora/versions/v1",
+        "v2": "/srv/hanbot/data/lora/versions/v2",
+    }
 
 
 # the restart scenario
