@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -189,9 +190,11 @@ def test_restart_from_another_folder_serves_the_active_version(
     status_and_question = f"/finetune status\n{question}\n/finetune action:status\n종료\n"
     relative = run_chat(elsewhere, "../first/data", status_and_question, "relative")
     absolute = run_chat(elsewhere, str(data.resolve()), status_and_question, "absolute")
+    assert re.search("[가-힣]", question)  # so the status typed after it is answered in Korean
     for out in (relative, absolute):
-        assert out.count("In service: LoRA v1 (held-out loss 1.0000") == 2, out
-        assert "Warning" not in out
+        assert "In service: LoRA v1 (held-out loss 1.0000" in out, out
+        assert "사용 중: LoRA v1 (검증 loss 1.0000" in out, out
+        assert "Warning" not in out and "주의" not in out
     lora_reply = replies(relative)[1]
     assert replies(absolute)[1] == lora_reply
 
@@ -204,6 +207,7 @@ def test_restart_from_another_folder_serves_the_active_version(
         in missing
     )
     assert "is missing: check the data directory" in missing
+    assert "주의: 기록상 사용 중인 버전은 LoRA v1이지만 이 봇은 지금 기본 모델(으)로 답하고 있어요." in missing
     assert replies(missing)[1] != lora_reply  # the version changes what the demo model says
 
 
