@@ -121,7 +121,7 @@ async def test_forget_me_delete_removes_my_turns_and_exactly_the_replies_to_them
 
     assert kind == "type=5 flags=64"
     assert texts == [
-        "Your messages will no longer be used for training.\n"
+        "Your messages will no longer be used for training. (/forget-me undo:yes takes you back in.)\n"
         "1 of your stored messages and the bot's 1 replies to them were deleted as well."
     ]
     left = bot.history(fake_discord.general)
