@@ -207,7 +207,9 @@ def test_restart_from_another_folder_serves_the_active_version(
         in missing
     )
     assert "is missing: check the data directory" in missing
-    assert "주의: 기록상 사용 중인 버전은 LoRA v1이지만 이 봇은 지금 기본 모델(으)로 답하고 있어요." in missing
+    assert (
+        "주의: 기록상 사용 중인 버전은 LoRA v1이지만 이 봇은 지금 기본 모델(으)로 답하고 있어요." in missing
+    )
     assert replies(missing)[1] != lora_reply  # the version changes what the demo model says
 
 
