@@ -92,8 +92,8 @@ def build_core(
 ) -> Core:
     store = store or build_store(settings)
     engine = engine or build_engine(settings)
-    chat = ChatService(settings=settings, store=store, engine=engine)
     finetune = FinetuneService(settings, store, engine)
+    chat = ChatService(settings=settings, store=store, engine=engine, lora_for=finetune.lora_for)
     commands = build_commands(
         settings,
         store,
@@ -106,7 +106,8 @@ def build_core(
 
 
 async def start_background(core: Core) -> None:
-    """Serve the active LoRA again, fail runs a dead process left behind, and start the scheduled jobs."""
+    """Serve the active LoRA and the open trial again, load the versions channels are routed to, fail runs a dead
+    process left behind, and start the scheduled jobs."""
     await core.finetune.restore()
     if core.scheduler is not None:
         await core.scheduler.start()

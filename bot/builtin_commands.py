@@ -6,8 +6,9 @@ import asyncio
 import re
 
 from bot.chat import ChatService
-from bot.commands import CommandContext, CommandOption, CommandRegistry, CommandSpec
+from bot.commands import CommandContext, CommandRegistry, CommandSpec
 from bot.domain import CommandReply, ConversationKey
+from bot.learning.commands import FINETUNE_OPTIONS
 from bot.store.conversations import ConversationStore
 from bot.texts import say
 
@@ -77,6 +78,6 @@ def finetune_unavailable_command() -> CommandSpec:
         name="finetune",
         description="Train the bot on this team's conversations / 대화로 모델 학습",
         handler=unavailable,
-        options=(CommandOption("action", "run, status or rollback", choices=("run", "status", "rollback")),),
+        options=FINETUNE_OPTIONS,  # registered on the platforms as the learning loop's, which replaces it
         admin_only=True,
     )

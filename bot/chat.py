@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from bot.domain import (
@@ -46,11 +46,23 @@ class _Reply:
         return "".join(self.parts)
 
 
+LoraRouter = Callable[[ConversationKey], str | None]
+"""Which LoRA version answers in a conversation (``GenerationRequest.lora``): the learning loop's routes."""
+
+
 class ChatService:
-    def __init__(self, *, settings: Settings, store: ConversationStore, engine: Engine) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: ConversationStore,
+        engine: Engine,
+        lora_for: LoraRouter | None = None,
+    ) -> None:
         self._settings = settings
         self._store = store
         self._engine = engine
+        self._lora_for = lora_for
         self._active: dict[ConversationKey, set[asyncio.Task[None]]] = {}
         self._trim_noticed: set[ConversationKey] = set()
 
@@ -152,6 +164,7 @@ class ChatService:
             turns=prompt.turns,
             params=self._generation_params(),
             timeout_s=self._settings.generation.timeout_s,
+            lora=self._lora_for(msg.conversation) if self._lora_for else None,
         )
         reply = _Reply([])
         try:

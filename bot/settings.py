@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +31,9 @@ DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful AI assistant. Please answer the user's questions kindly. "
     "당신은 유능한 AI 어시스턴트 입니다. 사용자의 질문에 대해 친절하게 답변해주세요."
 )
+# finetune.version_routes: "platform:workspace[:channel[:thread]]" (str(ConversationKey) or a prefix of it) -> "vN"
+ROUTE_SCOPE = re.compile(r"(discord|slack|console):[^:\s]+(:[^:\s]+){0,2}")
+ROUTE_VERSION = re.compile(r"v[0-9]+|base")
 SECRET_FIELDS = (
     "discord_token",
     "slack_bot_token",
@@ -160,8 +164,17 @@ class FinetuneSettings(BaseModel):
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
     max_seq_len: int = Field(2048, ge=64)
-    gpu_sharing: Literal["pause", "separate"] = "pause"
+    gpu_sharing: Literal["pause", "separate", "shared"] = Field(
+        "pause",
+        description="pause: the engine stops while training; separate: train on train_device; "
+        "shared: train on the serving GPU while the bot answers (needs engine.reserve_training_gib)",
+    )
     train_device: str | None = Field(None, description='with gpu_sharing="separate", e.g. "cuda:1"')
+    version_routes: dict[str, str] = Field(
+        default_factory=dict,
+        description='conversation key or prefix -> version served there, e.g. {"discord:GUILD": "v3"}; '
+        '"base": no LoRA',
+    )
     excluded_channels: list[str] = Field(
         default_factory=list, description="conversation keys never trained on"
     )
@@ -179,6 +192,19 @@ class FinetuneSettings(BaseModel):
     seed: int = 0
     python: str | None = Field(None, description="trainer interpreter")
     timeout_s: float = Field(12 * 3600.0, gt=0, description="a run still training after this long is stopped")
+
+    @field_validator("version_routes")
+    @classmethod
+    def _check_version_routes(cls, routes: dict[str, str]) -> dict[str, str]:
+        for scope, version in routes.items():
+            if not ROUTE_SCOPE.fullmatch(scope):
+                raise ValueError(
+                    f"{scope!r} is not a conversation key or prefix: write platform:workspace[:channel[:thread]], "
+                    'e.g. "discord:123456789" (a guild), "slack:T0123:C0456" (a channel), "console:-:console"'
+                )
+            if not ROUTE_VERSION.fullmatch(version):
+                raise ValueError(f'{scope!r} -> {version!r}: name a version ("v3") or "base" (no LoRA)')
+        return routes
 
 
 class Settings(BaseSettings):
@@ -239,6 +265,25 @@ class Settings(BaseSettings):
                     "engine.fp8_weights and engine.tensor_parallel load the bf16 checkpoint: "
                     "set HANBOT_MODEL__QUANTIZATION=none"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _check_gpu_sharing(self) -> Settings:
+        if self.finetune.gpu_sharing != "shared":
+            return self
+        if self.engine.kind != "local":
+            raise ValueError(
+                'finetune.gpu_sharing="shared" trains on the GPU of the engine in this process, but engine.kind is '
+                '"remote": set HANBOT_FINETUNE__GPU_SHARING=separate (with finetune.train_device) instead'
+            )
+        # engine.reserve_training_gib: GPU memory the engine keeps out of its KV pool for the trainer
+        reserved = getattr(self.engine, "reserve_training_gib", None)
+        if not isinstance(reserved, int | float) or reserved <= 0:
+            raise ValueError(
+                'finetune.gpu_sharing="shared" needs GPU memory kept free for the trainer: set '
+                "engine.reserve_training_gib (HANBOT_ENGINE__RESERVE_TRAINING_GIB; a QLoRA step of the 70B peaks at 45 GiB at 2,048 tokens; "
+                "see docs/learning.md), or choose pause or separate"
+            )
         return self
 
     @model_validator(mode="after")

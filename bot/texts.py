@@ -93,11 +93,20 @@ TEXTS: dict[str, dict[Lang, str]] = {
     },
     "help.usage.finetune": {
         "ko": "/finetune action:run: 모은 대화로 지금 LoRA를 학습해요 (지금 것보다 나을 때만 적용); "
-        "/finetune action:status: 진행 상황, 마지막 결과, 사용 중인 LoRA; /finetune action:rollback: 이전 LoRA로 "
-        "되돌려요. (콘솔과 슬랙에서는 /finetune run 처럼 써도 돼요.)",
-        "en": "/finetune action:run: train a LoRA on the collected conversations now (used only if it beats the "
-        "current one); /finetune action:status: progress, last result, LoRA in service; /finetune action:rollback: "
-        "back to the previous LoRA. (In the console and Slack, /finetune run works too.)",
+        "/finetune action:status: 진행 상황, 마지막 결과, 사용 중인 LoRA와 시험 중인 LoRA; "
+        "/finetune action:try [channels:#채널]: 아직 적용하지 않은 최신 후보 LoRA를 이 채널(또는 적은 채널)에서만 "
+        "시험해요, 다른 채널은 지금 버전 그대로; /finetune action:promote: 시험 중인 후보를 모두의 기본으로 적용해요; "
+        "/finetune action:rollback: 시험 중이면 시험을 끝내고, 아니면 이전 LoRA로 되돌려요. "
+        "(콘솔과 슬랙에서는 /finetune run 처럼 써도 돼요.)",
+        "en": (
+            "/finetune action:run: train a LoRA on the collected conversations now (used only if it beats the "
+            "current one); /finetune action:status: progress, last result, the LoRA in service and the one on trial; "
+            "/finetune action:try [channels:#channel]: serve the newest candidate (trained, not promoted) only in "
+            "this channel (or the channels listed) while everyone else keeps the current version; "
+            "/finetune action:promote: make the candidate on trial everyone's default; /finetune action:rollback: end "
+            "the trial if one is going, else back to the previous LoRA. (In the console and Slack, /finetune run works "
+            "too.)"
+        ),
     },
     "help.usage.forget-me": {
         "ko": "/forget-me: 앞으로 당신의 메시지를 학습에 쓰지 않아요; /forget-me delete:yes 는 저장된 메시지와 그 답변도 "
@@ -123,8 +132,43 @@ TEXTS: dict[str, dict[Lang, str]] = {
         "en": "There is nothing to roll back: the base model is already answering.",
     },
     "cmd.finetune.unknown_action": {
-        "ko": "action은 run, status, rollback 중 하나여야 해요.",
-        "en": "The action must be run, status or rollback.",
+        "ko": "action은 run, status, try, promote, rollback 중 하나여야 해요.",
+        "en": "The action must be run, status, try, promote or rollback.",
+    },
+    "cmd.finetune.trying": {
+        "ko": "후보 LoRA {version}을(를) 시험 중이에요: {channels}. 다른 채널은 {active} 그대로예요. "
+        "/finetune promote 로 모두에게 적용하고, /finetune rollback 으로 시험을 끝낼 수 있어요.",
+        "en": "Trying candidate LoRA {version} in {channels}; every other channel keeps {active}. "
+        "/finetune promote makes it everyone's default; /finetune rollback ends the trial.",
+    },
+    "cmd.finetune.nothing_to_try": {
+        "ko": "시험할 후보 LoRA가 없어요 (학습한 버전은 모두 적용되었거나 정리되었어요). /finetune run 으로 새로 "
+        "학습할 수 있어요.",
+        "en": "There is no candidate to try: every trained version was promoted or dropped. /finetune run trains "
+        "a new one.",
+    },
+    "cmd.finetune.try_unsupported": {
+        "ko": "지금 모델 엔진은 모든 채널에 한 버전으로만 답할 수 있어서 일부 채널에서만 시험할 수 없어요. "
+        "/finetune promote 로 모두에게 적용하고, 마음에 들지 않으면 /finetune rollback 으로 되돌릴 수 있어요.",
+        "en": "This bot's engine answers every channel with one version, so a version cannot be tried in some "
+        "channels only. /finetune promote serves the candidate to everyone; /finetune rollback goes back.",
+    },
+    "cmd.finetune.bad_channels": {
+        "ko": "“{word}”을(를) 채널로 읽지 못했어요. 채널은 #채널 멘션(또는 ID)으로, 띄어 써서 적어 주세요.",
+        "en": "I could not read “{word}” as a channel. List channels as #channel mentions (or ids), separated by "
+        "spaces.",
+    },
+    "cmd.finetune.promoted": {
+        "ko": "LoRA {version}을(를) 모두의 기본으로 적용했어요 (이전: {previous}).",
+        "en": "LoRA {version} is now everyone's default (was {previous}).",
+    },
+    "cmd.finetune.nothing_to_promote": {
+        "ko": "적용할 후보 LoRA가 없어요. /finetune status 로 사용 중인 버전을 볼 수 있어요.",
+        "en": "There is no candidate to promote. /finetune status shows the version in service.",
+    },
+    "cmd.finetune.trial_ended": {
+        "ko": "LoRA {version} 시험을 끝냈어요. 모든 채널이 다시 {active}(으)로 답해요.",
+        "en": "Ended the trial of LoRA {version}: every channel gets {active} again.",
     },
     "finetune.base_model": {"ko": "기본 모델", "en": "the base model"},
     "finetune.status.idle": {"ko": "진행 중인 학습은 없어요.", "en": "No fine-tune is running."},
@@ -179,6 +223,30 @@ TEXTS: dict[str, dict[Lang, str]] = {
     },
     "finetune.result.failed": {"ko": "실패했어요 ({reason}).", "en": "failed ({reason})."},
     "finetune.result.cancelled": {"ko": "중단되었어요.", "en": "cancelled."},
+    "finetune.result.held": {
+        "ko": "평가는 통과했지만 시험 중인 LoRA가 있어 후보로만 보관했어요 (검증 loss {loss}, 이전 {baseline}).",
+        "en": "passed the gate but kept as a candidate, as a trial was going (held-out loss {loss}, was "
+        "{baseline}).",
+    },
+    "finetune.sharing": {"ko": " (GPU: {mode})", "en": " (GPU: {mode})"},
+    "finetune.sharing.pause": {"ko": "학습하는 동안 봇 일시 정지", "en": "the bot paused while training"},
+    "finetune.sharing.separate": {"ko": "별도 장치에서 학습", "en": "trained on a separate device"},
+    "finetune.sharing.shared": {
+        "ko": "서비스 중인 GPU에서 답변과 함께 학습",
+        "en": "trained on the serving GPU while the bot kept answering",
+    },
+    "finetune.status.trial": {
+        "ko": "시험 중: LoRA {version}, {channels}에서 ({when}부터, {by}). 다른 채널은 위의 버전이에요. "
+        "/finetune promote 로 적용, /finetune rollback 으로 시험 종료.",
+        "en": "On trial: LoRA {version} in {channels} (since {when}, by {by}); every other channel gets the "
+        "version above. /finetune promote applies it, /finetune rollback ends the trial.",
+    },
+    "finetune.status.candidate": {
+        "ko": "후보: LoRA {version} (검증 loss {loss}, {when}), 적용 안 됨. /finetune try 로 이 채널에서 시험할 수 "
+        "있어요.",
+        "en": "Candidate: LoRA {version} (held-out loss {loss}, {when}), not promoted. /finetune try serves it in "
+        "this channel.",
+    },
     "finetune.status.active": {
         "ko": "사용 중: LoRA {version} (검증 loss {loss}, {when}부터).",
         "en": "In service: LoRA {version} (held-out loss {loss}, since {when}).",

@@ -1,4 +1,5 @@
-"""/finetune (admins: run, status, rollback) and /forget-me (anyone: leave training, optionally delete my turns)."""
+"""/finetune (admins: run, status, try, promote, rollback) and /forget-me (anyone: leave training, optionally delete
+my turns)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,22 @@ from zoneinfo import ZoneInfo
 
 from bot.commands import CommandContext, CommandOption, CommandSpec, is_yes
 from bot.domain import CommandReply
-from bot.learning.records import RunInfo, RunStatus
+from bot.learning.records import RunInfo, RunStatus, TrialInfo, VersionInfo
+from bot.learning.routing import BadChannelList, channel_scope, parse_channels
 from bot.learning.service import FinetuneService, FinetuneStatus
 from bot.texts import TEXTS, Lang, say
 
 _log = logging.getLogger(__name__)
 
-FINETUNE_ACTIONS = ("run", "status", "rollback")
+FINETUNE_ACTIONS = ("run", "status", "try", "promote", "rollback")
+FINETUNE_OPTIONS = (
+    CommandOption(
+        "action",
+        "run, status, try, promote or rollback / 실행, 상태, 시험, 적용, 되돌리기",
+        choices=FINETUNE_ACTIONS,
+    ),
+    CommandOption("channels", "for try: #channels (default: this one) / 시험할 채널 (기본: 이 채널)"),
+)
 
 
 def learning_commands(service: FinetuneService, *, timezone: str = "Asia/Seoul") -> list[CommandSpec]:
@@ -35,6 +45,10 @@ def _finetune_command(service: FinetuneService, zone: ZoneInfo) -> CommandSpec:
             return await _run(service, ctx)
         if action == "status":
             return CommandReply(render_status(await service.status(), ctx.lang, zone))
+        if action == "try":
+            return await _try(service, ctx)
+        if action == "promote":
+            return await _promote(service, ctx)
         if action == "rollback":
             return await _rollback(service, ctx)
         return CommandReply(say("cmd.finetune.unknown_action", ctx.lang))
@@ -43,16 +57,16 @@ def _finetune_command(service: FinetuneService, zone: ZoneInfo) -> CommandSpec:
         name="finetune",
         description="Train the bot on this team's conversations / 대화로 모델 학습",
         handler=finetune,
-        options=(
-            CommandOption(
-                "action", "run, status or rollback / 실행, 상태, 되돌리기", choices=FINETUNE_ACTIONS
-            ),
-        ),
+        options=FINETUNE_OPTIONS,
         admin_only=True,
         usage=(
             "/finetune action:run: train a LoRA on the collected conversations now (used only if it beats the "
-            "current one); /finetune action:status: progress, last result, LoRA in service; /finetune action:rollback: "
-            "back to the previous LoRA. (In the console and Slack, /finetune run works too.)"
+            "current one); /finetune action:status: progress, last result, the LoRA in service and the one on trial; "
+            "/finetune action:try [channels:#channel]: serve the newest candidate (trained, not promoted) only in "
+            "this channel (or the channels listed) while everyone else keeps the current version; "
+            "/finetune action:promote: make the candidate on trial everyone's default; /finetune action:rollback: end "
+            "the trial if one is going, else back to the previous LoRA. (In the console and Slack, /finetune run works "
+            "too.)"
         ),
     )
 
@@ -64,8 +78,46 @@ async def _run(service: FinetuneService, ctx: CommandContext) -> CommandReply:
     return CommandReply(say(key, ctx.lang, run=run_id), ephemeral=False)
 
 
+async def _try(service: FinetuneService, ctx: CommandContext) -> CommandReply:
+    """The newest candidate in the listed channels, or in the channel the command was given in."""
+    try:
+        scopes = parse_channels(ctx.args.get("channels") or "", ctx.conversation)
+    except BadChannelList as exc:
+        return CommandReply(say("cmd.finetune.bad_channels", ctx.lang, word=str(exc)[:100]))
+    outcome = await service.try_candidate(
+        actor=_actor(ctx), scopes=scopes or (channel_scope(ctx.conversation),)
+    )
+    if outcome.unsupported:
+        return CommandReply(say("cmd.finetune.try_unsupported", ctx.lang))
+    if not outcome.started:
+        return CommandReply(say("cmd.finetune.nothing_to_try", ctx.lang))
+    active = outcome.active or say("finetune.base_model", ctx.lang)
+    channels = ", ".join(outcome.scopes)
+    return CommandReply(
+        say("cmd.finetune.trying", ctx.lang, version=outcome.version, channels=channels, active=active),
+        ephemeral=False,
+    )
+
+
+async def _promote(service: FinetuneService, ctx: CommandContext) -> CommandReply:
+    outcome = await service.promote_candidate(actor=_actor(ctx))
+    if not outcome.promoted:
+        return CommandReply(say("cmd.finetune.nothing_to_promote", ctx.lang))
+    previous = outcome.previous or say("finetune.base_model", ctx.lang)
+    return CommandReply(
+        say("cmd.finetune.promoted", ctx.lang, version=outcome.version, previous=previous), ephemeral=False
+    )
+
+
 async def _rollback(service: FinetuneService, ctx: CommandContext) -> CommandReply:
     outcome = await service.rollback(actor=_actor(ctx))
+    if outcome.ended_trial is not None:
+        active = (await service.status()).active
+        current = active.name if active else say("finetune.base_model", ctx.lang)
+        return CommandReply(
+            say("cmd.finetune.trial_ended", ctx.lang, version=outcome.ended_trial, active=current),
+            ephemeral=False,
+        )
     if not outcome.rolled_back:
         return CommandReply(say("cmd.finetune.nothing_to_roll_back", ctx.lang))
     current = outcome.current or say("finetune.base_model", ctx.lang)
@@ -75,7 +127,8 @@ async def _rollback(service: FinetuneService, ctx: CommandContext) -> CommandRep
 
 
 def render_status(status: FinetuneStatus, lang: Lang, zone: ZoneInfo) -> str:
-    """Running run (or idle), last finished run, LoRA in service, last prune: one line each."""
+    """Running run (or idle), last finished run, LoRA in service, the trial or the candidate, last prune: one line
+    each."""
     lines = [_running_line(status.running, lang) if status.running else say("finetune.status.idle", lang)]
     if status.last is not None:
         lines.append(
@@ -86,8 +139,13 @@ def render_status(status: FinetuneStatus, lang: Lang, zone: ZoneInfo) -> str:
                 when=_when(status.last.finished_at or status.last.started_at, zone),
                 result=_result_text(status.last, lang),
             )
+            + _sharing(status.last, lang)
         )
     lines.extend(_service_lines(status, lang, zone))
+    if status.trial is not None:
+        lines.append(_trial_line(status.trial, lang, zone))
+    if status.candidate is not None:
+        lines.append(_candidate_line(status.candidate, lang, zone))
     if status.last_prune is not None:
         lines.append(
             say(
@@ -131,6 +189,33 @@ def _service_lines(status: FinetuneStatus, lang: Lang, zone: ZoneInfo) -> list[s
     return lines
 
 
+def _trial_line(trial: TrialInfo, lang: Lang, zone: ZoneInfo) -> str:
+    return say(
+        "finetune.status.trial",
+        lang,
+        version=trial.version.name,
+        channels=", ".join(trial.scopes),
+        when=_when(trial.started_at, zone),
+        by=trial.started_by,
+    )
+
+
+def _candidate_line(candidate: VersionInfo, lang: Lang, zone: ZoneInfo) -> str:
+    return say(
+        "finetune.status.candidate",
+        lang,
+        version=candidate.name,
+        loss=_loss(candidate.eval_loss),
+        when=_when(candidate.created_at, zone),
+    )
+
+
+def _sharing(run: RunInfo, lang: Lang) -> str:
+    """How the run shared the GPU with serving (runs recorded before that was stored say nothing)."""
+    key = f"finetune.sharing.{run.gpu_sharing}"
+    return say("finetune.sharing", lang, mode=say(key, lang)) if key in TEXTS else ""
+
+
 def _running_line(run: RunInfo, lang: Lang) -> str:
     progress = run.progress
     eta = progress.get("eta_s")
@@ -144,7 +229,7 @@ def _running_line(run: RunInfo, lang: Lang) -> str:
         loss=_loss(progress.get("loss")),
         eta=_duration(float(eta)) if isinstance(eta, int | float) else "?",
         by=run.started_by,
-    )
+    ) + _sharing(run, lang)
 
 
 def _phase(phase: str, lang: Lang) -> str:
@@ -157,6 +242,8 @@ def _result_text(run: RunInfo, lang: Lang) -> str:
         return say(
             "finetune.result.succeeded", lang, loss=_loss(run.eval_loss), baseline=_loss(run.baseline_loss)
         )
+    if run.status is RunStatus.HELD:
+        return say("finetune.result.held", lang, loss=_loss(run.eval_loss), baseline=_loss(run.baseline_loss))
     if run.status is RunStatus.REJECTED:
         return say("finetune.result.rejected", lang, reason=_reason(run, lang))
     if run.status is RunStatus.FAILED:

@@ -15,11 +15,21 @@ from typing import Any
 
 from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from bot.domain import Role
 from bot.learning.paths import from_stored, to_stored
 from bot.store.conversations import ConversationStore
-from bot.store.models import AuditEvent, FinetuneRun, LoraVersion, Message, OptOut, PruneRecord, utcnow
+from bot.store.models import (
+    AuditEvent,
+    FinetuneRun,
+    LoraTrial,
+    LoraVersion,
+    Message,
+    OptOut,
+    PruneRecord,
+    utcnow,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -31,6 +41,7 @@ class RunStatus(StrEnum):
     SUCCEEDED = "succeeded"  # trained and promoted
     REJECTED = "rejected"  # trained (or had too little data) and not promoted: the quality gate said no
     FAILED = "failed"  # crashed, killed, timed out, or the bot died while it ran
+    HELD = "held"  # passed the gate but kept as a candidate: a trial was going (/finetune try), admins decide
     CANCELLED = "cancelled"  # the bot shut down while it ran
 
 
@@ -49,6 +60,7 @@ class RunInfo:
     baseline_loss: float | None
     adapter_path: str | None
     error: str | None
+    gpu_sharing: str | None = None  # finetune.gpu_sharing of its training (None: it never trained)
 
     @classmethod
     def of(cls, row: FinetuneRun, data_dir: Path | None = None) -> RunInfo:
@@ -66,6 +78,7 @@ class RunInfo:
             baseline_loss=row.baseline_loss,
             adapter_path=_resolved(row.adapter_path, data_dir),
             error=row.error,
+            gpu_sharing=row.gpu_sharing,
         )
 
 
@@ -79,6 +92,7 @@ class VersionInfo:
     is_active: bool
     created_at: datetime
     retired_at: datetime | None
+    promoted_at: datetime | None = None  # None: a candidate, never promoted
 
     @classmethod
     def of(cls, row: LoraVersion, data_dir: Path | None = None) -> VersionInfo:
@@ -91,7 +105,19 @@ class VersionInfo:
             is_active=row.is_active,
             created_at=row.created_at,
             retired_at=row.retired_at,
+            promoted_at=row.promoted_at,
         )
+
+
+@dataclass(frozen=True)
+class TrialInfo:
+    """The open ``/finetune try``: which version, where (conversation keys or prefixes), who started it and when."""
+
+    id: int
+    version: VersionInfo
+    scopes: tuple[str, ...]
+    started_by: str
+    started_at: datetime
 
 
 @dataclass(frozen=True)
@@ -136,6 +162,17 @@ class LearningRecords:
     def _version(self, row: LoraVersion) -> VersionInfo:
         return VersionInfo.of(row, self._data_dir)
 
+    def _trial(self, session: Session, trial: LoraTrial) -> TrialInfo:
+        version = session.get(LoraVersion, trial.version_id)
+        assert version is not None  # the foreign key cascades
+        return TrialInfo(
+            id=trial.id,
+            version=self._version(version),
+            scopes=tuple(trial.scopes or ()),
+            started_by=trial.started_by,
+            started_at=trial.started_at,
+        )
+
     def _stored(self, path: str | None) -> str | None:
         return to_stored(path, self._data_dir) if path is not None and self._data_dir is not None else path
 
@@ -164,6 +201,11 @@ class LearningRecords:
             row = session.get(FinetuneRun, run_id)
             if row is not None:
                 row.progress = {**(row.progress or {}), **progress}
+
+    def set_gpu_sharing(self, run_id: int, mode: str) -> None:
+        """How the run's training shares the GPU with serving (``finetune.gpu_sharing``), when training starts."""
+        with self._store.session() as session, session.begin():
+            session.execute(update(FinetuneRun).where(FinetuneRun.id == run_id).values(gpu_sharing=mode))
 
     def set_examples(self, run_id: int, *, train: int, eval: int) -> None:
         with self._store.session() as session, session.begin():
@@ -247,13 +289,15 @@ class LearningRecords:
             previous = session.scalar(select(LoraVersion).where(LoraVersion.is_active.is_(True)))
             if previous is not None:
                 previous.is_active = False
+            now = utcnow()
             row = LoraVersion(
                 name=name,
                 path=self._stored(path),
                 run_id=run_id,
                 eval_loss=eval_loss,
                 is_active=True,
-                created_at=utcnow(),
+                created_at=now,
+                promoted_at=now,
             )
             session.add(row)
             session.flush()
@@ -274,7 +318,11 @@ class LearningRecords:
                 return None, None
             target = session.scalar(
                 select(LoraVersion)
-                .where(LoraVersion.id < active.id, LoraVersion.retired_at.is_(None))
+                .where(
+                    LoraVersion.id < active.id,
+                    LoraVersion.retired_at.is_(None),
+                    LoraVersion.promoted_at.is_not(None),  # candidates were never served to everyone
+                )
                 .order_by(LoraVersion.id.desc())
                 .limit(1)
             )
@@ -291,13 +339,147 @@ class LearningRecords:
             target = session.get(LoraVersion, to_id) if to_id is not None else None
             if target is not None:
                 target.is_active = True
+            trial = _end_open_trial(session, "rollback")
             session.add(
                 AuditEvent(
                     action="finetune.rollback",
                     actor=actor,
-                    detail={"from": current.name, "to": target.name if target else None},
+                    detail={
+                        "from": current.name,
+                        "to": target.name if target else None,
+                        "trial_ended": trial is not None,
+                    },
                 )
             )
+
+    # candidates and trials
+
+    def add_candidate(
+        self, *, name: str, path: str, run_id: int, eval_loss: float | None, actor: str
+    ) -> tuple[VersionInfo, list[VersionInfo]]:
+        """Record a version that was not promoted. Older candidates that no trial serves are retired: returned, so
+        their folders can go (only the newest candidate is kept for ``/finetune try``)."""
+        with self._store.session() as session, session.begin():
+            trial = _open_trial(session)
+            older = session.scalars(
+                select(LoraVersion).where(
+                    LoraVersion.promoted_at.is_(None),
+                    LoraVersion.retired_at.is_(None),
+                    LoraVersion.is_active.is_(False),
+                )
+            ).all()
+            superseded = [v for v in older if trial is None or v.id != trial.version_id]
+            now = utcnow()
+            for version in superseded:
+                version.retired_at = now
+            row = LoraVersion(
+                name=name,
+                path=self._stored(path),
+                run_id=run_id,
+                eval_loss=eval_loss,
+                is_active=False,
+                created_at=now,
+            )
+            session.add(row)
+            session.flush()
+            session.add(
+                AuditEvent(
+                    action="finetune.candidate",
+                    actor=actor,
+                    detail={"run": run_id, "version": name, "superseded": [v.name for v in superseded]},
+                )
+            )
+            return self._version(row), [self._version(v) for v in superseded]
+
+    def newest_candidate(self) -> VersionInfo | None:
+        """The newest version that was trained and never promoted (nor retired)."""
+        with self._store.session() as session:
+            row = session.scalar(
+                select(LoraVersion)
+                .where(
+                    LoraVersion.promoted_at.is_(None),
+                    LoraVersion.retired_at.is_(None),
+                    LoraVersion.is_active.is_(False),
+                )
+                .order_by(LoraVersion.id.desc())
+                .limit(1)
+            )
+            return self._version(row) if row else None
+
+    def versions_named(self, names: Iterable[str]) -> dict[str, VersionInfo]:
+        with self._store.session() as session:
+            rows = session.scalars(select(LoraVersion).where(LoraVersion.name.in_(list(names))))
+            return {row.name: self._version(row) for row in rows}
+
+    def open_trial(self) -> TrialInfo | None:
+        with self._store.session() as session:
+            trial = _open_trial(session)
+            return self._trial(session, trial) if trial else None
+
+    def start_trial(self, version_id: int, scopes: Iterable[str], *, actor: str) -> TrialInfo:
+        """Open a trial of ``version_id`` in ``scopes``; an open trial is ended (replaced) in the same transaction."""
+        with self._store.session() as session, session.begin():
+            replaced = _end_open_trial(session, "replaced")
+            row = LoraTrial(version_id=version_id, scopes=list(scopes), started_by=actor, started_at=utcnow())
+            session.add(row)
+            session.flush()
+            info = self._trial(session, row)
+            session.add(
+                AuditEvent(
+                    action="finetune.try",
+                    actor=actor,
+                    detail={
+                        "version": info.version.name,
+                        "scopes": list(info.scopes),
+                        "replaced": replaced.id if replaced else None,
+                    },
+                )
+            )
+            return info
+
+    def end_trial(self, *, reason: str, actor: str) -> TrialInfo | None:
+        """End the open trial (if any) and return it."""
+        with self._store.session() as session, session.begin():
+            trial = _end_open_trial(session, reason)
+            if trial is None:
+                return None
+            info = self._trial(session, trial)
+            session.add(
+                AuditEvent(
+                    action="finetune.trial_end",
+                    actor=actor,
+                    detail={"version": info.version.name, "reason": reason},
+                )
+            )
+            return info
+
+    def promote_candidate(self, version_id: int, *, actor: str) -> tuple[VersionInfo, VersionInfo | None]:
+        """Make a candidate the active version and end the open trial, in one transaction.
+
+        Returns (the version now active, the one that was). Raises LookupError if the candidate is gone."""
+        with self._store.session() as session, session.begin():
+            row = session.get(LoraVersion, version_id)
+            if row is None or row.retired_at is not None:
+                raise LookupError("the candidate was retired meanwhile")
+            previous = session.scalar(select(LoraVersion).where(LoraVersion.is_active.is_(True)))
+            if previous is not None:
+                previous.is_active = False
+            row.is_active = True
+            row.promoted_at = utcnow()
+            trial = _end_open_trial(session, "promoted")
+            session.add(
+                AuditEvent(
+                    action="finetune.promote",
+                    actor=actor,
+                    detail={
+                        "run": row.run_id,
+                        "version": row.name,
+                        "previous": previous.name if previous else None,
+                        "trial_ended": trial is not None,
+                    },
+                )
+            )
+            return self._version(row), self._version(previous) if previous else None
 
     def deactivate(self, version_id: int, *, reason: str) -> None:
         """Serve the base instead of a version that cannot be loaded (its files are gone)."""
@@ -405,6 +587,20 @@ def _resolved(stored: str | None, data_dir: Path | None) -> str | None:
     if stored is None or data_dir is None:
         return stored
     return str(from_stored(stored, data_dir))
+
+
+def _open_trial(session: Session) -> LoraTrial | None:
+    return session.scalar(
+        select(LoraTrial).where(LoraTrial.ended_at.is_(None)).order_by(LoraTrial.id.desc()).limit(1)
+    )
+
+
+def _end_open_trial(session: Session, reason: str) -> LoraTrial | None:
+    trial = _open_trial(session)
+    if trial is not None:
+        trial.ended_at = utcnow()
+        trial.end_reason = reason
+    return trial
 
 
 def _rowcount(result: object) -> int:

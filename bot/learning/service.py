@@ -2,11 +2,14 @@
 
 One run: take the run lease (one run at a time, across bot processes) → build the dataset → free the GPU or not
 (``finetune.gpu_sharing``) → train in a subprocess, reading its progress → give the GPU back → quality gate →
-promote (version folder, database row, ``engine.load_lora`` + ``use_lora``) or reject → record and audit.
+promote (version folder, database row, ``engine.load_lora`` + ``use_lora``) or keep it as a candidate → record and
+audit. A candidate (the gate refused it, or it passed while a trial was open: then admins decide) can be tried in
+some channels (``try_candidate``: the other channels keep the active version) and promoted by hand
+(``promote_candidate``). Which version answers in which conversation is ``routes`` (bot.learning.routing).
 
-The LoRA in service changes only at promotion and rollback. Whatever happens to the subprocess (a crash, a kill, a
-timeout), the run is marked failed and the engine keeps serving what it served. If the bot itself dies mid-run, the
-run lease expires; ``restore()`` at the next start marks the run failed and loads the active LoRA again.
+The default LoRA in service changes only at promotion and rollback. Whatever happens to the subprocess (a crash, a
+kill, a timeout), the run is marked failed and the engine keeps serving what it served. If the bot itself dies
+mid-run, the run lease expires; ``restore()`` at the next start marks the run failed and loads the active LoRA again.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from bot.errors import EngineError
+from bot.domain import ConversationKey
+from bot.errors import ConfigError, EngineError
 from bot.learning.dataset import (
     EVAL_FILE,
     TRAIN_FILE,
@@ -46,8 +50,10 @@ from bot.learning.records import (
     RunInfo,
     RunOutcomeFields,
     RunStatus,
+    TrialInfo,
     VersionInfo,
 )
+from bot.learning.routing import LoraRoutes, serves_lora_per_request
 from bot.ports import Engine
 from bot.settings import Settings
 from bot.store.conversations import ConversationStore
@@ -83,6 +89,24 @@ class RollbackOutcome:
     rolled_back: bool
     previous: str | None = None  # version name that was active
     current: str | None = None  # version name now active, None for the base
+    ended_trial: str | None = None  # the version whose trial this rollback ended (nothing else changed then)
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    started: bool
+    version: str | None = None  # the candidate now served in ``scopes``
+    scopes: tuple[str, ...] = ()
+    active: str | None = None  # what every other conversation gets (None: the base)
+    unsupported: bool = False  # the engine serves one version to every request: no trial possible
+
+
+@dataclass(frozen=True)
+class PromoteOutcome:
+    promoted: bool
+    version: str | None = None  # now the default
+    previous: str | None = None  # the default before, None for the base
+    ended_trial: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,6 +129,8 @@ class FinetuneStatus:
     active: VersionInfo | None
     last_prune: PruneSummary | None
     serving: str | None  # what this process's engine says it serves (a version name, or None for the base)
+    trial: TrialInfo | None = None  # the open /finetune try
+    candidate: VersionInfo | None = None  # the newest candidate, when no trial serves it
 
 
 class FinetuneService:
@@ -135,10 +161,19 @@ class FinetuneService:
         self._process: asyncio.subprocess.Process | None = None
         self._loaded: set[str] = set()
         self._serving: str | None = None  # what this service last made the engine serve
+        self._routes = LoraRoutes(settings.finetune.version_routes)
 
     @property
     def records(self) -> LearningRecords:
         return self._records
+
+    @property
+    def routes(self) -> LoraRoutes:
+        return self._routes
+
+    def lora_for(self, key: ConversationKey) -> str | None:
+        """``GenerationRequest.lora`` for a conversation (the chat service asks before each reply)."""
+        return self._routes.lora_for(key)
 
     @property
     def lora_dir(self) -> Path:
@@ -153,12 +188,19 @@ class FinetuneService:
     # lifecycle
 
     async def restore(self) -> None:
-        """At bot start: fail runs whose process died, and serve the active LoRA again."""
+        """At bot start: fail runs whose process died, load the versions the settings route channels to, and serve
+        the active LoRA and the open trial again."""
         await asyncio.to_thread(self._fail_abandoned_runs)
+        await self._load_configured_routes()
         await self.sync_active()
 
     async def sync_active(self) -> None:
-        """Make this process's engine serve the active version (another process may have promoted one)."""
+        """Make this process's engine serve the active version and the open trial (another process may have
+        promoted one or started a trial)."""
+        await self._sync_default()
+        await self._sync_trial()
+
+    async def _sync_default(self) -> None:
         active = await asyncio.to_thread(self._records.active_version)
         present = active is not None and await asyncio.to_thread(Path(active.path).is_dir)
         async with self._switch_lock:
@@ -187,6 +229,65 @@ class FinetuneService:
             await self._engine.use_lora(wanted)
             self._serving = wanted
             _log.info("serving LoRA %s", wanted or "(base)")
+
+    async def _sync_trial(self) -> None:
+        trial = await asyncio.to_thread(self._records.open_trial)
+        async with self._switch_lock:
+            wanted = (trial.version.name, trial.scopes) if trial else None
+            if wanted == self._routes.trial:
+                return
+            if trial is not None and not serves_lora_per_request(self._engine):
+                _log.warning(
+                    "LoRA %s is on trial, but this engine serves one version to all", trial.version.name
+                )
+                return
+            if trial is not None and not await asyncio.to_thread(Path(trial.version.path).is_dir):
+                _log.error(
+                    "LoRA %s is on trial but its folder %s is missing: ending the trial",
+                    trial.version.name,
+                    trial.version.path,
+                )
+                await asyncio.to_thread(self._records.end_trial, reason="missing", actor="bot")
+                self._routes.set_trial(None)
+                return
+            if trial is not None:
+                await self._ensure_loaded(trial.version)
+                self._routes.set_trial(trial.version.name, trial.scopes)
+            else:
+                self._routes.set_trial(None)
+            _log.info(
+                "trial: %s", f"LoRA {trial.version.name} in {len(trial.scopes)} scopes" if trial else "none"
+            )
+
+    async def _load_configured_routes(self) -> None:
+        """Load the versions ``finetune.version_routes`` names. An unknown name stops the bot (a typo would
+        otherwise serve the wrong version silently); a version whose folder is gone is logged, and its channels get
+        the default."""
+        names = self._routes.configured_versions
+        if not self._settings.finetune.version_routes:
+            return
+        if not serves_lora_per_request(self._engine):
+            raise ConfigError(
+                "finetune.version_routes needs an engine that serves each request the version it names: the "
+                "static decoder with adapter slots (engine.lora_slots), or a remote server with LoRA support"
+            )
+        known = await asyncio.to_thread(self._records.versions_named, names)
+        unknown = sorted(names - set(known))
+        if unknown:
+            raise ConfigError(
+                f"finetune.version_routes names version(s) {', '.join(unknown)} that this bot never trained "
+                f"(known: {', '.join(v.name for v in await asyncio.to_thread(self._records.versions)) or 'none'})"
+            )
+        for version in known.values():
+            if not await asyncio.to_thread(Path(version.path).is_dir):
+                _log.error(
+                    "LoRA %s (finetune.version_routes) has no folder %s: its channels get the default",
+                    version.name,
+                    version.path,
+                )
+                continue
+            await self._ensure_loaded(version)
+            self._routes.mark_ready([version.name])
 
     async def aclose(self) -> None:
         """Stop a run in progress (its subprocess is killed, the run is marked cancelled)."""
@@ -229,19 +330,70 @@ class FinetuneService:
 
     async def status(self) -> FinetuneStatus:
         def read() -> FinetuneStatus:
+            trial = self._records.open_trial()
+            candidate = self._records.newest_candidate()
+            if trial is not None and candidate is not None and candidate.id == trial.version.id:
+                candidate = None
             return FinetuneStatus(
                 running=self._latest_running(),
                 last=self._records.last_finished_run(),
                 active=self._records.active_version(),
                 last_prune=self._records.last_prune(),
                 serving=self._engine.active_lora,
+                trial=trial,
+                candidate=candidate,
             )
 
         return await asyncio.to_thread(read)
 
-    async def rollback(self, *, actor: str) -> RollbackOutcome:
-        """Serve the version promoted before the active one (or the base), and retire the active one."""
+    async def try_candidate(self, *, actor: str, scopes: tuple[str, ...]) -> TrialOutcome:
+        """Serve the newest candidate in ``scopes`` only; every other conversation keeps the active version.
+
+        Replaces an open trial. The trial is stored, so it survives a restart and every bot process serves it."""
+        if not serves_lora_per_request(self._engine):
+            return TrialOutcome(False, unsupported=True)
         async with self._switch_lock:
+            candidate = await asyncio.to_thread(self._records.newest_candidate)
+            if candidate is None or not await asyncio.to_thread(Path(candidate.path).is_dir):
+                return TrialOutcome(False)
+            await self._ensure_loaded(candidate)
+            trial = await asyncio.to_thread(self._records.start_trial, candidate.id, scopes, actor=actor)
+            self._routes.set_trial(candidate.name, trial.scopes)
+            active = await asyncio.to_thread(self._records.active_version)
+        _log.info("trial of LoRA %s in %d scopes started by=%s", candidate.name, len(scopes), actor)
+        return TrialOutcome(True, candidate.name, trial.scopes, active.name if active else None)
+
+    async def promote_candidate(self, *, actor: str) -> PromoteOutcome:
+        """Make the version on trial (or, with no trial, the newest candidate) the default, and end the trial."""
+        async with self._switch_lock:
+            trial = await asyncio.to_thread(self._records.open_trial)
+            candidate = trial.version if trial else await asyncio.to_thread(self._records.newest_candidate)
+            if candidate is None or not await asyncio.to_thread(Path(candidate.path).is_dir):
+                return PromoteOutcome(False)
+            active = await asyncio.to_thread(self._records.active_version)
+            await self._ensure_loaded(candidate)
+            await self._engine.use_lora(candidate.name)
+            self._serving = candidate.name
+            try:
+                await asyncio.to_thread(self._records.promote_candidate, candidate.id, actor=actor)
+            except BaseException:
+                await self._serve_again(active)
+                raise
+            self._routes.set_trial(None)
+        _log.info(
+            "LoRA %s promoted by=%s (was %s)", candidate.name, actor, active.name if active else "(base)"
+        )
+        return PromoteOutcome(True, candidate.name, active.name if active else None, trial is not None)
+
+    async def rollback(self, *, actor: str) -> RollbackOutcome:
+        """Go back one step: end the open trial if there is one (everyone gets the active version again); else serve
+        the version promoted before the active one (or the base), and retire the active one."""
+        async with self._switch_lock:
+            ended = await asyncio.to_thread(self._records.end_trial, reason="rollback", actor=actor)
+            if ended is not None:
+                self._routes.set_trial(None)
+                _log.info("trial of LoRA %s ended by=%s (rollback)", ended.version.name, actor)
+                return RollbackOutcome(False, ended_trial=ended.version.name)
             active, target = await asyncio.to_thread(self._records.rollback_target)
             if active is None:
                 return RollbackOutcome(False)
@@ -322,8 +474,16 @@ class FinetuneService:
             )
             if not decision.promote:
                 _log.info("fine-tune run=%d not promoted: %s", run.id, decision.reason)
-                return await self._finish(run, RunStatus.REJECTED, replace(fields, error=decision.reason))
+                candidate = await self._keep_candidate(run, job, result, decision.candidate_loss)
+                fields = replace(
+                    fields, error=decision.reason, adapter_path=candidate.path if candidate else None
+                )
+                return await self._finish(run, RunStatus.REJECTED, fields)
             version = await self._promote(run, job, result, decision, active)
+            if version is None:  # a trial is open: admins decide
+                candidate = await self._keep_candidate(run, job, result, decision.candidate_loss)
+                fields = replace(fields, adapter_path=candidate.path if candidate else None)
+                return await self._finish(run, RunStatus.HELD, fields)
             return await self._finish(run, RunStatus.SUCCEEDED, replace(fields, adapter_path=version.path))
         except asyncio.CancelledError:
             await self._finish(run, RunStatus.CANCELLED, RunOutcomeFields(error="the bot stopped"))
@@ -374,13 +534,17 @@ class FinetuneService:
             batch_size=ft.batch_size,
             micro_batch_size=ft.micro_batch_size,
             seed=ft.seed,
+            # "shared": "auto" is the serving GPU (cuda:0), where the engine keeps engine.reserve_training_gib free
             device=(ft.train_device or "auto") if ft.gpu_sharing == "separate" else "auto",
             quantization=ft.quantization,
         )
 
     async def _train(self, run: RunInfo, job: TrainJob, run_dir: Path) -> TrainResult:
-        """Train in a subprocess; in "pause" mode the engine gives the GPU up meanwhile."""
-        pause = self._settings.finetune.gpu_sharing == "pause"
+        """Train in a subprocess; in "pause" mode the engine gives the GPU up meanwhile ("separate" and "shared"
+        keep it serving: on another device, or beside it on the same GPU)."""
+        sharing = self._settings.finetune.gpu_sharing
+        await asyncio.to_thread(self._records.set_gpu_sharing, run.id, sharing)  # /finetune status shows it
+        pause = sharing == "pause"
         if pause:
             _log.info("fine-tune run=%d: pausing the engine (maintenance) while training", run.id)
             await self._engine.pause()
@@ -476,22 +640,31 @@ class FinetuneService:
         result: TrainResult,
         decision: GateDecision,
         compared_with: VersionInfo | None,
-    ) -> VersionInfo:
-        """Version the adapter on disk, switch the engine to it, and record it as active."""
+    ) -> VersionInfo | None:
+        """Version the adapter on disk, switch the engine to it, and record it as active.
+
+        None when a trial is open: then nothing is promoted automatically (the caller keeps it as a candidate)."""
         async with self._switch_lock:
             active = await asyncio.to_thread(self._records.active_version)
             if (active.id if active else None) != (compared_with.id if compared_with else None):
                 raise TrainingFailed(
                     "the active LoRA changed while this run trained; not promoting", {"key": "active_changed"}
                 )
+            trial = await asyncio.to_thread(self._records.open_trial)
+            if trial is not None:
+                _log.info(
+                    "fine-tune run=%d passed the gate; not promoted while LoRA %s is on trial",
+                    run.id,
+                    trial.version.name,
+                )
+                return None
             name = await asyncio.to_thread(self._records.next_version_name)
             version_dir = self.lora_dir / "versions" / name
             await asyncio.to_thread(
                 _store_version, Path(job.output_dir), Path(job.eval_file), result, version_dir
             )
             try:
-                await self._engine.load_lora(name, str(version_dir))
-                self._loaded.add(name)
+                await self._load(name, str(version_dir))
                 await self._engine.use_lora(name)
                 self._serving = name
                 assert decision.candidate_loss is not None
@@ -509,6 +682,40 @@ class FinetuneService:
                 raise
         _log.info("fine-tune run=%d promoted as LoRA %s (%s)", run.id, name, decision.reason)
         return version
+
+    async def _keep_candidate(
+        self, run: RunInfo, job: TrainJob, result: TrainResult, eval_loss: float | None
+    ) -> VersionInfo | None:
+        """Keep a trained adapter that was not promoted as a candidate version (for /finetune try and promote).
+
+        Older candidates no trial serves are dropped, folders included. A failure here loses only the candidate."""
+        try:
+            async with self._switch_lock:
+                name = await asyncio.to_thread(self._records.next_version_name)
+                version_dir = self.lora_dir / "versions" / name
+                await asyncio.to_thread(
+                    _store_version, Path(job.output_dir), Path(job.eval_file), result, version_dir
+                )
+                candidate, superseded = await asyncio.to_thread(
+                    self._records.add_candidate,
+                    name=name,
+                    path=str(version_dir),
+                    run_id=run.id,
+                    eval_loss=eval_loss,
+                    actor=run.started_by,
+                )
+            for old in superseded:
+                await asyncio.to_thread(shutil.rmtree, old.path, True)
+        except Exception:
+            _log.exception("fine-tune run=%d: could not keep the adapter as a candidate", run.id)
+            return None
+        _log.info(
+            "fine-tune run=%d kept as candidate LoRA %s (dropped: %s)",
+            run.id,
+            candidate.name,
+            ", ".join(v.name for v in superseded) or "none",
+        )
+        return candidate
 
     async def _serve_again(self, version: VersionInfo | None) -> None:
         """After a failed switch, make sure the engine serves what it served before (best effort)."""
@@ -535,8 +742,16 @@ class FinetuneService:
 
     async def _ensure_loaded(self, version: VersionInfo) -> None:
         if version.name not in self._loaded:
-            await self._engine.load_lora(version.name, version.path)
-            self._loaded.add(version.name)
+            await self._load(version.name, version.path)
+
+    async def _load(self, name: str, path: str) -> None:
+        """Load a version into the engine. An engine with a fixed adapter pool may unload a version nothing needs
+        now to make room (not the default, the trial's or a routed one, with enough engine.lora_slots): those are
+        forgotten here, and loaded again when they are needed next (a rollback to them, say)."""
+        await self._engine.load_lora(name, path)
+        trial = self._routes.trial
+        needed = {self._serving, trial[0] if trial else None, *self._routes.ready_versions}
+        self._loaded = {name} | (self._loaded & {n for n in needed if n})
 
     # helpers
 

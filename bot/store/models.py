@@ -156,10 +156,16 @@ class FinetuneRun(Base):
     baseline_loss: Mapped[float | None] = mapped_column(Float, default=None)
     adapter_path: Mapped[str | None] = mapped_column(Text, default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
+    # finetune.gpu_sharing of its training: pause / separate / shared (None: it never trained)
+    gpu_sharing: Mapped[str | None] = mapped_column(String(16), default=None)
 
 
 class LoraVersion(Base):
-    """A promoted LoRA. At most one is active; rollback activates the one promoted before it."""
+    """A trained LoRA. At most one is active; rollback activates the one promoted before it.
+
+    ``promoted_at`` is None for a candidate: a version kept without being promoted (the quality gate refused it, or
+    a trial was going), which ``/finetune try`` serves in some channels and ``/finetune promote`` makes the default.
+    """
 
     __tablename__ = "lora_versions"
 
@@ -173,6 +179,24 @@ class LoraVersion(Base):
     is_active: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    promoted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+
+
+class LoraTrial(Base):
+    """``/finetune try``: a version served only in some channels (``scopes``: conversation keys or prefixes) while
+    every other conversation keeps the active one. At most one trial is open (``ended_at`` is None)."""
+
+    __tablename__ = "lora_trials"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("lora_versions.id", ondelete="CASCADE"))
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    started_by: Mapped[str] = mapped_column(String(128))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    end_reason: Mapped[str | None] = mapped_column(
+        String(32), default=None
+    )  # promoted / rollback / replaced / …
 
 
 class AuditEvent(Base):

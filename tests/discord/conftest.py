@@ -13,7 +13,7 @@ import pytest
 import yarl
 
 from adapters.discord import DiscordAdapter
-from bot.app import build_commands
+from bot.app import build_commands, build_core
 from bot.chat import ChatService
 from bot.domain import ConversationKey
 from bot.learning.commands import learning_commands
@@ -33,6 +33,7 @@ class DiscordBot:
     engine: ScriptedEngine
     adapter: DiscordAdapter
     fake: FakeDiscord
+    finetune: FinetuneService | None = None  # with ``learning=True``
 
     def key(self, channel_id: str) -> ConversationKey:
         return ConversationKey(platform="discord", workspace=self.fake.guild_id, channel=channel_id)
@@ -70,9 +71,14 @@ async def start_bot(tmp_path: Path, fake_discord: FakeDiscord) -> AsyncIterator[
     started: list[tuple[DiscordAdapter, Any]] = []
 
     async def start(
-        engine: ScriptedEngine | None = None, handler: MessageHandler | None = None, **discord_settings: Any
+        engine: ScriptedEngine | None = None,
+        handler: MessageHandler | None = None,
+        *,
+        learning: bool = False,
+        **discord_settings: Any,
     ) -> DiscordBot:
-        """``handler`` replaces the chat service's (to see exactly what the adapter hands to the core)."""
+        """``handler`` replaces the chat service's (to see exactly what the adapter hands to the core);
+        ``learning``: the whole core as bot.app builds it (the learning loop's /finetune, LoRA routes)."""
         discord_settings.setdefault("edit_interval_s", 0.2)
         settings = load_settings(
             data_dir=tmp_path / "data",
@@ -84,17 +90,23 @@ async def start_bot(tmp_path: Path, fake_discord: FakeDiscord) -> AsyncIterator[
         migrate(db)
         store = ConversationStore(db)
         engine = engine or ScriptedEngine()
-        chat = ChatService(settings=settings, store=store, engine=engine)
-        forget_me = [  # the learning loop's /forget-me; /finetune stays the "not set up" placeholder here
-            spec
-            for spec in learning_commands(FinetuneService(settings, store, engine))
-            if spec.name == "forget-me"
-        ]
-        commands = build_commands(settings, store, engine, chat=chat, extra=forget_me)
+        finetune: FinetuneService | None = None
+        if learning:
+            core = build_core(settings, engine=engine, store=store)
+            chat, commands, finetune = core.chat, core.commands, core.finetune
+            await finetune.restore()
+        else:
+            chat = ChatService(settings=settings, store=store, engine=engine)
+            forget_me = [  # the learning loop's /forget-me; /finetune stays the "not set up" placeholder here
+                spec
+                for spec in learning_commands(FinetuneService(settings, store, engine))
+                if spec.name == "forget-me"
+            ]
+            commands = build_commands(settings, store, engine, chat=chat, extra=forget_me)
         adapter = DiscordAdapter(settings, store, guild_ready_timeout=0.05)
         await adapter.start(handler or chat.handle, commands)
         started.append((adapter, db))
-        return DiscordBot(settings, store, engine, adapter, fake_discord)
+        return DiscordBot(settings, store, engine, adapter, fake_discord, finetune)
 
     yield start
     for adapter, db in started:

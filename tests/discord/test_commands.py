@@ -13,6 +13,7 @@ from tests.discord.conftest import DiscordBot, StartBot
 from tests.discord.fake_discord import MANAGE_GUILD, FakeDiscord, FakeUser
 from tests.discord.sink_helpers import reply_done
 from tests.fakes import ScriptedEngine
+from tests.learning.helpers import seed_versions
 
 
 async def chat_a_little(bot: DiscordBot, fake: FakeDiscord) -> None:
@@ -41,8 +42,8 @@ async def test_commands_are_registered_with_help_text_choices_and_admin_permissi
     assert all(c["description"] for c in commands.values())
     assert int(commands["reset"]["default_member_permissions"]) == MANAGE_GUILD
     assert commands["help"]["default_member_permissions"] is None
-    (action,) = commands["finetune"]["options"]
-    assert [c["value"] for c in action["choices"]] == ["run", "status", "rollback"]
+    action, _ = commands["finetune"]["options"]  # the placeholder takes the learning loop's options
+    assert [c["value"] for c in action["choices"]] == ["run", "status", "try", "promote", "rollback"]
 
 
 async def test_reset_by_an_admin_clears_the_channel_history(
@@ -136,3 +137,74 @@ async def test_forget_me_delete_removes_my_turns_and_exactly_the_replies_to_them
         f"discord:{minji.id}",
         {"platform": "discord", "removed": 1, "replies_removed": 1},
     ) in (records.audit_events(["forget_me.delete"]))
+
+
+async def ask(bot: DiscordBot, fake: FakeDiscord, channel_id: str, user: FakeUser) -> str | None:
+    """Mention the bot in a channel and wait for the stored reply; the LoRA the engine was asked for."""
+    before = len(bot.history(channel_id))
+    fake.post_message(channel_id, user, "질문 있어요", mention_bot=True)
+    await bot.stored(channel_id, before + 2)
+    return bot.engine.requests[-1].lora
+
+
+async def test_finetune_try_serves_the_candidate_in_the_admins_channel_and_promote_makes_it_everyones(
+    start_bot: StartBot, fake_discord: FakeDiscord
+) -> None:
+    bot = await start_bot(engine=ScriptedEngine(reply="네."), learning=True)
+    assert bot.finetune is not None
+    seed_versions(bot.store, bot.settings.lora_dir)  # v1 in service, v2 a candidate
+    await bot.finetune.sync_active()  # what lora-sync does each minute
+    admin = fake_discord.new_user("Admin", roles=[fake_discord.admin_role])
+    member = fake_discord.new_user("Member")
+    general, random = fake_discord.general, fake_discord.random
+    commands = {c["name"]: c for c in fake_discord.commands}
+    action, channels = commands["finetune"]["options"]
+    assert [c["value"] for c in action["choices"]] == ["run", "status", "try", "promote", "rollback"]
+    assert channels["name"] == "channels" and not channels.get("required")
+
+    _, kind, refused = await run(fake_discord, "finetune", member, options={"action": "try"})
+    assert kind == "type=5 flags=64"
+    assert refused == ["Only admins can use this command. Please ask a server admin."]
+    assert await ask(bot, fake_discord, general, member) is None
+
+    _, _, tried = await run(fake_discord, "finetune", admin, options={"action": "try"})
+
+    guild = fake_discord.guild_id
+    assert tried == [
+        f"Trying candidate LoRA v2 in discord:{guild}:{general}; every other channel keeps v1. "
+        "/finetune promote makes it everyone's default; /finetune rollback ends the trial."
+    ]
+    assert await ask(bot, fake_discord, general, member) == "v2"
+    assert await ask(bot, fake_discord, random, member) is None
+    assert bot.engine.lora == "v1"
+
+    _, _, refused = await run(fake_discord, "finetune", member, options={"action": "promote"}, locale="ko")
+    assert refused == ["이 명령은 관리자만 쓸 수 있어요. 서버 관리자에게 문의해 주세요."]
+    assert bot.engine.lora == "v1"
+
+    _, _, promoted = await run(fake_discord, "finetune", admin, options={"action": "promote"}, locale="ko")
+
+    assert promoted == ["LoRA v2을(를) 모두의 기본으로 적용했어요 (이전: v1)."]
+    assert bot.engine.lora == "v2"
+    assert await ask(bot, fake_discord, general, member) is None
+    assert await ask(bot, fake_discord, random, member) is None
+
+
+async def test_finetune_try_in_listed_channels(start_bot: StartBot, fake_discord: FakeDiscord) -> None:
+    bot = await start_bot(engine=ScriptedEngine(reply="네."), learning=True)
+    assert bot.finetune is not None
+    seed_versions(bot.store, bot.settings.lora_dir)
+    await bot.finetune.sync_active()
+    admin = fake_discord.new_user("Admin", roles=[fake_discord.admin_role])
+    member = fake_discord.new_user("Member")
+
+    # typed as #random in Discord's client, a string option carries the mention <#id>
+    options = {"action": "try", "channels": f"<#{fake_discord.random}>"}
+    _, _, tried = await run(fake_discord, "finetune", admin, options=options)
+
+    assert f"v2 in discord:{fake_discord.guild_id}:{fake_discord.random};" in tried[0]
+    assert await ask(bot, fake_discord, fake_discord.random, member) == "v2"
+    assert await ask(bot, fake_discord, fake_discord.general, member) is None
+    _, _, ended = await run(fake_discord, "finetune", admin, options={"action": "rollback"})
+    assert ended == ["Ended the trial of LoRA v2: every channel gets v1 again."]
+    assert await ask(bot, fake_discord, fake_discord.random, member) is None

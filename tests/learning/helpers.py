@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import update
 
 from bot.domain import Author, ConversationKey, Role
+from bot.learning.records import LearningRecords, RunOutcomeFields, RunStatus, VersionInfo
 from bot.store.conversations import ConversationStore
 from bot.store.models import Message
 
@@ -41,3 +43,21 @@ def add_turn(
     with store.session() as session, session.begin():
         session.execute(update(Message).where(Message.id == stored.id).values(created_at=at))
     return stored.id
+
+
+def seed_versions(store: ConversationStore, lora_dir: Path) -> tuple[VersionInfo, VersionInfo]:
+    """v1 promoted (the active version) and v2 a candidate (trained, not promoted), each with a folder, as two runs
+    would have left them."""
+    records = LearningRecords(store)
+    folders = [lora_dir / "versions" / name for name in ("v1", "v2")]
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+    first = records.create_run(trigger="manual", started_by="test", owner="elsewhere")
+    records.finish_run(first.id, RunStatus.SUCCEEDED, RunOutcomeFields(eval_loss=0.5, baseline_loss=2.0))
+    v1 = records.promote(name="v1", path=str(folders[0]), run_id=first.id, eval_loss=0.5, actor="test")
+    second = records.create_run(trigger="schedule", started_by="scheduler", owner="elsewhere")
+    records.finish_run(second.id, RunStatus.REJECTED, RunOutcomeFields(eval_loss=0.6, error="gate"))
+    v2, _ = records.add_candidate(
+        name="v2", path=str(folders[1]), run_id=second.id, eval_loss=0.6, actor="scheduler"
+    )
+    return v1, v2

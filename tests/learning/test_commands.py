@@ -40,13 +40,15 @@ async def test_specs_have_help_text_and_choices(
     }
     assert set(specs) == {"finetune", "forget-me"}
     assert specs["finetune"].admin_only and not specs["forget-me"].admin_only
-    assert specs["finetune"].options[0].choices == ("run", "status", "rollback")
+    assert specs["finetune"].options[0].choices == ("run", "status", "try", "promote", "rollback")
+    assert [o.name for o in specs["finetune"].options] == ["action", "channels"]
     assert [(o.name, o.choices) for o in specs["forget-me"].options] == [
         ("delete", ("no", "yes")),
         ("undo", ("no", "yes")),
     ]
     for spec in specs.values():
         assert spec.description and len(spec.description) <= 100 and spec.usage
+        assert all(len(o.description) <= 100 for o in spec.options)  # Discord's limit
 
 
 async def test_finetune_is_for_admins_only(
@@ -54,7 +56,7 @@ async def test_finetune_is_for_admins_only(
 ) -> None:
     engine = RecordingEngine()
     registry = _registry(FinetuneService(learning_settings(), sqlite_store, engine), ["U-admin"])
-    for action in ("run", "status", "rollback"):
+    for action in ("run", "status", "try", "promote", "rollback"):
         reply = await registry.run("finetune", _ctx(MEMBER, action=action))
         assert "Only admins" in reply.text
     assert engine.calls == []
@@ -128,7 +130,7 @@ async def test_status_run_and_rollback_replies(
     assert records.active_version() is None
 
     unknown = await registry.run("finetune", _ctx(ADMIN, action="explode"))
-    assert "run, status or rollback" in unknown.text
+    assert "run, status, try, promote or rollback" in unknown.text
 
 
 async def test_forget_me_opts_out_and_deletes_on_request(

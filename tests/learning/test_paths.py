@@ -12,9 +12,11 @@ import os
 import re
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from alembic import command
 
 from bot.learning.paths import from_stored, to_stored
@@ -53,6 +55,32 @@ def promote(records: LearningRecords, name: str, path: str) -> None:
     records.promote(name=name, path=path, run_id=run.id, eval_loss=1.0, actor="console:local")
 
 
+def _promote_at_0003(store: ConversationStore, name: str, path: str, adapter_path: str | None = None) -> None:
+    """What the old code's promotion wrote, as rows of the schema at 0003 (today's models have more columns)."""
+    with store.engine.begin() as connection:
+        runs, versions = (
+            sa.Table(t, sa.MetaData(), autoload_with=connection) for t in ("finetune_runs", "lora_versions")
+        )
+        now = datetime.now(UTC).replace(tzinfo=None)
+        run_id = connection.execute(
+            runs.insert().values(
+                status="succeeded",
+                trigger="manual",
+                started_by="console:local",
+                started_at=now,
+                train_examples=0,
+                eval_examples=0,
+                adapter_path=adapter_path,
+            )
+        ).inserted_primary_key[0]
+        connection.execute(versions.update().values(is_active=False))
+        connection.execute(
+            versions.insert().values(
+                name=name, path=path, run_id=run_id, eval_loss=1.0, is_active=True, created_at=now
+            )
+        )
+
+
 def _store_at_0003(url: str) -> ConversationStore:
     engine = create_db_engine(url)
     migrate(engine, "0003")
@@ -66,23 +94,19 @@ def test_migration_0004_rewrites_old_rows(
     monkeypatch.chdir(tmp_path)
     data = tmp_path / "data"
     (data / "lora" / "versions" / "v2").mkdir(parents=True)
-    store = _store_at_0003(db_url)
-    old = LearningRecords(store)  # no data_dir: paths stored as given, as before
-    run = old.create_run(trigger="manual", started_by="console:local", owner="x")
-    old.finish_run(
-        run.id, RunStatus.SUCCEEDED, RunOutcomeFields(adapter_path=str(data / "lora" / "versions" / "v1"))
-    )
-    old.promote(
-        name="v1", path=str(data / "lora" / "versions" / "v1"), run_id=run.id, eval_loss=1.0, actor="a"
-    )
-    old.promote(name="v2", path="data/lora/versions/v2", run_id=run.id, eval_loss=1.0, actor="a")
-    old.promote(name="v3", path="/srv/elsewhere/v3", run_id=run.id, eval_loss=1.0, actor="a")
+    store = _store_at_0003(db_url)  # paths stored as given, as before
+    v1 = str(data / "lora" / "versions" / "v1")
+    _promote_at_0003(store, "v1", v1, adapter_path=v1)
+    _promote_at_0003(store, "v2", "data/lora/versions/v2")
+    _promote_at_0003(store, "v3", "/srv/elsewhere/v3")
 
     migrate(store.engine, data_dir=data)
 
     with store.engine.connect() as connection:
         paths = dict(connection.exec_driver_sql("SELECT name, path FROM lora_versions").all())
-        adapter = connection.exec_driver_sql("SELECT adapter_path FROM finetune_runs").scalar_one()
+        adapter = connection.exec_driver_sql(
+            "SELECT adapter_path FROM finetune_runs WHERE id = 1"
+        ).scalar_one()
     assert paths == {"v1": "lora/versions/v1", "v2": "lora/versions/v2", "v3": "/srv/elsewhere/v3"}
     assert adapter == "lora/versions/v1"
     versions = {v.name: v.path for v in LearningRecords(store, data_dir=data).versions()}
@@ -104,7 +128,7 @@ def test_migration_0004_from_another_folder_finds_the_default_layout(
     data = tmp_path / "bot" / "data"
     (data / "lora" / "versions" / "v1").mkdir(parents=True)
     store = _store_at_0003(db_url)
-    promote(LearningRecords(store), "v1", "data/lora/versions/v1")
+    _promote_at_0003(store, "v1", "data/lora/versions/v1")
     monkeypatch.chdir(tmp_path)
     migrate(store.engine, data_dir=data)
     active = LearningRecords(store, data_dir=data).active_version()
@@ -115,8 +139,8 @@ def test_migration_0004_without_a_data_dir_keeps_the_default_layout(tmp_path: Pa
     """`alembic upgrade` by hand knows no data directory: relative rows keep the part from lora/versions/ on."""
     store = _store_at_0003(sqlite_url)
     records = LearningRecords(store)
-    promote(records, "v1", "data/lora/versions/v1")
-    promote(records, "v2", "/srv/hanbot/data/lora/versions/v2")
+    _promote_at_0003(store, "v1", "data/lora/versions/v1")
+    _promote_at_0003(store, "v2", "/srv/hanbot/data/lora/versions/v2")
     migrate(store.engine)
     assert {v.name: v.path for v in records.versions()} == {
         "v1": "lora/versions/v1",

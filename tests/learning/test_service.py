@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
+from bot.domain import ConversationKey
+from bot.learning.commands import render_status
 from bot.learning.records import LearningRecords, RunStatus
 from bot.learning.service import FinetuneService
 from bot.store.conversations import ConversationStore
@@ -235,3 +238,59 @@ async def test_a_bot_that_crashed_and_restarted_at_once_fails_its_old_run(
     started = await service.start(actor="console:local")
     assert started.started
     await service.wait()
+
+
+async def test_during_a_trial_a_run_that_passes_the_gate_is_held_and_a_refused_one_is_kept(
+    sqlite_store: ConversationStore, learning_settings: SettingsFactory
+) -> None:
+    settings = learning_settings()
+    # training beside the serving engine on its device (here the CPU); at load this mode also needs
+    # engine.reserve_training_gib, the engine's reservation (test_trial checks that validation)
+    settings.finetune.gpu_sharing = "shared"
+    seed_facts(sqlite_store)
+    records = LearningRecords(sqlite_store)
+    engine = RecordingEngine()
+    service = FinetuneService(settings, sqlite_store, engine)
+    tried = settings.lora_dir / "versions" / "v1"
+    tried.mkdir(parents=True)
+    earlier = records.create_run(trigger="manual", started_by="t", owner="x")
+    records.add_candidate(name="v1", path=str(tried), run_id=earlier.id, eval_loss=None, actor="t")
+    assert (await service.try_candidate(actor="slack:U1", scopes=("slack:T1:C1",))).started
+
+    held = await service.run(actor="scheduler", trigger="schedule")
+
+    assert held is not None and held.status is RunStatus.HELD, held
+    assert held.gpu_sharing == "shared"
+    assert held.eval_loss is not None and held.baseline_loss is not None
+    assert held.eval_loss < held.baseline_loss * 0.98, "it passed the gate"
+    assert engine.calls == ["load_lora:v1"], "no pause (shared), and the engine's default did not move"
+    assert records.active_version() is None
+    v2 = settings.lora_dir / "versions" / "v2"
+    assert held.adapter_path == str(v2)
+    assert {"adapter_config.json", "adapter_model.safetensors", "heldout.jsonl"} <= {
+        p.name for p in v2.iterdir()
+    }
+    status = await service.status()
+    assert status.trial is not None and status.trial.version.name == "v1", "the trial goes on"
+    assert status.candidate is not None and status.candidate.name == "v2"
+    assert service.lora_for(ConversationKey("slack", "T1", "C1")) == "v1"
+    lines = render_status(status, "en", ZoneInfo("Asia/Seoul")).splitlines()
+    assert "passed the gate but kept as a candidate, as a trial was going" in lines[1]
+    assert lines[1].endswith("(GPU: trained on the serving GPU while the bot kept answering)")
+
+    # the admins end the trial and promote the newest candidate
+    assert (await service.rollback(actor="slack:U1")).ended_trial == "v1"
+    promoted = await service.promote_candidate(actor="slack:U1")
+    assert (promoted.promoted, promoted.version, promoted.previous) == (True, "v2", None)
+    assert engine.calls[-2:] == ["load_lora:v2", "use_lora:v2"]
+
+    # no trial: a run the gate refuses is kept as the next candidate; the one not on trial before it is dropped
+    settings.finetune.promote_margin = 0.99
+    refused = await service.run(actor="scheduler", trigger="schedule")
+    assert refused is not None and refused.status is RunStatus.REJECTED, refused
+    assert refused.adapter_path == str(settings.lora_dir / "versions" / "v3")
+    candidate = records.newest_candidate()
+    assert candidate is not None and candidate.name == "v3"
+    assert not tried.exists(), "v1, the old candidate, was dropped with its folder"
+    active = records.active_version()
+    assert active is not None and active.name == "v2" and engine.lora == "v2"

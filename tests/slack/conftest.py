@@ -34,9 +34,12 @@ async def start_bot(tmp_path: Path, fake_slack: FakeSlack) -> AsyncIterator[Star
     """Start the bot: ``await start_bot(engine=..., **slack_settings)``; stopped at the end of the test."""
     bots: list[SlackBot] = []
 
-    async def start(engine: ScriptedEngine | None = None, **slack: Any) -> SlackBot:
+    async def start(
+        engine: ScriptedEngine | None = None, *, learning: bool = False, **slack: Any
+    ) -> SlackBot:
+        """``learning``: the whole core as bot.app builds it (the learning loop's /finetune, LoRA routes)."""
         settings = make_settings(tmp_path, fake_slack, **slack)
-        bot = SlackBot(settings, fake_slack, engine or ScriptedEngine())
+        bot = SlackBot(settings, fake_slack, engine or ScriptedEngine(), learning=learning)
         bots.append(bot)
         return await bot.start()
 

@@ -15,9 +15,10 @@ import aiohttp
 from slack_sdk.signature import SignatureVerifier
 
 from adapters.slack import SlackAdapter
-from bot.app import build_commands
+from bot.app import build_commands, build_core
 from bot.chat import ChatService
 from bot.domain import ConversationKey
+from bot.learning.service import FinetuneService
 from bot.settings import Settings, load_settings
 from bot.store.conversations import ConversationStore
 from bot.store.db import create_db_engine, migrate
@@ -53,13 +54,20 @@ class SlackBot:
     engine: ScriptedEngine = field(default_factory=ScriptedEngine)
     store: ConversationStore | None = None
     adapter: SlackAdapter | None = None
+    learning: bool = False  # the whole core as bot.app builds it, the learning loop's commands included
+    finetune: FinetuneService | None = None
 
     async def start(self) -> SlackBot:
         db = create_db_engine(self.settings.database_url)
         migrate(db)
         self.store = ConversationStore(db)
-        chat = ChatService(settings=self.settings, store=self.store, engine=self.engine)
-        commands = build_commands(self.settings, self.store, self.engine, chat=chat)
+        if self.learning:
+            core = build_core(self.settings, engine=self.engine, store=self.store)
+            chat, commands, self.finetune = core.chat, core.commands, core.finetune
+            await self.finetune.restore()
+        else:
+            chat = ChatService(settings=self.settings, store=self.store, engine=self.engine)
+            commands = build_commands(self.settings, self.store, self.engine, chat=chat)
         self.adapter = SlackAdapter(self.settings, self.store)
         await self.adapter.start(chat.handle, commands)
         return self

@@ -6,6 +6,7 @@ from adapters.slack.mrkdwn import to_mrkdwn
 from bot.domain import ConversationKey
 from bot.texts import say
 from tests.fakes import ScriptedEngine
+from tests.learning.helpers import seed_versions
 from tests.slack.fake_slack import TEAM
 from tests.slack.harness import channel_message, command_form, dm_event, envelope, mention_event
 
@@ -171,3 +172,89 @@ async def test_reset_in_a_channel_where_i_never_talked_to_the_bot_asks_for_the_l
     assert by_user["reset-UADMIN"] == to_mrkdwn(say("cmd.reset.no_thread", "en"))
     assert by_user["reset-UALICE"] == say("error.not_admin", "en"), "the core still checks who may reset"
     assert len(bot.history(key)) == 2
+
+
+async def _asked_lora(bot, fake_slack, event, event_id: str, key: ConversationKey) -> str | None:
+    """Post a message, wait for its reply to be stored; the LoRA the engine was asked for."""
+    await _talk_in_thread(bot, fake_slack, event, event_id, key, 2)
+    return bot.engine.requests[-1].lora
+
+
+async def test_finetune_try_serves_the_candidate_in_the_admins_channel_and_promote_makes_it_everyones(
+    start_bot, fake_slack
+):
+    bot = await start_bot(engine=ScriptedEngine(reply="noted"), learning=True)
+    seed_versions(bot.store, bot.settings.lora_dir)  # v1 in service, v2 a candidate
+    await bot.finetune.sync_active()  # what lora-sync does each minute
+    assert bot.engine.lora == "v1"
+
+    await bot.post_command(command_form(fake_slack, "/finetune", user="UALICE", channel="C1", text="try"))
+    await fake_slack.wait_until(lambda: len(fake_slack.responses) == 1)
+    assert fake_slack.responses[0]["text"] == say("error.not_admin", "en")
+    assert (
+        await _asked_lora(bot, fake_slack, mention_event("q", "1700000050.1"), "E1", _c1("1700000050.1"))
+        is None
+    )
+
+    status, _ = await bot.post_command(
+        command_form(fake_slack, "/finetune", user="UADMIN", channel="C1", text="try")
+    )
+
+    assert status == 200
+    await fake_slack.wait_until(lambda: len(fake_slack.responses) == 2)
+    answer = fake_slack.responses[1]
+    assert answer["response_type"] == "in_channel", "the channel sees that it is trying a new version"
+    assert answer["text"] == to_mrkdwn(
+        say("cmd.finetune.trying", "en", version="v2", channels=f"slack:{TEAM}:C1", active="v1")
+    )
+    in_trial = await _asked_lora(
+        bot, fake_slack, mention_event("q", "1700000051.1"), "E2", _c1("1700000051.1")
+    )
+    assert in_trial == "v2", "a new thread in the trial channel asks for the candidate"
+    assert await _asked_lora(bot, fake_slack, dm_event("q", "1700000052.1"), "E3", DM) is None, (
+        "the DM: default"
+    )
+    assert bot.engine.lora == "v1"
+
+    await bot.post_command(command_form(fake_slack, "/finetune", user="UALICE", channel="C1", text="promote"))
+    await bot.post_command(command_form(fake_slack, "/finetune", user="UADMIN", channel="C1", text="promote"))
+
+    await fake_slack.wait_until(lambda: len(fake_slack.responses) == 4)
+    texts = sorted(r["text"] for r in fake_slack.responses[2:])
+    assert texts == sorted(
+        [
+            say("error.not_admin", "en"),
+            to_mrkdwn(say("cmd.finetune.promoted", "en", version="v2", previous="v1")),
+        ]
+    )
+    assert bot.engine.lora == "v2"
+    after = await _asked_lora(bot, fake_slack, mention_event("q", "1700000053.1"), "E4", _c1("1700000053.1"))
+    assert after is None, "v2 is everyone's default now: the engine's default serves it"
+
+
+async def test_finetune_try_in_listed_channels_and_status_shows_the_trial(start_bot, fake_slack):
+    bot = await start_bot(engine=ScriptedEngine(reply="noted"), learning=True)
+    seed_versions(bot.store, bot.settings.lora_dir)
+    await bot.finetune.sync_active()
+
+    # with escaping on (the manifest's should_escape), Slack sends "#random" as <#C2|random>
+    await bot.post_command(
+        command_form(fake_slack, "/finetune", user="UADMIN", channel="C1", text="try <#C2|random>")
+    )
+    await fake_slack.wait_until(lambda: len(fake_slack.responses) == 1)
+    c2 = ConversationKey("slack", TEAM, "C2", "1700000060.1")
+    assert (
+        await _asked_lora(bot, fake_slack, mention_event("q", "1700000060.1", channel="C2"), "E1", c2) == "v2"
+    )
+    assert (
+        await _asked_lora(bot, fake_slack, mention_event("q", "1700000061.1"), "E2", _c1("1700000061.1"))
+        is None
+    )
+
+    await bot.post_command(command_form(fake_slack, "/finetune", user="UADMIN", channel="C1", text="status"))
+    await fake_slack.wait_until(lambda: len(fake_slack.responses) == 2)
+    assert f"LoRA v2 in slack:{TEAM}:C2" in fake_slack.responses[1]["text"]
+
+
+def _c1(thread: str) -> ConversationKey:
+    return ConversationKey("slack", TEAM, "C1", thread)

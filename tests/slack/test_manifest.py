@@ -24,6 +24,12 @@ def test_the_manifest_matches_the_adapter(sqlite_store, tmp_path):
 
     commands = {c["command"] for c in manifest["features"]["slash_commands"]}
     assert commands == {f"/{spec.name}" for spec in registry.specs()}
+    finetune = next(c for c in manifest["features"]["slash_commands"] if c["command"] == "/finetune")
+    spec = registry.get("finetune")
+    assert spec is not None
+    hint = finetune["usage_hint"].split(" | ")
+    assert [word.split()[0] for word in hint] == list(spec.options[0].choices), "the hint names every action"
+    assert finetune["should_escape"] is True, "/finetune try #channel needs the channel's id, not its name"
     assert set(manifest["settings"]["event_subscriptions"]["bot_events"]) >= {
         "app_mention",
         "message.im",
