@@ -147,12 +147,6 @@ TEXTS: dict[str, dict[Lang, str]] = {
         "en": "There is no candidate to try: every trained version was promoted or dropped. /finetune run trains "
         "a new one.",
     },
-    "cmd.finetune.try_unsupported": {
-        "ko": "지금 모델 엔진은 모든 채널에 한 버전으로만 답할 수 있어서 일부 채널에서만 시험할 수 없어요. "
-        "/finetune promote 로 모두에게 적용하고, 마음에 들지 않으면 /finetune rollback 으로 되돌릴 수 있어요.",
-        "en": "This bot's engine answers every channel with one version, so a version cannot be tried in some "
-        "channels only. /finetune promote serves the candidate to everyone; /finetune rollback goes back.",
-    },
     "cmd.finetune.bad_channels": {
         "ko": "“{word}”을(를) 채널로 읽지 못했어요. 채널은 #채널 멘션(또는 ID)으로, 띄어 써서 적어 주세요.",
         "en": "I could not read “{word}” as a channel. List channels as #channel mentions (or ids), separated by "

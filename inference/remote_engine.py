@@ -17,8 +17,7 @@ One streamed POST to ``{base_url}/chat/completions`` per request (server-sent ev
 - Closing the iterator (or cancelling its task) closes the HTTP response, so the server stops generating.
 - LoRA: ``use_lora(name)`` sends ``name`` as the ``model`` field (vLLM serves adapters by name, from
   ``--lora-modules name=path`` or a dynamic load); ``load_lora`` calls vLLM's ``POST /v1/load_lora_adapter`` (the
-  path is read by the server, on its file system). A request that names its LoRA (``GenerationRequest.lora``: a
-  trial channel, a routed workspace) is sent with that name, or with the base model for ``BASE_MODEL``.
+  path is read by the server, on its file system).
 - The API key goes in the ``Authorization`` header only; it is never logged, and neither is any message text.
 - Prompt budgeting needs no server: ``tokenizer`` is the model's own tokenizer and chat template
   (``engine.remote_tokenizer``, else ``model.name_or_path``), or a conservative estimate when neither loads.
@@ -180,17 +179,6 @@ class RemoteEngine:
         """The ``model`` field sent now: the LoRA in use, else the base model."""
         return self._lora or self._base_model
 
-    @property
-    def per_request_lora(self) -> bool:
-        """Each request is sent with the LoRA it names (``GenerationRequest.lora``): trials and routes work."""
-        return True
-
-    def _model_for(self, request: GenerationRequest) -> str:
-        """The ``model`` field of one request: the LoRA it names ("": the base model), else the one in use."""
-        if request.lora is None:
-            return self.model
-        return request.lora or self._base_model
-
     # ----- generation -----
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
@@ -213,7 +201,7 @@ class RemoteEngine:
         loop = asyncio.get_running_loop()
         timeout_s = request.timeout_s or self._generation_timeout_s
         deadline = loop.time() + timeout_s if timeout_s else None
-        body = chat_body(request, self._model_for(request), send_extras=self._send_extras)
+        body = chat_body(request, self.model, send_extras=self._send_extras)
         attempt = 0
         yielded = 0
         fallback = False  # True once the extra fields were dropped after a rejection

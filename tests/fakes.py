@@ -48,9 +48,6 @@ class ScriptedEngine:
     lora: str | None = None
     loras: dict[str, str] = field(default_factory=dict)
     closed_streams: int = 0
-    per_request_lora: bool = (
-        True  # decodes each request with the LoRA it names (its ``lora`` is recorded above)
-    )
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
         if self.paused:

@@ -87,8 +87,6 @@ async def _try(service: FinetuneService, ctx: CommandContext) -> CommandReply:
     outcome = await service.try_candidate(
         actor=_actor(ctx), scopes=scopes or (channel_scope(ctx.conversation),)
     )
-    if outcome.unsupported:
-        return CommandReply(say("cmd.finetune.try_unsupported", ctx.lang))
     if not outcome.started:
         return CommandReply(say("cmd.finetune.nothing_to_try", ctx.lang))
     active = outcome.active or say("finetune.base_model", ctx.lang)

@@ -12,7 +12,6 @@ import re
 from collections.abc import Iterable, Mapping
 
 from bot.domain import BASE_MODEL, ConversationKey
-from bot.ports import Engine
 
 BASE_ROUTE = "base"  # in finetune.version_routes: the base model, whatever is active
 _CHANNEL_REF = re.compile(r"<#([A-Za-z0-9_.-]+)(?:\|[^>]*)?>|#?([A-Za-z0-9_.-]+)")
@@ -20,15 +19,6 @@ _CHANNEL_REF = re.compile(r"<#([A-Za-z0-9_.-]+)(?:\|[^>]*)?>|#?([A-Za-z0-9_.-]+)
 
 class BadChannelList(ValueError):
     """``/finetune try`` was given something that names no channel."""
-
-
-def serves_lora_per_request(engine: Engine) -> bool:
-    """Whether ``engine`` decodes each request with the version it names (``GenerationRequest.lora``).
-
-    Engines say so with a true ``per_request_lora`` attribute (RemoteEngine: vLLM serves adapters by name; LocalEngine
-    when its decoder has an adapter pool). One without it serves its default to every request (the hf decoder: one
-    version at a time, in the model), so trials and version routes are refused rather than failing replies."""
-    return bool(getattr(engine, "per_request_lora", False))
 
 
 def scope_matches(scope: str, key: ConversationKey) -> bool:

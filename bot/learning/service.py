@@ -53,7 +53,7 @@ from bot.learning.records import (
     TrialInfo,
     VersionInfo,
 )
-from bot.learning.routing import LoraRoutes, serves_lora_per_request
+from bot.learning.routing import LoraRoutes
 from bot.ports import Engine
 from bot.settings import Settings
 from bot.store.conversations import ConversationStore
@@ -98,7 +98,6 @@ class TrialOutcome:
     version: str | None = None  # the candidate now served in ``scopes``
     scopes: tuple[str, ...] = ()
     active: str | None = None  # what every other conversation gets (None: the base)
-    unsupported: bool = False  # the engine serves one version to every request: no trial possible
 
 
 @dataclass(frozen=True)
@@ -236,11 +235,6 @@ class FinetuneService:
             wanted = (trial.version.name, trial.scopes) if trial else None
             if wanted == self._routes.trial:
                 return
-            if trial is not None and not serves_lora_per_request(self._engine):
-                _log.warning(
-                    "LoRA %s is on trial, but this engine serves one version to all", trial.version.name
-                )
-                return
             if trial is not None and not await asyncio.to_thread(Path(trial.version.path).is_dir):
                 _log.error(
                     "LoRA %s is on trial but its folder %s is missing: ending the trial",
@@ -264,13 +258,8 @@ class FinetuneService:
         otherwise serve the wrong version silently); a version whose folder is gone is logged, and its channels get
         the default."""
         names = self._routes.configured_versions
-        if not self._settings.finetune.version_routes:
+        if not names:
             return
-        if not serves_lora_per_request(self._engine):
-            raise ConfigError(
-                "finetune.version_routes needs an engine that serves each request the version it names: the "
-                "static decoder with adapter slots (engine.lora_slots), or a remote server with LoRA support"
-            )
         known = await asyncio.to_thread(self._records.versions_named, names)
         unknown = sorted(names - set(known))
         if unknown:
@@ -350,8 +339,6 @@ class FinetuneService:
         """Serve the newest candidate in ``scopes`` only; every other conversation keeps the active version.
 
         Replaces an open trial. The trial is stored, so it survives a restart and every bot process serves it."""
-        if not serves_lora_per_request(self._engine):
-            return TrialOutcome(False, unsupported=True)
         async with self._switch_lock:
             candidate = await asyncio.to_thread(self._records.newest_candidate)
             if candidate is None or not await asyncio.to_thread(Path(candidate.path).is_dir):

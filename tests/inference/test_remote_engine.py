@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from bot.domain import BASE_MODEL, ChatTurn, GenerationParams, GenerationRequest, Role
+from bot.domain import ChatTurn, GenerationParams, GenerationRequest, Role
 from bot.errors import (
     EnginePaused,
     EngineUnhealthy,
@@ -539,20 +538,6 @@ async def test_load_and_use_lora_on_a_vllm_like_server(
     ]
     with pytest.raises(ModelLoadError, match="not-there"):
         await engine.use_lora("not-there")
-
-
-async def test_a_request_that_names_its_lora_is_sent_with_it(
-    fake_server: FakeFactory, engines: Callable[..., RemoteEngine]
-) -> None:
-    fake = await fake_server([Reply()], models=("test-model", "v1", "v2"), lora_status=200)
-    engine = engines(fake.base_url)
-    await engine.load_lora("v1", "/srv/lora/v1")
-    await engine.load_lora("v2", "/srv/lora/v2")
-    await engine.use_lora("v1")  # the default
-    for lora in (None, "v2", BASE_MODEL):
-        await collect(engine, replace(request(), lora=lora))
-    assert [r.body["model"] for r in fake.chat_requests] == ["v1", "v2", "test-model"]
-    assert engine.model == "v1", "a request's LoRA does not change the default"
 
 
 async def test_lora_load_failure_is_a_model_load_error(

@@ -393,25 +393,6 @@ async def test_a_version_the_engine_unloaded_to_make_room_is_loaded_again_when_n
     assert engine.calls[-2:] == ["load_lora:v1", "use_lora:v1"], "loaded again, then served"
 
 
-async def test_an_engine_that_serves_one_version_to_all_refuses_trials_and_routes(
-    sqlite_store: ConversationStore, tmp_path: Path
-) -> None:
-    settings = _settings(tmp_path)
-    seed_versions(sqlite_store, settings.lora_dir)
-    bot = Bot(settings, sqlite_store)
-    bot.engine.per_request_lora = False  # the hf decoder: one version at a time, in the model
-
-    reply = await bot.command("try")
-
-    assert reply.startswith("This bot's engine answers every channel with one version")
-    assert LearningRecords(sqlite_store).open_trial() is None
-    assert await bot.ask(TRIAL_CHANNEL) is None
-    routed = Bot(_settings(tmp_path, version_routes={"slack:T1": "v2"}), sqlite_store)
-    routed.engine.per_request_lora = False
-    with pytest.raises(ConfigError, match="version_routes needs an engine"):
-        await routed.service.restore()
-
-
 async def test_help_explains_try_and_promote_in_korean_and_english(
     sqlite_store: ConversationStore, tmp_path: Path
 ) -> None:
