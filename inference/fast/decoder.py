@@ -9,6 +9,11 @@ Admission: ``admit`` (the BatchDecoder contract) prefills at once and returns th
 prompt instead; each ``step`` then runs one prefill pass of at most ``prefill_chunk`` tokens before the decode step,
 so running streams keep going while a long prompt is prefilled, and a finished prefill's first token comes back in
 that step's result.
+
+Prefix reuse (``prefix_cache``, on by default): when a request ends, the full KV blocks of its prompt and reply stay
+cached in the block pool (``kv.BlockPool``), keyed by content and adapter; a later request that starts with the same
+tokens (the next turn of a conversation, another channel's same system prompt) shares them and is prefilled from the
+first token they do not cover. Unused cached blocks count as free memory and are evicted least recently used.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ class _Pending:
     ids: torch.Tensor  # prompt ids on the device
     blocks: torch.Tensor  # the slot's block ids (long, device)
     block_list: list[int]
-    done: int = 0
+    done: int = 0  # prompt tokens whose KV is written (a reused prefix included)
 
 
 def default_buckets(capacity: int) -> tuple[int, ...]:
@@ -109,6 +114,7 @@ class StaticSlotDecoder:
         top_k: int = 0,
         cache_dir: str | Path | None = None,
         gemm: str = "auto",
+        prefix_cache: bool = True,
     ) -> None:
         if cache_dir is not None:
             use_cache_dir(cache_dir)
@@ -147,6 +153,12 @@ class StaticSlotDecoder:
         self._pending: deque[_Pending] = deque()
         self._ready: dict[int, int] = {}
         self._prefill_failures: dict[int, BaseException] = {}
+        # prefix reuse (kv.BlockPool): each slot's tokens so far (prompt, then sampled), its adapter, and counters
+        self._seq: dict[int, list[int]] = {}
+        self._slot_lora: dict[int, str | None] = {}
+        self.prefix_hit_tokens = 0  # prompt tokens whose KV was reused instead of computed, since start
+        self.prompt_tokens = 0  # prompt tokens submitted, since start
+        self.last_prefix_hit: dict[int, int] = {}  # slot -> reused tokens of its latest request
         self._sms = (
             torch.cuda.get_device_properties(self.device).multi_processor_count
             if self.device.type == "cuda"
@@ -195,7 +207,8 @@ class StaticSlotDecoder:
         for attempt in range(8):
             try:
                 self.model.allocate_kv(budget.num_blocks)
-                self.pool = BlockPool(budget, capacity, max_blocks, self.device)  # the graphs read its tables
+                # the graphs read its tables
+                self.pool = BlockPool(budget, capacity, max_blocks, self.device, reuse=prefix_cache)
                 if cuda_graphs:
                     self._capture_graphs()
                 if self.device.type == "cuda":
@@ -222,7 +235,8 @@ class StaticSlotDecoder:
         self.slot_len.zero_()
         self.kv_tokens = budget.usable_tokens
         _log.info(
-            "fast decoder: %d slots, %d KV blocks of %d tokens (%d tokens, %.2f GiB), buckets %s, graphs %s",
+            "fast decoder: %d slots, %d KV blocks of %d tokens (%d tokens, %.2f GiB), buckets %s, graphs %s, "
+            "prefix reuse %s",
             capacity,
             budget.num_blocks,
             block_size,
@@ -230,6 +244,7 @@ class StaticSlotDecoder:
             budget.num_blocks * block_size * spec.kv_bytes_per_token / GIB,
             self.buckets,
             bool(self._graphs),
+            prefix_cache,
         )
 
     # ---- BatchDecoder ----------------------------------------------------------------------------------------------
@@ -308,11 +323,18 @@ class StaticSlotDecoder:
             raise ValueError(
                 f"prompt ({n}) + max_new_tokens exceeds the {self.max_request_tokens} tokens a slot holds"
             )
-        blocks = self.pool.reserve(slot, tokens)
+        blocks, reused_blocks = self.pool.reserve(slot, tokens, request.prompt_ids, request.lora)
+        reused = reused_blocks * self.pool.block_size  # at least one prompt token is left to compute
         ids = torch.tensor(request.prompt_ids, dtype=torch.int64, device=self.device)
         self.sampler.configure(slot, request.params, ids)
+        self._seq[slot] = list(request.prompt_ids)
+        self._slot_lora[slot] = request.lora
+        self.last_prefix_hit[slot] = reused
+        self.prefix_hit_tokens += reused
+        self.prompt_tokens += n
+        _log.debug("slot %d: %d prompt tokens, KV of the first %d reused", slot, n, reused)
         self._pending.append(
-            _Pending(slot, ids, torch.tensor(blocks, dtype=torch.int64, device=self.device), blocks)
+            _Pending(slot, ids, torch.tensor(blocks, dtype=torch.int64, device=self.device), blocks, reused)
         )
 
     def step(self) -> dict[int, int]:
@@ -344,12 +366,30 @@ class StaticSlotDecoder:
         return any(p.slot == slot for p in self._pending)
 
     def release(self, slot: int) -> None:
+        """Free the slot; the full blocks of what its KV holds (prompt and reply) stay cached for a later request
+        that starts the same way."""
+        written = self._written_tokens(slot)
         if slot in self._active:
             self._active.discard(slot)
             self._rows_dirty = True
         self._pending = deque(p for p in self._pending if p.slot != slot)
         self._ready.pop(slot, None)
+        if written:
+            self.pool.remember(slot, written, self._slot_lora.get(slot))
+        self._seq.pop(slot, None)
+        self._slot_lora.pop(slot, None)
         self.pool.release(slot)
+
+    def _written_tokens(self, slot: int) -> list[int]:
+        """The tokens whose KV the slot holds: the prompt prefilled so far, or (decoding) every token but the last
+        sampled one, which has not been run yet."""
+        seq = self._seq.get(slot)
+        if seq is None:
+            return []
+        pending = next((p for p in self._pending if p.slot == slot), None)
+        if pending is not None:
+            return seq[: pending.done]
+        return seq[:-1] if slot in self._active else []
 
     # ---- prefill ---------------------------------------------------------------------------------------------------
 
@@ -425,6 +465,7 @@ class StaticSlotDecoder:
             finished = [(i, p) for i, (p, take) in enumerate(parts) if p.done + take == len(p.ids)]
             for p, take in parts:
                 p.done += take
+                self.pool.remember(p.slot, self._seq[p.slot][: p.done], self._slot_lora[p.slot])
             if not finished:
                 return {}
             last = torch.tensor(
@@ -437,6 +478,8 @@ class StaticSlotDecoder:
             self.last_tok[rows] = tokens
             self.slot_len[rows] = torch.tensor([len(p.ids) for _, p in finished], device=self.device)
             result = dict(zip([p.slot for _, p in finished], tokens.tolist(), strict=True))
+        for slot, token in result.items():
+            self._seq[slot].append(token)
         done_slots = set(result)
         self._pending = deque(p for p in self._pending if p.slot not in done_slots)
         self._active.update(done_slots)
@@ -491,7 +534,10 @@ class StaticSlotDecoder:
                 self._decode_body(b)
         self._last_rows = list(slots)
         self._last_bucket = b
-        return dict(zip(slots, self.out_tok[:n].tolist(), strict=True))
+        result = dict(zip(slots, self.out_tok[:n].tolist(), strict=True))
+        for slot, token in result.items():
+            self._seq[slot].append(token)
+        return result
 
     # ---- inspection (tests) ----------------------------------------------------------------------------------------
 

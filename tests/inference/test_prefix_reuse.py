@@ -1,0 +1,209 @@
+"""Prefix reuse in the fast decoder (kv.BlockPool): replies with reuse equal those without, token for token.
+
+CPU, float32, the tiny Llama of test_fast_decoder: conversations of several turns (each prompt is the previous
+prompt, the reply and a new message), several channels at once, prompts prefilled in small chunks, a pool so small
+that cached blocks are evicted, two adapters (SlotRequest.lora) that must never share KV, and (test_tensor_parallel)
+two gloo ranks. The reused token counts are checked against what the previous turn left in full blocks.
+GPU (skipped on CPU): the reused path's logits against recomputing the whole prompt, at the 70B's widths in bf16.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+
+from bot.domain import GenerationParams
+from inference.decoder import SlotRequest
+from inference.fast import StaticSlotDecoder
+from inference.fast.kv import BlockPool, KVBudget
+from tests.inference.test_fast_decoder import _rel, prompts, tiny_config
+
+GREEDY = GenerationParams(max_new_tokens=10, do_sample=False, repetition_penalty=1.0)
+PENALTY = GenerationParams(max_new_tokens=10, do_sample=False, repetition_penalty=1.3)
+BS = 16
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> LlamaForCausalLM:
+    """test_fast_decoder's tiny Llama: sharp logits, so greedy choices are not near-ties."""
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_config()).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.08)
+    return model
+
+
+@dataclass
+class Conversation:
+    system: list[int]
+    messages: list[list[int]]  # one user message per turn
+    lora: str | None = None
+    history: list[int] = field(default_factory=list)  # the last prompt and its reply
+    replies: list[list[int]] = field(default_factory=list)
+    hits: list[int] = field(default_factory=list)
+    prompt_lens: list[int] = field(default_factory=list)
+
+    def prompt(self, turn: int) -> list[int]:
+        return (self.history or self.system) + self.messages[turn]
+
+
+def run_turn(dec: StaticSlotDecoder, convs: list[Conversation], turn: int, params: GenerationParams) -> None:
+    """Every conversation sends its ``turn``-th message at once; admitted while slots and KV memory allow
+    (``can_admit_together``), prefilled through ``submit`` inside the steps; released as each reply ends."""
+    waiting = list(range(len(convs)))
+    slot_of: dict[int, int] = {}
+    got: dict[int, list[int]] = {}
+    while waiting or slot_of:
+        free = [s for s in range(dec.capacity) if s not in slot_of]
+        while waiting and free:
+            prompt = convs[waiting[0]].prompt(turn)
+            sizes = [(len(convs[i].prompt(turn)), params.max_new_tokens) for i in slot_of.values()]
+            if slot_of and not dec.can_admit_together([*sizes, (len(prompt), params.max_new_tokens)]):
+                break
+            i, slot = waiting.pop(0), free.pop(0)
+            dec.submit(SlotRequest(slot, tuple(prompt), params, lora=convs[i].lora))
+            slot_of[slot] = i
+            got[i] = []
+            convs[i].hits.append(dec.last_prefix_hit[slot])
+            convs[i].prompt_lens.append(len(prompt))
+        for slot, token in dec.step().items():
+            got[slot_of[slot]].append(token)
+        for slot, i in list(slot_of.items()):
+            if len(got[i]) >= params.max_new_tokens:
+                dec.release(slot)
+                del slot_of[slot]
+                conv = convs[i]
+                conv.history = conv.prompt(turn) + got[i]
+                conv.replies.append(got[i])
+
+
+def make_conversations(
+    channels: int, turns: int, first: int, follow: int, system: int = 0, seed: int = 11
+) -> list[Conversation]:
+    vocab = tiny_config().vocab_size
+    shared = prompts(1, (system,), vocab, seed=seed)[0] if system else []
+    convs = []
+    for c in range(channels):
+        lengths = (first, *([follow] * (turns - 1)))
+        msgs = prompts(turns, lengths, vocab, seed=seed + 1 + c)
+        convs.append(Conversation(shared, msgs))
+    return convs
+
+
+def converse(dec: StaticSlotDecoder, convs: list[Conversation], params: GenerationParams = GREEDY) -> None:
+    for turn in range(len(convs[0].messages)):
+        run_turn(dec, convs, turn, params)
+
+
+def expected_hit(previous_written: int, prompt_len: int) -> int:
+    """Full blocks the previous turn left, never the whole prompt: one token is always computed."""
+    return min(previous_written // BS, (prompt_len - 1) // BS) * BS
+
+
+def decoders(model: LlamaForCausalLM, **kw: object) -> tuple[StaticSlotDecoder, StaticSlotDecoder]:
+    common: dict[str, object] = dict(capacity=4, block_size=BS, max_context=512, **kw)
+    return (
+        StaticSlotDecoder(model, prefix_cache=True, **common),  # type: ignore[arg-type]
+        StaticSlotDecoder(model, prefix_cache=False, **common),  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize("params", [GREEDY, PENALTY], ids=["greedy", "repetition-penalty"])
+def test_turns_with_reuse_equal_turns_without(tiny_model: LlamaForCausalLM, params: GenerationParams) -> None:
+    with_reuse, without = decoders(tiny_model)
+    a = make_conversations(channels=3, turns=4, first=40, follow=9)
+    b = make_conversations(channels=3, turns=4, first=40, follow=9)
+    converse(with_reuse, a, params)
+    converse(without, b, params)
+    assert [c.replies for c in a] == [c.replies for c in b]
+    for conv in a:
+        assert conv.hits[0] == 0
+        for turn in range(1, 4):
+            written = conv.prompt_lens[turn - 1] + params.max_new_tokens - 1  # the last token was never run
+            assert conv.hits[turn] == expected_hit(written, conv.prompt_lens[turn]) > 0
+    assert all(h == 0 for c in b for h in c.hits)
+    assert with_reuse.prefix_hit_tokens == sum(sum(c.hits) for c in a)
+    assert without.prefix_hit_tokens == 0
+
+
+def test_chunked_prefill_starts_after_the_reused_tokens(tiny_model: LlamaForCausalLM) -> None:
+    # 8-token prefill passes: a prompt is prefilled over several steps, beside running replies, from the middle of
+    # a block on (the reused length is whole blocks, the chunks are not aligned to them)
+    with_reuse, without = decoders(tiny_model, prefill_chunk=8)
+    a = make_conversations(channels=3, turns=3, first=37, follow=21, seed=21)
+    b = make_conversations(channels=3, turns=3, first=37, follow=21, seed=21)
+    converse(with_reuse, a)
+    converse(without, b)
+    assert [c.replies for c in a] == [c.replies for c in b]
+    assert all(h > 0 for c in a for h in c.hits[1:])
+
+
+def test_system_prompt_is_shared_across_channels(tiny_model: LlamaForCausalLM) -> None:
+    with_reuse, without = decoders(tiny_model)
+    a = make_conversations(channels=3, turns=1, first=12, follow=5, system=40, seed=31)
+    b = make_conversations(channels=3, turns=1, first=12, follow=5, system=40, seed=31)
+    run_turn(with_reuse, a[:1], 0, GREEDY)  # the first channel alone: its blocks are cached when it ends
+    run_turn(with_reuse, a[1:], 0, GREEDY)
+    run_turn(without, b, 0, GREEDY)
+    assert [c.replies for c in a] == [c.replies for c in b]
+    assert [c.hits[0] for c in a] == [0, 32, 32]  # the system prompt's two full blocks
+    # all released: the whole pool is free again (cached blocks count as free)
+    assert with_reuse.pool.free_blocks == with_reuse.pool.num_blocks - 1
+
+
+def test_eviction_under_a_small_pool(tiny_model: LlamaForCausalLM) -> None:
+    spec_bytes = 3 * 2 * 2 * 8 * 2  # layers * (k, v) * kv_heads * head_dim * 2 (the budget counts 16-bit KV)
+    # 15 usable blocks (240 tokens): two running requests fit, three conversations' caches do not
+    budget = spec_bytes * BS * 16
+    with_reuse, without = decoders(tiny_model, kv_budget_bytes=budget)
+    assert with_reuse.pool.num_blocks == 16
+    a = make_conversations(channels=3, turns=4, first=30, follow=9, system=20, seed=41)
+    b = make_conversations(channels=3, turns=4, first=30, follow=9, system=20, seed=41)
+    converse(with_reuse, a)
+    converse(without, b)
+    assert [c.replies for c in a] == [c.replies for c in b]
+    assert with_reuse.pool.evictions > 0  # cached blocks were handed out again...
+    assert sum(h for c in a for h in c.hits) > 0  # ...and some were still there to reuse
+    # nobody ever waited for a cached block: when everything is released, all of the pool is free
+    assert with_reuse.pool.free_blocks == with_reuse.pool.num_blocks - 1
+    assert with_reuse.can_admit(100, 100) and with_reuse.can_admit_together([(100, 50), (60, 20)])
+
+
+def test_two_adapters_never_share_blocks(tiny_model: LlamaForCausalLM) -> None:
+    """The same tokens under another adapter id (or the base model) find nothing: an adapter changes the KV.
+
+    Adapters are not applied by the fast decoder on this branch (the lora branch adds them): this checks the
+    reuse key alone, so the tokens are the base model's under every id."""
+    dec, _ = decoders(tiny_model)
+    base = make_conversations(channels=1, turns=2, first=40, follow=9, seed=51)[0]
+    for lora in (None, "adapter-a#1", "adapter-b#1"):
+        conv = Conversation(base.system, base.messages, lora=lora)
+        converse(dec, [conv])
+        assert conv.hits[0] == 0, lora  # another adapter's (or the base's) first turn is not reused
+        assert conv.hits[1] > 0, lora  # its own is
+    again = Conversation(base.system, base.messages, lora="adapter-a#1")
+    converse(dec, [again])
+    assert again.hits[0] == expected_hit(40 + 9 + GREEDY.max_new_tokens - 1, 40)
+
+
+def test_pool_keys_blocks_by_position_and_parent() -> None:
+    pool = BlockPool(KVBudget(num_blocks=9, block_size=4), slots=2, max_blocks_per_slot=8, device=torch.device("cpu"))
+    a = [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    blocks, reused = pool.reserve(0, 12, a)
+    assert reused == 0
+    pool.remember(0, a[:8], None)
+    pool.release(0)
+    assert pool.free_blocks == 8 and pool.cached_blocks == 2
+    assert len(pool.match(a, None)) == 2
+    assert pool.match([5, 6, 7, 8, 1, 2, 3, 4, 0], None) == []  # the same block content at another position
+    assert len(pool.match([1, 2, 3, 4, 0, 0, 0, 0, 0], None)) == 1  # a shared first block only
+    assert pool.match(a[:8], None) == blocks[:1]  # never the whole prompt: one token is left to compute
+    assert pool.match(a, "lora#1") == []
+    # eviction: least recently released first, and a conversation's tail before its beginning
+    _, reused = pool.reserve(1, 28, [9] * 28)
+    assert reused == 0 and pool.evictions == 1 and len(pool.match(a, None)) == 1
