@@ -89,6 +89,10 @@ class EngineSettings(BaseModel):
         True,
         description="static decoder: prefill newcomers in chunks between decode steps, running replies keep streaming",
     )
+    prefix_cache: bool = Field(
+        True,
+        description="static decoder: keep finished requests' KV blocks and reuse them for prompts that start the same",
+    )
     max_batch_size: int = Field(8, ge=1, le=256, description="conversations decoded together")
     queue_limit: int = Field(64, ge=1, description="waiting requests beyond this are politely refused")
     # remote (OpenAI-compatible chat completions); the API key comes from HANBOT_REMOTE_API_KEY or OPENAI_API_KEY

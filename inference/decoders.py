@@ -39,7 +39,11 @@ def _fast_decoder(model: PreTrainedModel, settings: EngineSettings) -> BatchDeco
         return None
     try:
         decoder: BatchDecoder = StaticSlotDecoder(
-            model, capacity=settings.max_batch_size, cache_dir=settings.cache_dir, fp8=settings.fp8_weights
+            model,
+            capacity=settings.max_batch_size,
+            cache_dir=settings.cache_dir,
+            fp8=settings.fp8_weights,
+            prefix_cache=settings.prefix_cache,
         )
     except Exception as exc:
         if settings.fp8_weights:

@@ -76,6 +76,7 @@ def rank_decoder(settings: Settings, group: TensorParallel, folder: Path, config
         capacity=settings.engine.max_batch_size,
         max_context=settings.model.context_length,
         cache_dir=settings.engine.cache_dir,
+        prefix_cache=settings.engine.prefix_cache,
     )
 
 

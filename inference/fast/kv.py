@@ -97,7 +97,9 @@ class BlockPool:
         self._refs = [0] * budget.num_blocks
         self._cached: dict[bytes, int] = {}  # prefix key -> block holding that KV
         self._key_of: dict[int, bytes] = {}  # block -> its prefix key (cached or held)
-        self._evictable: OrderedDict[int, None] = OrderedDict()  # cached and unused, least recently used first
+        self._evictable: OrderedDict[int, None] = (
+            OrderedDict()
+        )  # cached and unused, least recently used first
         self._chains: dict[int, list[bytes]] = {}  # slot -> keys of its full blocks known so far
         self.evictions = 0  # cached blocks handed out again, since start
         self.max_blocks_per_slot = max_blocks_per_slot

@@ -9,16 +9,23 @@ GPU (skipped on CPU): the reused path's logits against recomputing the whole pro
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from bot.domain import GenerationParams
-from inference.decoder import SlotRequest
+from bot.domain import ChatTurn, GenerationParams, GenerationRequest, Role
+from bot.settings import EngineSettings, GenerationSettings
+from inference.decoder import BatchDecoder, SlotRequest
+from inference.demo_model import SYSTEM_PROMPT
 from inference.fast import StaticSlotDecoder
 from inference.fast.kv import BlockPool, KVBudget
+from inference.loading import LoadedModel
+from inference.local_engine import LocalEngine
+from tests.inference import engine_helpers
 from tests.inference.test_fast_decoder import _rel, prompts, tiny_config
 
 GREEDY = GenerationParams(max_new_tokens=10, do_sample=False, repetition_penalty=1.0)
@@ -192,7 +199,9 @@ def test_two_adapters_never_share_blocks(tiny_model: LlamaForCausalLM) -> None:
 
 
 def test_pool_keys_blocks_by_position_and_parent() -> None:
-    pool = BlockPool(KVBudget(num_blocks=9, block_size=4), slots=2, max_blocks_per_slot=8, device=torch.device("cpu"))
+    pool = BlockPool(
+        KVBudget(num_blocks=9, block_size=4), slots=2, max_blocks_per_slot=8, device=torch.device("cpu")
+    )
     a = [1, 2, 3, 4, 5, 6, 7, 8, 9]
     blocks, reused = pool.reserve(0, 12, a)
     assert reused == 0
@@ -207,3 +216,122 @@ def test_pool_keys_blocks_by_position_and_parent() -> None:
     # eviction: least recently released first, and a conversation's tail before its beginning
     _, reused = pool.reserve(1, 28, [9] * 28)
     assert reused == 0 and pool.evictions == 1 and len(pool.match(a, None)) == 1
+
+
+async def test_engine_conversation_with_reuse_answers_like_without(demo_loaded: LoadedModel) -> None:
+    """Through LocalEngine.generate with the demo model and its chat template: each turn's prompt is the whole
+    conversation (the replies as the engine streamed them); the replies are the same with and without reuse, and
+    from the second turn on the KV of the earlier turns is reused."""
+    questions = ["What is hanbot?", "What does /reset do?", "안녕하세요", "Hello"]
+    replies: dict[bool, list[str]] = {}
+    hits: dict[bool, list[int]] = {}
+    for reuse in (True, False):
+        built: list[StaticSlotDecoder] = []
+
+        def factory(
+            model: Any, settings: EngineSettings, reuse: bool = reuse, built: list[StaticSlotDecoder] = built
+        ) -> BatchDecoder:
+            built.append(
+                StaticSlotDecoder(model, capacity=2, block_size=16, max_context=1024, prefix_cache=reuse)
+            )
+            return built[-1]
+
+        engine = LocalEngine(
+            demo_loaded.model,
+            demo_loaded.tokenizer,
+            engine=EngineSettings(decoder="static", max_batch_size=2),
+            generation=GenerationSettings(timeout_s=120),
+            decoder_factory=factory,
+        )
+        turns: list[ChatTurn] = [ChatTurn(Role.SYSTEM, SYSTEM_PROMPT)]
+        replies[reuse], hits[reuse] = [], []
+        try:
+            for i, question in enumerate(questions):
+                turns.append(ChatTurn(Role.USER, question))
+                before = built[0].prefix_hit_tokens
+                req = GenerationRequest(f"r{i}", "c", tuple(turns), engine_helpers.GREEDY)
+                reply = await engine_helpers.collect(engine, req)
+                assert reply.error is None
+                turns.append(ChatTurn(Role.ASSISTANT, reply.text))
+                replies[reuse].append(reply.text)
+                hits[reuse].append(built[0].prefix_hit_tokens - before)
+        finally:
+            await engine.aclose()
+    assert replies[True] == replies[False]
+    assert hits[False] == [0, 0, 0, 0]
+    assert hits[True][0] == 0 and all(h > 0 for h in hits[True][1:]), hits[True]
+
+
+# ---- GPU --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU (the 70B-width bf16 check runs there)"
+)
+def test_gpu_reused_prefix_logits_match_recomputing_it() -> None:
+    """A second turn served from the first turn's cached KV (prompt and reply) against the same prompt computed
+    from scratch: next-token logits over 16 steps within bf16 tolerance (the relative error is printed), and the
+    distance of both from the float32 eager forward."""
+    cfg = tiny_config(
+        vocab_size=128256,
+        hidden_size=8192,
+        intermediate_size=28672,
+        num_hidden_layers=2,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        max_position_embeddings=8192,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+    )
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        ref32 = LlamaForCausalLM(cfg).eval()
+    try:
+        ref32.set_attn_implementation("eager")
+    except AttributeError:
+        ref32.config._attn_implementation = "eager"
+    model = copy.deepcopy(ref32).to(torch.bfloat16)
+    dec = StaticSlotDecoder(model, capacity=2, max_context=4096, kv_budget_bytes=2 << 30)
+    steps = 16
+    params = GenerationParams(max_new_tokens=steps, do_sample=False, repetition_penalty=1.0)
+    first, follow = prompts(2, (1100, 70), cfg.vocab_size, seed=9)
+
+    def serve(prompt: list[int]) -> tuple[list[int], torch.Tensor]:
+        tokens = [dec.admit(SlotRequest(0, tuple(prompt), params))]
+        logits = [dec.last_prefill_logits(0).clone()]
+        for _ in range(steps - 1):
+            tokens.append(dec.step()[0])
+            logits.append(dec.last_step_logits()[0].clone())
+        dec.release(0)
+        return tokens, torch.stack(logits)
+
+    reply, _ = serve(first)
+    second = first + reply + follow
+    tokens_reused, reused = serve(second)
+    hit = dec.last_prefix_hit[0]
+    assert hit == (len(first) + steps - 1) // 64 * 64 > 1000
+    dec.pool.forget_cached()
+    tokens_fresh, fresh = serve(second)
+    assert dec.last_prefix_hit[0] == 0
+    # rows computed from the same inputs: up to the first step where the two greedy paths part (if they do)
+    agree = next(
+        (i for i, (a, b) in enumerate(zip(tokens_reused, tokens_fresh, strict=True)) if a != b), steps
+    )
+    rows = min(steps, agree + 1)
+    full = torch.tensor([second + tokens_fresh[: rows - 1]], device="cuda")
+    with torch.no_grad():
+        want32 = ref32(full).logits[0, len(second) - 1 :].float()
+    reused, fresh = reused[:rows], fresh[:rows]
+    e_reuse, e_fresh, e_ref = _rel(reused, fresh), _rel(reused, want32), _rel(fresh, want32)
+    print(
+        f"GPU_PREFIX_REUSE_REL_ERR reused_vs_recomputed={e_reuse:.3e} reused_vs_eager_fp32={e_fresh:.3e} "
+        f"recomputed_vs_eager_fp32={e_ref:.3e} reused_tokens={hit} greedy_steps_equal={agree}/{steps}"
+    )
+    # bf16 tolerance: reusing the KV moves the logits no more than bf16 rounding moves the recomputed ones
+    assert e_fresh <= 1.25 * e_ref + 1e-2
+    assert e_reuse <= 2 * e_ref + 1e-2

@@ -4,7 +4,8 @@ one process computes.
 A tiny Llama (grouped-query attention, a vocabulary that does not split evenly) is saved as safetensors; two
 processes read their slices of it, and rank 0 drives a schedule of requests that join and leave the batch through
 the MirroredDecoder while rank 1 follows. Greedy and seeded tokens equal the single-process decoder's token for
-token. The same goes for the bot itself: `python -m bot chat` started as two ranks answers like one process.
+token, and so do conversations of several turns served with prefix reuse (both ranks reuse the same KV blocks).
+The same goes for the bot itself: `python -m bot chat` started as two ranks answers like one process.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from inference.fast.parallel import SingleProcess, split
 from inference.fast.weights import LlamaSpec, RankSlices
 from tests.inference.remote_server import free_port
 from tests.inference.test_fast_decoder import tiny_config as fast_decoder_config
-from tests.inference.tp_run import schedule
+from tests.inference.tp_run import conversation, schedule
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -114,6 +115,13 @@ def test_two_ranks_decode_what_one_process_decodes(checkpoint: Path, tmp_path: P
     assert len(tokens["d"]) == len(reference["d"]) == 6  # unseeded: rank 0 chose the seed for both ranks
     follower = json.loads(outs[1].strip().splitlines()[-1])
     assert follower["calls"] > 15  # rank 1 replayed every admit, step and release
+    # prefix reuse over two ranks: the turns equal one process without reuse, and both ranks reused the same KV
+    without_reuse = StaticSlotDecoder(
+        reference_model, capacity=4, max_context=256, parallel=SingleProcess(), prefix_cache=False
+    )
+    schedule(without_reuse)
+    assert result["turns"] == conversation(without_reuse)
+    assert result["prefix_hit_tokens"] == follower["prefix_hit_tokens"] == 4 * 64  # turns 2 and 3, 2 channels
 
 
 def test_bot_chat_on_two_ranks_answers_like_one(demo_model_dir: Path, tmp_path: Path) -> None:

@@ -52,6 +52,27 @@ def schedule(decoder) -> dict[str, list[int]]:
     return out
 
 
+def conversation(decoder) -> dict[str, list[int]]:
+    """Two channels, three turns each, both channels' messages at once: every prompt is the previous prompt, its
+    reply and a new message, so turns 2 and 3 start with KV blocks the previous turn left (prefix reuse)."""
+    history = {0: list(range(100, 170)), 1: list(range(200, 270))}  # 70-token first messages
+    out: dict[str, list[int]] = {}
+    for turn in range(3):
+        for slot in (0, 1):
+            if turn:
+                history[slot] += [5 + turn, 9 + slot, 11, 13, 17, 19, 23, 29, 31, 37]
+            decoder.submit(SlotRequest(slot, tuple(history[slot]), GREEDY))
+        got: dict[int, list[int]] = {0: [], 1: []}
+        while any(len(g) < GREEDY.max_new_tokens for g in got.values()):
+            for slot, tok in decoder.step().items():
+                got[slot].append(tok)
+        for slot in (0, 1):
+            decoder.release(slot)
+            history[slot] += got[slot]
+            out[f"turn{turn}-slot{slot}"] = got[slot]
+    return out
+
+
 def main() -> None:
     from transformers import AutoConfig
 
@@ -75,13 +96,18 @@ def main() -> None:
     decoder = StaticSlotDecoder(weights, parallel=group, capacity=4, max_context=256)
     if group.rank != 0:
         calls = follow(decoder, group)
-        print(json.dumps({"rank": group.rank, "calls": calls}))
+        hits = decoder.prefix_hit_tokens
+        print(json.dumps({"rank": group.rank, "calls": calls, "prefix_hit_tokens": hits}))
         return
     leader = MirroredDecoder(decoder, group)
     tokens = schedule(leader)
+    turns = conversation(leader)
+    hits = leader.prefix_hit_tokens
     leader.close()
     local_vocab = weights.lm_head.shape[0]  # type: ignore[union-attr]
-    out_file.write_text(json.dumps({"tokens": tokens, "local_vocab": local_vocab}))
+    out_file.write_text(
+        json.dumps({"tokens": tokens, "turns": turns, "prefix_hit_tokens": hits, "local_vocab": local_vocab})
+    )
 
 
 if __name__ == "__main__":
