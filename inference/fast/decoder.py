@@ -380,6 +380,12 @@ class StaticSlotDecoder:
         self._slot_lora.pop(slot, None)
         self.pool.release(slot)
 
+    def set_prefix_cache(self, on: bool) -> None:
+        """Turn prefix reuse on or off from the next request on (off: the cached prefixes are dropped)."""
+        if not on:
+            self.pool.forget_cached()
+        self.pool.reuse = on
+
     def _written_tokens(self, slot: int) -> list[int]:
         """The tokens whose KV the slot holds: the prompt prefilled so far, or (decoding) every token but the last
         sampled one, which has not been run yet."""

@@ -23,7 +23,7 @@ from inference.fast.parallel import Parallel
 
 _log = logging.getLogger(__name__)
 
-MIRRORED = ("admit", "admit_many", "submit", "complete", "step", "release", "close")
+MIRRORED = ("admit", "admit_many", "submit", "complete", "step", "release", "set_prefix_cache", "close")
 _STOP = "__stop__"
 
 
@@ -84,6 +84,10 @@ class MirroredDecoder:
     def release(self, slot: int) -> None:
         self._send("release", slot)
         self.inner.release(slot)
+
+    def set_prefix_cache(self, on: bool) -> None:
+        self._send("set_prefix_cache", on)
+        self.inner.set_prefix_cache(on)
 
     def close(self) -> None:
         """Close this decoder and stop the followers (their ``follow`` returns)."""
