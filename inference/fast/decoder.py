@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from typing import Any
 
 import torch
 
+from bot.domain import GenerationParams
 from inference.decoder import SlotRequest
 from inference.fast.gemm import LinearPlan
 from inference.fast.kv import GIB, BlockPool, KVBudget, plan_kv_budget
@@ -115,6 +117,7 @@ class StaticSlotDecoder:
         cache_dir: str | Path | None = None,
         gemm: str = "auto",
         prefix_cache: bool = True,
+        warm_burst: bool | None = None,
     ) -> None:
         if cache_dir is not None:
             use_cache_dir(cache_dir)
@@ -159,6 +162,7 @@ class StaticSlotDecoder:
         self.prefix_hit_tokens = 0  # prompt tokens whose KV was reused instead of computed, since start
         self.prompt_tokens = 0  # prompt tokens submitted, since start
         self.last_prefix_hit: dict[int, int] = {}  # slot -> reused tokens of its latest request
+        self.warm_burst_reused = 0
         self._sms = (
             torch.cuda.get_device_properties(self.device).multi_processor_count
             if self.device.type == "cuda"
@@ -234,6 +238,10 @@ class StaticSlotDecoder:
         self.row_slot.fill_(self._pad)
         self.slot_len.zero_()
         self.kv_tokens = budget.usable_tokens
+        # 3. a burst like the first real one (several prompts per prefill pass, sampled, decoded, then the same
+        #    prompts again from their cached prefix), so the first conversations after a start pay nothing extra
+        if warm_burst if warm_burst is not None else self.device.type == "cuda":
+            self._warm_burst()
         _log.info(
             "fast decoder: %d slots, %d KV blocks of %d tokens (%d tokens, %.2f GiB), buckets %s, graphs %s, "
             "prefix reuse %s",
@@ -396,6 +404,62 @@ class StaticSlotDecoder:
         if pending is not None:
             return seq[: pending.done]
         return seq[:-1] if slot in self._active else []
+
+    # ---- start-up --------------------------------------------------------------------------------------------------
+
+    def _warm_burst(self) -> None:
+        """Serve a synthetic burst through the real paths, then forget it: ``capacity`` prompts (at most 16) that fill
+        one prefill pass and spill into a second (several sequences per pass, one split over two passes), sampled
+        with the bot's settings, two decode steps; then the same prompts plus a token, reusing their cached KV (the
+        prefill of a sequence from the middle). The first burst after a start paid for these on the GPU: kernels
+        loaded on first launch (the causal and the masked attention, the sampler's sort at several rows), and the
+        allocator's growth to a full pass of many sequences."""
+        t = time.perf_counter()
+        rows = min(self._capacity, 16)
+        per = max(2, min(self.prefill_chunk // rows + 2, self.max_request_tokens - 4))
+        while rows > 1 and rows * self.pool.blocks_for(per + 4) > self.pool.free_blocks:
+            rows -= 1
+        if self.pool.blocks_for(per + 4) > self.pool.free_blocks:
+            return
+        params = GenerationParams(
+            max_new_tokens=3, temperature=0.6, top_p=0.9, repetition_penalty=1.1, seed=0
+        )
+        g = torch.Generator().manual_seed(0)
+        vocab = self._weights.spec.vocab_size
+        batch = [torch.randint(0, vocab, (per,), generator=g).tolist() for _ in range(rows)]
+        reuse = self.pool.reuse
+        self.pool.reuse = True
+        try:
+            for extra in (0, 1):  # the second round starts after the first round's cached blocks
+                for slot, ids in enumerate(batch):
+                    self.submit(SlotRequest(slot, tuple(ids[: per - 1 + extra]), params))
+                for _ in range(3):
+                    self.step()
+                for slot in range(rows):
+                    self.release(slot)
+        finally:
+            self.set_prefix_cache(False)
+            self.pool.reuse = reuse
+            self.warm_burst_reused = (
+                self.prefix_hit_tokens
+            )  # tokens the second round took from the first (tests)
+            self.prefix_hit_tokens = self.prompt_tokens = 0
+            self.last_prefix_hit.clear()
+            self._prefill_logits = {}
+            for slot, exc in self.take_prefill_failures().items():
+                _log.warning("warm-up burst: the prefill of slot %d failed (%s)", slot, exc)
+            self.row_slot.fill_(self._pad)
+            self.slot_len.zero_()
+            self._rows_dirty = True
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        _log.info(
+            "warm-up burst: %d prompts of about %d tokens, twice (%d tokens reused the second time), in %.2f s",
+            rows,
+            per,
+            self.warm_burst_reused,
+            time.perf_counter() - t,
+        )
 
     # ---- prefill ---------------------------------------------------------------------------------------------------
 

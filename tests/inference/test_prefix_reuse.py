@@ -218,6 +218,25 @@ def test_pool_keys_blocks_by_position_and_parent() -> None:
     assert reused == 0 and pool.evictions == 1 and len(pool.match(a, None)) == 1
 
 
+def test_warm_burst_leaves_nothing_behind(tiny_model: LlamaForCausalLM) -> None:
+    """The start-up burst (on by default on a GPU) runs the real paths and then forgets them: the pool is all free
+    with nothing cached, the counters are zero, and replies are the same as from a decoder that skipped it."""
+    warmed = StaticSlotDecoder(
+        tiny_model, capacity=4, block_size=BS, max_context=512, prefill_chunk=64, warm_burst=True
+    )
+    assert warmed.pool.free_blocks == warmed.pool.num_blocks - 1 and warmed.pool.cached_blocks == 0
+    assert warmed.warm_burst_reused == 4 * 16  # its second round started from the first round's blocks
+    assert warmed.prefix_hit_tokens == warmed.prompt_tokens == 0 and not warmed.last_prefix_hit
+    assert not warmed._seq and not warmed._active and not warmed._pending
+    cold, _ = decoders(tiny_model, prefill_chunk=64)
+    a = make_conversations(channels=3, turns=2, first=40, follow=9, seed=61)
+    b = make_conversations(channels=3, turns=2, first=40, follow=9, seed=61)
+    converse(warmed, a, PENALTY)
+    converse(cold, b, PENALTY)
+    assert [c.replies for c in a] == [c.replies for c in b]
+    assert [c.hits for c in a] == [c.hits for c in b]
+
+
 async def test_engine_conversation_with_reuse_answers_like_without(demo_loaded: LoadedModel) -> None:
     """Through LocalEngine.generate with the demo model and its chat template: each turn's prompt is the whole
     conversation (the replies as the engine streamed them); the replies are the same with and without reuse, and
