@@ -10,9 +10,10 @@ oldest loaded turn with that rule, so it depends only on the history, not on wha
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import cast
 
 from bot.domain import ChatTurn, Role
 from bot.errors import BotError
@@ -106,12 +107,12 @@ def stable_start(costs: Sequence[int], current: int, room: int) -> int:
 def turn_cost(turn: ChatTurn, tokenizer: ChatTokenizer) -> int:
     """Tokens one turn adds to a rendered conversation (its header, content and end-of-turn marker)."""
     try:
-        return _cached_turn_cost(tokenizer, turn)
+        return _cached_turn_cost(cast(Hashable, tokenizer), turn)
     except TypeError:  # a tokenizer that cannot be a cache key
         return tokenizer.count_tokens([turn], add_generation_prompt=False)
 
 
 @lru_cache(maxsize=8192)
-def _cached_turn_cost(tokenizer: ChatTokenizer, turn: ChatTurn) -> int:
+def _cached_turn_cost(tokenizer: Hashable, turn: ChatTurn) -> int:
     """Each prompt replays the loaded history (up to hundreds of turns): each turn is counted once."""
-    return tokenizer.count_tokens([turn], add_generation_prompt=False)
+    return cast(ChatTokenizer, tokenizer).count_tokens([turn], add_generation_prompt=False)
