@@ -89,6 +89,10 @@ class EngineSettings(BaseModel):
         True,
         description="static decoder: prefill newcomers in chunks between decode steps, running replies keep streaming",
     )
+    fp8_kv_cache: bool = Field(
+        False,
+        description="static decoder: KV cache in FP8 e4m3 with per-token scales (about twice the tokens; Hopper GPU)",
+    )
     prefix_cache: bool = Field(
         True,
         description="static decoder: keep finished requests' KV blocks and reuse them for prompts that start the same",

@@ -44,6 +44,7 @@ def _fast_decoder(model: PreTrainedModel, settings: EngineSettings) -> BatchDeco
             cache_dir=settings.cache_dir,
             fp8=settings.fp8_weights,
             prefix_cache=settings.prefix_cache,
+            kv_fp8=settings.fp8_kv_cache,
         )
     except Exception as exc:
         if settings.fp8_weights:

@@ -77,6 +77,7 @@ def rank_decoder(settings: Settings, group: TensorParallel, folder: Path, config
         max_context=settings.model.context_length,
         cache_dir=settings.engine.cache_dir,
         prefix_cache=settings.engine.prefix_cache,
+        kv_fp8=settings.engine.fp8_kv_cache,
     )
 
 

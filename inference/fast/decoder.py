@@ -32,7 +32,7 @@ import torch
 from bot.domain import GenerationParams
 from inference.decoder import SlotRequest
 from inference.fast.gemm import LinearPlan
-from inference.fast.kv import GIB, BlockPool, KVBudget, plan_kv_budget
+from inference.fast.kv import GIB, BlockPool, KVBudget, kv_bytes_per_token, plan_kv_budget
 from inference.fast.model import FastLlama, Segment
 from inference.fast.parallel import Parallel, SingleProcess
 from inference.fast.sampler import SlotSampler
@@ -118,6 +118,7 @@ class StaticSlotDecoder:
         gemm: str = "auto",
         prefix_cache: bool = True,
         warm_burst: bool | None = None,
+        kv_fp8: bool = False,
     ) -> None:
         if cache_dir is not None:
             use_cache_dir(cache_dir)
@@ -127,6 +128,7 @@ class StaticSlotDecoder:
         # for a LoRA): not after an FP8 build released its weights, nor for a tensor-parallel slice
         self.model_intact = not fp8 and self.parallel.world == 1 and not isinstance(model, LlamaWeights)
         self.fp8 = fp8
+        self.kv_fp8 = kv_fp8
         if self._weights.device.type == "cuda":
             torch.cuda.empty_cache()  # the fusion's freed blocks go back, so free memory is measured right
         spec = self._weights.spec
@@ -186,6 +188,7 @@ class StaticSlotDecoder:
             self.max_context,
             LinearPlan(self.device, gemm, plan_file),
             self.parallel,
+            kv_fp8=kv_fp8,
         )
         self.model.tune()
         if self.device.type == "cuda":
@@ -205,6 +208,7 @@ class StaticSlotDecoder:
             max_context=self.max_context,
             budget_bytes=kv_budget_bytes,
             reserve_bytes=reserve_bytes,
+            kv_fp8=kv_fp8,
         )
         # every rank's pool the same size, so every rank admits the same requests
         budget = KVBudget(num_blocks=self.parallel.agree_min(budget.num_blocks), block_size=block_size)
@@ -244,15 +248,16 @@ class StaticSlotDecoder:
             self._warm_burst()
         _log.info(
             "fast decoder: %d slots, %d KV blocks of %d tokens (%d tokens, %.2f GiB), buckets %s, graphs %s, "
-            "prefix reuse %s",
+            "prefix reuse %s, KV %s",
             capacity,
             budget.num_blocks,
             block_size,
             budget.usable_tokens,
-            budget.num_blocks * block_size * spec.kv_bytes_per_token / GIB,
+            budget.num_blocks * block_size * kv_bytes_per_token(spec, kv_fp8) / GIB,
             self.buckets,
             bool(self._graphs),
             prefix_cache,
+            "FP8 e4m3 with per-token scales" if kv_fp8 else str(self._weights.dtype).removeprefix("torch."),
         )
 
     # ---- BatchDecoder ----------------------------------------------------------------------------------------------

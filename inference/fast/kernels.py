@@ -65,14 +65,19 @@ def _rope_store_kernel(
     k_cache_ptr,
     v_cache_ptr,
     slot_ptr,
+    k_scale_ptr,
+    v_scale_ptr,
     stride_qkv,
     stride_cb,
     stride_ch,
     stride_ct,
+    stride_sb,
+    stride_sh,
     N_HEADS: tl.constexpr,
     N_KV: tl.constexpr,
     HALF: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
+    FP8: tl.constexpr,
 ):
     t = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
@@ -95,11 +100,27 @@ def _rope_store_kernel(
         blk = slot // BLOCK_SIZE
         off = slot % BLOCK_SIZE
         dst = blk * stride_cb + kh * stride_ch + off * stride_ct
-        tl.store(k_cache_ptr + dst + d, o1)
-        tl.store(k_cache_ptr + dst + HALF + d, o2)
         vsrc = qkv_ptr + t * stride_qkv + (N_HEADS + N_KV + kh) * (2 * HALF)
-        tl.store(v_cache_ptr + dst + d, tl.load(vsrc + d))
-        tl.store(v_cache_ptr + dst + HALF + d, tl.load(vsrc + HALF + d))
+        if FP8:  # one scale per token and head: its largest magnitude / 448
+            sdst = blk * stride_sb + kh * stride_sh + off
+            k1, k2 = o1.to(tl.float32), o2.to(tl.float32)
+            ka = tl.maximum(tl.max(tl.abs(k1), axis=0), tl.max(tl.abs(k2), axis=0))
+            ks = tl.where(ka > 0, ka / 448.0, 1.0)
+            tl.store(k_cache_ptr + dst + d, (k1 / ks).to(k_cache_ptr.dtype.element_ty))
+            tl.store(k_cache_ptr + dst + HALF + d, (k2 / ks).to(k_cache_ptr.dtype.element_ty))
+            tl.store(k_scale_ptr + sdst, ks)
+            v1 = tl.load(vsrc + d).to(tl.float32)
+            v2 = tl.load(vsrc + HALF + d).to(tl.float32)
+            va = tl.maximum(tl.max(tl.abs(v1), axis=0), tl.max(tl.abs(v2), axis=0))
+            vs = tl.where(va > 0, va / 448.0, 1.0)
+            tl.store(v_cache_ptr + dst + d, (v1 / vs).to(v_cache_ptr.dtype.element_ty))
+            tl.store(v_cache_ptr + dst + HALF + d, (v2 / vs).to(v_cache_ptr.dtype.element_ty))
+            tl.store(v_scale_ptr + sdst, vs)
+        else:
+            tl.store(k_cache_ptr + dst + d, o1)
+            tl.store(k_cache_ptr + dst + HALF + d, o2)
+            tl.store(v_cache_ptr + dst + d, tl.load(vsrc + d))
+            tl.store(v_cache_ptr + dst + HALF + d, tl.load(vsrc + HALF + d))
 
 
 def rope_store(
@@ -113,10 +134,17 @@ def rope_store(
     n_heads: int,
     n_kv: int,
     head_dim: int,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Rotate q and k of every token; write k and v into the paged cache [blocks, kv_heads, block, head_dim]."""
+    """Rotate q and k of every token; write k and v into the paged cache [blocks, kv_heads, block, head_dim]
+    (an FP8 cache: e4m3 values and one scale per token and head into ``k_scale``/``v_scale`` [blocks, kv_heads,
+    block])."""
     tokens = qkv.shape[0]
     q = torch.empty((tokens, n_heads, head_dim), dtype=qkv.dtype, device=qkv.device)
+    fp8 = k_scale is not None and v_scale is not None
+    ks = k_scale if k_scale is not None else k_cache  # unread without FP8
+    vs = v_scale if v_scale is not None else v_cache
     _rope_store_kernel[(tokens, n_heads + n_kv)](
         qkv,
         positions,
@@ -126,14 +154,19 @@ def rope_store(
         k_cache,
         v_cache,
         slot_mapping,
+        ks,
+        vs,
         qkv.stride(0),
         k_cache.stride(0),
         k_cache.stride(1),
         k_cache.stride(2),
+        ks.stride(0),
+        ks.stride(1),
         N_HEADS=n_heads,
         N_KV=n_kv,
         HALF=head_dim // 2,
         BLOCK_SIZE=k_cache.shape[2],
+        FP8=fp8,
         num_warps=1,
     )
     return q
@@ -170,11 +203,16 @@ def _decode_attn_kernel(
     lens_ptr,
     o_ptr,
     lse_ptr,
+    k_scale_ptr,
+    v_scale_ptr,
     scale,
     stride_bt,
     stride_kb,
     stride_kh,
     stride_kt,
+    stride_sb,
+    stride_sh,
+    FP8: tl.constexpr,
     G: tl.constexpr,
     GP: tl.constexpr,
     D: tl.constexpr,
@@ -202,7 +240,12 @@ def _decode_attn_kernel(
     for i in range(start, end):
         blk = tl.load(bt_ptr + b * stride_bt + i).to(tl.int64)
         kv_off = blk * stride_kb + kvh * stride_kh + t[:, None] * stride_kt + d[None, :]
-        k = tl.load(k_ptr + kv_off)
+        if FP8:  # dequantised in registers: e4m3 * the token's scale, in the query's dtype
+            s_off = blk * stride_sb + kvh * stride_sh + t
+            k_s = tl.load(k_scale_ptr + s_off)
+            k = (tl.load(k_ptr + kv_off).to(tl.float32) * k_s[:, None]).to(q.dtype)
+        else:
+            k = tl.load(k_ptr + kv_off)
         scores = tl.dot(q, tl.trans(k)) * scale
         pos = i * BS + t
         scores = tl.where(pos[None, :] < seq_len, scores, float("-inf"))
@@ -210,7 +253,11 @@ def _decode_attn_kernel(
         p = tl.exp(scores - m_new[:, None])
         alpha = tl.exp(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_ptr + kv_off)
+        if FP8:
+            v_s = tl.load(v_scale_ptr + s_off)
+            v = (tl.load(v_ptr + kv_off).to(tl.float32) * v_s[:, None]).to(q.dtype)
+        else:
+            v = tl.load(v_ptr + kv_off)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
     has = end > start
@@ -243,8 +290,11 @@ def decode_attention(
     seq_lens: torch.Tensor,
     scale: float,
     n_split: int,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One query token per row over its paged KV (flash-decoding: the sequence split ``n_split`` ways, then merged).
+    An FP8 cache is read with its per-token scales ``k_scale``/``v_scale`` [blocks, kv_heads, block].
 
     q: [rows, heads, head_dim]; caches: [blocks, kv_heads, block, head_dim]; block_tables: [rows, max_blocks] int32;
     seq_lens: [rows] int32 (tokens in the cache, the current one included). Returns [rows, heads * head_dim].
@@ -254,6 +304,9 @@ def decode_attention(
     group = n_heads // n_kv
     part = torch.empty((rows, n_heads, n_split, d), dtype=torch.float32, device=q.device)
     lse = torch.empty((rows, n_heads, n_split), dtype=torch.float32, device=q.device)
+    fp8 = k_scale is not None and v_scale is not None
+    ks = k_scale if k_scale is not None else k_cache  # unread without FP8
+    vs = v_scale if v_scale is not None else v_cache
     _decode_attn_kernel[(rows, n_kv, n_split)](
         q,
         k_cache,
@@ -262,11 +315,16 @@ def decode_attention(
         seq_lens,
         part,
         lse,
+        ks,
+        vs,
         scale,
         block_tables.stride(0),
         k_cache.stride(0),
         k_cache.stride(1),
         k_cache.stride(2),
+        ks.stride(0),
+        ks.stride(1),
+        FP8=fp8,
         G=group,
         GP=max(16, triton.next_power_of_2(group)),
         D=d,

@@ -45,12 +45,13 @@ def plan_kv_budget(
     max_context: int,
     budget_bytes: int | None,
     reserve_bytes: int,
+    kv_fp8: bool = False,
 ) -> KVBudget:
     """How many blocks to allocate: from ``budget_bytes``, else from free GPU memory less ``reserve_bytes``.
 
     Never more than every slot at full context needs. On CPU without a budget: exactly that.
     """
-    per_block = spec.kv_bytes_per_token * block_size
+    per_block = kv_bytes_per_token(spec, kv_fp8) * block_size
     blocks_per_slot = -(-max_context // block_size)
     wanted = slots * blocks_per_slot + 1
     if budget_bytes is None and device.type == "cuda":
@@ -66,6 +67,13 @@ def plan_kv_budget(
             f"no room for a KV cache: {budget_bytes} bytes left, one block of {block_size} tokens needs {per_block}"
         )
     return KVBudget(num_blocks=int(n), block_size=block_size)
+
+
+def kv_bytes_per_token(spec: LlamaSpec, fp8: bool = False) -> int:
+    """K and V of one token over all layers: 2-byte elements, or (FP8) 1-byte ones plus a float32 scale per head."""
+    if not fp8:
+        return spec.kv_bytes_per_token
+    return spec.num_layers * 2 * spec.num_kv_heads * (spec.head_dim + 4)
 
 
 class BlockPool:

@@ -42,6 +42,7 @@ class FastLlama:
         max_positions: int,
         plan: LinearPlan | None = None,
         parallel: Parallel | None = None,
+        kv_fp8: bool = False,
     ) -> None:
         spec = weights.spec
         self.plan = plan or LinearPlan(weights.device, "cublas")
@@ -51,8 +52,11 @@ class FastLlama:
         self.block_size = block_size
         self.scale = spec.head_dim**-0.5
         self.cos, self.sin = rope_tables(weights, max_positions)
+        self.kv_fp8 = kv_fp8  # e4m3 KV with one float32 scale per token and head (ops.py)
         self.k_cache: list[torch.Tensor] = []
         self.v_cache: list[torch.Tensor] = []
+        self.k_scale: list[torch.Tensor | None] = []
+        self.v_scale: list[torch.Tensor | None] = []
         self.allocate_kv(num_blocks)
 
     def allocate_kv(self, num_blocks: int) -> None:
@@ -60,13 +64,18 @@ class FastLlama:
         self.free_kv()
         spec, w = self.spec, self.w
         shape = (num_blocks, spec.num_kv_heads, self.block_size, spec.head_dim)
+        dtype = ops.FP8_KV if self.kv_fp8 else w.dtype
         for _ in range(spec.num_layers):
-            self.k_cache.append(torch.zeros(shape, dtype=w.dtype, device=w.device))
-            self.v_cache.append(torch.zeros(shape, dtype=w.dtype, device=w.device))
+            self.k_cache.append(torch.zeros(shape, dtype=dtype, device=w.device))
+            self.v_cache.append(torch.zeros(shape, dtype=dtype, device=w.device))
+            for scales in (self.k_scale, self.v_scale):
+                scales.append(torch.ones(shape[:3], device=w.device) if self.kv_fp8 else None)
 
     def free_kv(self) -> None:
         self.k_cache.clear()
         self.v_cache.clear()
+        self.k_scale.clear()
+        self.v_scale.clear()
 
     def tune(self) -> None:
         """Pick cuBLAS or a Triton kernel per weight shape and batch size class (CUDA only)."""
@@ -105,6 +114,8 @@ class FastLlama:
                 spec.num_heads,
                 spec.num_kv_heads,
                 spec.head_dim,
+                self.k_scale[i],
+                self.v_scale[i],
             )
             a = attend(q, i)  # type: ignore[operator]
             o = self.parallel.all_reduce(self.plan.linear(a, layer.o))
@@ -134,6 +145,8 @@ class FastLlama:
                     s.blocks,
                     s.start,
                     self.scale,
+                    self.k_scale[layer],
+                    self.v_scale[layer],
                 )
                 for s in segments
             ]
@@ -155,7 +168,15 @@ class FastLlama:
 
         def attend(q: torch.Tensor, layer: int) -> torch.Tensor:
             return ops.decode_attention(
-                q, self.k_cache[layer], self.v_cache[layer], block_tables, seq_lens, self.scale, n_split
+                q,
+                self.k_cache[layer],
+                self.v_cache[layer],
+                block_tables,
+                seq_lens,
+                self.scale,
+                n_split,
+                self.k_scale[layer],
+                self.v_scale[layer],
             )
 
         x = F.embedding(ids, self.w.embed)

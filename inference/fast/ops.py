@@ -1,6 +1,10 @@
 """The decode path's operations: Triton kernels on CUDA, plain torch elsewhere (the same function either way).
 
 The torch versions are the CPU path and the reference the kernels are tested against.
+
+FP8 KV cache: when the caches are ``torch.float8_e4m3fn``, each token's K (after rotary) and V are stored per head as
+e4m3 with one float32 scale (the head's largest magnitude / 448) in ``k_scale`` / ``v_scale`` [blocks, kv_heads,
+block]; attention reads them back as value * scale in the query's dtype.
 """
 
 from __future__ import annotations
@@ -36,6 +40,18 @@ def triton_kernels(device: torch.device) -> ModuleType | None:
     return _kernels
 
 
+FP8_KV = torch.float8_e4m3fn
+FP8_KV_MAX = 448.0
+
+
+def quantize_kv_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(e4m3 values, float32 scales) of ``x`` [..., head_dim]: one scale per vector, its largest magnitude / 448."""
+    xf = x.float()
+    amax = xf.abs().amax(dim=-1)
+    scale = torch.where(amax > 0, amax / FP8_KV_MAX, torch.ones_like(amax))
+    return (xf / scale[..., None]).to(FP8_KV), scale
+
+
 # ---- torch reference versions -------------------------------------------------------------------------------------
 
 
@@ -61,6 +77,8 @@ def rope_store_ref(
     n_heads: int,
     n_kv: int,
     head_dim: int,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     tokens = qkv.shape[0]
     q, k, v = qkv.view(tokens, n_heads + 2 * n_kv, head_dim).split([n_heads, n_kv, n_kv], dim=1)
@@ -75,6 +93,14 @@ def rope_store_ref(
     k_out = k * c + rot(k) * s
     block = k_cache.shape[2]
     blk, off = slot_mapping // block, slot_mapping % block
+    if k_scale is not None and v_scale is not None:
+        k_q, k_s = quantize_kv_ref(k_out)
+        v_q, v_s = quantize_kv_ref(v)
+        k_cache[blk, :, off, :] = k_q
+        v_cache[blk, :, off, :] = v_q
+        k_scale[blk, :, off] = k_s
+        v_scale[blk, :, off] = v_s
+        return q_out.contiguous()
     k_cache[blk, :, off, :] = k_out
     v_cache[blk, :, off, :] = v
     return q_out.contiguous()
@@ -85,9 +111,18 @@ def silu_mul_ref(gate_up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
-def gather_kv(cache: torch.Tensor, blocks: torch.Tensor, length: int) -> torch.Tensor:
-    """[kv_heads, length, head_dim] of one sequence from the paged cache [blocks, kv_heads, block, head_dim]."""
+def gather_kv(
+    cache: torch.Tensor,
+    blocks: torch.Tensor,
+    length: int,
+    scale: torch.Tensor | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """[kv_heads, length, head_dim] of one sequence from the paged cache [blocks, kv_heads, block, head_dim]
+    (an FP8 cache: dequantised with its ``scale`` [blocks, kv_heads, block] into ``dtype``)."""
     g = cache[blocks]  # [n, kv, block, d]
+    if scale is not None:
+        g = (g.float() * scale[blocks][..., None]).to(dtype or torch.float32)
     return g.permute(1, 0, 2, 3).reshape(cache.shape[1], -1, cache.shape[3])[:, :length]
 
 
@@ -99,6 +134,8 @@ def decode_attention_ref(
     seq_lens: torch.Tensor,
     scale: float,
     n_split: int = 1,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     _rows, n_heads, d = q.shape
     block = k_cache.shape[2]
@@ -106,8 +143,8 @@ def decode_attention_ref(
     for r, length in enumerate(seq_lens.tolist()):
         n = -(-length // block)
         blocks = block_tables[r, :n].long()
-        k = gather_kv(k_cache, blocks, length)
-        v = gather_kv(v_cache, blocks, length)
+        k = gather_kv(k_cache, blocks, length, k_scale, q.dtype)
+        v = gather_kv(v_cache, blocks, length, v_scale, q.dtype)
         o = F.scaled_dot_product_attention(
             q[r][None, :, None, :], k[None], v[None], scale=scale, enable_gqa=True
         )  # [1, heads, 1, d]
@@ -138,10 +175,14 @@ def rope_store(
     n_heads: int,
     n_kv: int,
     head_dim: int,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     k = triton_kernels(qkv.device)
     fn = k.rope_store if k is not None else rope_store_ref
-    return fn(qkv, positions, cos, sin, k_cache, v_cache, slot_mapping, n_heads, n_kv, head_dim)  # type: ignore[no-any-return]
+    return fn(  # type: ignore[no-any-return]
+        qkv, positions, cos, sin, k_cache, v_cache, slot_mapping, n_heads, n_kv, head_dim, k_scale, v_scale
+    )
 
 
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
@@ -159,11 +200,15 @@ def decode_attention(
     seq_lens: torch.Tensor,
     scale: float,
     n_split: int,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     k = triton_kernels(q.device)
     if k is not None:
-        return k.decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, n_split)  # type: ignore[no-any-return]
-    return decode_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, scale)
+        return k.decode_attention(  # type: ignore[no-any-return]
+            q, k_cache, v_cache, block_tables, seq_lens, scale, n_split, k_scale, v_scale
+        )
+    return decode_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, scale, 1, k_scale, v_scale)
 
 
 def prefill_attention(
@@ -173,12 +218,14 @@ def prefill_attention(
     blocks: torch.Tensor,
     start: int,
     scale: float,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal attention of ``q`` [tokens, heads, d] (positions start..start+tokens-1) over the sequence's cache."""
     tokens, n_heads, d = q.shape
     length = start + tokens
-    k = gather_kv(k_cache, blocks, length)
-    v = gather_kv(v_cache, blocks, length)
+    k = gather_kv(k_cache, blocks, length, k_scale, q.dtype)
+    v = gather_kv(v_cache, blocks, length, v_scale, q.dtype)
     group = n_heads // k.shape[0]
     if group > 1:
         k = k.repeat_interleave(group, dim=0)
