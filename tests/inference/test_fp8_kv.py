@@ -161,19 +161,24 @@ KDEV = torch.device("cuda" if CUDA and not INTERPRET else "cpu")
 needs_kernels = pytest.mark.skipif(KERNELS is None, reason="no CUDA here: runs under the interpreter child")
 
 
-def _paged(blocks: int, kv: int, bs: int, d: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+def _paged(
+    blocks: int, kv: int, bs: int, d: int, dtype: torch.dtype, fp8: bool
+) -> tuple[torch.Tensor | None, ...]:
+    """(k_cache, v_cache, k_scale, v_scale): FP8 values and scales, or caches in ``dtype`` and no scales."""
     shape = (blocks, kv, bs, d)
+    cache = ops.FP8_KV if fp8 else dtype
     return (
-        torch.zeros(shape, dtype=ops.FP8_KV, device=KDEV),
-        torch.zeros(shape, dtype=ops.FP8_KV, device=KDEV),
-        torch.ones(shape[:3], device=KDEV),
-        torch.ones(shape[:3], device=KDEV),
+        torch.zeros(shape, dtype=cache, device=KDEV),
+        torch.zeros(shape, dtype=cache, device=KDEV),
+        torch.ones(shape[:3], device=KDEV) if fp8 else None,
+        torch.ones(shape[:3], device=KDEV) if fp8 else None,
     )
 
 
 @needs_kernels
+@pytest.mark.parametrize("fp8", [True, False], ids=["fp8-cache", "plain-cache"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16] if not INTERPRET else [torch.float32])
-def test_kernel_fp8_kv_rope_store_and_decode_attention(dtype: torch.dtype) -> None:
+def test_kernel_fp8_kv_rope_store_and_decode_attention(dtype: torch.dtype, fp8: bool) -> None:
     heads, kv, d, bs, tokens = 8, 2, 64, 16, 40
     g = torch.Generator().manual_seed(3)
     qkv = (torch.randn((tokens, (heads + 2 * kv) * d), generator=g) * 3).to(dtype).to(KDEV)
@@ -183,14 +188,15 @@ def test_kernel_fp8_kv_rope_store_and_decode_attention(dtype: torch.dtype) -> No
     cos, sin = freqs.cos().to(dtype).to(KDEV), freqs.sin().to(dtype).to(KDEV)
     blocks = torch.tensor([3, 1, 4], device=KDEV)
     slots = blocks[positions // bs] * bs + positions % bs
-    ref = _paged(6, kv, bs, d, dtype)
-    got = _paged(6, kv, bs, d, dtype)
+    ref = _paged(6, kv, bs, d, dtype, fp8)
+    got = _paged(6, kv, bs, d, dtype, fp8)
     q_ref = ops.rope_store_ref(qkv, positions, cos, sin, ref[0], ref[1], slots, heads, kv, d, ref[2], ref[3])
     q_got = KERNELS.rope_store(qkv, positions, cos, sin, got[0], got[1], slots, heads, kv, d, got[2], got[3])
     torch.testing.assert_close(q_got.float(), q_ref.float())
-    for r, k in zip(ref, got, strict=True):  # the same scales and the same e4m3 values
-        torch.testing.assert_close(k.float(), r.float(), rtol=1e-6, atol=0)
-    # decode attention over the FP8 cache: the kernel against the torch version on the same cache
+    for r, k in zip(ref, got, strict=True):  # the same scales and the same (e4m3) values
+        if r is not None and k is not None:
+            torch.testing.assert_close(k.float(), r.float(), rtol=1e-6, atol=0)
+    # decode attention: the kernel against the torch version on the same cache
     rows = 2
     q = (torch.randn((rows, heads, d), generator=g)).to(dtype).to(KDEV)
     tables = torch.tensor([[3, 1, 4], [3, 1, 0]], dtype=torch.int32, device=KDEV)
@@ -226,7 +232,7 @@ def test_fp8_kv_kernels_under_interpreter() -> None:
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     passed = re.search(r"(\d+) passed", out)
-    assert passed and int(passed.group(1)) >= 1, out[-3000:]
+    assert passed and int(passed.group(1)) >= 2, out[-3000:]
 
 
 # ---- GPU --------------------------------------------------------------------------------------------------------
