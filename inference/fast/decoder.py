@@ -245,7 +245,15 @@ class StaticSlotDecoder:
         # 3. a burst like the first real one (several prompts per prefill pass, sampled, decoded, then the same
         #    prompts again from their cached prefix), so the first conversations after a start pay nothing extra
         if warm_burst if warm_burst is not None else self.device.type == "cuda":
-            self._warm_burst()
+            try:
+                self._warm_burst()
+            except Exception as exc:  # the decoder serves without it; the first burst pays instead
+                if self.parallel.world > 1:  # the other ranks are inside the same calls: no going on alone
+                    raise
+                _log.warning("the warm-up burst failed (%s): serving without it", exc)
+                for slot in range(capacity):
+                    self.release(slot)
+                self.set_prefix_cache(prefix_cache)
         _log.info(
             "fast decoder: %d slots, %d KV blocks of %d tokens (%d tokens, %.2f GiB), buckets %s, graphs %s, "
             "prefix reuse %s, KV %s",
@@ -445,9 +453,8 @@ class StaticSlotDecoder:
         finally:
             self.set_prefix_cache(False)
             self.pool.reuse = reuse
-            self.warm_burst_reused = (
-                self.prefix_hit_tokens
-            )  # tokens the second round took from the first (tests)
+            # the tokens the second round took from the first (tests)
+            self.warm_burst_reused = self.prefix_hit_tokens
             self.prefix_hit_tokens = self.prompt_tokens = 0
             self.last_prefix_hit.clear()
             self._prefill_logits = {}
