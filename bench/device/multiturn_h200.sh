@@ -16,10 +16,10 @@ export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 export BENCH_COMMAND="bash bench/device/multiturn_h200.sh"
 OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
-timeout 120 python3 -m pytest -c /dev/null --noconftest -p no:cacheprovider -q -s -rs \
+timeout 150 python3 -m pytest -c /dev/null --noconftest -p no:cacheprovider -q -s -rs \
   tests/inference/test_prefix_reuse.py tests/inference/test_fp8_kv.py tests/inference/test_fast_decoder.py \
   -k "gpu or kernel" >"$OUT/gpu-tests.log" 2>&1
-timeout 250 python3 bench/multiturn.py --fp8 --compare-no-reuse --cache-dir /tmp/fast-cache --out "$OUT" \
+timeout 240 python3 bench/multiturn.py --fp8 --compare-no-reuse --cache-dir /tmp/fast-cache --out "$OUT" \
   >"$OUT/multiturn-fp8.log" 2>&1
 timeout 170 python3 bench/multiturn.py --fp8-kv --cache-dir /tmp/fast-cache --out "$OUT" \
   >"$OUT/multiturn-bf16-fp8kv.log" 2>&1
