@@ -1,9 +1,10 @@
 """Prefix reuse in the fast decoder (kv.BlockPool): replies with reuse equal those without, token for token.
 
 CPU, float32, the tiny Llama of test_fast_decoder: conversations of several turns (each prompt is the previous
-prompt, the reply and a new message), several channels at once, prompts prefilled in small chunks, a pool so small
-that cached blocks are evicted, two adapters (SlotRequest.lora) that must never share KV, and (test_tensor_parallel)
-two gloo ranks. The reused token counts are checked against what the previous turn left in full blocks.
+prompt, the reply and a new message), several channels at once, prompts prefilled in small chunks, FP8 weights, a
+pool so small that cached blocks are evicted, two adapters (SlotRequest.lora) that must never share KV, and
+(test_tensor_parallel) two gloo ranks. The reused token counts are checked against what the previous turn left in
+full blocks.
 GPU (skipped on CPU): the reused path's logits against recomputing the whole prompt, at the 70B's widths in bf16.
 """
 
@@ -146,6 +147,20 @@ def test_chunked_prefill_starts_after_the_reused_tokens(tiny_model: LlamaForCaus
     b = make_conversations(channels=3, turns=3, first=37, follow=21, seed=21)
     converse(with_reuse, a)
     converse(without, b)
+    assert [c.replies for c in a] == [c.replies for c in b]
+    assert all(h > 0 for c in a for h in c.hits[1:])
+
+
+def test_fp8_weights_with_reuse_equal_fp8_weights_without(tiny_model: LlamaForCausalLM) -> None:
+    common: dict[str, object] = dict(capacity=4, block_size=BS, max_context=512, prefill_chunk=24)
+    with_reuse = StaticSlotDecoder(copy.deepcopy(tiny_model), fp8=True, **common)  # type: ignore[arg-type]
+    assert with_reuse.fp8
+    # the same FP8 weights (the build released the copy's own matrices), served without reuse
+    without = StaticSlotDecoder(with_reuse._weights, prefix_cache=False, **common)  # type: ignore[arg-type]
+    a = make_conversations(channels=3, turns=3, first=40, follow=9, seed=91)
+    b = make_conversations(channels=3, turns=3, first=40, follow=9, seed=91)
+    converse(with_reuse, a, PENALTY)
+    converse(without, b, PENALTY)
     assert [c.replies for c in a] == [c.replies for c in b]
     assert all(h > 0 for c in a for h in c.hits[1:])
 
