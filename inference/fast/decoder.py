@@ -46,6 +46,8 @@ from inference.fast.weights import (
 
 _log = logging.getLogger(__name__)
 
+LOG_REUSE_EVERY = 100  # requests between two INFO lines on prefix reuse
+
 
 @dataclass
 class _Pending:
@@ -165,6 +167,7 @@ class StaticSlotDecoder:
         self.prompt_tokens = 0  # prompt tokens submitted, since start
         self.last_prefix_hit: dict[int, int] = {}  # slot -> reused tokens of its latest request
         self.warm_burst_reused = 0
+        self.requests = 0  # requests submitted, since start
         self._sms = (
             torch.cuda.get_device_properties(self.device).multi_processor_count
             if self.device.type == "cuda"
@@ -353,7 +356,10 @@ class StaticSlotDecoder:
         self.last_prefix_hit[slot] = reused
         self.prefix_hit_tokens += reused
         self.prompt_tokens += n
+        self.requests += 1
         _log.debug("slot %d: %d prompt tokens, KV of the first %d reused", slot, n, reused)
+        if self.requests % LOG_REUSE_EVERY == 0:
+            self._log_reuse()
         self._pending.append(
             _Pending(slot, ids, torch.tensor(blocks, dtype=torch.int64, device=self.device), blocks, reused)
         )
@@ -407,6 +413,17 @@ class StaticSlotDecoder:
             self.pool.forget_cached()
         self.pool.reuse = on
 
+    def _log_reuse(self) -> None:
+        _log.info(
+            "prefix reuse: %d of %d prompt tokens reused over %d requests (%.0f%%); %d blocks cached, %d evicted",
+            self.prefix_hit_tokens,
+            self.prompt_tokens,
+            self.requests,
+            100.0 * self.prefix_hit_tokens / max(1, self.prompt_tokens),
+            self.pool.cached_blocks,
+            self.pool.evictions,
+        )
+
     def _written_tokens(self, slot: int) -> list[int]:
         """The tokens whose KV the slot holds: the prompt prefilled so far, or (decoding) every token but the last
         sampled one, which has not been run yet."""
@@ -455,7 +472,7 @@ class StaticSlotDecoder:
             self.pool.reuse = reuse
             # the tokens the second round took from the first (tests)
             self.warm_burst_reused = self.prefix_hit_tokens
-            self.prefix_hit_tokens = self.prompt_tokens = 0
+            self.prefix_hit_tokens = self.prompt_tokens = self.requests = 0
             self.last_prefix_hit.clear()
             self._prefill_logits = {}
             for slot, exc in self.take_prefill_failures().items():
@@ -654,6 +671,8 @@ class StaticSlotDecoder:
         """Drop the graphs and the KV cache (the model's weights stay). Idempotent."""
         if not hasattr(self, "model"):
             return
+        if self.requests:
+            self._log_reuse()
         self._graphs.clear()
         self._active.clear()
         self._pending.clear()
