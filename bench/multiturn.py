@@ -184,6 +184,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--cache-dir", default=None)
     args = ap.parse_args(argv)
     args.capacity = args.capacity or args.channels
+    args.lora_slots, args.lora_rank = 0, 16  # EngineBench's adapter pool: none here (base model only)
     args.interleave = not args.whole_prompt
     if args.setup is None:
         base = "h200x1" if args.shape == "70b" else f"{args.shape}-{args.device}"
