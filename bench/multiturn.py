@@ -14,9 +14,12 @@ a special token now and then, which the engine's reply text cannot carry back (t
 what was decoded from that token on), a break in reuse that real replies, ended by <|eot_id|>, do not have.
 
 ``--compare-no-reuse`` runs the same workload again (new conversations) on the same engine with prefix reuse turned
-off, after the reused run, into ``no_reuse`` in the same file. ``--no-reuse`` runs only that.
+off, after the reused run, into ``no_reuse`` in the same file. ``--no-reuse`` runs only that. The first turn of the
+first run is the first burst after the engine started (one 512-token request before it); the no-reuse run's first
+turn is the same load on a warm engine.
 
   python3 bench/multiturn.py --fp8 --compare-no-reuse --out $OUT          # one H200, FP8 weights
+  python3 bench/multiturn.py --fp8-kv --out $OUT                          # one H200, bf16 weights, FP8 KV cache
   .venv/bin/python bench/multiturn.py --shape tiny --device cpu --channels 2 --turns 3 --first 40 --follow 8 \\
       --reply 8 --out /tmp/multiturn-smoke                                 # CPU smoke run of the same code
 """
