@@ -235,6 +235,68 @@ def test_fp8_kv_kernels_under_interpreter() -> None:
     assert passed and int(passed.group(1)) >= 2, out[-3000:]
 
 
+@pytest.mark.skipif(
+    not HAS_TRITON, reason="Triton is not installed (it is in the test extra for Linux x86-64)"
+)
+@pytest.mark.parametrize("fp8", [True, False], ids=["fp8-cache", "plain-cache"])
+def test_kv_kernels_compile_for_hopper(fp8: bool) -> None:
+    """The rotary + KV write and the decode attention kernels compile to sm_90 cubins (bf16, the 70B's head shape),
+    with and without the FP8 cache: what the interpreter cannot check (the e4m3 conversions, the static branches)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from inference.fast import kernels
+
+    cache = "*fp8e4nv" if fp8 else "*bf16"
+    scales = "*fp32" if fp8 else cache  # without FP8 the caches stand in for the (unread) scale pointers
+    rope = {
+        "qkv_ptr": "*bf16",
+        "pos_ptr": "*i64",
+        "cos_ptr": "*bf16",
+        "sin_ptr": "*bf16",
+        "q_out_ptr": "*bf16",
+        "k_cache_ptr": cache,
+        "v_cache_ptr": cache,
+        "slot_ptr": "*i64",
+        "k_scale_ptr": scales,
+        "v_scale_ptr": scales,
+    }
+    rope |= {
+        n: "i32" for n in ("stride_qkv", "stride_cb", "stride_ch", "stride_ct", "stride_sb", "stride_sh")
+    }
+    rope |= {n: "constexpr" for n in ("N_HEADS", "N_KV", "HALF", "BLOCK_SIZE", "FP8")}
+    src = ASTSource(
+        fn=kernels._rope_store_kernel,
+        signature=rope,
+        constexprs=dict(N_HEADS=8, N_KV=1, HALF=64, BLOCK_SIZE=64, FP8=fp8),
+    )
+    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 1})
+    assert ("e4m3" in compiled.asm["ptx"]) == fp8
+    attn = {
+        "q_ptr": "*bf16",
+        "k_ptr": cache,
+        "v_ptr": cache,
+        "bt_ptr": "*i32",
+        "lens_ptr": "*i32",
+        "o_ptr": "*fp32",
+        "lse_ptr": "*fp32",
+        "k_scale_ptr": scales,
+        "v_scale_ptr": scales,
+        "scale": "fp32",
+    }
+    attn |= {n: "i32" for n in ("stride_bt", "stride_kb", "stride_kh", "stride_kt", "stride_sb", "stride_sh")}
+    attn |= {n: "constexpr" for n in ("FP8", "G", "GP", "D", "BS", "NSPLIT", "N_HEADS")}
+    src = ASTSource(
+        fn=kernels._decode_attn_kernel,
+        signature=attn,
+        constexprs=dict(FP8=fp8, G=8, GP=16, D=128, BS=64, NSPLIT=4, N_HEADS=64),
+    )
+    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    assert compiled.metadata.shared <= 227 * 1024
+    assert ("e4m3" in compiled.asm["ptx"]) == fp8
+
+
 # ---- GPU --------------------------------------------------------------------------------------------------------
 
 
