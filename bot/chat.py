@@ -23,6 +23,7 @@ from bot.domain import (
     StreamEvent,
 )
 from bot.errors import BotError
+from bot.permissions import AdminPolicy
 from bot.ports import Engine, ReplySink
 from bot.prompt import BuiltPrompt, PromptTooLong, build_prompt, speaker_turn, turn_cost
 from bot.quoting import quote_block, with_quote
@@ -65,6 +66,7 @@ class ChatService:
         self._lora_for = lora_for
         self._active: dict[ConversationKey, set[asyncio.Task[None]]] = {}
         self._trim_noticed: set[ConversationKey] = set()
+        self._policy = AdminPolicy(settings)
 
     @property
     def store(self) -> ConversationStore:
@@ -75,6 +77,18 @@ class ChatService:
         if msg.author.is_bot:
             return
         lang = language_of(msg.text)
+        if not self._policy.serves(msg.platform, msg.conversation.workspace):
+            _log.warning(
+                "refused message from a place the bot does not serve platform=%s workspace=%s channel=%s "
+                "message=%s author=%s",
+                msg.platform,
+                msg.conversation.workspace,
+                msg.conversation.channel,
+                msg.message_id,
+                msg.author.id,
+            )
+            await sink.send(say("error.not_allowed_here", lang))
+            return
         text = msg.text.strip()
         if not text:
             await sink.send(await self._empty_message_hint(msg))

@@ -118,6 +118,10 @@ class HistorySettings(BaseModel):
 
 
 class DiscordSettings(BaseModel):
+    allowed_guild_ids: list[str] = Field(
+        default_factory=list,
+        description="guilds the bot serves (others are refused); their Manage Server members may /finetune",
+    )
     admin_user_ids: list[str] = Field(default_factory=list)
     admin_role_ids: list[str] = Field(default_factory=list)
     edit_interval_s: float = Field(1.0, ge=0.2)
@@ -131,6 +135,10 @@ class SlackSettings(BaseModel):
     http_host: str = "0.0.0.0"
     http_port: int = 3000
     http_path: str = "/slack/events"
+    allowed_team_ids: list[str] = Field(
+        default_factory=list,
+        description="workspaces (T…) the bot serves (others are refused); their admins may /finetune",
+    )
     admin_user_ids: list[str] = Field(default_factory=list)
     update_interval_s: float = Field(1.0, ge=0.2)
     update_budget_per_min: int = Field(

@@ -55,6 +55,16 @@ TEXTS: dict[str, dict[Lang, str]] = {
         "ko": "이 명령은 관리자만 쓸 수 있어요. 서버 관리자에게 문의해 주세요.",
         "en": "Only admins can use this command. Please ask a server admin.",
     },
+    "error.not_allowed_here": {
+        "ko": "이 봇은 이 서버(워크스페이스)에서 쓰도록 설정되어 있지 않아요.",
+        "en": "This bot is not set up to serve this server or workspace.",
+    },
+    "error.shared_model_admin": {
+        "ko": "이 명령은 모든 팀이 함께 쓰는 모델을 바꿔요. 봇 운영자가 {allowlist}에 이 서버(워크스페이스)를 "
+        "넣거나 {admin_ids}에 당신의 id를 넣어야 쓸 수 있어요.",
+        "en": "This command changes the model every team shares: the bot's operator must list this server or "
+        "workspace in {allowlist}, or your id in {admin_ids}, before you can use it.",
+    },
     "error.unknown_command": {
         "ko": "알 수 없는 명령이에요. /help 로 명령 목록을 볼 수 있어요.",
         "en": "Unknown command. Type /help to see the commands.",
