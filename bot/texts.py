@@ -23,6 +23,14 @@ TEXTS: dict[str, dict[Lang, str]] = {
         "ko": "(대화가 길어져 최근 {kept}개의 메시지만 참고했어요.)",
         "en": "(The conversation is long: only the last {kept} messages were used.)",
     },
+    "chat.unreadable": {
+        "ko": "메시지에 읽을 수 없는 문자가 있어요. 다시 입력해서 보내 주세요.",
+        "en": "Your message holds characters I cannot read. Please type it again.",
+    },
+    "chat.restarted": {
+        "ko": "봇이 다시 시작되는 동안 이 메시지에 답하지 못했어요. 다시 물어봐 주세요.",
+        "en": "I restarted before I could answer this message. Please ask again.",
+    },
     "chat.queued": {"ko": "대기 중 ({position}번째)", "en": "queued, #{position}"},
     "chat.thinking": {"ko": "생각 중…", "en": "thinking…"},
     "chat.incomplete": {"ko": "(답변이 중간에 끊겼어요)", "en": "(reply incomplete)"},
@@ -38,6 +46,10 @@ TEXTS: dict[str, dict[Lang, str]] = {
     "error.queue_full": {
         "ko": "지금 요청이 너무 많아요. 1분쯤 뒤에 다시 물어봐 주세요.",
         "en": "I am handling too many requests right now. Please ask again in a minute.",
+    },
+    "error.store": {
+        "ko": "죄송해요, 대화를 저장하지 못했어요. 잠시 후 다시 시도해 주세요.",
+        "en": "Sorry, I could not save the conversation. Please try again in a moment.",
     },
     "error.maintenance": {
         "ko": "지금 점검(모델 학습) 중이에요. 잠시 후 다시 물어봐 주세요.",

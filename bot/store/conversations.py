@@ -6,6 +6,7 @@ Synchronous and thread-safe (one short transaction per call); async callers use 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -17,6 +18,15 @@ from bot.domain import Author, ConversationKey, MessageStatus, Role
 from bot.store.models import AuditEvent, Conversation, Message, ProcessedEvent, utcnow
 
 _log = logging.getLogger(__name__)
+
+# What no database (PostgreSQL refuses NUL in text; UTF-8 has no lone surrogates) and no tokenizer takes.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+REPLACEMENT = "\ufffd"
+
+
+def storable(text: str) -> str:
+    """``text`` with NUL and lone surrogates replaced by U+FFFD (the rest of the text is kept as it is)."""
+    return _UNSTORABLE.sub(REPLACEMENT, text)
 
 
 @dataclass(frozen=True)
@@ -113,15 +123,15 @@ class ConversationStore:
             conversation_id=conv_id,
             role=role.value,
             author_id=author.id if author else None,
-            author_name=author.display_name if author else None,
-            content=content,
+            author_name=storable(author.display_name) if author else None,
+            content=storable(content),
             token_count=token_count,
             status=status.value,
             platform=key.platform,
             platform_message_id=platform_message_id,
             created_at=utcnow(),
             reply_to_id=reply_to,
-            quoted=quoted,
+            quoted=storable(quoted) if quoted else quoted,
         )
         try:
             with self._sessions.begin() as session:
@@ -148,7 +158,7 @@ class ConversationStore:
     ) -> None:
         values: dict[str, object] = {}
         if content is not None:
-            values["content"] = content
+            values["content"] = storable(content)
         if status is not None:
             values["status"] = status.value
         if token_count is not None:
