@@ -67,6 +67,15 @@ class GenerationSettings(BaseModel):
     timeout_s: float = Field(300.0, gt=0, description="a reply still running after this is stopped")
 
 
+class ChatSettings(BaseModel):
+    recovery_window_min: int = Field(
+        10, ge=0, description="at start, messages left unanswered this recently get a reply or a notice; 0: off"
+    )
+    recovery: Literal["notice", "answer"] = Field(
+        "notice", description="notice: one sentence saying the bot restarted; answer: answer them"
+    )
+
+
 class EngineSettings(BaseModel):
     kind: Literal["local", "remote"] = Field(
         "local", description="local: transformers in this process; remote: OpenAI-compatible server"
@@ -230,6 +239,7 @@ class Settings(BaseSettings):
     )
     model: ModelSettings = Field(default_factory=ModelSettings)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    chat: ChatSettings = Field(default_factory=ChatSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     history: HistorySettings = Field(default_factory=HistorySettings)

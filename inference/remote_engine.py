@@ -48,6 +48,7 @@ from bot.errors import (
     ModelLoadError,
     QueueFull,
 )
+from bot.masking import mask_url
 from bot.ports import ChatTokenizer
 from inference.openai_stream import (
     DONE,
@@ -110,6 +111,7 @@ class RemoteEngine:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._base_url = base_url.rstrip("/")
+        self._shown_url = mask_url(self._base_url)  # in errors and logs: without a password it may hold
         self._base_model = model
         self._tokenizer = tokenizer
         self._generation_timeout_s = generation_timeout_s
@@ -153,7 +155,7 @@ class RemoteEngine:
         model = engine.remote_model or settings.model.name_or_path
         _log.info(
             "remote engine: %s, model %s, API key %s",
-            engine.remote_base_url,
+            mask_url(engine.remote_base_url),
             model,
             "set" if settings.remote_api_key else "not set",
         )
@@ -168,7 +170,7 @@ class RemoteEngine:
         )
 
     def __repr__(self) -> str:
-        return f"RemoteEngine(base_url={self._base_url!r}, model={self.model!r})"
+        return f"RemoteEngine(base_url={self._shown_url!r}, model={self.model!r})"
 
     @property
     def tokenizer(self) -> ChatTokenizer:
@@ -342,7 +344,7 @@ class RemoteEngine:
         if isinstance(exc, httpx.TransportError):
             return _Retryable(
                 f"connection problem ({name})",
-                GenerationFailed(f"cannot reach the remote server at {self._base_url} ({name})"),
+                GenerationFailed(f"cannot reach the remote server at {self._shown_url} ({name})"),
             )
         return GenerationFailed(f"HTTP error talking to the remote server ({name})")
 
@@ -391,7 +393,7 @@ class RemoteEngine:
             raise EngineUnhealthy(str(exc)) from None
         if served and not _is_served(self.model, served):
             raise EngineUnhealthy(
-                f"the remote server at {self._base_url} does not serve {self.model!r} "
+                f"the remote server at {self._shown_url} does not serve {self.model!r} "
                 f"(it serves {len(served)} other model(s)): check engine.remote_model"
             )
 
@@ -401,15 +403,15 @@ class RemoteEngine:
             response = await self._client.get("models")
         except httpx.HTTPError as exc:
             raise GenerationFailed(
-                f"cannot reach the remote server at {self._base_url} ({type(exc).__name__})"
+                f"cannot reach the remote server at {self._shown_url} ({type(exc).__name__})"
             ) from None
         if response.status_code != 200:
-            raise GenerationFailed(f"GET {self._base_url}/models answered HTTP {response.status_code}")
+            raise GenerationFailed(f"GET {self._shown_url}/models answered HTTP {response.status_code}")
         try:
             data = response.json().get("data", [])
             return [str(item["id"]) for item in data if isinstance(item, dict) and "id" in item]
         except (ValueError, AttributeError, TypeError):
-            raise GenerationFailed(f"GET {self._base_url}/models did not answer a model list") from None
+            raise GenerationFailed(f"GET {self._shown_url}/models did not answer a model list") from None
 
     async def pause(self) -> None:
         """Refuse new requests (EnginePaused) and wait for running ones to finish (at most ``drain_timeout_s``).
@@ -442,7 +444,7 @@ class RemoteEngine:
             status, detail = await self._post_admin("load_lora_adapter", payload)
         if status in (404, 405, 501):
             raise ModelLoadError(
-                f"the remote server at {self._base_url} cannot load LoRA adapters at run time "
+                f"the remote server at {self._shown_url} cannot load LoRA adapters at run time "
                 f"(POST /load_lora_adapter answered {status}). With vLLM, start it with --enable-lora and "
                 f"VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, or serve the adapter from the start with "
                 f"--lora-modules {name}=<path> and switch to it with use_lora({name!r})"
@@ -458,7 +460,7 @@ class RemoteEngine:
             response = await self._client.post(endpoint, json=payload)
         except httpx.HTTPError as exc:
             raise ModelLoadError(
-                f"cannot reach the remote server at {self._base_url} ({type(exc).__name__})"
+                f"cannot reach the remote server at {self._shown_url} ({type(exc).__name__})"
             ) from None
         try:
             detail = error_detail(response.json()) if response.status_code >= 300 else ""
@@ -477,7 +479,7 @@ class RemoteEngine:
                 raise ModelLoadError(f"cannot check the LoRA {name!r} on the remote server: {exc}") from None
             if not _is_served(name, served):
                 raise ModelLoadError(
-                    f"the remote server at {self._base_url} does not serve a LoRA named {name!r}: load it with "
+                    f"the remote server at {self._shown_url} does not serve a LoRA named {name!r}: load it with "
                     f"load_lora, or start vLLM with --lora-modules {name}=<path>"
                 )
         self._lora = name

@@ -181,6 +181,23 @@ class ConversationStore:
             ).all()
             return [StoredMessage.of(r) for r in reversed(rows)]
 
+    def unanswered_since(self, since: datetime) -> list[tuple[ConversationKey, StoredMessage]]:
+        """User turns stored at or after ``since`` that no reply answers (nor marked failed), oldest first."""
+        answered = select(Message.reply_to_id).where(Message.reply_to_id.is_not(None))
+        with self._sessions.begin() as session:
+            rows = session.execute(
+                select(Message, Conversation)
+                .join(Conversation)
+                .where(
+                    Message.role == Role.USER.value,
+                    Message.status != MessageStatus.FAILED.value,
+                    Message.created_at >= since,
+                    Message.id.not_in(answered),
+                )
+                .order_by(Message.id)
+            ).all()
+            return [(conversation.key, StoredMessage.of(message)) for message, conversation in rows]
+
     def count_messages(self, key: ConversationKey) -> int:
         with self._sessions.begin() as session:
             return (

@@ -64,7 +64,9 @@ def _sqlite_engine(url: Any, *, echo: bool) -> Engine:
 def alembic_config(engine: Engine) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    # Alembic's config interpolates "%": a password holding one (percent-encoded in the URL) must be doubled
+    url = engine.url.render_as_string(hide_password=False).replace("%", "%%")
+    config.set_main_option("sqlalchemy.url", url)
     return config
 
 
@@ -78,4 +80,4 @@ def migrate(engine: Engine, revision: str = "head", *, data_dir: Path | None = N
         config.attributes["data_dir"] = data_dir
         command.upgrade(config, revision)
         connection.commit()
-    _log.info("database schema at %s (%s)", revision, engine.url.get_backend_name())
+    _log.info("database schema at %s (%s)", revision, engine.url.get_backend_name())  # never the URL
