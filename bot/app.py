@@ -10,8 +10,9 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -19,16 +20,16 @@ from bot.builtin_commands import finetune_unavailable_command, help_command, res
 from bot.chat import ChatService
 from bot.commands import CommandRegistry, CommandSpec
 from bot.domain import ConversationKey
+from bot.errors import ConfigError
 from bot.learning.commands import learning_commands
 from bot.learning.service import FinetuneService
+from bot.masking import mask_text, mask_url
 from bot.permissions import AdminPolicy
 from bot.ports import Adapter, Engine, ReplySink
 from bot.recovery import recover_unanswered
 from bot.scheduler import BotScheduler
 from bot.settings import Settings
 from bot.store.conversations import ConversationStore, StoredMessage
-from bot.errors import ConfigError
-from bot.masking import mask_text, mask_url
 from bot.store.db import create_db_engine, migrate
 from bot.texts import language_of
 
@@ -77,7 +78,7 @@ def _unusable_database(settings: Settings, exc: BaseException) -> ConfigError:
     )
 
 
-def stop_on_sigterm(stop: Callable[[], Awaitable[None]]) -> None:
+def stop_on_sigterm(stop: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """SIGTERM (a service manager, ``kill``) runs ``stop`` instead of ending the process on the spot, so the reply in
     progress is stored as incomplete and the engine and the store are closed."""
     loop = asyncio.get_running_loop()

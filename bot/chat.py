@@ -242,6 +242,7 @@ class ChatService:
             params=self._generation_params(),
             timeout_s=self._settings.generation.timeout_s,
             lora=self._lora_for(msg.conversation) if self._lora_for else None,
+            user=f"{msg.platform}:{msg.author.id}",
         )
         reply = _Reply([])
         saved = StreamingReply(
@@ -326,7 +327,9 @@ class ChatService:
         try:
             await saved.grow(text)
         except SQLAlchemyError as exc:
-            _log.warning("could not save the reply so far request=%s error=%s", request.request_id, type(exc).__name__)
+            _log.warning(
+                "could not save the reply so far request=%s error=%s", request.request_id, type(exc).__name__
+            )
 
     async def _reply_failed(
         self,

@@ -109,6 +109,8 @@ class GenerationRequest:
     # which LoRA version serves this request: None means the engine's default (set by Engine.use_lora),
     # BASE_MODEL the base model without any LoRA, any other name a LoRA loaded with Engine.load_lora
     lora: str | None = None
+    # who asked ("platform:user_id"; "" for none): the engines cap each user's waiting requests
+    user: str = ""
 
 
 BASE_MODEL = ""

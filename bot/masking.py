@@ -9,13 +9,29 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 MASK = "***"
 SECRET_QUERY_KEYS = frozenset(
-    {"password", "passwd", "pass", "pwd", "secret", "token", "key", "api_key", "apikey", "access_token", "sslpassword"}
+    {
+        "password",
+        "passwd",
+        "pass",
+        "pwd",
+        "secret",
+        "token",
+        "key",
+        "api_key",
+        "apikey",
+        "access_token",
+        "sslpassword",
+    }
 )
 
 # user:password@ inside any scheme://… (stops at whitespace, quotes and the end of the authority)
-_URL_CREDENTIALS = re.compile(r"(?P<head>\b[a-zA-Z][\w+.-]*://[^\s:/@'\"]*:)(?P<password>[^\s'\"]*)@(?=[^\s/@'\"]*)")
+_URL_CREDENTIALS = re.compile(
+    r"(?P<head>\b[a-zA-Z][\w+.-]*://[^\s:/@'\"]*:)(?P<password>[^\s'\"]*)@(?=[^\s/@'\"]*)"
+)
 _QUERY_SECRET = re.compile(
-    r"(?P<head>[?&](?:" + "|".join(sorted(SECRET_QUERY_KEYS, key=len, reverse=True)) + r")=)(?P<value>[^&\s'\"#]+)",
+    r"(?P<head>[?&](?:"
+    + "|".join(sorted(SECRET_QUERY_KEYS, key=len, reverse=True))
+    + r")=)(?P<value>[^&\s'\"#]+)",
     re.IGNORECASE,
 )
 

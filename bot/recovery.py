@@ -56,13 +56,16 @@ async def recover_unanswered(
             continue
         handled += 1
     if handled:
-        _log.info("recovered %d conversations left unanswered by a restart (%s)", handled, settings.chat.recovery)
+        _log.info(
+            "recovered %d conversations left unanswered by a restart (%s)", handled, settings.chat.recovery
+        )
     return handled
 
 
 async def _claim(chat: ChatService, key: ConversationKey, turns: list[StoredMessage]) -> bool:
     claimed = [
-        await asyncio.to_thread(chat.store.record_event, key.platform, f"recovered:{turn.id}") for turn in turns
+        await asyncio.to_thread(chat.store.record_event, key.platform, f"recovered:{turn.id}")
+        for turn in turns
     ]
     return claimed[-1]
 

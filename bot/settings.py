@@ -69,7 +69,9 @@ class GenerationSettings(BaseModel):
 
 class ChatSettings(BaseModel):
     recovery_window_min: int = Field(
-        10, ge=0, description="at start, messages left unanswered this recently get a reply or a notice; 0: off"
+        10,
+        ge=0,
+        description="at start, messages left unanswered this recently get a reply or a notice; 0: off",
     )
     recovery: Literal["notice", "answer"] = Field(
         "notice", description="notice: one sentence saying the bot restarted; answer: answer them"
@@ -100,6 +102,14 @@ class EngineSettings(BaseModel):
     )
     max_batch_size: int = Field(8, ge=1, le=256, description="conversations decoded together")
     queue_limit: int = Field(64, ge=1, description="waiting requests beyond this are politely refused")
+    queue_limit_per_user: int = Field(
+        4,
+        ge=1,
+        description="waiting requests of one person beyond this are refused (one person cannot fill it)",
+    )
+    queue_limit_per_channel: int = Field(
+        16, ge=1, description="waiting requests of one channel (or thread) beyond this are refused"
+    )
     # remote (OpenAI-compatible chat completions); the API key comes from HANBOT_REMOTE_API_KEY or OPENAI_API_KEY
     remote_base_url: str | None = Field(None, description="e.g. http://vllm:8000/v1")
     remote_model: str | None = Field(

@@ -51,6 +51,15 @@ TEXTS: dict[str, dict[Lang, str]] = {
         "ko": "죄송해요, 대화를 저장하지 못했어요. 잠시 후 다시 시도해 주세요.",
         "en": "Sorry, I could not save the conversation. Please try again in a moment.",
     },
+    "error.queue_user_full": {
+        "ko": "이미 답을 기다리는 질문이 여러 개 있어요. 그 답이 나온 뒤(1분쯤 뒤)에 다시 물어봐 주세요.",
+        "en": "You already have several questions waiting for an answer. Please ask again once they are answered "
+        "(in a minute or so).",
+    },
+    "error.queue_channel_full": {
+        "ko": "이 채널에 답을 기다리는 질문이 너무 많아요. 1분쯤 뒤에 다시 물어봐 주세요.",
+        "en": "Too many questions in this channel are waiting for an answer. Please ask again in a minute.",
+    },
     "error.maintenance": {
         "ko": "지금 점검(모델 학습) 중이에요. 잠시 후 다시 물어봐 주세요.",
         "en": "I am down for maintenance (model training). Please ask again soon.",

@@ -71,6 +71,8 @@ class LocalEngine:
             decoder_factory(model, self._engine_settings),
             self._stop_ids,
             queue_limit=self._engine_settings.queue_limit,
+            queue_limit_per_user=self._engine_settings.queue_limit_per_user,
+            queue_limit_per_channel=self._engine_settings.queue_limit_per_channel,
             torch_threads=_worker_threads(model),
             interleave_prefill=self._engine_settings.interleave_prefill,
         )

@@ -62,6 +62,7 @@ from inference.openai_stream import (
     sse_data,
     without_extras,
 )
+from inference.request_queue import WaitingCaps
 
 if TYPE_CHECKING:
     from bot.settings import Settings
@@ -109,7 +110,11 @@ class RemoteEngine:
         retry_after_max_s: float = 60.0,
         drain_timeout_s: float = 30.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        per_user: int | None = None,
+        per_channel: int | None = None,
     ) -> None:
+        """``per_user`` / ``per_channel``: at most this many requests of one user / one channel at the server at
+        once (waiting there or streaming); more are refused with the reason, so nobody fills the server's queue."""
         self._base_url = base_url.rstrip("/")
         self._shown_url = mask_url(self._base_url)  # in errors and logs: without a password it may hold
         self._base_model = model
@@ -137,6 +142,7 @@ class RemoteEngine:
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._caps = WaitingCaps(per_user=per_user, per_channel=per_channel)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RemoteEngine:
@@ -167,6 +173,8 @@ class RemoteEngine:
             timeout_s=engine.remote_timeout_s,
             generation_timeout_s=settings.generation.timeout_s,
             max_retries=engine.remote_max_retries,
+            per_user=engine.queue_limit_per_user,
+            per_channel=engine.queue_limit_per_channel,
         )
 
     def __repr__(self) -> str:
@@ -188,6 +196,8 @@ class RemoteEngine:
             raise GenerationFailed("the remote engine is closed")
         if self._paused:
             raise EnginePaused("the remote engine is paused")
+        self._caps.check(request.user, request.channel)
+        self._caps.add(request.user, request.channel)
         self._active += 1
         self._idle.clear()
         try:
@@ -195,6 +205,7 @@ class RemoteEngine:
                 async for text in chunks:
                     yield text
         finally:
+            self._caps.discard(request.user, request.channel)
             self._active -= 1
             if self._active == 0:
                 self._idle.set()

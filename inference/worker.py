@@ -84,6 +84,8 @@ class ModelWorker:
         stop_ids: frozenset[int],
         *,
         queue_limit: int,
+        queue_limit_per_user: int | None = None,
+        queue_limit_per_channel: int | None = None,
         torch_threads: int | None = None,
         interleave_prefill: bool = True,
         name: str = "hanbot-model",
@@ -95,7 +97,9 @@ class ModelWorker:
         self._decoder: BatchDecoder | None = decoder
         self._interleave = interleave_prefill
         self._stop_ids = stop_ids
-        self._queue: FairQueue[Job] = FairQueue(queue_limit)
+        self._queue: FairQueue[Job] = FairQueue(
+            queue_limit, per_user=queue_limit_per_user, per_channel=queue_limit_per_channel
+        )
         self._cond = threading.Condition()
         self._busy: dict[str, Job] = {}  # channel -> its admitted job
         self._active: dict[int, Job] = {}  # slot -> job (worker thread only)
@@ -122,7 +126,7 @@ class ModelWorker:
     def submit(self, job: Job) -> None:
         """Queue ``job``; raises QueueFull past the limit."""
         with self._cond:
-            self._queue.push(job.request.channel, job)
+            self._queue.push(job.request.channel, job, user=job.request.user)
             self._publish_positions()
             self._cond.notify_all()
 

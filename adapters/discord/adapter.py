@@ -22,8 +22,8 @@ from adapters.discord.pacing import ChannelPacer
 from adapters.discord.replies import reply_chain
 from adapters.discord.sink import DiscordReplySink
 from bot.commands import CommandRegistry
-from bot.errors import ConfigError
 from bot.domain import ConversationKey
+from bot.errors import ConfigError
 from bot.ports import MessageHandler, ReplySink
 from bot.settings import Settings
 from bot.store.conversations import ConversationStore
@@ -152,7 +152,9 @@ class DiscordAdapter:
         reply_to = None
         if message_id and message_id.isdigit() and hasattr(channel, "get_partial_message"):
             reply_to = channel.get_partial_message(int(message_id))
-        return DiscordReplySink(channel, channel_id=channel_id, pacer=self._pacer, lang=lang, reply_to=reply_to)
+        return DiscordReplySink(
+            channel, channel_id=channel_id, pacer=self._pacer, lang=lang, reply_to=reply_to
+        )
 
     async def wait_closed(self) -> None:
         """Wait until the gateway connection ends (stopped, or failed for good)."""

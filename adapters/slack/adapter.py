@@ -35,8 +35,8 @@ from adapters.slack.pacing import UpdatePacer
 from adapters.slack.sink import SlackReplySink
 from adapters.slack.users import UserDirectory
 from bot.commands import CommandRegistry
-from bot.errors import ConfigError
 from bot.domain import ConversationKey
+from bot.errors import ConfigError
 from bot.ports import MessageHandler, ReplySink
 from bot.settings import Settings
 from bot.store.conversations import ConversationStore
@@ -112,7 +112,9 @@ class SlackAdapter:
         self, conversation: ConversationKey, *, author_id: str, message_id: str | None, lang: Lang
     ) -> ReplySink | None:
         """A reply into a stored conversation (after a restart): its thread, or the DM."""
-        target = ReplyTarget(conversation.workspace, conversation.channel, conversation.thread or None, author_id)
+        target = ReplyTarget(
+            conversation.workspace, conversation.channel, conversation.thread or None, author_id
+        )
         return SlackReplySink(self._client, target, pacer=self._pacer, native=self._native, lang=lang)
 
     # setup

@@ -5,6 +5,7 @@ Runs with the demo model's own tokenizer and chat template (the real counting co
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -92,4 +93,4 @@ def test_prompt_fits_and_keeps_system_and_current(
     ]
     assert list(prompt.turns) == alternating([ChatTurn(Role.SYSTEM, SYSTEM), *kept, current_turn])
     roles = [t.role for t in prompt.turns[1:]]
-    assert all(a is not b for a, b in zip(roles, roles[1:], strict=False))
+    assert all(a is not b for a, b in itertools.pairwise(roles))

@@ -98,7 +98,9 @@ async def test_admin_role_from_the_settings_may_reset(start_bot: StartBot, fake_
 async def test_finetune_answers_that_it_is_not_available(
     start_bot: StartBot, fake_discord: FakeDiscord
 ) -> None:
-    await start_bot(allowed_guild_ids=[fake_discord.guild_id])  # Manage Server counts for /finetune only there
+    await start_bot(
+        allowed_guild_ids=[fake_discord.guild_id]
+    )  # Manage Server counts for /finetune only there
     admin = fake_discord.new_user("Admin", roles=[fake_discord.admin_role])
     _, _, texts = await run(fake_discord, "finetune", admin, options={"action": "status"})
     assert texts == ["Fine-tuning is not set up on this bot."]

@@ -7,7 +7,6 @@ import asyncio
 
 from bot.domain import ConversationKey
 from bot.texts import say
-from tests.fakes import ScriptedEngine
 from tests.slack.fake_slack import TEAM
 from tests.slack.harness import command_form, dm_event, envelope, mention_event
 
