@@ -17,7 +17,10 @@ class Role(StrEnum):
 
 class MessageStatus(StrEnum):
     COMPLETE = "complete"
-    INCOMPLETE = "incomplete"  # streaming stopped early (error, cancel, shutdown): kept, marked
+    INCOMPLETE = "incomplete"  # streaming stopped early (error, cancel, shutdown, a kill): kept, marked
+    # being written: saved as it streams; a process killed mid-reply leaves it, and the next start settles it
+    # to INCOMPLETE (bot.recovery). Not in prompts while it streams.
+    STREAMING = "streaming"
     FAILED = "failed"  # never answered (rejected input, model failure before any text)
 
 

@@ -1,4 +1,5 @@
-"""At start: messages a restart left unanswered get an answer, or one sentence saying the bot restarted.
+"""At start: replies a stop cut off are marked incomplete, and messages a restart left unanswered get an answer, or
+one sentence saying the bot restarted.
 
 A user turn stored in the last ``chat.recovery_window_min`` minutes that no reply answers (and that did not fail with
 a sentence already) is taken once per conversation: its newest such turn is answered (``chat.recovery = "answer"``,
@@ -31,7 +32,10 @@ SinkFor = Callable[[ConversationKey, StoredMessage], Awaitable[ReplySink | None]
 async def recover_unanswered(
     chat: ChatService, settings: Settings, sink_for: SinkFor, *, platforms: Sequence[str]
 ) -> int:
-    """Answer or notify each conversation on ``platforms`` left with unanswered turns; returns how many."""
+    """Answer or notify each conversation on ``platforms`` left with unanswered turns; returns how many.
+
+    First, replies a stopped process left streaming are marked incomplete (they are shown as such from now on)."""
+    await asyncio.to_thread(chat.store.settle_interrupted)
     window = settings.chat.recovery_window_min
     if window <= 0:
         return 0

@@ -1,8 +1,9 @@
 """The stored copy of a reply while it streams, so a cancel, a shutdown or a kill loses at most a second of it.
 
-The assistant turn is stored with the first text, marked incomplete, and its text is saved again as it grows (at
-most once per ``interval_s``, the platforms' edit pace: what people saw is stored). At the end it is marked complete,
-or left incomplete with everything said so far. A process killed mid-reply leaves the last saved text, incomplete.
+The assistant turn is stored with the first text, marked streaming, and its text is saved again as it grows (at most
+once per ``interval_s``, the platforms' edit pace: what people saw is stored). At the end it is marked complete, or
+incomplete with everything said so far. A process killed mid-reply leaves the last saved text, marked streaming, and
+the next start marks it incomplete (``ConversationStore.settle_interrupted``).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class StreamingReply:
             return
         if self._id is not None and self._clock() - self._saved_at < self._interval_s:
             return
-        await self._save(text, MessageStatus.INCOMPLETE)
+        await self._save(text, MessageStatus.STREAMING)
 
     async def finish(self, text: str, status: MessageStatus) -> None:
         """The final text and status (an incomplete reply with no text at all is not stored)."""

@@ -107,6 +107,10 @@ TEXTS: dict[str, dict[Lang, str]] = {
         "en": "I found no thread in this channel where you talked with me. Add the link of the thread to clear "
         "(⋮ → Copy link on its first message): /reset <link>",
     },
+    "cmd.link_other_channel": {
+        "ko": "이 링크는 다른 채널의 스레드예요. 그 채널에서 명령을 실행해 주세요. 아무것도 지우지 않았어요.",
+        "en": "That link points to a thread in another channel: run the command in that channel. Nothing was cleared.",
+    },
     "cmd.finetune.unavailable": {
         "ko": "학습 기능이 아직 설정되지 않았어요.",
         "en": "Fine-tuning is not set up on this bot.",

@@ -170,16 +170,29 @@ class ConversationStore:
                 session.execute(update(Message).where(Message.id == message_id).values(**values))
 
     def history(self, key: ConversationKey, *, limit: int = 500) -> list[StoredMessage]:
-        """The conversation's usable turns, oldest first (failed turns are left out)."""
+        """The conversation's usable turns, oldest first (failed turns and replies still streaming are left out)."""
         with self._sessions.begin() as session:
             rows = session.scalars(
                 select(Message)
                 .join(Conversation)
-                .where(*_key_filter(key), Message.status != MessageStatus.FAILED.value)
+                .where(*_key_filter(key), Message.status.not_in(_NOT_IN_HISTORY))
                 .order_by(Message.id.desc())
                 .limit(limit)
             ).all()
             return [StoredMessage.of(r) for r in reversed(rows)]
+
+    def settle_interrupted(self) -> int:
+        """Replies a stopped process left streaming become incomplete (at start). Returns how many."""
+        with self._sessions.begin() as session:
+            result = session.execute(
+                update(Message)
+                .where(Message.status == MessageStatus.STREAMING.value)
+                .values(status=MessageStatus.INCOMPLETE.value)
+            )
+            settled = result.rowcount if isinstance(result, CursorResult) else 0
+        if settled:
+            _log.info("%d replies cut off by a stop were marked incomplete", settled)
+        return settled
 
     def unanswered_since(self, since: datetime) -> list[tuple[ConversationKey, StoredMessage]]:
         """User turns stored at or after ``since`` that no reply answers (nor marked failed), oldest first."""
@@ -269,6 +282,9 @@ class ConversationStore:
     def session(self) -> Session:
         """A session for modules that own their own tables (learning loop, scheduler lock)."""
         return self._sessions()
+
+
+_NOT_IN_HISTORY = (MessageStatus.FAILED.value, MessageStatus.STREAMING.value)
 
 
 def _key_filter(key: ConversationKey) -> tuple[ColumnElement[bool], ...]:

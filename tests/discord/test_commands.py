@@ -109,8 +109,8 @@ async def test_finetune_answers_that_it_is_not_available(
 async def test_forget_me_delete_removes_my_turns_and_exactly_the_replies_to_them(
     start_bot: StartBot, fake_discord: FakeDiscord
 ) -> None:
-    def answer(request) -> str:  # the reply names the question it answers
-        return f"답: {request.turns[-1].content.split(': ', 1)[-1]}"
+    def answer(request) -> str:  # the reply names the question it answers (the last of the joined user turns)
+        return f"답: {request.turns[-1].content.split(chr(10) * 2)[-1].split(': ', 1)[-1]}"
 
     # slow replies: both questions are stored before either reply, so the replies interleave with the turns
     bot = await start_bot(engine=ScriptedEngine(reply=answer, chunk_size=2, delay_s=0.02))
