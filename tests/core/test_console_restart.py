@@ -121,9 +121,13 @@ async def test_fault_02_kill_9_mid_reply_then_restart_keeps_the_partial_reply_as
         await console.proc.wait()
 
         turns = all_turns(data_dir)
-        assert [t[0] for t in turns] == [Role.USER, Role.ASSISTANT], "the partial reply was saved as it streamed"
+        assert [t[0] for t in turns] == [Role.USER, Role.ASSISTANT], (
+            "the partial reply was saved as it streamed"
+        )
         shown = console.out.split("봇: ", 1)[1]
-        assert turns[1][1].startswith("word0 ") and shown.startswith(turns[1][1]), "saved: a prefix of what was shown"
+        assert turns[1][1].startswith("word0 ") and shown.startswith(turns[1][1]), (
+            "saved: a prefix of what was shown"
+        )
 
         again = await Console(data_dir, server, demo_model_dir).start()
         await again.say("Go on")
