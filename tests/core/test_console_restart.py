@@ -20,6 +20,7 @@ from bot.prompt import INCOMPLETE_MARK
 from bot.store.conversations import ConversationStore
 from bot.store.db import create_db_engine
 from bot.texts import say
+from tests.inference.engine_helpers import wait_until
 from tests.inference.remote_server import FakeOpenAI, Reply
 
 REPO = Path(__file__).resolve().parents[2]
@@ -133,7 +134,7 @@ async def test_fault_02_kill_9_mid_reply_then_restart_keeps_the_partial_reply_as
         await again.say("Go on")
         await again.read_until("The end.")
         await again.say("exit")
-        code, out, err = await again.finish()
+        code, _, err = await again.finish()
     finally:
         await server.stop()
 
@@ -185,8 +186,7 @@ async def test_fault_02_a_message_left_unanswered_by_a_kill_gets_a_sentence_at_r
         console = await Console(data_dir, server, demo_model_dir).start()
         await console.say("Are you there?")
         await console.read_until("봇: ")
-        while not server.chat_requests:
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: bool(server.chat_requests))
         assert console.proc is not None
         console.proc.kill()
         await console.proc.wait()

@@ -32,6 +32,7 @@ from bot.store.db import create_db_engine
 from bot.texts import say
 from tests.conftest import PG_ADMIN_URL
 from tests.fakes import CharTokenizer, RecordingSink, ScriptedEngine
+from tests.inference.engine_helpers import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = ConversationKey("discord", "g1", "c1")
@@ -67,8 +68,7 @@ async def test_fault_02_cancelled_reply_is_kept_incomplete_and_the_next_prompt_a
     engine = ScriptedEngine(reply="part one, part two, part three " * 10, chunk_size=6, delay_s=0.03)
     chat = ChatService(settings=core_settings, store=sqlite_store, engine=engine)
     task = asyncio.create_task(chat.handle(message("tell me", "m1"), RecordingSink()))
-    while not any(m.role is Role.ASSISTANT for m in every_turn(sqlite_store)):
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: any(m.role is Role.ASSISTANT for m in every_turn(sqlite_store)))
     streaming = [m for m in every_turn(sqlite_store) if m.role is Role.ASSISTANT]
     assert streaming[0].status is MessageStatus.STREAMING, "saved while it streams, before it ends"
 
