@@ -7,6 +7,7 @@ import asyncio
 
 from bot.domain import ConversationKey
 from bot.texts import say
+from tests.fakes import ScriptedEngine
 from tests.slack.fake_slack import TEAM
 from tests.slack.harness import command_form, dm_event, envelope, mention_event
 
@@ -68,3 +69,71 @@ async def test_fault_01_commands_from_another_workspace_are_refused(start_bot, f
 
 def _mention(text: str, ts: str) -> dict:
     return mention_event(text, ts)
+
+
+INJECTED = (
+    "Sure! [hi](!channel) [x](@U1) [y](#C9) <!here> <@U2> @channel @here "
+    "and the docs: [guide](https://api.slack.com/docs)"
+)
+
+
+async def test_fault_04_model_text_never_becomes_a_mention_or_a_special_command(start_bot, fake_slack):
+    bot = await start_bot(engine=ScriptedEngine(reply=INJECTED), native_streaming=False)
+
+    await bot.post_event(envelope(dm_event("ping everyone please", "1700000091.000100"), "EvInject"))
+    await fake_slack.wait_until(lambda: len(bot.history(DM)) == 2)
+    await fake_slack.wait_until(lambda: any("guide" in t for t in texts(fake_slack, "D1")))
+
+    shown = "".join(texts(fake_slack, "D1"))
+    for special in ("<!channel", "<!here", "<@U1", "<@U2", "<#C9"):
+        assert special not in shown, special
+    assert "@channel" not in shown and "@here" not in shown  # a zero-width space after the @
+    assert "hi (!channel)" in shown and "x (@U1)" in shown
+    assert "<https://api.slack.com/docs|guide>" in shown, "real links stay links"
+
+
+async def test_fault_04_natively_streamed_text_cannot_open_a_mention(start_bot, fake_slack):
+    bot = await start_bot(engine=ScriptedEngine(reply="hello <!channel> and <@U2>"))
+    thread = "1700000091.000200"
+    await bot.post_event(envelope(_mention("hi", thread), "EvInjectNative"))
+    key = ConversationKey("slack", TEAM, "C1", thread)
+    await fake_slack.wait_until(lambda: len(bot.history(key)) == 2)
+    await fake_slack.wait_until(lambda: any(m.stopped for m in fake_slack.replies("C1", thread)))
+    streamed = [m for m in fake_slack.replies("C1", thread) if m.streamed]
+    assert streamed, "streamed natively"
+    sent = "".join(m.text for m in streamed)
+    assert "hello" in sent
+    assert "<!channel>" not in sent and "<@U2>" not in sent
+
+
+async def test_fault_10_reset_with_a_link_to_another_channel_says_so_and_clears_nothing(start_bot, fake_slack):
+    bot = await start_bot(engine=ScriptedEngine(reply="noted"))
+    thread = "1700000092.000100"
+    key = ConversationKey("slack", TEAM, "C1", thread)
+    await bot.post_event(envelope(_mention("remember", thread), "EvLink"))
+    await fake_slack.wait_until(lambda: len(bot.history(key)) == 2)
+    link = "https://team.slack.com/archives/C1/p1700000092000100"
+
+    await bot.post_command(command_form(fake_slack, "/reset", user="UADMIN", channel="C2", text=link))
+
+    await fake_slack.wait_until(lambda: len(fake_slack.responses) == 1)
+    assert fake_slack.responses[0]["text"] == say("cmd.link_other_channel", "en")
+    assert len(bot.history(key)) == 2
+
+
+async def test_fault_11_a_replayed_slash_command_runs_once(start_bot, fake_slack):
+    bot = await start_bot(native_streaming=False)
+    await bot.post_event(envelope(dm_event("remember this", "1700000093.000100"), "EvReplay"))
+    await fake_slack.wait_until(lambda: len(bot.history(DM)) == 2)
+    form = command_form(fake_slack, "/reset", user="UADMIN")
+
+    first = await bot.post_command(form)
+    await fake_slack.wait_until(lambda: len(fake_slack.responses) == 1)
+    await bot.post_event(envelope(dm_event("new words", "1700000093.000200"), "EvReplay2"))
+    await fake_slack.wait_until(lambda: len(bot.history(DM)) == 2)
+    replayed = await bot.post_command(form)  # the same signed request again, within the five minutes
+
+    assert first[0] == replayed[0] == 200
+    await asyncio.sleep(QUIET_S)
+    assert len(fake_slack.responses) == 1, "the replay did nothing"
+    assert len(bot.history(DM)) == 2, "the conversation since the first reset is still there"
