@@ -66,3 +66,32 @@ async def test_listed_admin_may_finetune_without_an_allowlist(
     listed = fake_discord.new_user("Listed")
     await start_bot(admin_user_ids=[listed.id])
     assert (await run(fake_discord, "finetune", listed, options={"action": "status"}))[2] == [NOT_SET_UP]
+
+
+async def test_fault_02_message_left_unanswered_by_a_restart_is_answered_in_its_channel(
+    start_bot: StartBot, fake_discord: FakeDiscord
+) -> None:
+    from bot.app import Core, recover
+    from bot.chat import ChatService
+    from bot.domain import Author, Role
+
+    bot = await start_bot(engine=ScriptedEngine(reply="Sorry for the wait: hello!"))
+    asker = fake_discord.new_user("Asker")
+    # what a process killed before answering leaves behind: the user's turn, stored, and no reply
+    asked = fake_discord.post_message(fake_discord.random, asker, "anyone?", mention_bot=False)
+    bot.store.add_message(
+        bot.key(fake_discord.random),
+        Role.USER,
+        "anyone?",
+        author=Author(asker.id, "Asker"),
+        platform_message_id=asked,
+    )
+    bot.settings.chat.recovery = "answer"
+    chat = ChatService(settings=bot.settings, store=bot.store, engine=bot.engine)
+    core = Core(bot.settings, bot.store, bot.engine, chat, None, None)  # type: ignore[arg-type]
+
+    assert await recover(core, [bot.adapter]) == 1
+    await fake_discord.wait_for(reply_done(fake_discord, fake_discord.random, "Sorry for the wait: hello!"))
+    first = fake_discord.bot_messages(fake_discord.random)[0]
+    assert first["message_reference"]["message_id"] == asked, "a reply to the message it answers"
+    assert [m.role for m in bot.history(fake_discord.random)] == [Role.USER, Role.ASSISTANT]

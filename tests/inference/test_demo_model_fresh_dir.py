@@ -14,7 +14,9 @@ import pytest
 
 from inference.demo_model import DemoConfig, build_demo_model
 
-UNTRAINED = DemoConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, logit_margin=-math.inf, min_token_prob=0.0)
+UNTRAINED = DemoConfig(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=1, logit_margin=-math.inf, min_token_prob=0.0
+)
 
 
 @pytest.mark.slow

@@ -35,11 +35,14 @@ async def test_fault_03_eighty_messages_from_one_user_do_not_stop_another_channe
 ) -> None:
     gates: list[Gate] = []
     engine = make_engine(wrap=lambda d: gates.append(Gate(d)) or gates[-1])  # the default queue settings
-    settings = load_settings(data_dir=tmp_path, scheduler={"enabled": False}, generation={"max_new_tokens": 8})
+    settings = load_settings(
+        data_dir=tmp_path, scheduler={"enabled": False}, generation={"max_new_tokens": 8}
+    )
     chat = ChatService(settings=settings, store=sqlite_store, engine=engine)
     flood = [RecordingSink() for _ in range(80)]
     tasks = [
-        asyncio.create_task(chat.handle(message(BUSY, "spammer", f"f{i}"), sink)) for i, sink in enumerate(flood)
+        asyncio.create_task(chat.handle(message(BUSY, "spammer", f"f{i}"), sink))
+        for i, sink in enumerate(flood)
     ]
     await wait_until(lambda: sum(bool(s.sent) for s in flood) + engine.counts()[0] == 80)
 
@@ -55,7 +58,9 @@ async def test_fault_03_eighty_messages_from_one_user_do_not_stop_another_channe
     refused = [s.sent for s in flood if s.sent]
     cap = settings.engine.queue_limit_per_user
     assert len(refused) == 80 - cap
-    assert all(sent == [say("error.queue_user_full", "en")] for sent in refused), "the refusal says why and when"
+    assert all(sent == [say("error.queue_user_full", "en")] for sent in refused), (
+        "the refusal says why and when"
+    )
     assert sum(bool(s.streamed and s.streamed[0]) for s in flood) == cap
 
 
@@ -80,3 +85,47 @@ def test_fault_03_per_channel_and_per_user_caps_refuse_with_their_reason() -> No
     with pytest.raises(QueueFull) as refused:
         small.push("z", "z1", user="zoe")
     assert type(refused.value) is QueueFull, "past the total limit: the general sentence"
+
+
+async def test_fault_03_the_remote_engine_caps_each_users_and_channels_requests_at_the_server() -> None:
+    from bot.domain import ChatTurn, GenerationRequest, Role
+    from inference.remote_engine import EstimatingTokenizer, RemoteEngine
+    from tests.inference.remote_server import FakeOpenAI, Reply
+
+    server = await FakeOpenAI([Reply(stall_s=30)]).start()  # the server holds every request
+    engine = RemoteEngine(
+        base_url=server.base_url,
+        model="test-model",
+        tokenizer=EstimatingTokenizer(2048),
+        per_user=1,
+        per_channel=2,
+    )
+
+    def ask(user: str, channel: str, n: int) -> GenerationRequest:
+        return GenerationRequest(f"r{n}", channel, (ChatTurn(Role.USER, "hi"),), user=user)
+
+    async def consume(request: GenerationRequest) -> BaseException | None:
+        try:
+            async for _ in engine.generate(request):
+                pass
+        except QueueFull as exc:
+            return exc
+        except Exception:  # the server going away at the end of the test
+            return None
+        return None
+
+    tasks: list[asyncio.Task[BaseException | None]] = []
+    try:
+        tasks.append(asyncio.create_task(consume(ask("alice", "c1", 1))))
+        await wait_until(lambda: len(server.chat_requests) == 1)
+        assert isinstance(await consume(ask("alice", "c2", 2)), UserQueueFull)  # at once, before any HTTP
+        tasks.append(asyncio.create_task(consume(ask("bob", "c1", 3))))
+        await wait_until(lambda: len(server.chat_requests) == 2)
+        assert isinstance(await consume(ask("carol", "c1", 4)), ChannelQueueFull)
+        tasks.append(asyncio.create_task(consume(ask("carol", "c3", 5))))
+        await wait_until(lambda: len(server.chat_requests) == 3)  # another channel is still open
+        assert not any(t.done() for t in tasks)
+    finally:
+        await server.stop()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+        await engine.aclose()

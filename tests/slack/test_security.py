@@ -106,7 +106,9 @@ async def test_fault_04_natively_streamed_text_cannot_open_a_mention(start_bot, 
     assert "<!channel>" not in sent and "<@U2>" not in sent
 
 
-async def test_fault_10_reset_with_a_link_to_another_channel_says_so_and_clears_nothing(start_bot, fake_slack):
+async def test_fault_10_reset_with_a_link_to_another_channel_says_so_and_clears_nothing(
+    start_bot, fake_slack
+):
     bot = await start_bot(engine=ScriptedEngine(reply="noted"))
     thread = "1700000092.000100"
     key = ConversationKey("slack", TEAM, "C1", thread)
@@ -137,3 +139,24 @@ async def test_fault_11_a_replayed_slash_command_runs_once(start_bot, fake_slack
     await asyncio.sleep(QUIET_S)
     assert len(fake_slack.responses) == 1, "the replay did nothing"
     assert len(bot.history(DM)) == 2, "the conversation since the first reset is still there"
+
+
+async def test_fault_02_message_left_unanswered_by_a_restart_gets_a_sentence_in_its_thread(
+    start_bot, fake_slack
+):
+    from bot.app import Core, recover
+    from bot.chat import ChatService
+    from bot.domain import Author, Role
+
+    bot = await start_bot(native_streaming=False)
+    thread = "1700000094.000100"
+    key = ConversationKey("slack", TEAM, "C1", thread)
+    bot.store.add_message(
+        key, Role.USER, "hello?", author=Author("UALICE", "Alice"), platform_message_id=f"C1:{thread}"
+    )
+    chat = ChatService(settings=bot.settings, store=bot.store, engine=bot.engine)
+    core = Core(bot.settings, bot.store, bot.engine, chat, None, None)  # type: ignore[arg-type]
+
+    assert await recover(core, [bot.adapter]) == 1
+    await fake_slack.wait_until(lambda: texts(fake_slack, "C1", thread) == [say("chat.restarted")])
+    assert bot.engine.requests == []
