@@ -359,3 +359,25 @@ def test_fault_06_a_database_password_with_percent_at_and_slash_works_and_stays_
             conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
             conn.execute(text(f"DROP ROLE IF EXISTS {role}"))
         admin.dispose()
+
+
+def test_fault_06_log_lines_and_tracebacks_never_show_url_credentials() -> None:
+    from bot.masking import MaskCredentials, mask_url
+
+    record = logging.LogRecord(
+        "x",
+        logging.ERROR,
+        __file__,
+        1,
+        "cannot reach %s",
+        ("http://u:pw-secret@vllm:8000/v1?api_key=k-secret",),
+        None,
+    )
+    try:
+        raise ConnectionError("postgresql://bob:tb-secret@db/hanbot refused")
+    except ConnectionError:
+        record.exc_info = sys.exc_info()
+    assert MaskCredentials().filter(record)
+    shown = logging.Formatter().format(record)
+    assert "secret" not in shown and "u:***@vllm:8000" in shown and "bob:***@db" in shown
+    assert mask_url("sqlite:///data/hanbot.db") == "sqlite:///data/hanbot.db"
