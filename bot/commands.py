@@ -156,7 +156,9 @@ class CommandRegistry:
         """The commands with their usage, in ``lang`` where texts.py has it (``help.usage.<name>``)."""
         lines = ["명령어 / Commands:" if lang == "ko" else "Commands:"]
         for spec in self._specs.values():
-            admin = (" (관리자)" if lang == "ko" else " (admin)") if spec.admin_only or spec.shared_model else ""
+            admin = (
+                (" (관리자)" if lang == "ko" else " (admin)") if spec.admin_only or spec.shared_model else ""
+            )
             lines.append(f"/{spec.name}{admin}: {spec.description}")
             key = f"help.usage.{spec.name}"
             usage = say(key, lang) if key in TEXTS else spec.usage
