@@ -152,7 +152,10 @@ async def ask(bot: DiscordBot, fake: FakeDiscord, channel_id: str, user: FakeUse
 async def test_finetune_try_serves_the_candidate_in_the_admins_channel_and_promote_makes_it_everyones(
     start_bot: StartBot, fake_discord: FakeDiscord
 ) -> None:
-    bot = await start_bot(engine=ScriptedEngine(reply="네."), learning=True)
+    # Manage Server counts for /finetune in an allowlisted guild only
+    bot = await start_bot(
+        engine=ScriptedEngine(reply="네."), learning=True, allowed_guild_ids=[fake_discord.guild_id]
+    )
     assert bot.finetune is not None
     seed_versions(bot.store, bot.settings.lora_dir)  # v1 in service, v2 a candidate
     await bot.finetune.sync_active()  # what lora-sync does each minute
@@ -193,7 +196,10 @@ async def test_finetune_try_serves_the_candidate_in_the_admins_channel_and_promo
 
 
 async def test_finetune_try_in_listed_channels(start_bot: StartBot, fake_discord: FakeDiscord) -> None:
-    bot = await start_bot(engine=ScriptedEngine(reply="네."), learning=True)
+    # Manage Server counts for /finetune in an allowlisted guild only
+    bot = await start_bot(
+        engine=ScriptedEngine(reply="네."), learning=True, allowed_guild_ids=[fake_discord.guild_id]
+    )
     assert bot.finetune is not None
     seed_versions(bot.store, bot.settings.lora_dir)
     await bot.finetune.sync_active()
