@@ -1,0 +1,150 @@
+# mypy: disable-error-code="no-untyped-def"
+"""Triton kernels of the adapters' decode path (``lora.py``): gathered LoRA products, one pair of launches per
+projection whatever the mix of adapters in the batch (Punica's BGMV, vLLM's shrink/expand).
+
+``shrink``: each (row, K-chunk) program reads its row's adapter index (-1: the base model, the program leaves at
+once), multiplies its chunk of x by that adapter's A stack [parts·R, K] and writes the partial sums [parts·R] in
+float32 (split-K without atomics: nothing to zero first). ``expand``: each (row, column tile) program sums the
+partials of its row, takes the R values of the part its columns belong to, multiplies by B [R, tile] and adds into
+the base output in place. The torch reference is ``lora.add_rows_ref``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+SHRINK_BLOCK_K = 128
+MAX_SPLIT = 64
+
+
+@triton.jit
+def _lora_shrink_kernel(
+    x_ptr,
+    a_ptr,
+    idx_ptr,
+    part_ptr,
+    K,
+    K_PER,
+    stride_x,
+    stride_as,
+    J: tl.constexpr,
+    JP: tl.constexpr,
+    SPLIT: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    row = tl.program_id(0)
+    sp = tl.program_id(1)
+    idx = tl.load(idx_ptr + row).to(tl.int64)
+    if idx >= 0:
+        j = tl.arange(0, JP)
+        acc = tl.zeros((JP,), dtype=tl.float32)
+        k0 = sp * K_PER
+        a_base = a_ptr + idx * stride_as
+        for kk in tl.range(0, K_PER, BLOCK_K):
+            offs = k0 + kk + tl.arange(0, BLOCK_K)
+            m = (offs < K) & (offs < k0 + K_PER)
+            xv = tl.load(x_ptr + row * stride_x + offs, mask=m, other=0.0).to(tl.float32)
+            av = tl.load(a_base + j[:, None] * K + offs[None, :], mask=(j[:, None] < J) & m[None, :], other=0.0)
+            acc += tl.sum(av.to(tl.float32) * xv[None, :], axis=1)
+        tl.store(part_ptr + (row * SPLIT + sp) * JP + j, acc)
+
+
+@triton.jit
+def _lora_expand_kernel(
+    y_ptr,
+    part_ptr,
+    b_ptr,
+    idx_ptr,
+    N,
+    stride_y,
+    stride_bs,
+    B1,
+    B2,
+    R: tl.constexpr,
+    JP: tl.constexpr,
+    SPLIT: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    row = tl.program_id(0)
+    pid = tl.program_id(1)
+    idx = tl.load(idx_ptr + row).to(tl.int64)
+    if idx >= 0:
+        n0 = pid * BLOCK_N
+        seg = (n0 >= B1).to(tl.int32) + (n0 >= B2).to(tl.int32)  # a tile lies inside one part
+        r = tl.arange(0, R)
+        s = tl.arange(0, SPLIT)
+        parts = tl.load(part_ptr + (row * SPLIT + s[:, None]) * JP + seg * R + r[None, :])
+        inter = tl.sum(parts, axis=0)  # [R]
+        n = n0 + tl.arange(0, BLOCK_N)
+        nm = n < N
+        bv = tl.load(b_ptr + idx * stride_bs + r[:, None] * N + n[None, :], mask=nm[None, :], other=0.0)
+        d = tl.sum(inter[:, None] * bv.to(tl.float32), axis=0)
+        yp = y_ptr + row * stride_y + n
+        yv = tl.load(yp, mask=nm, other=0.0).to(tl.float32)
+        tl.store(yp, (yv + d).to(y_ptr.dtype.element_ty), mask=nm)
+
+
+def split_of(k: int) -> tuple[int, int]:
+    """(number of K chunks, a power of two; chunk length, a multiple of the block)."""
+    split = 1
+    while split < MAX_SPLIT and k // (split * 2) >= 2 * SHRINK_BLOCK_K:
+        split *= 2
+    per = -(-k // split)
+    per = -(-per // SHRINK_BLOCK_K) * SHRINK_BLOCK_K
+    return split, per
+
+
+def lora_shrink_expand(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    index: torch.Tensor,
+    outs: tuple[int, ...],
+    rank: int,
+    block_n: int,
+) -> None:
+    """``y[i] += (x[i]·A[index[i]]ᵀ)·B[index[i]]`` per part, in place; rows with index -1 are left alone.
+
+    x [rows, K]; y [rows, N] (contiguous rows); a [slots, parts·R, K]; b [slots, R, N]; index [rows] int."""
+    rows, k = x.shape
+    n = y.shape[1]
+    j = a.shape[1]
+    jp = triton.next_power_of_2(j)
+    split, per = split_of(k)
+    partial = torch.empty((rows, split, jp), dtype=torch.float32, device=x.device)
+    _lora_shrink_kernel[(rows, split)](
+        x,
+        a,
+        index,
+        partial,
+        k,
+        per,
+        x.stride(0),
+        a.stride(0),
+        J=j,
+        JP=jp,
+        SPLIT=split,
+        BLOCK_K=SHRINK_BLOCK_K,
+        num_warps=4,
+    )
+    b1 = outs[0] if len(outs) > 1 else n
+    b2 = outs[0] + outs[1] if len(outs) > 2 else n
+    _lora_expand_kernel[(rows, triton.cdiv(n, block_n))](
+        y,
+        partial,
+        b,
+        index,
+        n,
+        y.stride(0),
+        b.stride(0),
+        b1,
+        b2,
+        R=rank,
+        JP=jp,
+        SPLIT=split,
+        BLOCK_N=block_n,
+        num_warps=4,
+    )
