@@ -1,4 +1,8 @@
-"""Switching LoRA adapters on the served model without reloading its base weights.
+"""Serving LoRA versions without reloading the base weights.
+
+``PoolLoras``: the fast decoder's adapter pool serves every loaded version at once, each request the one it names
+(the model is not touched). ``LoraSwitch``, for a decoder that runs the model's own modules (the hf decoder): one
+version at a time, switched in the model.
 
 ``model.load_adapter`` (transformers' PEFT integration) wraps the base linear layers in place with LoRA layers, so
 the model object and its base weight tensors stay the same. Switching goes straight to PEFT's tuner layers
@@ -97,3 +101,76 @@ def _delete_adapter(model: PreTrainedModel, internal: str) -> None:
     config = getattr(model, "peft_config", None)
     if isinstance(config, dict):
         config.pop(internal, None)
+
+
+class PoolLoras:
+    """LoRA versions served from the decoder's own adapter pool (the fast decoder, ``adapter_slots`` > 0).
+
+    The model is not touched: each version is copied into a pool slot under a fresh id (a reload of a name gets a new
+    id, so requests already running keep the weights they started with, and no KV reuse mixes the two), and every
+    request is decoded with the version it names (``resolve``). When the pool is full, the oldest loaded version
+    that is neither the default nor being loaded is unloaded to make room (it stays in use until its running
+    requests end)."""
+
+    def __init__(self) -> None:
+        self._ids: dict[str, str] = {}  # public name -> the decoder's id, oldest load first
+        self._paths: dict[str, str] = {}
+        self._versions = itertools.count(1)
+        self.active: str | None = None
+
+    @property
+    def loaded(self) -> dict[str, str]:
+        return dict(self._paths)
+
+    def load(self, decoder: Any, name: str, path: str) -> None:
+        key = f"{name}#{next(self._versions)}"
+        try:
+            self._load_with_room(decoder, name, key, path)
+        except (ValueError, OSError) as exc:
+            raise EngineError(
+                f"could not load LoRA {name!r} from {path}: {type(exc).__name__}: {exc}"
+            ) from exc
+        previous = self._ids.pop(name, None)
+        self._ids[name], self._paths[name] = key, path
+        if previous is not None:
+            decoder.retire_adapter(previous)  # freed once the replies that use it end
+        _log.info(
+            "LoRA %s loaded from %s into the decoder's pool (default: %s)", name, path, self.active or "base"
+        )
+
+    def _load_with_room(self, decoder: Any, name: str, key: str, path: str) -> None:
+        from inference.decoder import AdapterSlotsFull
+
+        while True:
+            try:
+                decoder.load_adapter(key, path)
+                return
+            except AdapterSlotsFull:
+                victim = next((n for n in self._ids if n not in (self.active, name)), None)
+                if victim is None:
+                    raise
+                _log.info("LoRA pool full: unloading %s to load %s", victim, name)
+                decoder.retire_adapter(self._ids.pop(victim))
+                del self._paths[victim]
+
+    def use(self, name: str | None) -> None:
+        if name is not None and name not in self._ids:
+            raise EngineError(f"LoRA {name!r} is not loaded (loaded: {', '.join(self._ids) or 'none'})")
+        self.active = name
+        _log.info("serving with %s by default", f"LoRA {name}" if name else "the base model")
+
+    def resolve(self, requested: str | None) -> str | None:
+        """The decoder's adapter id for a request's ``lora`` (None: the default; "": the base model)."""
+        if requested is None:
+            requested = self.active
+        if not requested:
+            return None
+        key = self._ids.get(requested)
+        if key is None:
+            raise EngineError(f"LoRA {requested!r} is not loaded")
+        return key
+
+    def attach(self, decoder: Any) -> None:
+        """A new decoder (after a pause): load every version into its pool again."""
+        for name, path in list(self._paths.items()):
+            self.load(decoder, name, path)

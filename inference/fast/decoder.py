@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from inference.decoder import SlotRequest
+from inference.decoder import AdapterSlotsFull, SlotRequest
 from inference.fast.gemm import LinearPlan
 from inference.fast.kv import GIB, BlockPool, KVBudget, plan_kv_budget
 from inference.fast.lora import LoraBatch, LoraPool, read_peft_adapter
@@ -49,10 +49,6 @@ class _Pending:
     block_list: list[int]
     done: int = 0
     adapter: int = -1  # LoRA pool index (-1: the base model)
-
-
-class AdapterSlotsFull(ValueError):
-    """Every slot of the adapter pool holds an adapter still named or in use."""
 
 
 def default_buckets(capacity: int) -> tuple[int, ...]:
@@ -159,7 +155,9 @@ class StaticSlotDecoder:
         self._adapters: dict[str, int] = {}  # adapter id (SlotRequest.lora) -> pool index
         self._retired: set[str] = set()  # ids dropped as soon as no request uses them
         self._slot_adapter: dict[int, int] = {}  # slot -> pool index, for slots decoding with an adapter
-        self.graph_captures = 0  # CUDA graphs captured over this decoder's life (loading an adapter adds none)
+        self.graph_captures = (
+            0  # CUDA graphs captured over this decoder's life (loading an adapter adds none)
+        )
         max_blocks = -(-self.max_context // block_size)
         plan_file = Path(cache_dir) / "gemm-plan.json" if cache_dir is not None else None
         self.sampler = SlotSampler(capacity + 1, spec.vocab_size, self.device, top_k=top_k)
@@ -353,7 +351,13 @@ class StaticSlotDecoder:
         self.sampler.configure(slot, request.params, ids)
         self._set_slot_adapter(slot, adapter)
         self._pending.append(
-            _Pending(slot, ids, torch.tensor(blocks, dtype=torch.int64, device=self.device), blocks, adapter=adapter)
+            _Pending(
+                slot,
+                ids,
+                torch.tensor(blocks, dtype=torch.int64, device=self.device),
+                blocks,
+                adapter=adapter,
+            )
         )
 
     def step(self) -> dict[int, int]:
@@ -528,7 +532,9 @@ class StaticSlotDecoder:
         )
         slot_mapping = block_of * bs + positions % bs
         ids = torch.cat([p.ids[p.done : p.done + take] for p, take in parts])
-        lora = self._prefill_lora([(s.offset, s.length, p.adapter) for s, (p, _) in zip(segments, parts, strict=True)])
+        lora = self._prefill_lora(
+            [(s.offset, s.length, p.adapter) for s, (p, _) in zip(segments, parts, strict=True)]
+        )
         with torch.inference_mode():
             hidden = self.model.prefill(
                 ids, positions.to(self.device), slot_mapping.to(self.device), segments, lora

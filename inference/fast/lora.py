@@ -111,7 +111,9 @@ def read_peft_adapter(path: str | Path) -> PeftAdapter:
         if set(ab) != {"A", "B"}:
             raise UnsupportedAdapter(f"adapter module {where} lacks lora_A or lora_B")
         if ab["A"].shape[0] != rank or ab["B"].shape[1] != rank:
-            raise UnsupportedAdapter(f"adapter module {where} has rank {ab['A'].shape[0]}, the config says {rank}")
+            raise UnsupportedAdapter(
+                f"adapter module {where} has rank {ab['A'].shape[0]}, the config says {rank}"
+            )
         pairs[where] = (ab["A"], ab["B"])
     return PeftAdapter(rank=rank, scale=scale, pairs=pairs)
 
@@ -192,9 +194,12 @@ class LoraPool:
             shape = self.shapes[proj]
             count = 1 if proj == HEAD else spec.num_layers
             self.a[proj] = [
-                torch.zeros((slots, len(shape.outs) * r, shape.k), dtype=dtype, device=device) for _ in range(count)
+                torch.zeros((slots, len(shape.outs) * r, shape.k), dtype=dtype, device=device)
+                for _ in range(count)
             ]
-            self.b[proj] = [torch.zeros((slots, r, shape.n), dtype=dtype, device=device) for _ in range(count)]
+            self.b[proj] = [
+                torch.zeros((slots, r, shape.n), dtype=dtype, device=device) for _ in range(count)
+            ]
         self.kernels = _lora_kernels(device)
         self.block_n = {proj: _block_n(self.shapes[proj].outs) for proj in self.shapes}
         _log.info(
@@ -226,7 +231,9 @@ class LoraPool:
             )
         for (layer, _module), _pair in adapter.pairs.items():
             if layer is not None and not 0 <= layer < self.spec.num_layers:
-                raise UnsupportedAdapter(f"the adapter names layer {layer}; the model has {self.spec.num_layers}")
+                raise UnsupportedAdapter(
+                    f"the adapter names layer {layer}; the model has {self.spec.num_layers}"
+                )
 
     def _load_module(
         self, index: int, layer: int | None, module: str, a: torch.Tensor, b: torch.Tensor, scale: float
@@ -244,7 +251,9 @@ class LoraPool:
             )
         col = sum(shape.outs[:part])
         a_pool[part * self.rank : part * self.rank + r].copy_(a.to(self.device, self.dtype))
-        b_pool[:r, col : col + b.shape[0]].copy_((b.to(self.device, torch.float32) * scale).t().to(self.dtype))
+        b_pool[:r, col : col + b.shape[0]].copy_(
+            (b.to(self.device, torch.float32) * scale).t().to(self.dtype)
+        )
 
     def _a_columns(self, module: str, a: torch.Tensor) -> torch.Tensor:
         if module == "o_proj":

@@ -46,7 +46,9 @@ def _lora_shrink_kernel(
             offs = k0 + kk + tl.arange(0, BLOCK_K)
             m = (offs < K) & (offs < k0 + K_PER)
             xv = tl.load(x_ptr + row * stride_x + offs, mask=m, other=0.0).to(tl.float32)
-            av = tl.load(a_base + j[:, None] * K + offs[None, :], mask=(j[:, None] < J) & m[None, :], other=0.0)
+            av = tl.load(
+                a_base + j[:, None] * K + offs[None, :], mask=(j[:, None] < J) & m[None, :], other=0.0
+            )
             acc += tl.sum(av.to(tl.float32) * xv[None, :], axis=1)
         tl.store(part_ptr + (row * SPLIT + sp) * JP + j, acc)
 

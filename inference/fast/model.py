@@ -119,7 +119,9 @@ class FastLlama:
             h = ops.rms_norm(m, nxt, eps, residual)
         return h  # final-normed hidden states
 
-    def _linear(self, x: torch.Tensor, w: Matrix, lora: LoraBatch | None, proj: str, layer: int) -> torch.Tensor:
+    def _linear(
+        self, x: torch.Tensor, w: Matrix, lora: LoraBatch | None, proj: str, layer: int
+    ) -> torch.Tensor:
         y = self.plan.linear(x, w)
         return y if lora is None else lora.add(x, y, proj, layer)
 

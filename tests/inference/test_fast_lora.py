@@ -82,11 +82,16 @@ def base() -> LlamaForCausalLM:
 
 
 @pytest.fixture(scope="module")
-def adapters(base: LlamaForCausalLM, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, PeftModel]]:
+def adapters(
+    base: LlamaForCausalLM, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, tuple[Path, PeftModel]]:
     root = tmp_path_factory.mktemp("adapters")
     return {
         "a": (root / "a", save_adapter(base, root / "a", seed=1)),
-        "b": (root / "b", save_adapter(base, root / "b", seed=2, r=4, use_rslora=True)),  # smaller rank, rsLoRA
+        "b": (
+            root / "b",
+            save_adapter(base, root / "b", seed=2, r=4, use_rslora=True),
+        ),  # smaller rank, rsLoRA
     }
 
 
@@ -95,7 +100,13 @@ def test_greedy_with_an_adapter_equals_peft_generate(
 ) -> None:
     batch = prompts(3, (9, 70, 33), base.config.vocab_size, seed=11)
     dec = StaticSlotDecoder(
-        copy.deepcopy(base), capacity=3, block_size=16, prefill_chunk=48, max_context=512, lora_slots=2, lora_max_rank=8
+        copy.deepcopy(base),
+        capacity=3,
+        block_size=16,
+        prefill_chunk=48,
+        max_context=512,
+        lora_slots=2,
+        lora_max_rank=8,
     )
     for name, (path, _) in adapters.items():
         dec.load_adapter(name, str(path))
@@ -125,8 +136,16 @@ def test_a_mixed_batch_gives_each_request_its_tokens_alone(
     base: LlamaForCausalLM, adapters: dict[str, tuple[Path, PeftModel]]
 ) -> None:
     ps = prompts(5, (12, 40, 7, 25, 60), base.config.vocab_size, seed=12)
-    jobs: list[tuple[list[int], str | None]] = [(ps[0], "a"), (ps[1], None), (ps[2], "b"), (ps[3], "a"), (ps[4], None)]
-    dec = StaticSlotDecoder(copy.deepcopy(base), capacity=5, block_size=16, max_context=256, lora_slots=2, lora_max_rank=8)
+    jobs: list[tuple[list[int], str | None]] = [
+        (ps[0], "a"),
+        (ps[1], None),
+        (ps[2], "b"),
+        (ps[3], "a"),
+        (ps[4], None),
+    ]
+    dec = StaticSlotDecoder(
+        copy.deepcopy(base), capacity=5, block_size=16, max_context=256, lora_slots=2, lora_max_rank=8
+    )
     dec.load_adapter("a", str(adapters["a"][0]))
     dec.load_adapter("b", str(adapters["b"][0]))
     alone = [decode_alone(dec, p, lora, 16) for p, lora in jobs]
@@ -145,7 +164,9 @@ def test_fp8_base_with_an_adapter_equals_peft_on_the_fp8_rounded_model(
     path = adapters["a"][0]
     rounded = fp8_rounded(model)
     reference = PeftModel.from_pretrained(copy.deepcopy(rounded), str(path)).eval()
-    with torch.no_grad():  # PEFT saved the unrounded head beside the adapter and loaded it back: round it again
+    with (
+        torch.no_grad()
+    ):  # PEFT saved the unrounded head beside the adapter and loaded it back: round it again
         reference.get_base_model().lm_head.base_layer.weight.copy_(rounded.lm_head.weight)
     batch = prompts(3, (9, 40, 3), model.config.vocab_size, seed=13)
     want = [hf_greedy(reference, p, 16) for p in batch]  # type: ignore[arg-type]
@@ -223,7 +244,9 @@ def _kernel_case(
     return x, y, a, b, index
 
 
-@pytest.mark.skipif(not (INTERPRET or CUDA), reason="runs under the Triton interpreter in the child test below")
+@pytest.mark.skipif(
+    not (INTERPRET or CUDA), reason="runs under the Triton interpreter in the child test below"
+)
 @pytest.mark.parametrize(
     ("rows", "k", "outs", "rank"),
     [(1, 64, (64, 16, 16), 8), (5, 300, (96,), 16), (7, 1030, (40, 40), 4), (16, 64, (384,), 16)],
@@ -250,7 +273,18 @@ def test_kernels_equal_the_torch_reference(rows: int, k: int, outs: tuple[int, .
 
 @pytest.mark.skipif(INTERPRET or CUDA, reason="the child of this test")
 def test_kernels_under_interpreter() -> None:
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", __file__, "-k", "kernels_equal"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-x",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        __file__,
+        "-k",
+        "kernels_equal",
+    ]
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
@@ -291,13 +325,17 @@ def test_gpu_lora_logits_match_eager_peft_70b_widths(tmp_path: Path) -> None:
     with torch.no_grad():
         for name, p in peft32.named_parameters():
             if "lora_" in name:  # large enough to move the logits well beyond bf16 rounding
-                p.copy_(torch.randn(p.shape, generator=gen, device="cuda") * (0.02 if "lora_A" in name else 0.05))
+                p.copy_(
+                    torch.randn(p.shape, generator=gen, device="cuda") * (0.02 if "lora_A" in name else 0.05)
+                )
     peft32.save_pretrained(tmp_path / "a")
     peft16 = copy.deepcopy(peft32).to(torch.bfloat16).eval()
     model16 = copy.deepcopy(peft16).unload()  # the plain bf16 Llama (PEFT's layers removed) for the decoder
     batch = prompts(3, (100, 517, 1100), 128256, seed=6)
     steps = 32
-    dec = StaticSlotDecoder(model16, capacity=4, max_context=2048, kv_budget_bytes=2 << 30, lora_slots=2, lora_max_rank=16)
+    dec = StaticSlotDecoder(
+        model16, capacity=4, max_context=2048, kv_budget_bytes=2 << 30, lora_slots=2, lora_max_rank=16
+    )
     captures = dec.graph_captures
     dec.load_adapter("a", str(tmp_path / "a"))
     assert dec.graph_captures == captures  # loading added no graph
@@ -331,7 +369,9 @@ def test_gpu_lora_logits_match_eager_peft_70b_widths(tmp_path: Path) -> None:
         got = torch.stack(logits[i])
         assert torch.isfinite(got).all()
         e16, e32, eref = _rel(got, want16), _rel(got, want32), _rel(want16, want32)
-        print(f"prompt {len(p)} lora={i != 1}: vs eager PEFT bf16 {e16:.2e}, vs fp32 {e32:.2e} (bf16 vs fp32 {eref:.2e})")
+        print(
+            f"prompt {len(p)} lora={i != 1}: vs eager PEFT bf16 {e16:.2e}, vs fp32 {e32:.2e} (bf16 vs fp32 {eref:.2e})"
+        )
         worst16, worst32, worst_ref = max(worst16, e16), max(worst32, e32), max(worst_ref, eref)
     print(
         f"GPU_LORA_LOGITS_REL_ERR fast_vs_eager_peft_bf16={worst16:.3e} fast_vs_eager_peft_fp32={worst32:.3e} "

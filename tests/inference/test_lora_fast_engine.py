@@ -1,0 +1,142 @@
+"""The engine serves LoRA versions from the fast decoder's adapter pool: ``load_lora`` + ``use_lora`` keep the static
+decoder (checked by class), and requests naming different versions, the base, or the default, each get the reply that
+version gives (the same as the hf decoder running PEFT on the model), also all at once. FP8 weights, whose bf16
+matrices are gone after the build, serve adapters too (no refusal)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from bot.domain import BASE_MODEL, GenerationRequest
+from bot.errors import EngineError
+from bot.settings import EngineSettings, GenerationSettings, ModelSettings
+from inference.decoders import make_decoder
+from inference.demo_model import FAQ
+from inference.fast import StaticSlotDecoder
+from inference.loading import LoadedModel, load_model
+from inference.local_engine import LocalEngine
+from tests.inference.engine_helpers import collect, request
+from tests.inference.test_lora import save_random_lora
+
+
+def static_engine(loaded: LoadedModel, **settings: object) -> LocalEngine:
+    return LocalEngine(
+        loaded.model,
+        loaded.tokenizer,
+        engine=EngineSettings(decoder="static", max_batch_size=4, **settings),  # type: ignore[arg-type]
+        generation=GenerationSettings(timeout_s=120),
+        decoder_factory=make_decoder,
+    )
+
+
+def ask(question: str, rid: str, lora: str | None = None, channel: str | None = None) -> GenerationRequest:
+    return request(question, channel=channel or rid, request_id=rid, lora=lora)
+
+
+@pytest.fixture
+def versions(demo_settings: ModelSettings, tmp_path: Path) -> dict[str, Path]:
+    return {
+        "v1": save_random_lora(demo_settings, tmp_path / "v1", seed=7),
+        "v2": save_random_lora(demo_settings, tmp_path / "v2", seed=8),
+    }
+
+
+async def hf_replies(
+    demo_settings: ModelSettings, versions: dict[str, Path], question: str
+) -> dict[str, str]:
+    """What the hf decoder (PEFT on the model, one version at a time) answers with each version."""
+    engine = LocalEngine(
+        load_model(demo_settings).model,
+        load_model(demo_settings).tokenizer,
+        engine=EngineSettings(decoder="hf"),
+        generation=GenerationSettings(timeout_s=120),
+    )
+    out = {}
+    try:
+        for name, path in versions.items():
+            await engine.load_lora(name, str(path))
+            await engine.use_lora(name)
+            reply = await collect(engine, ask(question, f"hf-{name}"))
+            assert reply.error is None
+            out[name] = reply.text
+    finally:
+        await engine.aclose()
+    return out
+
+
+async def test_versions_per_request_on_the_static_decoder(
+    demo_loaded: LoadedModel, demo_settings: ModelSettings, versions: dict[str, Path]
+) -> None:
+    question, answer = FAQ[17]
+    want = await hf_replies(demo_settings, versions, question)
+    assert len({answer, want["v1"], want["v2"]}) == 3  # each version answers differently
+    engine = static_engine(demo_loaded)
+    try:
+        assert isinstance(engine.decoder, StaticSlotDecoder)
+        for name, path in versions.items():
+            await engine.load_lora(name, str(path))
+        await engine.use_lora("v1")
+        assert isinstance(engine.decoder, StaticSlotDecoder)  # kept: no hf decoder replacement
+        assert engine.active_lora == "v1"
+        alone = {
+            "default": await collect(engine, ask(question, "default")),
+            "v2": await collect(engine, ask(question, "v2", lora="v2")),
+            "base": await collect(engine, ask(question, "base", lora=BASE_MODEL)),
+        }
+        assert alone["default"].text == want["v1"]
+        assert alone["v2"].text == want["v2"]
+        assert alone["base"].text == answer
+        # all at once, in one batch: each request still gets its own version
+        together = await asyncio.gather(
+            collect(engine, ask(question, "t-default")),
+            collect(engine, ask(question, "t-v2", lora="v2")),
+            collect(engine, ask(question, "t-base", lora=BASE_MODEL)),
+            collect(engine, ask(question, "t-v1", lora="v1")),
+        )
+        assert [r.text for r in together] == [want["v1"], want["v2"], answer, want["v1"]]
+        assert engine.stats.max_active >= 3
+        # an unknown version fails that request only, politely
+        missing = await collect(engine, ask(question, "missing", lora="v9"))
+        assert missing.error is not None and missing.text == ""
+        # a reload of a name serves the new weights; the default switches back to the base
+        await engine.load_lora("v1", str(versions["v2"]))
+        assert (await collect(engine, ask(question, "reloaded"))).text == want["v2"]
+        await engine.use_lora(None)
+        assert (await collect(engine, ask(question, "base-default"))).text == answer
+        with pytest.raises(EngineError, match="not loaded"):
+            await engine.use_lora("v9")
+        assert isinstance(engine.decoder, StaticSlotDecoder) and engine.loads == 1
+    finally:
+        await engine.aclose()
+
+
+async def test_fp8_weights_serve_a_version(demo_settings: ModelSettings, versions: dict[str, Path]) -> None:
+    question = FAQ[17][0]
+    loaded = load_model(demo_settings)
+    engine = static_engine(loaded, fp8_weights=True)
+    try:
+        decoder = engine.decoder
+        assert isinstance(decoder, StaticSlotDecoder) and not decoder.model_intact
+        base = await collect(engine, ask(question, "fp8-base"))
+        await engine.load_lora("v1", str(versions["v1"]))
+        await engine.use_lora("v1")
+        tuned = await collect(engine, ask(question, "fp8-v1"))
+        assert tuned.error is None and tuned.text not in ("", base.text)
+        assert engine.decoder is decoder
+        assert (await collect(engine, ask(question, "fp8-base-again", lora=BASE_MODEL))).text == base.text
+    finally:
+        await engine.aclose()
+
+
+async def test_without_adapter_slots_fp8_refuses_politely(
+    demo_settings: ModelSettings, versions: dict[str, Path]
+) -> None:
+    engine = static_engine(load_model(demo_settings), fp8_weights=True, lora_slots=0)
+    try:
+        with pytest.raises(EngineError, match="lora_slots"):
+            await engine.load_lora("v1", str(versions["v1"]))
+    finally:
+        await engine.aclose()
