@@ -293,10 +293,15 @@ class LoraPool:
         a, b = self.a[proj][layer], self.b[proj][layer]
         outs = self.shapes[proj].outs
         for offset, length, index in segments:
-            if index < 0:
-                continue
-            rows = slice(offset, offset + length)
-            y[rows] += _product(x[rows], a[index], b[index], outs, self.rank).to(y.dtype)
+            if index >= 0:
+                _add_product(
+                    x[offset : offset + length],
+                    y[offset : offset + length],
+                    a[index],
+                    b[index],
+                    outs,
+                    self.rank,
+                )
 
 
 @dataclass(frozen=True)
@@ -316,16 +321,16 @@ class LoraBatch:
         return y
 
 
-def _product(
-    x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, outs: tuple[int, ...], rank: int
-) -> torch.Tensor:
-    """scale·(x·A)·B of one adapter for rows ``x`` [m, k]: A [parts·R, k], B [R, n] (float32 result)."""
-    inter = x.float() @ a.float().t()  # [m, parts·R]
-    out, col = [], 0
+def _add_product(
+    x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tensor, outs: tuple[int, ...], rank: int
+) -> None:
+    """``y += scale·(x·A)·B`` of one adapter for rows ``x`` [m, k] (A [parts·R, k], B [R, n]), in place, in the
+    activations' dtype (a prefill pass's rows: no float32 copy of a [2048, 28672] input)."""
+    inter = x @ a.t()  # [m, parts·R]
+    col = 0
     for part, width in enumerate(outs):
-        out.append(inter[:, part * rank : (part + 1) * rank] @ b[:, col : col + width].float())
+        y[:, col : col + width] += inter[:, part * rank : (part + 1) * rank] @ b[:, col : col + width]
         col += width
-    return out[0] if len(out) == 1 else torch.cat(out, dim=1)
 
 
 def add_rows_ref(
