@@ -501,11 +501,14 @@ class StaticSlotDecoder:
         positions = torch.arange(start, start + tokens, device=self.device)
         blocks = torch.zeros(-(-self.max_context // bs), dtype=torch.int64, device=self.device)
         ids = torch.zeros(tokens, dtype=torch.int64, device=self.device)
+        lora = self._prefill_lora(
+            [(0, tokens, 0)]
+        )  # the adapters' products too (pool slot 0), if there is a pool
         with torch.inference_mode():
             hidden = self.model.prefill(
-                ids, positions, positions % bs, [Segment(-1, 0, tokens, start, blocks)]
+                ids, positions, positions % bs, [Segment(-1, 0, tokens, start, blocks)], lora
             )
-            self.model.logits(hidden[-1:])
+            self.model.logits(hidden[-1:], self._prefill_lora([(0, 1, 0)]))
         del hidden
         torch.cuda.synchronize(self.device)
 

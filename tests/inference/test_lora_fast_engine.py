@@ -140,3 +140,12 @@ async def test_without_adapter_slots_fp8_refuses_politely(
             await engine.load_lora("v1", str(versions["v1"]))
     finally:
         await engine.aclose()
+
+
+def test_settings_size_the_pool_and_the_training_reserve() -> None:
+    from inference.decoders import static_options
+
+    options = static_options(EngineSettings(lora_slots=3, lora_max_rank=32, reserve_training_gib=45.5))
+    assert options["lora_slots"] == 3 and options["lora_max_rank"] == 32
+    assert options["keep_free_bytes"] == int(45.5 * (1 << 30))
+    assert static_options(EngineSettings())["keep_free_bytes"] == 0
