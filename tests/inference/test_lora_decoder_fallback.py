@@ -16,7 +16,6 @@ from tests.inference.conftest import EngineFactory
 from tests.inference.engine_helpers import WrappedDecoder, collect, request
 from tests.inference.test_lora import save_random_lora
 
-
 EVENTS: list[str] = []
 
 
