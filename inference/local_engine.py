@@ -20,7 +20,7 @@ from typing import TypeVar
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from bot.domain import BASE_MODEL, GenerationRequest, StreamEvent
+from bot.domain import GenerationRequest, StreamEvent
 from bot.errors import EngineError, EnginePaused, EngineUnhealthy, GenerationFailed, GenerationTimeout
 from bot.settings import EngineSettings, GenerationSettings, ModelSettings, Settings
 from inference.decoder import BatchDecoder
@@ -207,13 +207,9 @@ class LocalEngine:
         """The decoder's adapter id for a request (worker thread, at admission)."""
         if _serves_adapters(self._worker.decoder):
             return self._pool.resolve(requested)
-        serving = self._lora.active or BASE_MODEL
-        if requested is not None and requested != serving:
-            raise EngineError(
-                f"LoRA {requested or 'base'!r} was asked for, but this decoder serves one version at a time "
-                f"({serving or 'base'}): per-request versions need the static decoder (engine.lora_slots > 0)"
-            )
-        return None
+        return self._lora.resolve(
+            requested
+        )  # the adapter's name inside the model: the hf decoder's mixed batches
 
     async def aclose(self) -> None:
         if self._closed:

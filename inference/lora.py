@@ -1,8 +1,8 @@
 """Serving LoRA versions without reloading the base weights.
 
 ``PoolLoras``: the fast decoder's adapter pool serves every loaded version at once, each request the one it names
-(the model is not touched). ``LoraSwitch``, for a decoder that runs the model's own modules (the hf decoder): one
-version at a time, switched in the model.
+(the model is not touched). ``LoraSwitch``, for a decoder that runs the model's own modules (the hf decoder): the
+versions are loaded into the model with PEFT; the hf decoder gives each row its own (``resolve`` names it).
 
 ``model.load_adapter`` (transformers' PEFT integration) wraps the base linear layers in place with LoRA layers, so
 the model object and its base weight tensors stay the same. Switching goes straight to PEFT's tuner layers
@@ -62,6 +62,18 @@ class LoraSwitch:
         self._apply()
         _log.info("serving with %s", f"LoRA {name}" if name else "the base model")
 
+    def resolve(self, requested: str | None) -> str | None:
+        """The adapter's name inside the model for a request's ``lora`` (None: the version serving by default;
+        "": the base model), for the hf decoder's mixed batches."""
+        if requested is None:
+            requested = self.active
+        if not requested:
+            return None
+        internal = self._internal.get(requested)
+        if internal is None:
+            raise EngineError(f"LoRA {requested!r} is not loaded")
+        return internal
+
     def forget_model(self) -> None:
         """The model was dropped (engine paused); ``attach`` gives the reloaded one back its adapters."""
         self._model = None
@@ -74,7 +86,7 @@ class LoraSwitch:
 
     def _apply(self) -> None:
         model = self._require_model()
-        layers = _tuner_layers(model)
+        layers = tuner_layers(model)
         if self.active is None:
             for layer in layers:
                 layer.enable_adapters(False)
@@ -89,14 +101,17 @@ class LoraSwitch:
         return self._model
 
 
-def _tuner_layers(model: PreTrainedModel) -> list[Any]:
-    from peft.tuners.tuners_utils import BaseTunerLayer
+def tuner_layers(model: PreTrainedModel) -> list[Any]:
+    """The model's PEFT LoRA layers (none before an adapter was loaded)."""
+    if not getattr(model, "_hf_peft_config_loaded", False) and not hasattr(model, "peft_config"):
+        return []
+    from peft.tuners.lora import LoraLayer
 
-    return [module for module in model.modules() if isinstance(module, BaseTunerLayer)]
+    return [module for module in model.modules() if isinstance(module, LoraLayer)]
 
 
 def _delete_adapter(model: PreTrainedModel, internal: str) -> None:
-    for layer in _tuner_layers(model):
+    for layer in tuner_layers(model):
         layer.delete_adapter(internal)
     config = getattr(model, "peft_config", None)
     if isinstance(config, dict):

@@ -111,6 +111,7 @@ def lora_shrink_expand(
     """``y[i] += (x[i]·A[index[i]]ᵀ)·B[index[i]]`` per part, in place; rows with index -1 are left alone.
 
     x [rows, K]; y [rows, N] (contiguous rows); a [slots, parts·R, K]; b [slots, R, N]; index [rows] int."""
+    x = x.contiguous()  # a no-op for the decoder's activations
     rows, k = x.shape
     n = y.shape[1]
     j = a.shape[1]
