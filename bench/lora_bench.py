@@ -130,6 +130,14 @@ async def _switch_while_streaming(bench: Any, new: int, folder: Path, streams: i
     return switch_s, failed
 
 
+def _decoder_class(engine: Any) -> str:
+    """The class of the decoder the engine serves with now (under the bench's and tensor parallelism's wrappers)."""
+    decoder = engine.decoder
+    decoder = getattr(decoder, "_inner", decoder)  # the bench's forced-length wrapper
+    decoder = getattr(decoder, "inner", decoder)  # MirroredDecoder: rank 0's own
+    return type(decoder).__name__
+
+
 def lora_phases(bench: Any, args: Any, config: Any, log: Any, on_cuda: bool) -> None:
     """Every LoRA figure, base first, on the engine ``bench`` drives (its pool has ``args.lora_slots`` slots)."""
     n = max(args.concurrency)
@@ -152,8 +160,7 @@ def lora_phases(bench: Any, args: Any, config: Any, log: Any, on_cuda: bool) -> 
         for name in names[: max(1, min(4, args.lora_slots))]:
             await engine.load_lora(name, str(root / name))
         log("lora.load_4_s", round(time.perf_counter() - t, 2))
-        decoder = getattr(bench.inner, "inner", bench.inner)
-        log("lora.decoder_class", type(decoder).__name__)
+        log("lora.decoder_class", _decoder_class(engine))
         base1 = await _single(bench, args.new, BASE_MODEL)
         one = await _single(bench, args.new, names[0])
         log("lora.base.single_stream_tok_s", round(base1, 2))
@@ -178,7 +185,7 @@ def lora_phases(bench: Any, args: Any, config: Any, log: Any, on_cuda: bool) -> 
         log("lora.switch_streams", min(8, args.capacity))
         failed = f0 + f1 + f2 + f3
         log("lora.failed_requests", failed)
-        log("lora.decoder_class_after_switch", type(getattr(bench.inner, "inner", bench.inner)).__name__)
+        log("lora.decoder_class_after_switch", _decoder_class(engine))
         if on_cuda:
             log("peak_gpu_mem_gib", round(torch.cuda.max_memory_allocated() / (1 << 30), 2))
         await engine.aclose()
