@@ -76,6 +76,8 @@ class LocalEngine:
             interleave_prefill=self._engine_settings.interleave_prefill,
         )
         self._worker.resolve_lora = self._resolve_lora
+        # whether the decoder serves LoRA versions from its own pool (kept while paused, when there is no decoder)
+        self._pool_mode = _serves_adapters(self._worker.decoder)
         _log.info(
             "local engine ready: %s, batch %d, queue %d, stop ids %s",
             type(self._worker.decoder).__name__,
@@ -180,7 +182,7 @@ class LocalEngine:
         (``GenerationRequest.lora``); which version serves by default does not change."""
 
         def load() -> None:
-            if _serves_adapters(self._worker.decoder):
+            if self._pool_mode:
                 self._pool.load(self._worker.decoder, name, path)
             else:
                 self._switch_lora(lambda: self._lora.load(name, path))
@@ -192,7 +194,7 @@ class LocalEngine:
         next decode step) on."""
 
         def use() -> None:
-            if _serves_adapters(self._worker.decoder):
+            if self._pool_mode:
                 self._pool.use(name)
             else:
                 self._switch_lora(lambda: self._lora.use(name))
@@ -201,11 +203,11 @@ class LocalEngine:
 
     @property
     def active_lora(self) -> str | None:
-        return self._pool.active if _serves_adapters(self._worker.decoder) else self._lora.active
+        return self._pool.active if self._pool_mode else self._lora.active
 
     def _resolve_lora(self, requested: str | None) -> str | None:
         """The decoder's adapter id for a request (worker thread, at admission)."""
-        if _serves_adapters(self._worker.decoder):
+        if self._pool_mode:
             return self._pool.resolve(requested)
         return self._lora.resolve(
             requested
@@ -317,7 +319,8 @@ class LocalEngine:
             self._model.to("cuda")  # type: ignore[arg-type]
         decoder = self._decoder_factory(self._model, self._engine_settings)
         self._worker.set_decoder(decoder)
-        if _serves_adapters(decoder):
+        self._pool_mode = _serves_adapters(decoder)
+        if self._pool_mode:
             self._pool.attach(decoder)
         self._offloaded_to = None
 

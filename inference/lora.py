@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedModel
@@ -137,15 +138,23 @@ class PoolLoras:
     def loaded(self) -> dict[str, str]:
         return dict(self._paths)
 
-    def load(self, decoder: Any, name: str, path: str) -> None:
+    def load(self, decoder: Any | None, name: str, path: str) -> None:
+        """Copy version ``name`` into the decoder's pool; with no decoder (engine paused) it is loaded at resume."""
+        if decoder is None:
+            if not (Path(path) / "adapter_config.json").is_file():
+                raise EngineError(f"could not load LoRA {name!r} from {path}: no adapter_config.json there")
+            self._ids.pop(name, None)
+            self._paths[name] = path
+            return
         key = f"{name}#{next(self._versions)}"
         try:
             self._load_with_room(decoder, name, key, path)
-        except (ValueError, OSError) as exc:
+        except Exception as exc:
             raise EngineError(
                 f"could not load LoRA {name!r} from {path}: {type(exc).__name__}: {exc}"
             ) from exc
         previous = self._ids.pop(name, None)
+        self._paths.pop(name, None)
         self._ids[name], self._paths[name] = key, path
         if previous is not None:
             decoder.retire_adapter(previous)  # freed once the replies that use it end
@@ -166,11 +175,11 @@ class PoolLoras:
                     raise
                 _log.info("LoRA pool full: unloading %s to load %s", victim, name)
                 decoder.retire_adapter(self._ids.pop(victim))
-                del self._paths[victim]
+                self._paths.pop(victim, None)
 
     def use(self, name: str | None) -> None:
-        if name is not None and name not in self._ids:
-            raise EngineError(f"LoRA {name!r} is not loaded (loaded: {', '.join(self._ids) or 'none'})")
+        if name is not None and name not in self._paths:
+            raise EngineError(f"LoRA {name!r} is not loaded (loaded: {', '.join(self._paths) or 'none'})")
         self.active = name
         _log.info("serving with %s by default", f"LoRA {name}" if name else "the base model")
 
@@ -186,6 +195,14 @@ class PoolLoras:
         return key
 
     def attach(self, decoder: Any) -> None:
-        """A new decoder (after a pause): load every version into its pool again."""
+        """A new decoder (after a pause): load every version into its pool again (one that fails is dropped, with
+        the reason logged; the others serve)."""
+        self._ids.clear()
         for name, path in list(self._paths.items()):
-            self.load(decoder, name, path)
+            try:
+                self.load(decoder, name, path)
+            except EngineError as exc:
+                self._paths.pop(name, None)
+                if self.active == name:
+                    self.active = None
+                _log.error("LoRA %s was not loaded again after the pause: %s", name, exc)

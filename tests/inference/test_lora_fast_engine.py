@@ -149,3 +149,23 @@ def test_settings_size_the_pool_and_the_training_reserve() -> None:
     assert options["lora_slots"] == 3 and options["lora_max_rank"] == 32
     assert options["keep_free_bytes"] == int(45.5 * (1 << 30))
     assert static_options(EngineSettings())["keep_free_bytes"] == 0
+
+
+def test_versions_loaded_while_paused_are_loaded_into_the_next_decoder(
+    demo_loaded: LoadedModel, versions: dict[str, Path], tmp_path: Path
+) -> None:
+    """With no decoder (the engine paused, the GPU given back) a load is recorded; the decoder built at resume gets
+    every version again, under new ids; a folder that is no adapter is refused at once."""
+    from inference.lora import PoolLoras
+
+    pool = PoolLoras()
+    pool.load(None, "v1", str(versions["v1"]))
+    pool.use("v1")
+    with pytest.raises(EngineError, match="adapter_config"):
+        pool.load(None, "broken", str(tmp_path))
+    decoder = StaticSlotDecoder(demo_loaded.model, capacity=2, max_context=256, lora_slots=2)
+    pool.attach(decoder)
+    key = pool.resolve(None)
+    assert key is not None and decoder.adapters == [key] and pool.resolve(BASE_MODEL) is None
+    pool.attach(decoder2 := StaticSlotDecoder(demo_loaded.model, capacity=2, max_context=256, lora_slots=2))
+    assert pool.resolve("v1") != key and decoder2.adapters == [pool.resolve("v1")]
