@@ -652,13 +652,33 @@ class StaticSlotDecoder:
                     for _ in range(2):
                         self._decode_body(b, with_lora)
                 torch.cuda.current_stream(self.device).wait_stream(side)
-                graph = torch.cuda.CUDAGraph()
-                with torch.inference_mode(), torch.cuda.graph(graph, pool=pool):
-                    self._decode_body(b, with_lora)
+                graph = self._capture(b, with_lora, pool)
                 (self._lora_graphs if with_lora else self._graphs)[b] = graph
-                self.graph_captures += 1
         torch.cuda.synchronize(self.device)
         _log.info("captured %d decode graphs", len(self._graphs) + len(self._lora_graphs))
+
+    def _capture(self, b: int, with_lora: bool, pool: Any) -> torch.cuda.CUDAGraph:
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.inference_mode(), torch.cuda.graph(graph, pool=pool):
+                self._decode_body(b, with_lora)
+        except RuntimeError as exc:
+            # the adapters' side stream is the one part a capture could refuse: capture again without it
+            if (
+                not with_lora
+                or self.lora_pool is None
+                or self.lora_pool.side is None
+                or "out of memory" in str(exc)
+            ):
+                raise
+            _log.warning("capture with the adapters' side stream failed (%s): one stream from now on", exc)
+            self.lora_pool.side = None
+            torch.cuda.synchronize(self.device)
+            graph = torch.cuda.CUDAGraph()
+            with torch.inference_mode(), torch.cuda.graph(graph, pool=pool):
+                self._decode_body(b, with_lora)
+        self.graph_captures += 1
+        return graph
 
     def close(self) -> None:
         """Drop the graphs and the KV cache (the model's weights stay). Idempotent."""

@@ -13,7 +13,9 @@ column the R values of its own part (the column ranges of q, k and v).
 Per row the adapter is a pool index (-1: the base model), read on the device: in a decode step from the decoder's
 slot → index buffer (inside the CUDA graph, like the row → slot map), in a prefill pass per sequence. On CUDA two
 Triton kernels per projection (``lora_kernels``: a split-K shrink writing partial sums, an expand that sums them and
-adds into the base output in place; rows of the base model leave at once); elsewhere the same arithmetic in torch.
+adds into the base output in place; rows of the base model leave at once); the shrink runs on a side stream beside
+the base product (a fork and join in the graph: only the expand waits for the base product;
+``HANBOT_LORA_OVERLAP=0`` keeps both on one stream). Elsewhere the same arithmetic in torch.
 
 Tensor parallel: column-parallel projections (qkv, gate_up, lm_head) keep A whole and their rows of B; row-parallel
 ones (o, down) keep their columns of A and B whole, and each rank adds ``(x_r·A_r)·B`` to its partial output before
@@ -25,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,6 +41,7 @@ from inference.fast.weights import LlamaSpec, RankSlices
 _log = logging.getLogger(__name__)
 
 PROJECTIONS = ("qkv", "o", "gate_up", "down")
+MAX_KERNEL_ROWS = 64  # decode batches up to this many rows use the Triton kernels
 HEAD = "lm_head"
 # PEFT module name → (fused projection, part)
 MODULES: dict[str, tuple[str, int]] = {
@@ -201,6 +205,14 @@ class LoraPool:
                 torch.zeros((slots, r, shape.n), dtype=dtype, device=device) for _ in range(count)
             ]
         self.kernels = _lora_kernels(device)
+        # the shrink of each projection on a side stream, beside the base product (captured as a fork in the graph)
+        self.side = (
+            torch.cuda.Stream(device)
+            if self.kernels is not None
+            and device.type == "cuda"
+            and os.environ.get("HANBOT_LORA_OVERLAP", "1") != "0"
+            else None
+        )
         self.block_n = {proj: _block_n(self.shapes[proj].outs) for proj in self.shapes}
         _log.info(
             "LoRA pool: %d slots of rank %d, %.2f GiB",
@@ -277,14 +289,41 @@ class LoraPool:
 
     # ---- the products -------------------------------------------------------------------------------------------
 
-    def add_rows(self, x: torch.Tensor, y: torch.Tensor, proj: str, layer: int, index: torch.Tensor) -> None:
-        """Decode: ``y[i] += scale·(x[i]·A)·B`` of adapter ``index[i]`` (device tensor, -1: none), in place."""
-        a, b = self.a[proj][layer], self.b[proj][layer]
+    def shrink_rows(self, x: torch.Tensor, proj: str, layer: int, index: torch.Tensor) -> torch.Tensor | None:
+        """Decode, first half: each row's ``x·A`` (the Triton path; None: the torch path does it all in
+        ``expand_rows``). With ``overlap`` it runs on a side stream, beside the base product that follows."""
+        if self.kernels is None or x.shape[0] > MAX_KERNEL_ROWS:
+            return None
+        x = x.contiguous()
+        a = self.a[proj][layer]
+        partial: torch.Tensor = self.kernels.new_partial(x, a)  # allocated on the main stream
+        if self.side is None:
+            self.kernels.lora_shrink(x, a, index, partial)
+            return partial
+        self.side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(self.side):
+            self.kernels.lora_shrink(x, a, index, partial)
+        return partial
+
+    def expand_rows(
+        self,
+        partial: torch.Tensor | None,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        proj: str,
+        layer: int,
+        index: torch.Tensor,
+    ) -> None:
+        """Decode, second half: ``y[i] += (x[i]·A)·B`` of adapter ``index[i]`` (-1: none), in place."""
+        b = self.b[proj][layer]
         outs = self.shapes[proj].outs
-        if self.kernels is not None and x.shape[0] <= 64:
-            self.kernels.lora_shrink_expand(x, y, a, b, index, outs, self.rank, self.block_n[proj])
+        if partial is None:
+            add_rows_ref(x, y, self.a[proj][layer], b, index, outs, self.rank)
             return
-        add_rows_ref(x, y, a, b, index, outs, self.rank)
+        assert self.kernels is not None
+        if self.side is not None:
+            torch.cuda.current_stream(y.device).wait_stream(self.side)
+        self.kernels.lora_expand(partial, y, b, index, outs, self.rank, self.block_n[proj])
 
     def add_segments(
         self, x: torch.Tensor, y: torch.Tensor, proj: str, layer: int, segments: list[tuple[int, int, int]]
@@ -313,12 +352,23 @@ class LoraBatch:
     index: torch.Tensor | None = None
     segments: list[tuple[int, int, int]] | None = None
 
-    def add(self, x: torch.Tensor, y: torch.Tensor, proj: str, layer: int = 0) -> torch.Tensor:
+    def shrink(self, x: torch.Tensor, proj: str, layer: int = 0) -> torch.Tensor | None:
+        """Called before the base product of ``x`` (decode: launches the shrink, maybe beside it)."""
+        return self.pool.shrink_rows(x, proj, layer, self.index) if self.index is not None else None
+
+    def expand(
+        self, partial: torch.Tensor | None, x: torch.Tensor, y: torch.Tensor, proj: str, layer: int = 0
+    ) -> torch.Tensor:
+        """Called with the base product ``y``: adds each row's adapter product into it, in place."""
         if self.index is not None:
-            self.pool.add_rows(x, y, proj, layer, self.index)
+            self.pool.expand_rows(partial, x, y, proj, layer, self.index)
         elif self.segments:
             self.pool.add_segments(x, y, proj, layer, self.segments)
         return y
+
+    def add(self, x: torch.Tensor, y: torch.Tensor, proj: str, layer: int = 0) -> torch.Tensor:
+        """``y`` (the base product of ``x``) plus each row's adapter product."""
+        return self.expand(self.shrink(x, proj, layer), x, y, proj, layer)
 
 
 def _add_product(

@@ -98,26 +98,19 @@ def split_of(k: int) -> tuple[int, int]:
     return split, per
 
 
-def lora_shrink_expand(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    a: torch.Tensor,
-    b: torch.Tensor,
-    index: torch.Tensor,
-    outs: tuple[int, ...],
-    rank: int,
-    block_n: int,
-) -> None:
-    """``y[i] += (x[i]·A[index[i]]ᵀ)·B[index[i]]`` per part, in place; rows with index -1 are left alone.
+def new_partial(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """The shrink's output for rows ``x`` and A stack ``a``: [rows, split, parts·R padded] float32 (uninitialised:
+    rows of the base model are neither written nor read)."""
+    split, _per = split_of(x.shape[1])
+    return torch.empty(
+        (x.shape[0], split, triton.next_power_of_2(a.shape[1])), dtype=torch.float32, device=x.device
+    )
 
-    x [rows, K]; y [rows, N] (contiguous rows); a [slots, parts·R, K]; b [slots, R, N]; index [rows] int."""
-    x = x.contiguous()  # a no-op for the decoder's activations
+
+def lora_shrink(x: torch.Tensor, a: torch.Tensor, index: torch.Tensor, partial: torch.Tensor) -> None:
+    """``partial`` = the split-K partial sums of ``x[i]·A[index[i]]ᵀ`` (x [rows, K] contiguous; a [slots, J, K])."""
     rows, k = x.shape
-    n = y.shape[1]
-    j = a.shape[1]
-    jp = triton.next_power_of_2(j)
     split, per = split_of(k)
-    partial = torch.empty((rows, split, jp), dtype=torch.float32, device=x.device)
     _lora_shrink_kernel[(rows, split)](
         x,
         a,
@@ -127,12 +120,25 @@ def lora_shrink_expand(
         per,
         x.stride(0),
         a.stride(0),
-        J=j,
-        JP=jp,
+        J=a.shape[1],
+        JP=partial.shape[2],
         SPLIT=split,
         BLOCK_K=SHRINK_BLOCK_K,
         num_warps=4,
     )
+
+
+def lora_expand(
+    partial: torch.Tensor,
+    y: torch.Tensor,
+    b: torch.Tensor,
+    index: torch.Tensor,
+    outs: tuple[int, ...],
+    rank: int,
+    block_n: int,
+) -> None:
+    """``y[i] += (Σ partial[i])ₚ·B[index[i]]`` per part p (the columns of part p read its R values), in place."""
+    rows, n = y.shape
     b1 = outs[0] if len(outs) > 1 else n
     b2 = outs[0] + outs[1] if len(outs) > 2 else n
     _lora_expand_kernel[(rows, triton.cdiv(n, block_n))](
@@ -146,8 +152,27 @@ def lora_shrink_expand(
         b1,
         b2,
         R=rank,
-        JP=jp,
-        SPLIT=split,
+        JP=partial.shape[2],
+        SPLIT=partial.shape[1],
         BLOCK_N=block_n,
         num_warps=4,
     )
+
+
+def lora_shrink_expand(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    index: torch.Tensor,
+    outs: tuple[int, ...],
+    rank: int,
+    block_n: int,
+) -> None:
+    """``y[i] += (x[i]·A[index[i]]ᵀ)·B[index[i]]`` per part, in place; rows with index -1 are left alone.
+
+    x [rows, K]; y [rows, N] (contiguous rows); a [slots, parts·R, K]; b [slots, R, N]; index [rows] int."""
+    x = x.contiguous()
+    partial = new_partial(x, a)
+    lora_shrink(x, a, index, partial)
+    lora_expand(partial, y, b, index, outs, rank, block_n)

@@ -122,8 +122,10 @@ class FastLlama:
     def _linear(
         self, x: torch.Tensor, w: Matrix, lora: LoraBatch | None, proj: str, layer: int
     ) -> torch.Tensor:
-        y = self.plan.linear(x, w)
-        return y if lora is None else lora.add(x, y, proj, layer)
+        if lora is None:
+            return self.plan.linear(x, w)
+        partial = lora.shrink(x, proj, layer)  # decode: on a side stream, beside the base product
+        return lora.expand(partial, x, self.plan.linear(x, w), proj, layer)
 
     def logits(self, h: torch.Tensor, lora: LoraBatch | None = None) -> torch.Tensor:
         """[rows, vocab] float32: every rank's slice of the vocabulary gathered (identity on one rank)."""

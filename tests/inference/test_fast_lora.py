@@ -271,24 +271,40 @@ def test_kernels_equal_the_torch_reference(rows: int, k: int, outs: tuple[int, .
     assert not torch.allclose(got[~base_rows], y[~base_rows])
 
 
+@pytest.mark.skipif(
+    not (INTERPRET or CUDA), reason="runs under the Triton interpreter in the child test below"
+)
+def test_decoder_on_the_kernels_equals_peft(base: LlamaForCausalLM, tmp_path: Path) -> None:
+    """The whole decode path on the Triton kernels (the interpreter on CPU): a mixed batch gives PEFT's tokens."""
+    if INTERPRET:
+        from tests.inference.test_fast_fp8 import _patch_interpreter
+
+        _patch_interpreter()
+    device = torch.device("cuda" if CUDA and not INTERPRET else "cpu")
+    peft = save_adapter(base, tmp_path / "a", seed=21)
+    ps = prompts(2, (9, 20), base.config.vocab_size, seed=22)
+    want = [hf_greedy(peft, ps[0], 6), hf_greedy(base, ps[1], 6)]  # type: ignore[arg-type]
+    dec = StaticSlotDecoder(
+        copy.deepcopy(base).to(device),
+        capacity=2,
+        block_size=16,
+        max_context=64,
+        lora_slots=1,
+        cuda_graphs=False,
+    )
+    assert dec.lora_pool is not None and dec.lora_pool.kernels is not None
+    dec.load_adapter("a", str(tmp_path / "a"))
+    assert run_mixed(dec, [(ps[0], "a"), (ps[1], None)], 6) == want
+
+
 @pytest.mark.skipif(INTERPRET or CUDA, reason="the child of this test")
 def test_kernels_under_interpreter() -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-x",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        __file__,
-        "-k",
-        "kernels_equal",
-    ]
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", __file__]
+    cmd += ["-k", "kernels_equal or decoder_on_the_kernels"]
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert "4 passed" in proc.stdout, proc.stdout[-2000:]
+    assert "5 passed" in proc.stdout, proc.stdout[-2000:]
 
 
 # ---- GPU ---------------------------------------------------------------------------------------------------------
