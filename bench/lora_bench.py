@@ -130,12 +130,53 @@ async def _switch_while_streaming(bench: Any, new: int, folder: Path, streams: i
     return switch_s, failed
 
 
-def _decoder_class(engine: Any) -> str:
-    """The class of the decoder the engine serves with now (under the bench's and tensor parallelism's wrappers)."""
+def lora_step_times(dec: Any, key: str, buckets: tuple[int, ...] = (1, 16)) -> dict[str, dict[str, float]]:
+    """Graph replay ms of one decode step per bucket, base graph and adapter graph, every row on adapter ``key``
+    at 768 tokens of context (CUDA events, median of 20): the adapters' cost without any scheduling around it."""
+    from bot.domain import GenerationParams
+    from inference.decoder import SlotRequest
+
+    out: dict[str, dict[str, float]] = {}
+    params = GenerationParams(
+        max_new_tokens=300, temperature=0.6, top_p=0.9, repetition_penalty=1.1, do_sample=True
+    )
+    for b in buckets:
+        if b > dec.capacity or dec.pool.free_blocks < b * dec.pool.blocks_for(812):
+            continue
+        slots = list(range(b))
+        prompt = tuple(range(1000, 1512))
+        dec.admit_many([SlotRequest(s, prompt, params, lora=key) for s in slots])
+        for _ in range(3):
+            dec.step()
+        times: dict[str, float] = {}
+        for kind, graphs in (("base", dec._graphs), ("lora", dec._lora_graphs)):
+            graph = graphs.get(b)
+            if graph is None:
+                continue
+            samples = []
+            for _ in range(20):
+                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                begin.record()
+                graph.replay()
+                end.record()
+                end.synchronize()
+                samples.append(begin.elapsed_time(end))
+            times[kind] = round(sorted(samples)[len(samples) // 2], 3)
+        out[str(b)] = times
+        for s in slots:
+            dec.release(s)
+    return out
+
+
+def _decoder(engine: Any) -> Any:
+    """The decoder the engine serves with now (under the bench's and tensor parallelism's wrappers)."""
     decoder = engine.decoder
     decoder = getattr(decoder, "_inner", decoder)  # the bench's forced-length wrapper
-    decoder = getattr(decoder, "inner", decoder)  # MirroredDecoder: rank 0's own
-    return type(decoder).__name__
+    return getattr(decoder, "inner", decoder)  # MirroredDecoder: rank 0's own
+
+
+def _decoder_class(engine: Any) -> str:
+    return type(_decoder(engine)).__name__
 
 
 def lora_phases(bench: Any, args: Any, config: Any, log: Any, on_cuda: bool) -> None:
@@ -178,6 +219,18 @@ def lora_phases(bench: Any, args: Any, config: Any, log: Any, on_cuda: bool) -> 
             f"lora.mixed.concurrency.{n}.ratio",
             round(mixed_n["aggregate_tok_s"] / base_n["aggregate_tok_s"], 3),
         )
+        inner = _decoder(engine)
+        pool = getattr(inner, "lora_pool", None)
+        log("lora.side_stream", bool(pool is not None and pool.side is not None))
+        one_rank = (
+            getattr(getattr(inner, "parallel", None), "world", 1) == 1
+        )  # replays on rank 0 alone would hang
+        if on_cuda and one_rank and hasattr(inner, "_lora_graphs"):
+            key = engine._pool.resolve(names[0])
+            try:
+                log("lora.decode_step_ms", await engine._on_worker(lambda: lora_step_times(inner, key)))
+            except Exception as exc:  # a diagnostic: the figures above stand without it
+                log("lora.decode_step_ms_error", repr(exc)[:500])
         switch_s, f3 = await _switch_while_streaming(
             bench, args.new, root / "promoted", min(8, args.capacity)
         )
