@@ -25,7 +25,7 @@ for stage in $STAGES; do
   tests)
     timeout 280 python3 -m pytest -c /dev/null --noconftest -p no:cacheprovider -q -s -rs \
       tests/inference/test_fast_lora.py tests/inference/test_fast_decoder.py \
-      -k "gpu or kernels_equal or decoder_on_the_kernels" >"$OUT/lora-gpu-tests.log" 2>&1
+      -k "gpu or kernels_equal or kernels_fused or decoder_on_the_kernels" >"$OUT/lora-gpu-tests.log" 2>&1
     echo "=== gpu tests (rc $?)"; grep -E "passed|failed|FAILED|Error|GPU_.*LOGITS" "$OUT/lora-gpu-tests.log" | tail -15
     ;;
   baseline)

@@ -325,6 +325,21 @@ class LoraPool:
             torch.cuda.current_stream(y.device).wait_stream(self.side)
         self.kernels.lora_expand(partial, y, b, index, outs, self.rank, self.block_n[proj])
 
+    def expand_silu_rows(
+        self, partial: torch.Tensor | None, x: torch.Tensor, y: torch.Tensor, layer: int, index: torch.Tensor
+    ) -> torch.Tensor:
+        """Decode, gate/up: SiLU(gate)·up of ``y`` plus each row's adapter product (one fused kernel on CUDA)."""
+        if partial is None:
+            self.expand_rows(partial, x, y, "gate_up", layer, index)
+            return ops.silu_mul(y)
+        assert self.kernels is not None
+        if self.side is not None:
+            torch.cuda.current_stream(y.device).wait_stream(self.side)
+        out: torch.Tensor = self.kernels.lora_expand_silu(
+            partial, y, self.b["gate_up"][layer], index, self.rank
+        )
+        return out
+
     def add_segments(
         self, x: torch.Tensor, y: torch.Tensor, proj: str, layer: int, segments: list[tuple[int, int, int]]
     ) -> None:
@@ -365,6 +380,14 @@ class LoraBatch:
         elif self.segments:
             self.pool.add_segments(x, y, proj, layer, self.segments)
         return y
+
+    def expand_silu(
+        self, partial: torch.Tensor | None, x: torch.Tensor, y: torch.Tensor, layer: int
+    ) -> torch.Tensor:
+        """gate/up: SiLU(gate)·up of the base product ``y`` with each row's adapter product added first."""
+        if self.index is not None:
+            return self.pool.expand_silu_rows(partial, x, y, layer, self.index)
+        return ops.silu_mul(self.expand(partial, x, y, "gate_up", layer))
 
     def add(self, x: torch.Tensor, y: torch.Tensor, proj: str, layer: int = 0) -> torch.Tensor:
         """``y`` (the base product of ``x``) plus each row's adapter product."""

@@ -88,6 +88,48 @@ def _lora_expand_kernel(
         tl.store(yp, (yv + d).to(y_ptr.dtype.element_ty), mask=nm)
 
 
+@triton.jit
+def _lora_expand_silu_kernel(
+    y_ptr,
+    part_ptr,
+    b_ptr,
+    idx_ptr,
+    out_ptr,
+    FF,
+    stride_y,
+    stride_bs,
+    R: tl.constexpr,
+    JP: tl.constexpr,
+    SPLIT: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """gate/up: the expand of both parts and SiLU(gate)·up in one pass (every row: base rows add nothing)."""
+    row = tl.program_id(0).to(tl.int64)
+    idx = tl.load(idx_ptr + row).to(tl.int64)
+    has = idx >= 0
+    base = tl.maximum(idx, 0) * stride_bs
+    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    nm = n < FF
+    r = tl.arange(0, R)
+    s = tl.arange(0, SPLIT)
+    parts = part_ptr + (row * SPLIT + s[:, None]) * JP + r[None, :]
+    inter_g = tl.sum(tl.load(parts, mask=has, other=0.0), axis=0)
+    inter_u = tl.sum(tl.load(parts + R, mask=has, other=0.0), axis=0)
+    bm = nm[None, :] & has
+    b_g = tl.load(b_ptr + base + r[:, None] * (2 * FF) + n[None, :], mask=bm, other=0.0).to(tl.float32)
+    b_u = tl.load(b_ptr + base + r[:, None] * (2 * FF) + FF + n[None, :], mask=bm, other=0.0).to(tl.float32)
+    dtype = y_ptr.dtype.element_ty
+    yp = y_ptr + row * stride_y + n
+    g = tl.load(yp, mask=nm, other=0.0).to(tl.float32) + tl.sum(inter_g[:, None] * b_g, axis=0)
+    u = tl.load(yp + FF, mask=nm, other=0.0).to(tl.float32) + tl.sum(inter_u[:, None] * b_u, axis=0)
+    g = g.to(dtype).to(tl.float32)  # rounded as the product stored by the expand alone would be
+    u = u.to(dtype).to(tl.float32)
+    act = (
+        (g / (1.0 + tl.exp(-g))).to(out_ptr.dtype.element_ty).to(tl.float32)
+    )  # rounded like the eager act_fn
+    tl.store(out_ptr + row * FF + n, (act * u).to(out_ptr.dtype.element_ty), mask=nm)
+
+
 def split_of(k: int) -> tuple[int, int]:
     """(number of K chunks, a power of two; chunk length, a multiple of the block)."""
     split = 1
@@ -157,6 +199,33 @@ def lora_expand(
         BLOCK_N=block_n,
         num_warps=4,
     )
+
+
+def lora_expand_silu(
+    partial: torch.Tensor, gate_up: torch.Tensor, b: torch.Tensor, index: torch.Tensor, rank: int
+) -> torch.Tensor:
+    """SiLU(gate)·up of ``gate_up`` [rows, 2·FF] plus each row's adapter product (parts gate, up), in one kernel:
+    the expand and ``silu_mul`` of the decode step fused (base rows: ``silu_mul`` alone). Returns [rows, FF]."""
+    rows, two_ff = gate_up.shape
+    ff = two_ff // 2
+    out = torch.empty((rows, ff), dtype=gate_up.dtype, device=gate_up.device)
+    block = 128
+    _lora_expand_silu_kernel[(rows, triton.cdiv(ff, block))](
+        gate_up,
+        partial,
+        b,
+        index,
+        out,
+        ff,
+        gate_up.stride(0),
+        b.stride(0),
+        R=rank,
+        JP=partial.shape[2],
+        SPLIT=partial.shape[1],
+        BLOCK_N=block,
+        num_warps=4,
+    )
+    return out
 
 
 def lora_shrink_expand(

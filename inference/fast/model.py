@@ -113,7 +113,7 @@ class FastLlama:
             # row-parallel: each rank adds its partial adapter product before the partial sums are all-reduced
             o = self.parallel.all_reduce(self._linear(a, layer.o, lora, "o", i))
             h = ops.rms_norm(o, layer.post_norm, eps, residual)
-            g = ops.silu_mul(self._linear(h, layer.gate_up, lora, "gate_up", i))
+            g = self._gate_up_silu(h, layer.gate_up, lora, i)
             m = self.parallel.all_reduce(self._linear(g, layer.down, lora, "down", i))
             nxt = w.layers[i + 1].input_norm if i + 1 < len(w.layers) else w.norm
             h = ops.rms_norm(m, nxt, eps, residual)
@@ -126,6 +126,13 @@ class FastLlama:
             return self.plan.linear(x, w)
         partial = lora.shrink(x, proj, layer)  # decode: on a side stream, beside the base product
         return lora.expand(partial, x, self.plan.linear(x, w), proj, layer)
+
+    def _gate_up_silu(self, h: torch.Tensor, w: Matrix, lora: LoraBatch | None, layer: int) -> torch.Tensor:
+        """SiLU(gate)·up; with adapters, their expand and the SiLU are one kernel in decode."""
+        if lora is None:
+            return ops.silu_mul(self.plan.linear(h, w))
+        partial = lora.shrink(h, "gate_up", layer)
+        return lora.expand_silu(partial, h, self.plan.linear(h, w), layer)
 
     def logits(self, h: torch.Tensor, lora: LoraBatch | None = None) -> torch.Tensor:
         """[rows, vocab] float32: every rank's slice of the vocabulary gathered (identity on one rank)."""

@@ -274,6 +274,31 @@ def test_kernels_equal_the_torch_reference(rows: int, k: int, outs: tuple[int, .
 @pytest.mark.skipif(
     not (INTERPRET or CUDA), reason="runs under the Triton interpreter in the child test below"
 )
+@pytest.mark.parametrize(("rows", "k", "ff", "rank"), [(1, 64, 160, 8), (6, 300, 256, 16)])
+def test_kernels_fused_expand_silu_equals_expand_then_silu(rows: int, k: int, ff: int, rank: int) -> None:
+    from inference.fast.lora_kernels import lora_expand_silu, lora_shrink, new_partial
+    from inference.fast.ops import silu_mul_ref
+
+    if INTERPRET:
+        from tests.inference.test_fast_fp8 import _patch_interpreter
+
+        _patch_interpreter()
+    device = torch.device("cuda" if CUDA and not INTERPRET else "cpu")
+    x, y, a, b, index = _kernel_case(rows, k, (ff, ff), rank, torch.float32, device)
+    want = y.clone()
+    add_rows_ref(x, want, a, b, index, (ff, ff), rank)
+    partial = new_partial(x, a)
+    lora_shrink(x, a, index, partial)
+    got = lora_expand_silu(partial, y, b, index, rank)
+    assert torch.allclose(got, silu_mul_ref(want), rtol=1e-4, atol=1e-4), float(
+        (got - silu_mul_ref(want)).abs().max()
+    )
+    assert not torch.allclose(got, silu_mul_ref(y), rtol=1e-4, atol=1e-4)  # the adapters' product is in it
+
+
+@pytest.mark.skipif(
+    not (INTERPRET or CUDA), reason="runs under the Triton interpreter in the child test below"
+)
 def test_decoder_on_the_kernels_equals_peft(base: LlamaForCausalLM, tmp_path: Path) -> None:
     """The whole decode path on the Triton kernels (the interpreter on CPU): a mixed batch gives PEFT's tokens."""
     if INTERPRET:
@@ -300,11 +325,11 @@ def test_decoder_on_the_kernels_equals_peft(base: LlamaForCausalLM, tmp_path: Pa
 @pytest.mark.skipif(INTERPRET or CUDA, reason="the child of this test")
 def test_kernels_under_interpreter() -> None:
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", __file__]
-    cmd += ["-k", "kernels_equal or decoder_on_the_kernels"]
+    cmd += ["-k", "kernels_equal or kernels_fused or decoder_on_the_kernels"]
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert "5 passed" in proc.stdout, proc.stdout[-2000:]
+    assert "7 passed" in proc.stdout, proc.stdout[-2000:]
 
 
 # ---- GPU ---------------------------------------------------------------------------------------------------------
