@@ -32,6 +32,7 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import torch
 
@@ -340,6 +341,28 @@ class LoraPool:
         )
         return out
 
+    def rope_store_rows(
+        self,
+        partial: torch.Tensor | None,
+        x: torch.Tensor,
+        qkv: torch.Tensor,
+        layer: int,
+        index: torch.Tensor,
+        *rope: Any,
+    ) -> torch.Tensor:
+        """Decode, Q/K/V: ``ops.rope_store`` of ``qkv`` plus each row's adapter product (one fused kernel on CUDA;
+        ``rope``: rope_store's arguments after qkv)."""
+        if partial is None:
+            self.expand_rows(partial, x, qkv, "qkv", layer, index)
+            return ops.rope_store(qkv, *rope)
+        assert self.kernels is not None
+        if self.side is not None:
+            torch.cuda.current_stream(qkv.device).wait_stream(self.side)
+        q: torch.Tensor = self.kernels.lora_rope_store(
+            partial, qkv, self.b["qkv"][layer], index, self.rank, *rope
+        )
+        return q
+
     def add_segments(
         self, x: torch.Tensor, y: torch.Tensor, proj: str, layer: int, segments: list[tuple[int, int, int]]
     ) -> None:
@@ -388,6 +411,15 @@ class LoraBatch:
         if self.index is not None:
             return self.pool.expand_silu_rows(partial, x, y, layer, self.index)
         return ops.silu_mul(self.expand(partial, x, y, "gate_up", layer))
+
+    def rope_store(
+        self, partial: torch.Tensor | None, x: torch.Tensor, qkv: torch.Tensor, layer: int, *rope: Any
+    ) -> torch.Tensor:
+        """Q/K/V: the rotary embedding and KV write of the base product ``qkv`` with each row's adapter product
+        added first (``rope``: ``ops.rope_store``'s arguments after qkv)."""
+        if self.index is not None:
+            return self.pool.rope_store_rows(partial, x, qkv, layer, self.index, *rope)
+        return ops.rope_store(self.expand(partial, x, qkv, "qkv", layer), *rope)
 
     def add(self, x: torch.Tensor, y: torch.Tensor, proj: str, layer: int = 0) -> torch.Tensor:
         """``y`` (the base product of ``x``) plus each row's adapter product."""

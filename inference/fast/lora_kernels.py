@@ -130,6 +130,96 @@ def _lora_expand_silu_kernel(
     tl.store(out_ptr + row * FF + n, (act * u).to(out_ptr.dtype.element_ty), mask=nm)
 
 
+@triton.jit
+def _lora_head_delta(
+    part_ptr, b_ptr, row, base, has, col, N, seg, d, R: tl.constexpr, JP: tl.constexpr, SPLIT: tl.constexpr
+):
+    """The adapter product of part ``seg`` for columns col + d of one row (0 for a row of the base model)."""
+    r = tl.arange(0, R)
+    s = tl.arange(0, SPLIT)
+    inter = tl.sum(
+        tl.load(part_ptr + (row * SPLIT + s[:, None]) * JP + seg * R + r[None, :], mask=has, other=0.0), 0
+    )
+    bv = tl.load(b_ptr + base + r[:, None] * N + col + d[None, :], mask=has, other=0.0).to(tl.float32)
+    return tl.sum(inter[:, None] * bv, axis=0)
+
+
+@triton.jit
+def _lora_rope_store_kernel(
+    qkv_ptr,
+    part_ptr,
+    b_ptr,
+    idx_ptr,
+    pos_ptr,
+    cos_ptr,
+    sin_ptr,
+    q_out_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    slot_ptr,
+    stride_qkv,
+    stride_bs,
+    stride_cb,
+    stride_ch,
+    stride_ct,
+    N_HEADS: tl.constexpr,
+    N_KV: tl.constexpr,
+    HALF: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    R: tl.constexpr,
+    JP: tl.constexpr,
+    SPLIT: tl.constexpr,
+):
+    """``kernels._rope_store_kernel`` with each row's Q/K/V adapter product added to its head first (the expand
+    of the qkv projection fused into the rotary + KV write)."""
+    t = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    idx = tl.load(idx_ptr + t).to(tl.int64)
+    has = idx >= 0
+    base = tl.maximum(idx, 0) * stride_bs
+    N = (N_HEADS + 2 * N_KV) * 2 * HALF
+    d = tl.arange(0, HALF)
+    dtype = qkv_ptr.dtype.element_ty
+    pos = tl.load(pos_ptr + t)
+    c = tl.load(cos_ptr + pos * HALF + d).to(tl.float32)
+    s = tl.load(sin_ptr + pos * HALF + d).to(tl.float32)
+    seg = (h >= N_HEADS).to(tl.int32)  # q heads: part 0; kv heads: k is part 1 (v, part 2, below)
+    col = h * (2 * HALF)
+    src = qkv_ptr + t * stride_qkv + col
+    x1 = tl.load(src + d).to(tl.float32) + _lora_head_delta(
+        part_ptr, b_ptr, t, base, has, col, N, seg, d, R, JP, SPLIT
+    )
+    x2 = tl.load(src + HALF + d).to(tl.float32) + _lora_head_delta(
+        part_ptr, b_ptr, t, base, has, col + HALF, N, seg, d, R, JP, SPLIT
+    )
+    x1 = x1.to(dtype).to(tl.float32)  # rounded as the product stored by the expand alone would be
+    x2 = x2.to(dtype).to(tl.float32)
+    o1 = (x1 * c - x2 * s).to(q_out_ptr.dtype.element_ty)
+    o2 = (x2 * c + x1 * s).to(q_out_ptr.dtype.element_ty)
+    if h < N_HEADS:
+        qo = q_out_ptr + (t * N_HEADS + h) * (2 * HALF)
+        tl.store(qo + d, o1)
+        tl.store(qo + HALF + d, o2)
+    else:
+        kh = h - N_HEADS
+        slot = tl.load(slot_ptr + t)
+        blk = slot // BLOCK_SIZE
+        off = slot % BLOCK_SIZE
+        dst = blk * stride_cb + kh * stride_ch + off * stride_ct
+        tl.store(k_cache_ptr + dst + d, o1)
+        tl.store(k_cache_ptr + dst + HALF + d, o2)
+        vcol = (N_HEADS + N_KV + kh) * (2 * HALF)
+        vsrc = qkv_ptr + t * stride_qkv + vcol
+        v1 = tl.load(vsrc + d).to(tl.float32) + _lora_head_delta(
+            part_ptr, b_ptr, t, base, has, vcol, N, 2, d, R, JP, SPLIT
+        )
+        v2 = tl.load(vsrc + HALF + d).to(tl.float32) + _lora_head_delta(
+            part_ptr, b_ptr, t, base, has, vcol + HALF, N, 2, d, R, JP, SPLIT
+        )
+        tl.store(v_cache_ptr + dst + d, v1.to(v_cache_ptr.dtype.element_ty))
+        tl.store(v_cache_ptr + dst + HALF + d, v2.to(v_cache_ptr.dtype.element_ty))
+
+
 def split_of(k: int) -> tuple[int, int]:
     """(number of K chunks, a power of two; chunk length, a multiple of the block)."""
     split = 1
@@ -226,6 +316,54 @@ def lora_expand_silu(
         num_warps=4,
     )
     return out
+
+
+def lora_rope_store(
+    partial: torch.Tensor,
+    qkv: torch.Tensor,
+    b: torch.Tensor,
+    index: torch.Tensor,
+    rank: int,
+    positions: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    n_heads: int,
+    n_kv: int,
+    head_dim: int,
+) -> torch.Tensor:
+    """``kernels.rope_store`` of ``qkv`` plus each row's adapter product (parts q, k, v), in one kernel."""
+    tokens = qkv.shape[0]
+    q = torch.empty((tokens, n_heads, head_dim), dtype=qkv.dtype, device=qkv.device)
+    _lora_rope_store_kernel[(tokens, n_heads + n_kv)](
+        qkv,
+        partial,
+        b,
+        index,
+        positions,
+        cos,
+        sin,
+        q,
+        k_cache,
+        v_cache,
+        slot_mapping,
+        qkv.stride(0),
+        b.stride(0),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        N_HEADS=n_heads,
+        N_KV=n_kv,
+        HALF=head_dim // 2,
+        BLOCK_SIZE=k_cache.shape[2],
+        R=rank,
+        JP=partial.shape[2],
+        SPLIT=partial.shape[1],
+        num_warps=1,
+    )
+    return q
 
 
 def lora_shrink_expand(

@@ -96,19 +96,7 @@ class FastLlama:
         residual = x.clone()
         h = ops.rms_norm(x, w.layers[0].input_norm, eps)
         for i, layer in enumerate(w.layers):
-            qkv = self._linear(h, layer.qkv, lora, "qkv", i)
-            q = ops.rope_store(
-                qkv,
-                positions,
-                self.cos,
-                self.sin,
-                self.k_cache[i],
-                self.v_cache[i],
-                slot_mapping,
-                spec.num_heads,
-                spec.num_kv_heads,
-                spec.head_dim,
-            )
+            q = self._qkv_rope(h, layer.qkv, lora, i, positions, slot_mapping)
             a = attend(q, i)  # type: ignore[operator]
             # row-parallel: each rank adds its partial adapter product before the partial sums are all-reduced
             o = self.parallel.all_reduce(self._linear(a, layer.o, lora, "o", i))
@@ -126,6 +114,34 @@ class FastLlama:
             return self.plan.linear(x, w)
         partial = lora.shrink(x, proj, layer)  # decode: on a side stream, beside the base product
         return lora.expand(partial, x, self.plan.linear(x, w), proj, layer)
+
+    def _qkv_rope(
+        self,
+        h: torch.Tensor,
+        w: Matrix,
+        lora: LoraBatch | None,
+        layer: int,
+        positions: torch.Tensor,
+        slot_mapping: torch.Tensor,
+    ) -> torch.Tensor:
+        """Q/K/V, rotary embedding, K and V into the cache; returns q. With adapters, their expand is fused into the
+        rotary kernel in decode."""
+        spec = self.spec
+        rope = (
+            positions,
+            self.cos,
+            self.sin,
+            self.k_cache[layer],
+            self.v_cache[layer],
+            slot_mapping,
+            spec.num_heads,
+            spec.num_kv_heads,
+            spec.head_dim,
+        )
+        if lora is None:
+            return ops.rope_store(self.plan.linear(h, w), *rope)
+        partial = lora.shrink(h, "qkv", layer)
+        return lora.rope_store(partial, h, self.plan.linear(h, w), layer, *rope)
 
     def _gate_up_silu(self, h: torch.Tensor, w: Matrix, lora: LoraBatch | None, layer: int) -> torch.Tensor:
         """SiLU(gate)·up; with adapters, their expand and the SiLU are one kernel in decode."""

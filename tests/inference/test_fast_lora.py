@@ -299,6 +299,52 @@ def test_kernels_fused_expand_silu_equals_expand_then_silu(rows: int, k: int, ff
 @pytest.mark.skipif(
     not (INTERPRET or CUDA), reason="runs under the Triton interpreter in the child test below"
 )
+@pytest.mark.parametrize(("rows", "heads", "kv", "head_dim", "rank"), [(1, 4, 2, 8, 8), (5, 8, 2, 16, 16)])
+def test_kernels_fused_rope_store_equals_expand_then_rope(
+    rows: int, heads: int, kv: int, head_dim: int, rank: int
+) -> None:
+    from inference.fast.lora_kernels import lora_rope_store, lora_shrink, new_partial
+    from inference.fast.ops import rope_store_ref
+
+    if INTERPRET:
+        from tests.inference.test_fast_fp8 import _patch_interpreter
+
+        _patch_interpreter()
+    device = torch.device("cuda" if CUDA and not INTERPRET else "cpu")
+    outs = (heads * head_dim, kv * head_dim, kv * head_dim)
+    x, qkv, a, b, index = _kernel_case(rows, 48, outs, rank, torch.float32, device)
+    g = torch.Generator().manual_seed(5)
+    positions = torch.randint(0, 30, (rows,), generator=g).to(device)
+    angles = torch.arange(32)[:, None].float() * torch.rand(head_dim // 2, generator=g)[None, :]
+    cos, sin = angles.cos().to(device), angles.sin().to(device)
+    slots = torch.randperm(4 * 16, generator=g)[:rows].to(device)
+
+    def caches() -> tuple[torch.Tensor, torch.Tensor]:
+        return (
+            torch.zeros(4, kv, 16, head_dim, device=device),
+            torch.zeros(4, kv, 16, head_dim, device=device),
+        )
+
+    want_qkv = qkv.clone()
+    add_rows_ref(x, want_qkv, a, b, index, outs, rank)
+    k_want, v_want = caches()
+    q_want = rope_store_ref(want_qkv, positions, cos, sin, k_want, v_want, slots, heads, kv, head_dim)
+    partial = new_partial(x, a)
+    lora_shrink(x, a, index, partial)
+    k_got, v_got = caches()
+    q_got = lora_rope_store(
+        partial, qkv, b, index, rank, positions, cos, sin, k_got, v_got, slots, heads, kv, head_dim
+    )
+    for got, want in ((q_got, q_want), (k_got, k_want), (v_got, v_want)):
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-4), float((got - want).abs().max())
+    k_base, v_base = caches()
+    rope_store_ref(qkv.clone(), positions, cos, sin, k_base, v_base, slots, heads, kv, head_dim)
+    assert not torch.allclose(v_got, v_base)  # the adapters' product is in it
+
+
+@pytest.mark.skipif(
+    not (INTERPRET or CUDA), reason="runs under the Triton interpreter in the child test below"
+)
 def test_decoder_on_the_kernels_equals_peft(base: LlamaForCausalLM, tmp_path: Path) -> None:
     """The whole decode path on the Triton kernels (the interpreter on CPU): a mixed batch gives PEFT's tokens."""
     if INTERPRET:
@@ -325,11 +371,11 @@ def test_decoder_on_the_kernels_equals_peft(base: LlamaForCausalLM, tmp_path: Pa
 @pytest.mark.skipif(INTERPRET or CUDA, reason="the child of this test")
 def test_kernels_under_interpreter() -> None:
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", __file__]
-    cmd += ["-k", "kernels_equal or kernels_fused or decoder_on_the_kernels"]
+    cmd += ["-k", "kernels_equal or kernels_fused or decoder_on_the_kernels"]  # 4 + 2 + 2 + 1
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert "7 passed" in proc.stdout, proc.stdout[-2000:]
+    assert "9 passed" in proc.stdout, proc.stdout[-2000:]
 
 
 # ---- GPU ---------------------------------------------------------------------------------------------------------
