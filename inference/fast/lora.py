@@ -15,7 +15,8 @@ slot → index buffer (inside the CUDA graph, like the row → slot map), in a p
 Triton kernels per projection (``lora_kernels``: a split-K shrink writing partial sums, an expand that sums them and
 adds into the base output in place; rows of the base model leave at once); the shrink runs on a side stream beside
 the base product (a fork and join in the graph: only the expand waits for the base product;
-``HANBOT_LORA_OVERLAP=0`` keeps both on one stream). Elsewhere the same arithmetic in torch.
+``HANBOT_LORA_OVERLAP=0`` keeps both on one stream); the Q/K/V and gate/up expands are fused into the rotary and
+SiLU kernels that follow them. Elsewhere the same arithmetic in torch.
 
 Tensor parallel: column-parallel projections (qkv, gate_up, lm_head) keep A whole and their rows of B; row-parallel
 ones (o, down) keep their columns of A and B whole, and each rank adds ``(x_r·A_r)·B`` to its partial output before
