@@ -124,14 +124,16 @@ class PoolLoras:
 
     The model is not touched: each version is copied into a pool slot under a fresh id (a reload of a name gets a new
     id, so requests already running keep the weights they started with, and no KV reuse mixes the two), and every
-    request is decoded with the version it names (``resolve``). When the pool is full, the oldest loaded version
-    that is neither the default nor being loaded is unloaded to make room (it stays in use until its running
-    requests end)."""
+    request is decoded with the version it names (``resolve``). When the pool is full, the version least recently
+    loaded or asked for by a request, other than the default and the one being loaded, is unloaded to make room (it
+    stays in use until its running requests end): a trial or a routed version that gets traffic stays."""
 
     def __init__(self) -> None:
         self._ids: dict[str, str] = {}  # public name -> the decoder's id, oldest load first
         self._paths: dict[str, str] = {}
         self._versions = itertools.count(1)
+        self._uses = itertools.count(1)
+        self._last_use: dict[str, int] = {}  # name -> when it was last loaded or resolved for a request
         self.active: str | None = None
 
     @property
@@ -156,6 +158,7 @@ class PoolLoras:
         previous = self._ids.pop(name, None)
         self._paths.pop(name, None)
         self._ids[name], self._paths[name] = key, path
+        self._last_use[name] = next(self._uses)
         if previous is not None:
             decoder.retire_adapter(previous)  # freed once the replies that use it end
         _log.info(
@@ -170,9 +173,10 @@ class PoolLoras:
                 decoder.load_adapter(key, path)
                 return
             except AdapterSlotsFull:
-                victim = next((n for n in self._ids if n not in (self.active, name)), None)
-                if victim is None:
+                candidates = [n for n in self._ids if n not in (self.active, name)]
+                if not candidates:
                     raise
+                victim = min(candidates, key=lambda n: self._last_use.get(n, 0))
                 _log.info("LoRA pool full: unloading %s to load %s", victim, name)
                 decoder.retire_adapter(self._ids.pop(victim))
                 self._paths.pop(victim, None)
@@ -192,6 +196,7 @@ class PoolLoras:
         key = self._ids.get(requested)
         if key is None:
             raise EngineError(f"LoRA {requested!r} is not loaded")
+        self._last_use[requested] = next(self._uses)
         return key
 
     def attach(self, decoder: Any) -> None:

@@ -169,3 +169,22 @@ def test_versions_loaded_while_paused_are_loaded_into_the_next_decoder(
     assert key is not None and decoder.adapters == [key] and pool.resolve(BASE_MODEL) is None
     pool.attach(decoder2 := StaticSlotDecoder(demo_loaded.model, capacity=2, max_context=256, lora_slots=2))
     assert pool.resolve("v1") != key and decoder2.adapters == [pool.resolve("v1")]
+
+
+def test_a_full_pool_unloads_the_version_least_recently_used(
+    demo_loaded: LoadedModel, versions: dict[str, Path]
+) -> None:
+    """Pool of 3: the default stays; of the others, the one requests asked for last stays."""
+    from inference.lora import PoolLoras
+
+    decoder = StaticSlotDecoder(demo_loaded.model, capacity=2, max_context=256, lora_slots=3)
+    pool = PoolLoras()
+    for name in ("default", "trial", "old"):
+        pool.load(decoder, name, str(versions["v1"]))
+    pool.use("default")
+    pool.resolve("trial")  # a request for the trial version
+    pool.load(decoder, "candidate", str(versions["v2"]))  # full: "old" goes, not the trial loaded before it
+    assert set(pool.loaded) == {"default", "trial", "candidate"}
+    with pytest.raises(EngineError, match="not loaded"):
+        pool.resolve("old")
+    assert len(decoder.adapters) == 3
