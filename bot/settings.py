@@ -100,6 +100,18 @@ class EngineSettings(BaseModel):
         True,
         description="static decoder: prefill newcomers in chunks between decode steps, running replies keep streaming",
     )
+    lora_slots: int = Field(
+        2,
+        ge=0,
+        le=64,
+        description="static decoder: LoRA versions served at once (a GPU pool; 0: base model only)",
+    )
+    lora_max_rank: int = Field(
+        16, ge=1, le=256, description="static decoder: largest LoRA rank the pool holds"
+    )
+    reserve_training_gib: float = Field(
+        0.0, ge=0, description="static decoder: GPU memory kept out of the KV cache for a fine-tune beside it"
+    )
     max_batch_size: int = Field(8, ge=1, le=256, description="conversations decoded together")
     queue_limit: int = Field(64, ge=1, description="waiting requests beyond this are politely refused")
     queue_limit_per_user: int = Field(

@@ -189,6 +189,13 @@ class RemoteEngine:
         """The ``model`` field sent now: the LoRA in use, else the base model."""
         return self._lora or self._base_model
 
+    def _model_for(self, request: GenerationRequest) -> str:
+        """The ``model`` field of one request: the LoRA it names (vLLM serves adapters by name), the base model for
+        ``BASE_MODEL``, else the engine's default."""
+        if request.lora is None:
+            return self.model
+        return request.lora or self._base_model
+
     # ----- generation -----
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
@@ -214,7 +221,7 @@ class RemoteEngine:
         loop = asyncio.get_running_loop()
         timeout_s = request.timeout_s or self._generation_timeout_s
         deadline = loop.time() + timeout_s if timeout_s else None
-        body = chat_body(request, self.model, send_extras=self._send_extras)
+        body = chat_body(request, self._model_for(request), send_extras=self._send_extras)
         attempt = 0
         yielded = 0
         fallback = False  # True once the extra fields were dropped after a rejection

@@ -23,7 +23,17 @@ from inference.fast.parallel import Parallel
 
 _log = logging.getLogger(__name__)
 
-MIRRORED = ("admit", "admit_many", "submit", "complete", "step", "release", "close")
+MIRRORED = (
+    "admit",
+    "admit_many",
+    "submit",
+    "complete",
+    "step",
+    "release",
+    "close",
+    "load_adapter",
+    "retire_adapter",
+)
 _STOP = "__stop__"
 
 
@@ -84,6 +94,16 @@ class MirroredDecoder:
     def release(self, slot: int) -> None:
         self._send("release", slot)
         self.inner.release(slot)
+
+    def load_adapter(self, key: str, path: str) -> None:
+        """Every rank reads its slice of the adapter in ``path`` into its pool (the same slot on every rank: the
+        pools make the same choices)."""
+        self._send("load_adapter", key, path)
+        self.inner.load_adapter(key, path)
+
+    def retire_adapter(self, key: str) -> None:
+        self._send("retire_adapter", key)
+        self.inner.retire_adapter(key)
 
     def close(self) -> None:
         """Close this decoder and stop the followers (their ``follow`` returns)."""
