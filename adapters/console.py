@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from typing import TextIO
 
 from bot.commands import CommandContext, CommandRegistry, parse_arguments
 from bot.domain import Author, ConversationKey, IncomingMessage, QueuePosition, StreamEvent
-from bot.ports import MessageHandler
+from bot.ports import MessageHandler, ReplySink
 from bot.texts import Lang, language_of, say
 
 _log = logging.getLogger(__name__)
@@ -48,7 +49,8 @@ class ConsoleReplySink:
                 parts.append(event)
                 self._write(event)
         except BaseException:
-            self._write(f" {say('chat.incomplete', self.lang)}\n")
+            said = "".join(parts)
+            self._write(f" {say('chat.incomplete', self.lang)}\n" if said.strip() else "\n")
             raise
         self._write("\n")
         return "".join(parts)
@@ -84,8 +86,17 @@ class ConsoleAdapter:
         self._task = asyncio.create_task(self._loop(on_message, commands), name="console-loop")
 
     async def wait_closed(self) -> None:
+        """Until the user quits, the input ends, or ``stop`` (SIGTERM) ends the loop."""
         if self._task is not None:
-            await self._task
+            await asyncio.wait({self._task})
+            if not self._task.cancelled() and self._task.exception() is not None:
+                raise self._task.exception()  # type: ignore[misc]
+
+    async def sink_for(
+        self, conversation: ConversationKey, *, author_id: str, message_id: str | None, lang: Lang
+    ) -> ReplySink | None:
+        """Where a reply to an earlier message of this session goes (after a restart): this terminal."""
+        return ConsoleReplySink(self._out, lang) if conversation == self.conversation else None
 
     async def stop(self) -> None:
         if self._task is not None and not self._task.done():
@@ -131,10 +142,13 @@ class ConsoleAdapter:
     async def _read_line(self) -> str | None:
         self._out.write(PROMPT)
         self._out.flush()
-        line = await asyncio.to_thread(self._in.readline)
+        line = await _read_in_daemon_thread(self._in)
         return line if line else None  # "" is end of input
 
     async def _run_command(self, text: str, commands: CommandRegistry, sink: ConsoleReplySink) -> None:
+        if not text[1:].strip():  # "/" alone
+            await sink.send(say("error.unknown_command", sink.lang))
+            return
         name, *words = text[1:].split()
         spec = commands.get(name)
         args = parse_arguments(spec, " ".join(words)) if spec else {}
@@ -147,3 +161,30 @@ class ConsoleAdapter:
         )
         reply = await commands.run(name, ctx)
         await sink.send(reply.text)
+
+
+async def _read_in_daemon_thread(stream: TextIO) -> str:
+    """``stream.readline()`` in a daemon thread: a process stopping (SIGTERM) never waits for the next line."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[str] = loop.create_future()
+
+    def settle(line: str | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(line or "")
+
+    def read() -> None:
+        try:
+            line, error = stream.readline(), None
+        except Exception as exc:  # handed to the loop
+            line, error = None, exc
+        try:
+            loop.call_soon_threadsafe(settle, line, error)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+
+    threading.Thread(target=read, name="console-stdin", daemon=True).start()
+    return await future

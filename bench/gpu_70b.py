@@ -441,6 +441,8 @@ class EngineBench:
                 cache_dir=cache_dir,
                 fp8_weights=args.fp8,
                 interleave_prefill=args.interleave,
+                lora_slots=args.lora_slots,
+                lora_max_rank=args.lora_rank,
             ),
             generation=GenerationSettings(timeout_s=3600),
             context_length=model.config.max_position_embeddings,
@@ -455,8 +457,11 @@ class EngineBench:
 
         return (ChatTurn(Role.USER, " ".join(words)),)
 
-    def request(self, prompt_tokens: int, new: int, seed: int, channel: str | None = None):
-        """A GenerationRequest whose encoded prompt (chat template included) is exactly ``prompt_tokens`` long."""
+    def request(
+        self, prompt_tokens: int, new: int, seed: int, channel: str | None = None, lora: str | None = None
+    ):
+        """A GenerationRequest whose encoded prompt (chat template included) is exactly ``prompt_tokens`` long;
+        ``lora``: the version that serves it (None: the engine's default)."""
         from bot.domain import GenerationRequest
 
         words = [f"t{i}" for i in prompt(prompt_tokens - self._overhead, seed)]
@@ -471,6 +476,7 @@ class EngineBench:
             channel or rid,
             turns,
             GenerationParams(max_new_tokens=new, **SAMPLING),  # type: ignore[arg-type]
+            lora=lora,
         )
 
     async def stream(self, request) -> list[float]:
@@ -637,20 +643,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--concurrency", type=_ints, default=_ints("1,4,16,32"))
     ap.add_argument("--ttft-prompts", type=_ints, default=_ints("512,2048,4096"))
     ap.add_argument("--admission", default="submit,admit_many", help="--via decoder only")
+    ap.add_argument(
+        "--lora",
+        action="store_true",
+        help="LoRA mode (bench/lora_bench.py): random adapters on every adapted module, base in the same run; "
+        "writes gpu-<setup>-lora.json",
+    )
+    ap.add_argument(
+        "--lora-slots", type=int, default=None, help="engine.lora_slots (default: 4 with --lora, else 0)"
+    )
+    ap.add_argument(
+        "--lora-rank", type=int, default=16, help="rank of the random adapters (engine.lora_max_rank)"
+    )
     ap.add_argument("--no-cold", action="store_true")
     ap.add_argument("--child-cold", action="store_true")
     ap.add_argument("--cache-dir", default=None)
     args = ap.parse_args(argv)
+    if args.lora and args.concurrency == _ints("1,4,16,32"):
+        args.concurrency = [16]
+    if args.lora_slots is None:
+        args.lora_slots = 4 if args.lora else 0
+    if args.lora:
+        args.no_cold = True  # the LoRA figures are ratios to the base measured in the same warm engine
     if args.capacity is None:
         args.capacity = max(args.concurrency) if args.via == "engine" else 32
-    if (args.fp8 or args.tp > 1) and args.via != "engine":
-        ap.error("--fp8 and --tp drive the engine (--via engine)")
+    if (args.fp8 or args.tp > 1 or args.lora) and args.via != "engine":
+        ap.error("--fp8, --tp and --lora drive the engine (--via engine)")
     if args.setup is None:
         precision = "fp8" if args.fp8 else "bf16"
         base = f"h200x{args.tp}-{precision}" if args.shape == "70b" else f"{args.shape}-{args.device}"
         if args.shape != "70b" and (args.fp8 or args.tp > 1):
             base += f"-tp{args.tp}-{precision}"
-        args.setup = base if args.via == "decoder" else f"{base}-engine"
+        args.setup = base if args.via == "decoder" else f"{base}-lora" if args.lora else f"{base}-engine"
     return args
 
 
@@ -678,10 +702,16 @@ def main() -> None:
         log("gpu_free_after_weights_GiB", round(torch.cuda.mem_get_info()[0] / GIB, 2))
         torch.cuda.reset_peak_memory_stats()
     if args.via == "engine":
+        config = model.config
         bench, warm = start_engine(model, args, cache_dir)
         log("warm_start_s", round(warm, 2))
         log_decoder(bench.inner, bw)
-        engine_phases(bench, args, on_cuda)
+        if args.lora:
+            from bench.lora_bench import lora_phases
+
+            lora_phases(bench, args, config, log, on_cuda)
+        else:
+            engine_phases(bench, args, on_cuda)
     else:
         decoder_phases(model, args, cache_dir)
         if on_cuda:
@@ -887,7 +917,14 @@ def tensor_parallel_main(args: argparse.Namespace) -> None:
             log("gpu_free_after_weights_GiB", round(torch.cuda.mem_get_info()[0] / GIB, 2))
 
     def rank_decoder(_m: Any = None, _s: Any = None) -> StaticSlotDecoder:
-        return StaticSlotDecoder(weights, parallel=group, capacity=args.capacity, cache_dir=cache_dir)
+        return StaticSlotDecoder(
+            weights,
+            parallel=group,
+            capacity=args.capacity,
+            cache_dir=cache_dir,
+            lora_slots=args.lora_slots,
+            lora_max_rank=args.lora_rank,
+        )
 
     if not leader:
         follow(rank_decoder(), group)
@@ -903,7 +940,12 @@ def tensor_parallel_main(args: argparse.Namespace) -> None:
         "(compilation and the matrix-product measurement included); no warm restart was measured",
     )
     log_decoder(bench.inner, bw)
-    engine_phases(bench, args, on_cuda)
+    if args.lora:
+        from bench.lora_bench import lora_phases
+
+        lora_phases(bench, args, cfg, log, on_cuda)
+    else:
+        engine_phases(bench, args, on_cuda)
     finish_results(args)
 
 

@@ -10,20 +10,28 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from bot.builtin_commands import finetune_unavailable_command, help_command, reset_command
 from bot.chat import ChatService
 from bot.commands import CommandRegistry, CommandSpec
+from bot.domain import ConversationKey
+from bot.errors import ConfigError
 from bot.learning.commands import learning_commands
 from bot.learning.service import FinetuneService
+from bot.masking import mask_text, mask_url
 from bot.permissions import AdminPolicy
-from bot.ports import Adapter, Engine
+from bot.ports import Adapter, Engine, ReplySink
+from bot.recovery import recover_unanswered
 from bot.scheduler import BotScheduler
 from bot.settings import Settings
-from bot.store.conversations import ConversationStore
+from bot.store.conversations import ConversationStore, StoredMessage
 from bot.store.db import create_db_engine, migrate
+from bot.texts import language_of
 
 _log = logging.getLogger(__name__)
 
@@ -42,9 +50,42 @@ class Core:
 
 
 def build_store(settings: Settings) -> ConversationStore:
-    db = create_db_engine(settings.database_url, echo=settings.store.echo_sql)
-    migrate(db, data_dir=settings.data_dir)
+    """The store, migrated; a database that cannot be used (a read-only or full data directory, a server that
+    refuses) is one ConfigError that says where and what to check, never a traceback."""
+    try:
+        db = create_db_engine(settings.database_url, echo=settings.store.echo_sql)
+    except (OSError, SQLAlchemyError) as exc:
+        raise _unusable_database(settings, exc) from None
+    try:
+        migrate(db, data_dir=settings.data_dir)
+    except (OSError, SQLAlchemyError) as exc:
+        db.dispose()
+        raise _unusable_database(settings, exc) from None
     return ConversationStore(db)
+
+
+def _unusable_database(settings: Settings, exc: BaseException) -> ConfigError:
+    reason = getattr(exc, "orig", None) or exc  # the driver's own words, without the SQL
+    where = (
+        f"check that the data directory {settings.data_dir} exists, is writable and has free space "
+        "(HANBOT_DATA_DIR)"
+        if settings.store.database_url is None
+        else "check HANBOT_STORE__DATABASE_URL and the database server"
+    )
+    return ConfigError(
+        f"the database {mask_url(settings.database_url)} cannot be used ({type(exc).__name__}: "
+        f"{mask_text(str(reason))}): {where}"
+    )
+
+
+def stop_on_sigterm(stop: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """SIGTERM (a service manager, ``kill``) runs ``stop`` instead of ending the process on the spot, so the reply in
+    progress is stored as incomplete and the engine and the store are closed."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGTERM, lambda: loop.create_task(stop()))
+    except (NotImplementedError, RuntimeError):  # not the main thread, or not supported here
+        pass
 
 
 def follow_rank_0(settings: Settings) -> bool:
@@ -144,20 +185,44 @@ async def serve(core: Core, adapters: Sequence[Adapter]) -> None:
         for adapter in adapters:
             await adapter.start(core.chat.handle, core.commands)
             _log.info("adapter %s started", adapter.name)
+        await recover(core, adapters)
         await stop.wait()
     finally:
         await shutdown(core, adapters)
 
 
+async def recover(core: Core, adapters: Sequence[Adapter]) -> int:
+    """Messages a restart left unanswered get an answer or a notice (``chat.recovery``), on these adapters."""
+    by_name = {adapter.name: adapter for adapter in adapters}
+
+    async def sink_for(key: ConversationKey, turn: StoredMessage) -> ReplySink | None:
+        adapter = by_name.get(key.platform)
+        if adapter is None:
+            return None
+        lang = language_of(turn.content)
+        return await adapter.sink_for(
+            key, author_id=turn.author_id or "", message_id=turn.platform_message_id, lang=lang
+        )
+
+    try:
+        return await recover_unanswered(core.chat, core.settings, sink_for, platforms=list(by_name))
+    except SQLAlchemyError as exc:
+        _log.error("could not look for unanswered messages: %s", type(exc).__name__)
+        return 0
+
+
 async def shutdown(core: Core, adapters: Sequence[Adapter]) -> None:
-    """Stop taking messages first, then the jobs, then the model."""
-    for adapter in adapters:
-        try:
-            await adapter.stop()
-        except Exception:
-            _log.exception("adapter %s did not stop cleanly", adapter.name)
+    """Stop taking messages first, then the jobs, then the model, then the store: each step runs even when an
+    earlier one failed (an unusable data directory must not leave the engine or the store open)."""
+    steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+        (f"adapter {adapter.name}", adapter.stop) for adapter in adapters
+    ]
     if core.scheduler is not None:
-        await core.scheduler.shutdown()
-    await core.finetune.aclose()
-    await core.engine.aclose()
+        steps.append(("scheduler", core.scheduler.shutdown))
+    steps += [("fine-tuning", core.finetune.aclose), ("engine", core.engine.aclose)]
+    for name, step in steps:
+        try:
+            await step()
+        except Exception:
+            _log.exception("%s did not stop cleanly", name)
     core.store.engine.dispose()

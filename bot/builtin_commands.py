@@ -80,4 +80,5 @@ def finetune_unavailable_command() -> CommandSpec:
         handler=unavailable,
         options=FINETUNE_OPTIONS,  # registered on the platforms as the learning loop's, which replaces it
         admin_only=True,
+        shared_model=True,
     )

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from bot.domain import (
     ChatTurn,
@@ -23,11 +25,13 @@ from bot.domain import (
     StreamEvent,
 )
 from bot.errors import BotError
+from bot.permissions import AdminPolicy
 from bot.ports import Engine, ReplySink
 from bot.prompt import BuiltPrompt, PromptTooLong, build_prompt, speaker_turn, turn_cost
 from bot.quoting import quote_block, with_quote
+from bot.reply_saver import StreamingReply
 from bot.settings import Settings
-from bot.store.conversations import ConversationStore, StoredMessage
+from bot.store.conversations import ConversationStore, StoredMessage, storable
 from bot.texts import Lang, language_of, say, say_both
 
 _log = logging.getLogger(__name__)
@@ -65,6 +69,9 @@ class ChatService:
         self._lora_for = lora_for
         self._active: dict[ConversationKey, set[asyncio.Task[None]]] = {}
         self._trim_noticed: set[ConversationKey] = set()
+        self._policy = AdminPolicy(settings)
+        # the reply is saved as often as the platforms show it (what people saw is stored)
+        self._save_interval_s = min(settings.discord.edit_interval_s, settings.slack.update_interval_s)
 
     @property
     def store(self) -> ConversationStore:
@@ -75,13 +82,41 @@ class ChatService:
         if msg.author.is_bot:
             return
         lang = language_of(msg.text)
-        text = msg.text.strip()
-        if not text:
-            await sink.send(await self._empty_message_hint(msg))
+        if not self._policy.serves(msg.platform, msg.conversation.workspace):
+            _log.warning(
+                "refused message from a place the bot does not serve platform=%s workspace=%s channel=%s "
+                "message=%s author=%s",
+                msg.platform,
+                msg.conversation.workspace,
+                msg.conversation.channel,
+                msg.message_id,
+                msg.author.id,
+            )
+            await sink.send(say("error.not_allowed_here", lang))
             return
+        text = storable(msg.text).strip()  # NUL and lone surrogates: no database or tokenizer takes them
+        if not text:
+            await self._guard_store(msg, sink, lang, self._send_empty_message_hint(msg, sink))
+            return
+        await self._guard_store(msg, sink, lang, self._take(msg, text, sink, lang))
+
+    async def answer_stored(self, msg: IncomingMessage, user_turn: StoredMessage, sink: ReplySink) -> None:
+        """Answer a user turn stored earlier and left unanswered (a restart): the same road from the prompt on."""
+        lang = language_of(user_turn.content)
+        await self._guard_store(msg, sink, lang, self._answer_tracked(msg, user_turn, sink, lang))
+
+    async def _take(self, msg: IncomingMessage, text: str, sink: ReplySink, lang: Lang) -> None:
         user_turn = await self._store_user_turn(msg, text)
         if user_turn is None:
             return  # a second delivery of a message already taken
+        if not await self._count_user_turn(msg, user_turn, sink, lang):
+            return
+        await self._answer_tracked(msg, user_turn, sink, lang)
+
+    async def _answer_tracked(
+        self, msg: IncomingMessage, user_turn: StoredMessage, sink: ReplySink, lang: Lang
+    ) -> None:
+        """Answer, known as this conversation's reply in progress (``forget`` cancels it)."""
         task = asyncio.current_task()
         if task is not None:
             self._active.setdefault(msg.conversation, set()).add(task)  # type: ignore[arg-type]
@@ -91,11 +126,34 @@ class ChatService:
             if task is not None:
                 self._active.get(msg.conversation, set()).discard(task)  # type: ignore[arg-type]
 
+    async def _send_empty_message_hint(self, msg: IncomingMessage, sink: ReplySink) -> None:
+        await sink.send(await self._empty_message_hint(msg))
+
     async def _empty_message_hint(self, msg: IncomingMessage) -> str:
         """A bare mention says nothing of its writer's language: take it from their last turns here, else both."""
         recent = await asyncio.to_thread(self._store.history, msg.conversation, limit=EMPTY_HINT_LOOKBACK)
         own = [m.content for m in recent if m.role is Role.USER and m.author_id == msg.author.id]
         return say("chat.empty", language_of(own[-1])) if own else say_both("chat.empty")
+
+    async def _guard_store(
+        self, msg: IncomingMessage, sink: ReplySink, lang: Lang, work: Awaitable[None]
+    ) -> None:
+        """Run ``work``; a database error ends in one sentence and a log line with ids (no SQL, no text)."""
+        try:
+            await work
+        except SQLAlchemyError as exc:
+            _log.error(
+                "store failed conversation=%s message=%s error=%s",
+                msg.conversation,
+                msg.message_id,
+                type(exc).__name__,
+            )
+            try:
+                await sink.send(say("error.store", lang))
+            except Exception:
+                _log.exception(
+                    "could not tell the user conversation=%s message=%s", msg.conversation, msg.message_id
+                )
 
     async def forget(self, key: ConversationKey, *, actor: str) -> int:
         """Stop any reply in progress in this conversation and delete its turns (the /reset command)."""
@@ -113,17 +171,16 @@ class ChatService:
     # the steps
 
     async def _store_user_turn(self, msg: IncomingMessage, text: str) -> StoredMessage | None:
+        """Store the turn first, before the tokenizer or the model sees it (``_count_user_turn`` follows)."""
         quote = await asyncio.to_thread(self._quote_for, msg)
-        tokens = turn_cost(ChatTurn(Role.USER, with_quote(quote, text)), self._engine.tokenizer)
         stored = await asyncio.to_thread(
             self._store.add_message,
             msg.conversation,
             Role.USER,
             text,
             author=msg.author,
-            token_count=tokens,
             platform_message_id=msg.message_id,
-            quoted=quote,
+            quoted=storable(quote) if quote else quote,
         )
         if stored is not None:
             _log.info(
@@ -135,6 +192,26 @@ class ChatService:
                 len(quote or ""),
             )
         return stored
+
+    async def _count_user_turn(
+        self, msg: IncomingMessage, user_turn: StoredMessage, sink: ReplySink, lang: Lang
+    ) -> bool:
+        """Count the stored turn's tokens; text the tokenizer refuses gets a sentence (the turn stays, failed)."""
+        turn = ChatTurn(Role.USER, with_quote(user_turn.quoted, user_turn.content))
+        try:
+            tokens = turn_cost(turn, self._engine.tokenizer)
+        except Exception as exc:
+            _log.warning(
+                "tokenizer refused message conversation=%s message=%s error=%s",
+                msg.conversation,
+                msg.message_id,
+                type(exc).__name__,
+            )
+            await asyncio.to_thread(self._store.update_message, user_turn.id, status=MessageStatus.FAILED)
+            await sink.send(say("chat.unreadable", lang))
+            return False
+        await asyncio.to_thread(self._store.update_message, user_turn.id, token_count=tokens)
+        return True
 
     def _quote_for(self, msg: IncomingMessage) -> str | None:
         """The messages this one replies to that the stored conversation lacks (none without a reply chain)."""
@@ -165,17 +242,31 @@ class ChatService:
             params=self._generation_params(),
             timeout_s=self._settings.generation.timeout_s,
             lora=self._lora_for(msg.conversation) if self._lora_for else None,
+            user=f"{msg.platform}:{msg.author.id}",
         )
         reply = _Reply([])
+        saved = StreamingReply(
+            self._store,
+            msg.conversation,
+            answers=user_turn.id,
+            tokenizer=self._engine.tokenizer,
+            interval_s=self._save_interval_s,
+        )
         try:
-            text = await sink.stream(self._collect(request, reply))
+            text = await sink.stream(self._collect(request, reply, saved))
         except asyncio.CancelledError:
-            _log.info("reply cancelled conversation=%s message=%s", msg.conversation, msg.message_id)
+            _log.info(
+                "reply cancelled conversation=%s message=%s chars_sent=%d",
+                msg.conversation,
+                msg.message_id,
+                len(reply.text),
+            )
+            await asyncio.shield(self._store_reply(msg, saved, reply.text, MessageStatus.INCOMPLETE))
             raise
         except Exception as exc:
-            await self._reply_failed(msg, user_turn, reply, exc, sink, lang)
+            await self._reply_failed(msg, user_turn, reply, saved, exc, sink, lang)
             return
-        await self._store_reply(msg, user_turn, text, MessageStatus.COMPLETE)
+        await self._store_reply(msg, saved, text, MessageStatus.COMPLETE)
 
     def _build_prompt(self, msg: IncomingMessage, user_turn: StoredMessage) -> BuiltPrompt:
         history = [m for m in self._store.history(msg.conversation) if m.id != user_turn.id]
@@ -217,22 +308,35 @@ class ChatService:
             do_sample=g.temperature > 0,
         )
 
-    async def _collect(self, request: GenerationRequest, reply: _Reply) -> AsyncIterator[StreamEvent]:
-        """Pass the engine's events on, keeping the text so a partial reply can be stored."""
+    async def _collect(
+        self, request: GenerationRequest, reply: _Reply, saved: StreamingReply
+    ) -> AsyncIterator[StreamEvent]:
+        """Pass the engine's events on, keeping the text and saving it as it grows (before it is shown)."""
         stream = self._engine.generate(request)
         try:
             async for event in stream:
                 if isinstance(event, str):
                     reply.parts.append(event)
+                    await self._save_partial(request, saved, reply.text)
                 yield event
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
+
+    async def _save_partial(self, request: GenerationRequest, saved: StreamingReply, text: str) -> None:
+        """A failed save does not stop the reply: the next one (or the final one) tries again."""
+        try:
+            await saved.grow(text)
+        except SQLAlchemyError as exc:
+            _log.warning(
+                "could not save the reply so far request=%s error=%s", request.request_id, type(exc).__name__
+            )
 
     async def _reply_failed(
         self,
         msg: IncomingMessage,
         user_turn: StoredMessage,
         reply: _Reply,
+        saved: StreamingReply,
         exc: Exception,
         sink: ReplySink,
         lang: Lang,
@@ -255,7 +359,9 @@ class ChatService:
             )
             key = "error.generic"
         if reply.text:
-            await self._store_reply(msg, user_turn, reply.text, MessageStatus.INCOMPLETE)
+            await self._store_reply(msg, saved, reply.text, MessageStatus.INCOMPLETE)
+        else:  # never answered: kept, but out of the prompts (and not answered again after a restart)
+            await asyncio.to_thread(self._store.update_message, user_turn.id, status=MessageStatus.FAILED)
         try:
             await sink.send(say(key, lang))
         except Exception:
@@ -264,19 +370,10 @@ class ChatService:
             )
 
     async def _store_reply(
-        self, msg: IncomingMessage, user_turn: StoredMessage, text: str, status: MessageStatus
+        self, msg: IncomingMessage, saved: StreamingReply, text: str, status: MessageStatus
     ) -> None:
-        """Store the reply, linked to the user turn it answers (``/forget-me`` deletes both)."""
-        tokens = turn_cost(ChatTurn(Role.ASSISTANT, text), self._engine.tokenizer)
-        await asyncio.to_thread(
-            self._store.add_message,
-            msg.conversation,
-            Role.ASSISTANT,
-            text,
-            token_count=tokens,
-            status=status,
-            reply_to=user_turn.id,
-        )
+        """Store the reply's final text and status, linked to the user turn it answers (``/forget-me``)."""
+        await saved.finish(text, status)
         _log.info(
             "reply stored conversation=%s message=%s status=%s chars=%d",
             msg.conversation,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.errors import ConfigError, ModelLoadError
+from bot.masking import MaskCredentials, mask_text, mask_url
 from bot.settings import Settings, load_settings
 
 _log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except (ConfigError, ModelLoadError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {mask_text(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -84,6 +85,8 @@ def _setup_logging(level: str | None) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(MaskCredentials())  # a URL with a password never reaches a log line
     for chatty in ("httpx", "httpcore", "apscheduler.executors"):  # one line per request or job is noise
         logging.getLogger(chatty).setLevel(logging.WARNING)
 
@@ -109,7 +112,7 @@ def demo_overrides(data_dir: Path) -> dict[str, Any]:
 def _run_chat(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # loading bars would interleave with the chat
     from adapters.console import ConsoleAdapter
-    from bot.app import build_core, follow_rank_0, shutdown, start_background
+    from bot.app import build_core, follow_rank_0, recover, shutdown, start_background, stop_on_sigterm
 
     settings = load_settings()
     if args.demo:
@@ -124,8 +127,10 @@ def _run_chat(args: argparse.Namespace) -> int:
     async def chat() -> None:
         core = build_core(settings)
         console = ConsoleAdapter(session=args.session)
+        stop_on_sigterm(console.stop)
         try:
             await start_background(core)
+            await recover(core, [console])
             await console.start(core.chat.handle, core.commands)
             await console.wait_closed()
         finally:
@@ -181,18 +186,16 @@ def _run_migrate(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     build_store(settings)
-    print(f"database up to date: {settings.database_url.split('@')[-1]}")
+    print(f"database up to date: {mask_url(settings.database_url)}")
     return 0
 
 
 def _run_check_config(args: argparse.Namespace) -> int:
-    from sqlalchemy.engine import make_url
-
     settings = load_settings()
     shown = settings.model_dump(mode="json")  # SecretStr values come out as '**********'
     if settings.store.database_url:
-        shown["store"]["database_url"] = make_url(settings.store.database_url).render_as_string(
-            hide_password=True
-        )
+        shown["store"]["database_url"] = mask_url(settings.store.database_url)
+    if settings.engine.remote_base_url:
+        shown["engine"]["remote_base_url"] = mask_url(settings.engine.remote_base_url)
     print(json.dumps(shown, indent=2, ensure_ascii=False))
     return 0

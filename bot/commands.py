@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from bot.domain import Author, CommandReply, ConversationKey
 from bot.errors import BotError
-from bot.permissions import AdminPolicy
+from bot.permissions import ADMIN_IDS_SETTING, ALLOWLIST_SETTING, AdminPolicy, Refusal
 from bot.texts import TEXTS, Lang, say
 
 _log = logging.getLogger(__name__)
@@ -49,6 +49,9 @@ class CommandSpec:
     options: tuple[CommandOption, ...] = ()
     admin_only: bool = False
     usage: str = ""  # longer help for /help
+    # acts on the model every team shares (/finetune): a platform admin may run it only inside an allowlisted guild
+    # or workspace; with no allowlist, only the admin ids in the settings may (bot.permissions)
+    shared_model: bool = False
 
 
 YES_WORDS = frozenset({"yes", "y", "true", "네", "예"})
@@ -111,14 +114,24 @@ class CommandRegistry:
         spec = self.get(name)
         if spec is None:
             return CommandReply(say("error.unknown_command", ctx.lang))
-        if spec.admin_only and not self._policy.is_admin(ctx.platform, ctx.invoker):
-            _log.info(
-                "refused /%s for non-admin user=%s conversation=%s",
+        refusal = self._policy.refusal(
+            ctx.platform,
+            ctx.invoker,
+            ctx.conversation.workspace,
+            admin_only=spec.admin_only or spec.shared_model,
+            shared_model=spec.shared_model,
+        )
+        if refusal is not None:
+            _log.warning(
+                "refused /%s (%s) platform=%s workspace=%s user=%s conversation=%s",
                 spec.name,
+                refusal.name.lower(),
+                ctx.platform,
+                ctx.conversation.workspace or "-",
                 ctx.invoker.id,
                 ctx.conversation,
             )
-            return CommandReply(say("error.not_admin", ctx.lang))
+            return CommandReply(self._refusal_text(refusal, ctx))
         try:
             reply = await spec.handler(ctx)
         except BotError as exc:
@@ -130,11 +143,22 @@ class CommandRegistry:
         _log.info("ran /%s conversation=%s user=%s", spec.name, ctx.conversation, ctx.invoker.id)
         return reply
 
+    @staticmethod
+    def _refusal_text(refusal: Refusal, ctx: CommandContext) -> str:
+        return say(
+            refusal.value,
+            ctx.lang,
+            allowlist=ALLOWLIST_SETTING.get(ctx.platform, "-"),
+            admin_ids=ADMIN_IDS_SETTING.get(ctx.platform, "-"),
+        )
+
     def help_text(self, lang: Lang) -> str:
         """The commands with their usage, in ``lang`` where texts.py has it (``help.usage.<name>``)."""
         lines = ["명령어 / Commands:" if lang == "ko" else "Commands:"]
         for spec in self._specs.values():
-            admin = (" (관리자)" if lang == "ko" else " (admin)") if spec.admin_only else ""
+            admin = (
+                (" (관리자)" if lang == "ko" else " (admin)") if spec.admin_only or spec.shared_model else ""
+            )
             lines.append(f"/{spec.name}{admin}: {spec.description}")
             key = f"help.usage.{spec.name}"
             usage = say(key, lang) if key in TEXTS else spec.usage

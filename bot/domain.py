@@ -17,7 +17,10 @@ class Role(StrEnum):
 
 class MessageStatus(StrEnum):
     COMPLETE = "complete"
-    INCOMPLETE = "incomplete"  # streaming stopped early (error, cancel, shutdown): kept, marked
+    INCOMPLETE = "incomplete"  # streaming stopped early (error, cancel, shutdown, a kill): kept, marked
+    # being written: saved as it streams; a process killed mid-reply leaves it, and the next start settles it
+    # to INCOMPLETE (bot.recovery). Not in prompts while it streams.
+    STREAMING = "streaming"
     FAILED = "failed"  # never answered (rejected input, model failure before any text)
 
 
@@ -109,6 +112,8 @@ class GenerationRequest:
     # which LoRA version serves this request: None means the engine's default (set by Engine.use_lora),
     # BASE_MODEL the base model without any LoRA, any other name a LoRA loaded with Engine.load_lora
     lora: str | None = None
+    # who asked ("platform:user_id"; "" for none): the engines cap each user's waiting requests
+    user: str = ""
 
 
 BASE_MODEL = ""

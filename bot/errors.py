@@ -21,6 +21,18 @@ class QueueFull(EngineError):
     user_text_key = "error.queue_full"
 
 
+class UserQueueFull(QueueFull):
+    """One person has as many requests waiting as one person may."""
+
+    user_text_key = "error.queue_user_full"
+
+
+class ChannelQueueFull(QueueFull):
+    """One channel has as many requests waiting as one channel may."""
+
+    user_text_key = "error.queue_channel_full"
+
+
 class EnginePaused(EngineError):
     user_text_key = "error.maintenance"
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from bot.domain import ChatTurn, GenerationRequest, IncomingMessage, StreamEvent
+from bot.domain import ChatTurn, ConversationKey, GenerationRequest, IncomingMessage, StreamEvent
 
 if TYPE_CHECKING:
     from bot.commands import CommandRegistry
+    from bot.texts import Lang
 
 
 @runtime_checkable
@@ -93,3 +94,9 @@ class Adapter(Protocol):
     async def start(self, on_message: MessageHandler, commands: CommandRegistry) -> None: ...
 
     async def stop(self) -> None: ...
+
+    async def sink_for(
+        self, conversation: ConversationKey, *, author_id: str, message_id: str | None, lang: Lang
+    ) -> ReplySink | None:
+        """Where a reply to a stored message goes when no event brought it (after a restart); None if unreachable."""
+        ...

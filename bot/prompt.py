@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import cast
 
-from bot.domain import ChatTurn, Role
+from bot.domain import ChatTurn, MessageStatus, Role
 from bot.errors import BotError
 from bot.ports import ChatTokenizer
 from bot.quoting import with_quote
@@ -36,6 +36,10 @@ class PromptTooLong(BotError):
         self.limit = limit
 
 
+# How a reply that stopped early (a cancel, a shutdown, a kill) reads in later prompts: the model sees it was cut.
+INCOMPLETE_MARK = " [… reply cut off]"
+
+
 @dataclass(frozen=True)
 class BuiltPrompt:
     turns: tuple[ChatTurn, ...]
@@ -50,7 +54,21 @@ def speaker_turn(message: StoredMessage, *, show_names: bool, quote: bool = True
     content = message.content
     if show_names and message.role is Role.USER and message.author_name:
         content = f"{message.author_name}: {content}"
+    if message.role is Role.ASSISTANT and message.status is MessageStatus.INCOMPLETE:
+        content += INCOMPLETE_MARK
     return ChatTurn(message.role, with_quote(message.quoted if quote else None, content))
+
+
+def alternating(turns: Sequence[ChatTurn]) -> list[ChatTurn]:
+    """Neighbouring turns of one role joined into one, so user and assistant turns alternate (a message left
+    unanswered, or two people writing before the bot answered, would otherwise give two user turns in a row)."""
+    merged: list[ChatTurn] = []
+    for turn in turns:
+        if merged and merged[-1].role is turn.role and turn.role is not Role.SYSTEM:
+            merged[-1] = ChatTurn(turn.role, f"{merged[-1].content}\n\n{turn.content}")
+        else:
+            merged.append(turn)
+    return merged
 
 
 def build_prompt(
@@ -73,11 +91,11 @@ def build_prompt(
     costs = [turn_cost(turn, tokenizer) for turn in past]
     room = budget - tokenizer.count_tokens([system])  # for the history and the current message
     chosen = past[stable_start(costs, turn_cost(current, tokenizer), room) :]
-    turns = [system, *chosen, current]
+    turns = alternating([system, *chosen, current])
     total = tokenizer.count_tokens(turns)
     while total > budget and chosen:  # per-turn counts are an estimate; the full render is the truth
         chosen.pop(0)
-        turns = [system, *chosen, current]
+        turns = alternating([system, *chosen, current])
         total = tokenizer.count_tokens(turns)
     return BuiltPrompt(tuple(turns), total, len(chosen), len(history) - len(chosen))
 

@@ -67,6 +67,17 @@ class GenerationSettings(BaseModel):
     timeout_s: float = Field(300.0, gt=0, description="a reply still running after this is stopped")
 
 
+class ChatSettings(BaseModel):
+    recovery_window_min: int = Field(
+        10,
+        ge=0,
+        description="at start, messages left unanswered this recently get a reply or a notice; 0: off",
+    )
+    recovery: Literal["notice", "answer"] = Field(
+        "notice", description="notice: one sentence saying the bot restarted; answer: answer them"
+    )
+
+
 class EngineSettings(BaseModel):
     kind: Literal["local", "remote"] = Field(
         "local", description="local: transformers in this process; remote: OpenAI-compatible server"
@@ -97,8 +108,28 @@ class EngineSettings(BaseModel):
         True,
         description="static decoder: keep finished requests' KV blocks and reuse them for prompts that start the same",
     )
+    lora_slots: int = Field(
+        2,
+        ge=0,
+        le=64,
+        description="static decoder: LoRA versions served at once (a GPU pool; 0: base model only)",
+    )
+    lora_max_rank: int = Field(
+        16, ge=1, le=256, description="static decoder: largest LoRA rank the pool holds"
+    )
+    reserve_training_gib: float = Field(
+        0.0, ge=0, description="static decoder: GPU memory kept out of the KV cache for a fine-tune beside it"
+    )
     max_batch_size: int = Field(8, ge=1, le=256, description="conversations decoded together")
     queue_limit: int = Field(64, ge=1, description="waiting requests beyond this are politely refused")
+    queue_limit_per_user: int = Field(
+        4,
+        ge=1,
+        description="waiting requests of one person beyond this are refused (one person cannot fill it)",
+    )
+    queue_limit_per_channel: int = Field(
+        16, ge=1, description="waiting requests of one channel (or thread) beyond this are refused"
+    )
     # remote (OpenAI-compatible chat completions); the API key comes from HANBOT_REMOTE_API_KEY or OPENAI_API_KEY
     remote_base_url: str | None = Field(None, description="e.g. http://vllm:8000/v1")
     remote_model: str | None = Field(
@@ -126,6 +157,10 @@ class HistorySettings(BaseModel):
 
 
 class DiscordSettings(BaseModel):
+    allowed_guild_ids: list[str] = Field(
+        default_factory=list,
+        description="guilds the bot serves (others are refused); their Manage Server members may /finetune",
+    )
     admin_user_ids: list[str] = Field(default_factory=list)
     admin_role_ids: list[str] = Field(default_factory=list)
     edit_interval_s: float = Field(1.0, ge=0.2)
@@ -139,6 +174,10 @@ class SlackSettings(BaseModel):
     http_host: str = "0.0.0.0"
     http_port: int = 3000
     http_path: str = "/slack/events"
+    allowed_team_ids: list[str] = Field(
+        default_factory=list,
+        description="workspaces (T…) the bot serves (others are refused); their admins may /finetune",
+    )
     admin_user_ids: list[str] = Field(default_factory=list)
     update_interval_s: float = Field(1.0, ge=0.2)
     update_budget_per_min: int = Field(
@@ -230,6 +269,7 @@ class Settings(BaseSettings):
     )
     model: ModelSettings = Field(default_factory=ModelSettings)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    chat: ChatSettings = Field(default_factory=ChatSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     history: HistorySettings = Field(default_factory=HistorySettings)

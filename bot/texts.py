@@ -23,6 +23,14 @@ TEXTS: dict[str, dict[Lang, str]] = {
         "ko": "(대화가 길어져 최근 {kept}개의 메시지만 참고했어요.)",
         "en": "(The conversation is long: only the last {kept} messages were used.)",
     },
+    "chat.unreadable": {
+        "ko": "메시지에 읽을 수 없는 문자가 있어요. 다시 입력해서 보내 주세요.",
+        "en": "Your message holds characters I cannot read. Please type it again.",
+    },
+    "chat.restarted": {
+        "ko": "봇이 다시 시작되는 동안 이 메시지에 답하지 못했어요. 다시 물어봐 주세요.",
+        "en": "I restarted before I could answer this message. Please ask again.",
+    },
     "chat.queued": {"ko": "대기 중 ({position}번째)", "en": "queued, #{position}"},
     "chat.thinking": {"ko": "생각 중…", "en": "thinking…"},
     "chat.incomplete": {"ko": "(답변이 중간에 끊겼어요)", "en": "(reply incomplete)"},
@@ -39,6 +47,19 @@ TEXTS: dict[str, dict[Lang, str]] = {
         "ko": "지금 요청이 너무 많아요. 1분쯤 뒤에 다시 물어봐 주세요.",
         "en": "I am handling too many requests right now. Please ask again in a minute.",
     },
+    "error.store": {
+        "ko": "죄송해요, 대화를 저장하지 못했어요. 잠시 후 다시 시도해 주세요.",
+        "en": "Sorry, I could not save the conversation. Please try again in a moment.",
+    },
+    "error.queue_user_full": {
+        "ko": "이미 답을 기다리는 질문이 여러 개 있어요. 그 답이 나온 뒤(1분쯤 뒤)에 다시 물어봐 주세요.",
+        "en": "You already have several questions waiting for an answer. Please ask again once they are answered "
+        "(in a minute or so).",
+    },
+    "error.queue_channel_full": {
+        "ko": "이 채널에 답을 기다리는 질문이 너무 많아요. 1분쯤 뒤에 다시 물어봐 주세요.",
+        "en": "Too many questions in this channel are waiting for an answer. Please ask again in a minute.",
+    },
     "error.maintenance": {
         "ko": "지금 점검(모델 학습) 중이에요. 잠시 후 다시 물어봐 주세요.",
         "en": "I am down for maintenance (model training). Please ask again soon.",
@@ -54,6 +75,16 @@ TEXTS: dict[str, dict[Lang, str]] = {
     "error.not_admin": {
         "ko": "이 명령은 관리자만 쓸 수 있어요. 서버 관리자에게 문의해 주세요.",
         "en": "Only admins can use this command. Please ask a server admin.",
+    },
+    "error.not_allowed_here": {
+        "ko": "이 봇은 이 서버(워크스페이스)에서 쓰도록 설정되어 있지 않아요.",
+        "en": "This bot is not set up to serve this server or workspace.",
+    },
+    "error.shared_model_admin": {
+        "ko": "이 명령은 모든 팀이 함께 쓰는 모델을 바꿔요. 봇 운영자가 {allowlist}에 이 서버(워크스페이스)를 "
+        "넣거나 {admin_ids}에 당신의 id를 넣어야 쓸 수 있어요.",
+        "en": "This command changes the model every team shares: the bot's operator must list this server or "
+        "workspace in {allowlist}, or your id in {admin_ids}, before you can use it.",
     },
     "error.unknown_command": {
         "ko": "알 수 없는 명령이에요. /help 로 명령 목록을 볼 수 있어요.",
@@ -75,6 +106,10 @@ TEXTS: dict[str, dict[Lang, str]] = {
         "(스레드 첫 메시지 ⋮ → 링크 복사): /reset <링크>",
         "en": "I found no thread in this channel where you talked with me. Add the link of the thread to clear "
         "(⋮ → Copy link on its first message): /reset <link>",
+    },
+    "cmd.link_other_channel": {
+        "ko": "이 링크는 다른 채널의 스레드예요. 그 채널에서 명령을 실행해 주세요. 아무것도 지우지 않았어요.",
+        "en": "That link points to a thread in another channel: run the command in that channel. Nothing was cleared.",
     },
     "cmd.finetune.unavailable": {
         "ko": "학습 기능이 아직 설정되지 않았어요.",

@@ -28,6 +28,10 @@ class SlotRequest:
     lora: str | None = None
 
 
+class AdapterSlotsFull(ValueError):
+    """A decoder's adapter pool has no free slot: every one holds an adapter still named or in use."""
+
+
 class BatchDecoder(Protocol):
     @property
     def capacity(self) -> int:

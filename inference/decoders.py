@@ -10,6 +10,7 @@ Tensor-parallel decoders are built by ``inference.tensor_parallel``, not here.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from transformers import PreTrainedModel
 
@@ -31,6 +32,20 @@ def make_decoder(model: PreTrainedModel, settings: EngineSettings) -> BatchDecod
     return HFBatchDecoder(model, settings.max_batch_size)
 
 
+def static_options(settings: EngineSettings) -> dict[str, Any]:
+    """The StaticSlotDecoder arguments the engine settings give (capacity, caches, FP8, adapter pool, reserve)."""
+    return {
+        "capacity": settings.max_batch_size,
+        "cache_dir": settings.cache_dir,
+        "fp8": settings.fp8_weights,
+        "lora_slots": settings.lora_slots,
+        "lora_max_rank": settings.lora_max_rank,
+        "keep_free_bytes": int(settings.reserve_training_gib * (1 << 30)),
+        "prefix_cache": settings.prefix_cache,
+        "kv_fp8": settings.fp8_kv_cache,
+    }
+
+
 def _fast_decoder(model: PreTrainedModel, settings: EngineSettings) -> BatchDecoder | None:
     try:
         from inference.fast import StaticSlotDecoder
@@ -38,14 +53,7 @@ def _fast_decoder(model: PreTrainedModel, settings: EngineSettings) -> BatchDeco
         _log.warning("the static decoder (inference.fast) is not available (%s): using the hf decoder", exc)
         return None
     try:
-        decoder: BatchDecoder = StaticSlotDecoder(
-            model,
-            capacity=settings.max_batch_size,
-            cache_dir=settings.cache_dir,
-            fp8=settings.fp8_weights,
-            prefix_cache=settings.prefix_cache,
-            kv_fp8=settings.fp8_kv_cache,
-        )
+        decoder: BatchDecoder = StaticSlotDecoder(model, **static_options(settings))
     except Exception as exc:
         if settings.fp8_weights:
             raise

@@ -127,7 +127,10 @@ def ensure_demo_model(out_dir: Path, config: DemoConfig = DEMO_CONFIG) -> Path:
 def build_demo_model(out_dir: Path, config: DemoConfig = DEMO_CONFIG) -> Path:
     """Build the demo model into ``out_dir`` (replacing what is there) and return ``out_dir``."""
     out_dir = Path(out_dir)
-    started = time.monotonic()
+    out_dir.parent.mkdir(
+        parents=True, exist_ok=True
+    )  # first: a fresh data directory, or one unusable, is known
+    started = time.monotonic()  # before a minute of training, not after
     _log.info("building the demo model in %s", out_dir)
     with _seeded(config.seed), _one_thread():
         tokenizer = train_tokenizer(config)

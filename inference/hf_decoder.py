@@ -5,12 +5,18 @@ then merged into the batch's, padding on the left whichever side is shorter; it 
 left padding every row shares is trimmed. Each step feeds every row its last sampled token with a per-row attention
 mask (padding masked out) and per-row position ids (the row's own length), so a row decodes exactly as it would
 alone. Sampling (per-row parameters, repetition penalty over each row's history) is ``inference.sampling``.
+
+LoRA: when the model carries PEFT adapters (``inference.lora.LoraSwitch``), each request is decoded with the adapter
+its ``SlotRequest.lora`` names (the adapter's name inside the model; None: the base), through PEFT's mixed-batch
+forward (``adapter_names``, one entry per row), so one batch can mix versions and the base.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +43,7 @@ class _Batch:
     next_ids: torch.Tensor  # [rows] the token each row feeds next (sampled, not yet in the cache)
     seen: torch.Tensor  # [rows, vocab] tokens each row has seen (repetition penalty)
     params: RowParams
+    adapters: list[str | None]  # each row's adapter inside the model (None: the base)
 
 
 class HFBatchDecoder:
@@ -77,12 +84,13 @@ class HFBatchDecoder:
             raise ValueError(f"slot {request.slot} is already active")
         with torch.inference_mode():
             ids = torch.tensor([request.prompt_ids], dtype=torch.long, device=self._device)
-            logits, cache = self._prefill(ids)
+            with _rows_adapters(self._model, [request.lora]):
+                logits, cache = self._prefill(ids)
             params = RowParams.build([request.params], self._device)
             seen = history_mask(request.prompt_ids, logits.shape[-1], self._device)
             first = sample_next(logits, seen, params)
             mark_seen(seen, first)
-            self._join(request.slot, cache, ids.shape[1], first, seen, params)
+            self._join(request.slot, cache, ids.shape[1], first, seen, params, request.lora)
         return int(first.item())
 
     def step(self) -> dict[int, int]:
@@ -92,7 +100,7 @@ class HFBatchDecoder:
             return {}
         saved = _cache_tensors(batch.cache)
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), _rows_adapters(self._model, batch.adapters):
                 tokens = self._decode(batch)
         except BaseException:
             _restore_cache(batch.cache, saved)
@@ -121,6 +129,7 @@ class HFBatchDecoder:
         batch.next_ids = batch.next_ids.index_select(0, index)
         batch.seen = batch.seen.index_select(0, index)
         batch.params = batch.params.select(keep)
+        batch.adapters = [batch.adapters[i] for i in keep]
         self._trim_shared_padding(batch)
 
     # ---------------------------------------------------------------- steps
@@ -151,12 +160,19 @@ class HFBatchDecoder:
         return tokens
 
     def _join(
-        self, slot: int, cache: Cache, length: int, first: torch.Tensor, seen: torch.Tensor, params: RowParams
+        self,
+        slot: int,
+        cache: Cache,
+        length: int,
+        first: torch.Tensor,
+        seen: torch.Tensor,
+        params: RowParams,
+        adapter: str | None,
     ) -> None:
         pad = torch.zeros(1, dtype=torch.long, device=self._device)
         batch = self._batch
         if batch is None:
-            self._batch = _Batch([slot], cache, length, [0], pad, first, seen, params)
+            self._batch = _Batch([slot], cache, length, [0], pad, first, seen, params, [adapter])
             return
         width = max(batch.width, length)
         _left_pad(batch.cache, width - batch.width)
@@ -171,6 +187,7 @@ class HFBatchDecoder:
         batch.next_ids = torch.cat([batch.next_ids, first])
         batch.seen = torch.cat([batch.seen, seen])
         batch.params = batch.params.concat(params)
+        batch.adapters.append(adapter)
 
     def _trim_shared_padding(self, batch: _Batch) -> None:
         shared = min(batch.pads)
@@ -187,6 +204,34 @@ class HFBatchDecoder:
         if self._batch is None:
             return 0
         return sum(t.numel() * t.element_size() for t in _cache_tensors(self._batch.cache))
+
+
+@contextlib.contextmanager
+def _rows_adapters(model: PreTrainedModel, names: list[str | None]) -> Iterator[None]:
+    """Run the model's PEFT layers with one adapter per batch row (PEFT's mixed-batch forward), whichever adapter
+    the model has switched on; nothing to do for a model without adapters."""
+    from inference.lora import tuner_layers
+
+    layers = tuner_layers(model)
+    if not layers:
+        yield
+        return
+    rows = [name or "__base__" for name in names]
+
+    def inject(_module: Any, args: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        return args, {**kwargs, "adapter_names": rows}
+
+    disabled = [layer._disable_adapters for layer in layers]
+    handles = [layer.register_forward_pre_hook(inject, with_kwargs=True) for layer in layers]
+    try:
+        for layer in layers:
+            layer._disable_adapters = False  # the mixed-batch path runs only on enabled layers
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for layer, was in zip(layers, disabled, strict=True):
+            layer._disable_adapters = was
 
 
 def _layers(cache: Cache) -> list[Any]:

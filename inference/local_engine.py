@@ -28,7 +28,7 @@ from inference.decoders import make_decoder
 from inference.detokenize import IncrementalDetokenizer
 from inference.hf_decoder import HFBatchDecoder
 from inference.loading import LoadedModel, load_model
-from inference.lora import LoraSwitch
+from inference.lora import LoraSwitch, PoolLoras
 from inference.tokenizer import HFChatTokenizer, stop_token_ids
 from inference.worker import End, Job, JobEvent, ModelWorker, WorkerStats
 
@@ -61,7 +61,8 @@ class LocalEngine:
         self._reload = reload
         self._tokenizer = HFChatTokenizer.for_model(tokenizer, model.config, context_length)
         self._stop_ids = stop_token_ids(tokenizer, getattr(model, "generation_config", None), model.config)
-        self._lora = LoraSwitch(model)
+        self._lora = LoraSwitch(model)  # the hf decoder: one version at a time, in the model
+        self._pool = PoolLoras()  # the fast decoder: versions in its adapter pool, one per request
         self._paused = False
         self._closed = False
         self._offloaded_to: str | None = None  # "cpu" or "dropped" while paused
@@ -71,9 +72,14 @@ class LocalEngine:
             decoder_factory(model, self._engine_settings),
             self._stop_ids,
             queue_limit=self._engine_settings.queue_limit,
+            queue_limit_per_user=self._engine_settings.queue_limit_per_user,
+            queue_limit_per_channel=self._engine_settings.queue_limit_per_channel,
             torch_threads=_worker_threads(model),
             interleave_prefill=self._engine_settings.interleave_prefill,
         )
+        self._worker.resolve_lora = self._resolve_lora
+        # whether the decoder serves LoRA versions from its own pool (kept while paused, when there is no decoder)
+        self._pool_mode = _serves_adapters(self._worker.decoder)
         _log.info(
             "local engine ready: %s, batch %d, queue %d, stop ids %s",
             type(self._worker.decoder).__name__,
@@ -172,16 +178,42 @@ class LocalEngine:
         _log.info("engine resumed")
 
     async def load_lora(self, name: str, path: str) -> None:
-        """Load (or replace) a LoRA between two decode steps; the base weights stay where they are."""
-        await self._on_worker(lambda: self._switch_lora(lambda: self._lora.load(name, path)))
+        """Load (or replace) a LoRA between two decode steps; the base weights stay where they are.
+
+        With the fast decoder's adapter pool the version is copied into the pool and requests can name it at once
+        (``GenerationRequest.lora``); which version serves by default does not change."""
+
+        def load() -> None:
+            if self._pool_mode:
+                self._pool.load(self._worker.decoder, name, path)
+            else:
+                self._switch_lora(lambda: self._lora.load(name, path))
+
+        await self._on_worker(load)
 
     async def use_lora(self, name: str | None) -> None:
-        """Serve with LoRA ``name`` (None: the base model) from the next decode step on."""
-        await self._on_worker(lambda: self._switch_lora(lambda: self._lora.use(name)))
+        """Serve with LoRA ``name`` (None: the base model) by default from the next request (the hf decoder: the
+        next decode step) on."""
+
+        def use() -> None:
+            if self._pool_mode:
+                self._pool.use(name)
+            else:
+                self._switch_lora(lambda: self._lora.use(name))
+
+        await self._on_worker(use)
 
     @property
     def active_lora(self) -> str | None:
-        return self._lora.active
+        return self._pool.active if self._pool_mode else self._lora.active
+
+    def _resolve_lora(self, requested: str | None) -> str | None:
+        """The decoder's adapter id for a request (worker thread, at admission)."""
+        if self._pool_mode:
+            return self._pool.resolve(requested)
+        return self._lora.resolve(
+            requested
+        )  # the adapter's name inside the model: the hf decoder's mixed batches
 
     async def aclose(self) -> None:
         if self._closed:
@@ -231,16 +263,17 @@ class LocalEngine:
     def _switch_lora(self, change: Callable[[], None]) -> None:
         """Apply ``change`` to the model, then make sure the decoder serves what the model now computes.
 
-        HFBatchDecoder runs the model's own modules, so it follows at once. A decoder that keeps its own copy of the
-        weights (inference.fast fuses them) follows if it offers ``weights_changed()``; one that cannot is replaced
-        by the hf decoder, so a promoted LoRA is never silently left out (the replies running at that moment end
-        early with an error; waiting ones are served by the new decoder)."""
+        HFBatchDecoder runs the model's own modules, so it follows at once. A decoder with an adapter pool never
+        comes here (``PoolLoras``). Another decoder that keeps its own copy of the weights follows if it offers
+        ``weights_changed()``; one that cannot is replaced by the hf decoder, so a promoted LoRA is never silently
+        left out (the replies running at that moment end early with an error; waiting ones are served by the new
+        decoder, which starts after the old one's KV memory is freed)."""
         decoder = self._worker.decoder
         refresh = getattr(decoder, "weights_changed", None)
         if decoder is not None and not callable(refresh) and not getattr(decoder, "model_intact", True):
             raise EngineError(
-                "LoRA adapters are not served with FP8 or tensor-parallel weights yet: the base model keeps "
-                "serving. Set engine.fp8_weights=false and engine.tensor_parallel=1 to serve fine-tuned versions."
+                "this decoder has no adapter slots and the model's own weights are gone (FP8 or tensor-parallel "
+                "build): the base model keeps serving. Set engine.lora_slots above 0 to serve fine-tuned versions."
             )
         change()
         if decoder is None or isinstance(decoder, HFBatchDecoder):
@@ -252,7 +285,7 @@ class LocalEngine:
             "%s cannot follow a LoRA switch: serving with the hf decoder from now on", type(decoder).__name__
         )
         self._worker.replace_decoder(
-            HFBatchDecoder(self._model, self._engine_settings.max_batch_size),
+            lambda: HFBatchDecoder(self._model, self._engine_settings.max_batch_size),
             GenerationFailed("the model changed under this reply (LoRA switch)"),
         )
 
@@ -286,7 +319,11 @@ class LocalEngine:
             self._lora.attach(self._model)
         else:
             self._model.to("cuda")  # type: ignore[arg-type]
-        self._worker.set_decoder(self._decoder_factory(self._model, self._engine_settings))
+        decoder = self._decoder_factory(self._model, self._engine_settings)
+        self._worker.set_decoder(decoder)
+        self._pool_mode = _serves_adapters(decoder)
+        if self._pool_mode:
+            self._pool.attach(decoder)
         self._offloaded_to = None
 
     async def _on_worker(self, fn: Callable[[], R]) -> R:
@@ -304,6 +341,11 @@ async def _next_event(
     except TimeoutError:
         _log.warning("request %s timed out", request.request_id)
         raise GenerationTimeout(f"request {request.request_id} timed out") from None
+
+
+def _serves_adapters(decoder: BatchDecoder | None) -> bool:
+    """Whether the decoder serves LoRA versions from its own pool, one per request (the fast decoder)."""
+    return decoder is not None and int(getattr(decoder, "adapter_slots", 0) or 0) > 0
 
 
 def _worker_threads(model: PreTrainedModel) -> int | None:

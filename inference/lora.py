@@ -1,4 +1,8 @@
-"""Switching LoRA adapters on the served model without reloading its base weights.
+"""Serving LoRA versions without reloading the base weights.
+
+``PoolLoras``: the fast decoder's adapter pool serves every loaded version at once, each request the one it names
+(the model is not touched). ``LoraSwitch``, for a decoder that runs the model's own modules (the hf decoder): the
+versions are loaded into the model with PEFT; the hf decoder gives each row its own (``resolve`` names it).
 
 ``model.load_adapter`` (transformers' PEFT integration) wraps the base linear layers in place with LoRA layers, so
 the model object and its base weight tensors stay the same. Switching goes straight to PEFT's tuner layers
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedModel
@@ -58,6 +63,18 @@ class LoraSwitch:
         self._apply()
         _log.info("serving with %s", f"LoRA {name}" if name else "the base model")
 
+    def resolve(self, requested: str | None) -> str | None:
+        """The adapter's name inside the model for a request's ``lora`` (None: the version serving by default;
+        "": the base model), for the hf decoder's mixed batches."""
+        if requested is None:
+            requested = self.active
+        if not requested:
+            return None
+        internal = self._internal.get(requested)
+        if internal is None:
+            raise EngineError(f"LoRA {requested!r} is not loaded")
+        return internal
+
     def forget_model(self) -> None:
         """The model was dropped (engine paused); ``attach`` gives the reloaded one back its adapters."""
         self._model = None
@@ -70,7 +87,7 @@ class LoraSwitch:
 
     def _apply(self) -> None:
         model = self._require_model()
-        layers = _tuner_layers(model)
+        layers = tuner_layers(model)
         if self.active is None:
             for layer in layers:
                 layer.enable_adapters(False)
@@ -85,15 +102,112 @@ class LoraSwitch:
         return self._model
 
 
-def _tuner_layers(model: PreTrainedModel) -> list[Any]:
-    from peft.tuners.tuners_utils import BaseTunerLayer
+def tuner_layers(model: PreTrainedModel) -> list[Any]:
+    """The model's PEFT LoRA layers (none before an adapter was loaded)."""
+    if not getattr(model, "_hf_peft_config_loaded", False) and not hasattr(model, "peft_config"):
+        return []
+    from peft.tuners.lora import LoraLayer
 
-    return [module for module in model.modules() if isinstance(module, BaseTunerLayer)]
+    return [module for module in model.modules() if isinstance(module, LoraLayer)]
 
 
 def _delete_adapter(model: PreTrainedModel, internal: str) -> None:
-    for layer in _tuner_layers(model):
+    for layer in tuner_layers(model):
         layer.delete_adapter(internal)
     config = getattr(model, "peft_config", None)
     if isinstance(config, dict):
         config.pop(internal, None)
+
+
+class PoolLoras:
+    """LoRA versions served from the decoder's own adapter pool (the fast decoder, ``adapter_slots`` > 0).
+
+    The model is not touched: each version is copied into a pool slot under a fresh id (a reload of a name gets a new
+    id, so requests already running keep the weights they started with, and no KV reuse mixes the two), and every
+    request is decoded with the version it names (``resolve``). When the pool is full, the version least recently
+    loaded or asked for by a request, other than the default and the one being loaded, is unloaded to make room (it
+    stays in use until its running requests end): a trial or a routed version that gets traffic stays."""
+
+    def __init__(self) -> None:
+        self._ids: dict[str, str] = {}  # public name -> the decoder's id, oldest load first
+        self._paths: dict[str, str] = {}
+        self._versions = itertools.count(1)
+        self._uses = itertools.count(1)
+        self._last_use: dict[str, int] = {}  # name -> when it was last loaded or resolved for a request
+        self.active: str | None = None
+
+    @property
+    def loaded(self) -> dict[str, str]:
+        return dict(self._paths)
+
+    def load(self, decoder: Any | None, name: str, path: str) -> None:
+        """Copy version ``name`` into the decoder's pool; with no decoder (engine paused) it is loaded at resume."""
+        if decoder is None:
+            if not (Path(path) / "adapter_config.json").is_file():
+                raise EngineError(f"could not load LoRA {name!r} from {path}: no adapter_config.json there")
+            self._ids.pop(name, None)
+            self._paths[name] = path
+            return
+        key = f"{name}#{next(self._versions)}"
+        try:
+            self._load_with_room(decoder, name, key, path)
+        except Exception as exc:
+            raise EngineError(
+                f"could not load LoRA {name!r} from {path}: {type(exc).__name__}: {exc}"
+            ) from exc
+        previous = self._ids.pop(name, None)
+        self._paths.pop(name, None)
+        self._ids[name], self._paths[name] = key, path
+        self._last_use[name] = next(self._uses)
+        if previous is not None:
+            decoder.retire_adapter(previous)  # freed once the replies that use it end
+        _log.info(
+            "LoRA %s loaded from %s into the decoder's pool (default: %s)", name, path, self.active or "base"
+        )
+
+    def _load_with_room(self, decoder: Any, name: str, key: str, path: str) -> None:
+        from inference.decoder import AdapterSlotsFull
+
+        while True:
+            try:
+                decoder.load_adapter(key, path)
+                return
+            except AdapterSlotsFull:
+                candidates = [n for n in self._ids if n not in (self.active, name)]
+                if not candidates:
+                    raise
+                victim = min(candidates, key=lambda n: self._last_use.get(n, 0))
+                _log.info("LoRA pool full: unloading %s to load %s", victim, name)
+                decoder.retire_adapter(self._ids.pop(victim))
+                self._paths.pop(victim, None)
+
+    def use(self, name: str | None) -> None:
+        if name is not None and name not in self._paths:
+            raise EngineError(f"LoRA {name!r} is not loaded (loaded: {', '.join(self._paths) or 'none'})")
+        self.active = name
+        _log.info("serving with %s by default", f"LoRA {name}" if name else "the base model")
+
+    def resolve(self, requested: str | None) -> str | None:
+        """The decoder's adapter id for a request's ``lora`` (None: the default; "": the base model)."""
+        if requested is None:
+            requested = self.active
+        if not requested:
+            return None
+        key = self._ids.get(requested)
+        if key is None:
+            raise EngineError(f"LoRA {requested!r} is not loaded")
+        self._last_use[requested] = next(self._uses)
+        return key
+
+    def attach(self, decoder: Any) -> None:
+        """A new decoder (after a pause): load every version into its pool again (one that fails is dropped, with
+        the reason logged; the others serve)."""
+        self._ids.clear()
+        for name, path in list(self._paths.items()):
+            try:
+                self.load(decoder, name, path)
+            except EngineError as exc:
+                self._paths.pop(name, None)
+                if self.active == name:
+                    self.active = None
+                _log.error("LoRA %s was not loaded again after the pause: %s", name, exc)

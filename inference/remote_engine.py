@@ -48,6 +48,7 @@ from bot.errors import (
     ModelLoadError,
     QueueFull,
 )
+from bot.masking import mask_url
 from bot.ports import ChatTokenizer
 from inference.openai_stream import (
     DONE,
@@ -61,6 +62,7 @@ from inference.openai_stream import (
     sse_data,
     without_extras,
 )
+from inference.request_queue import WaitingCaps
 
 if TYPE_CHECKING:
     from bot.settings import Settings
@@ -108,8 +110,13 @@ class RemoteEngine:
         retry_after_max_s: float = 60.0,
         drain_timeout_s: float = 30.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        per_user: int | None = None,
+        per_channel: int | None = None,
     ) -> None:
+        """``per_user`` / ``per_channel``: at most this many requests of one user / one channel at the server at
+        once (waiting there or streaming); more are refused with the reason, so nobody fills the server's queue."""
         self._base_url = base_url.rstrip("/")
+        self._shown_url = mask_url(self._base_url)  # in errors and logs: without a password it may hold
         self._base_model = model
         self._tokenizer = tokenizer
         self._generation_timeout_s = generation_timeout_s
@@ -135,6 +142,7 @@ class RemoteEngine:
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._caps = WaitingCaps(per_user=per_user, per_channel=per_channel)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RemoteEngine:
@@ -153,7 +161,7 @@ class RemoteEngine:
         model = engine.remote_model or settings.model.name_or_path
         _log.info(
             "remote engine: %s, model %s, API key %s",
-            engine.remote_base_url,
+            mask_url(engine.remote_base_url),
             model,
             "set" if settings.remote_api_key else "not set",
         )
@@ -165,10 +173,12 @@ class RemoteEngine:
             timeout_s=engine.remote_timeout_s,
             generation_timeout_s=settings.generation.timeout_s,
             max_retries=engine.remote_max_retries,
+            per_user=engine.queue_limit_per_user,
+            per_channel=engine.queue_limit_per_channel,
         )
 
     def __repr__(self) -> str:
-        return f"RemoteEngine(base_url={self._base_url!r}, model={self.model!r})"
+        return f"RemoteEngine(base_url={self._shown_url!r}, model={self.model!r})"
 
     @property
     def tokenizer(self) -> ChatTokenizer:
@@ -179,6 +189,13 @@ class RemoteEngine:
         """The ``model`` field sent now: the LoRA in use, else the base model."""
         return self._lora or self._base_model
 
+    def _model_for(self, request: GenerationRequest) -> str:
+        """The ``model`` field of one request: the LoRA it names (vLLM serves adapters by name), the base model for
+        ``BASE_MODEL``, else the engine's default."""
+        if request.lora is None:
+            return self.model
+        return request.lora or self._base_model
+
     # ----- generation -----
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
@@ -186,6 +203,8 @@ class RemoteEngine:
             raise GenerationFailed("the remote engine is closed")
         if self._paused:
             raise EnginePaused("the remote engine is paused")
+        self._caps.check(request.user, request.channel)
+        self._caps.add(request.user, request.channel)
         self._active += 1
         self._idle.clear()
         try:
@@ -193,6 +212,7 @@ class RemoteEngine:
                 async for text in chunks:
                     yield text
         finally:
+            self._caps.discard(request.user, request.channel)
             self._active -= 1
             if self._active == 0:
                 self._idle.set()
@@ -201,7 +221,7 @@ class RemoteEngine:
         loop = asyncio.get_running_loop()
         timeout_s = request.timeout_s or self._generation_timeout_s
         deadline = loop.time() + timeout_s if timeout_s else None
-        body = chat_body(request, self.model, send_extras=self._send_extras)
+        body = chat_body(request, self._model_for(request), send_extras=self._send_extras)
         attempt = 0
         yielded = 0
         fallback = False  # True once the extra fields were dropped after a rejection
@@ -342,7 +362,7 @@ class RemoteEngine:
         if isinstance(exc, httpx.TransportError):
             return _Retryable(
                 f"connection problem ({name})",
-                GenerationFailed(f"cannot reach the remote server at {self._base_url} ({name})"),
+                GenerationFailed(f"cannot reach the remote server at {self._shown_url} ({name})"),
             )
         return GenerationFailed(f"HTTP error talking to the remote server ({name})")
 
@@ -391,7 +411,7 @@ class RemoteEngine:
             raise EngineUnhealthy(str(exc)) from None
         if served and not _is_served(self.model, served):
             raise EngineUnhealthy(
-                f"the remote server at {self._base_url} does not serve {self.model!r} "
+                f"the remote server at {self._shown_url} does not serve {self.model!r} "
                 f"(it serves {len(served)} other model(s)): check engine.remote_model"
             )
 
@@ -401,15 +421,15 @@ class RemoteEngine:
             response = await self._client.get("models")
         except httpx.HTTPError as exc:
             raise GenerationFailed(
-                f"cannot reach the remote server at {self._base_url} ({type(exc).__name__})"
+                f"cannot reach the remote server at {self._shown_url} ({type(exc).__name__})"
             ) from None
         if response.status_code != 200:
-            raise GenerationFailed(f"GET {self._base_url}/models answered HTTP {response.status_code}")
+            raise GenerationFailed(f"GET {self._shown_url}/models answered HTTP {response.status_code}")
         try:
             data = response.json().get("data", [])
             return [str(item["id"]) for item in data if isinstance(item, dict) and "id" in item]
         except (ValueError, AttributeError, TypeError):
-            raise GenerationFailed(f"GET {self._base_url}/models did not answer a model list") from None
+            raise GenerationFailed(f"GET {self._shown_url}/models did not answer a model list") from None
 
     async def pause(self) -> None:
         """Refuse new requests (EnginePaused) and wait for running ones to finish (at most ``drain_timeout_s``).
@@ -442,7 +462,7 @@ class RemoteEngine:
             status, detail = await self._post_admin("load_lora_adapter", payload)
         if status in (404, 405, 501):
             raise ModelLoadError(
-                f"the remote server at {self._base_url} cannot load LoRA adapters at run time "
+                f"the remote server at {self._shown_url} cannot load LoRA adapters at run time "
                 f"(POST /load_lora_adapter answered {status}). With vLLM, start it with --enable-lora and "
                 f"VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, or serve the adapter from the start with "
                 f"--lora-modules {name}=<path> and switch to it with use_lora({name!r})"
@@ -458,7 +478,7 @@ class RemoteEngine:
             response = await self._client.post(endpoint, json=payload)
         except httpx.HTTPError as exc:
             raise ModelLoadError(
-                f"cannot reach the remote server at {self._base_url} ({type(exc).__name__})"
+                f"cannot reach the remote server at {self._shown_url} ({type(exc).__name__})"
             ) from None
         try:
             detail = error_detail(response.json()) if response.status_code >= 300 else ""
@@ -477,7 +497,7 @@ class RemoteEngine:
                 raise ModelLoadError(f"cannot check the LoRA {name!r} on the remote server: {exc}") from None
             if not _is_served(name, served):
                 raise ModelLoadError(
-                    f"the remote server at {self._base_url} does not serve a LoRA named {name!r}: load it with "
+                    f"the remote server at {self._shown_url} does not serve a LoRA named {name!r}: load it with "
                     f"load_lora, or start vLLM with --lora-modules {name}=<path>"
                 )
         self._lora = name

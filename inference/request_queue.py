@@ -4,6 +4,9 @@ One active generation per channel: a channel whose previous request is still run
 next message waits behind it, so each channel's order is kept. Among the channels that can start, the one served
 longest ago goes first (a channel never served goes before any that was), so a busy channel cannot starve a quiet
 one: a quiet channel's message starts before a busy channel's next one. Not thread-safe: the engine holds its lock.
+
+Caps (``WaitingCaps``): besides the total ``limit``, one channel and one user may have only so many requests waiting,
+so one person or one channel cannot fill the queue for everybody; past a cap the request is refused with the reason.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from bot.errors import QueueFull
+from bot.errors import ChannelQueueFull, QueueFull, UserQueueFull
 
 _log = logging.getLogger(__name__)
 
@@ -34,9 +37,46 @@ class _Channel(Generic[T]):
         return (self.last_served, self.arrival)
 
 
+class WaitingCaps:
+    """How many requests each user and each channel has waiting; ``check`` refuses one past its cap."""
+
+    def __init__(self, *, per_user: int | None = None, per_channel: int | None = None) -> None:
+        self.per_user = per_user
+        self.per_channel = per_channel
+        self._users: dict[str, int] = {}
+        self._channels: dict[str, int] = {}
+
+    def check(self, user: str, channel: str) -> None:
+        if self.per_channel is not None and self._channels.get(channel, 0) >= self.per_channel:
+            raise ChannelQueueFull(f"channel has {self.per_channel} requests waiting (its cap)")
+        if user and self.per_user is not None and self._users.get(user, 0) >= self.per_user:
+            raise UserQueueFull(f"user has {self.per_user} requests waiting (their cap)")
+
+    def add(self, user: str, channel: str) -> None:
+        self._channels[channel] = self._channels.get(channel, 0) + 1
+        if user:
+            self._users[user] = self._users.get(user, 0) + 1
+
+    def discard(self, user: str, channel: str) -> None:
+        _decrement(self._channels, channel)
+        if user:
+            _decrement(self._users, user)
+
+
+def _decrement(counts: dict[str, int], key: str) -> None:
+    left = counts.get(key, 0) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
+
+
 class FairQueue(Generic[T]):
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, per_user: int | None = None, per_channel: int | None = None) -> None:
+        """``per_user`` / ``per_channel``: at most this many waiting requests of one user / one channel."""
         self._limit = limit
+        self._caps = WaitingCaps(per_user=per_user, per_channel=per_channel)
+        self._owners: dict[int, str] = {}  # id(item) -> its user
         self._channels: dict[str, _Channel[T]] = {}
         self._arrivals = itertools.count()
         self._served = 0
@@ -49,14 +89,18 @@ class FairQueue(Generic[T]):
         for channel in self._channels.values():
             yield from channel.waiting
 
-    def push(self, channel: str, item: T) -> None:
-        """Queue ``item`` behind the channel's earlier ones; raise QueueFull past the limit."""
+    def push(self, channel: str, item: T, *, user: str = "") -> None:
+        """Queue ``item`` behind the channel's earlier ones; raise QueueFull (or the channel's or the user's cap,
+        which say why) past a limit."""
+        self._caps.check(user, channel)
         if self._size >= self._limit:
             raise QueueFull(f"{self._size} requests waiting (limit {self._limit})")
         entry = self._channels.get(channel)
         if entry is None:
             entry = self._channels[channel] = _Channel(channel, next(self._arrivals))
         entry.waiting.append(item)
+        self._caps.add(user, channel)
+        self._owners[id(item)] = user
         self._size += 1
 
     def remove(self, channel: str, item: T) -> bool:
@@ -64,8 +108,12 @@ class FairQueue(Generic[T]):
         if entry is None or item not in entry.waiting:
             return False
         entry.waiting.remove(item)
-        self._size -= 1
+        self._left(channel, item)
         return True
+
+    def _left(self, channel: str, item: T) -> None:
+        self._caps.discard(self._owners.pop(id(item), ""), channel)
+        self._size -= 1
 
     def peek(self, busy: Callable[[str], bool]) -> T | None:
         """The item that ``pop`` would return, left in place."""
@@ -79,8 +127,9 @@ class FairQueue(Generic[T]):
             return None
         self._served += 1
         channel.last_served = self._served
-        self._size -= 1
-        return channel.waiting.popleft()
+        item = channel.waiting.popleft()
+        self._left(channel.name, item)
+        return item
 
     def _next_channel(self, busy: Callable[[str], bool]) -> _Channel[T] | None:
         ready = [c for c in self._channels.values() if c.waiting and not busy(c.name)]

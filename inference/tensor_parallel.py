@@ -6,7 +6,8 @@ Every rank reads its slice of the safetensors checkpoint (``inference.fast.check
 builds a ``StaticSlotDecoder`` over it (``inference.fast.parallel``: heads and MLP columns split, two all-reduces a
 layer). Rank 0 builds the LocalEngine around its decoder wrapped in ``MirroredDecoder``, and only rank 0 talks to
 Discord, Slack, the database and the scheduler. The other ranks run ``follower_main`` and replay rank 0's decoder
-calls until it closes. LoRA adapters are not applied to tensor-parallel weights (the engine refuses a switch).
+calls until it closes. LoRA adapters are served from each rank's adapter pool (``inference.fast.lora``): rank 0's
+load calls are replayed on the other ranks, which read their slices of the adapter from the same folder.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from bot.errors import ModelLoadError
 from bot.settings import Settings
+from inference.decoders import static_options
 from inference.fast.checkpoint import fetch_from_checkpoint
 from inference.fast.decoder import StaticSlotDecoder
 from inference.fast.mirror import MirroredDecoder, follow
@@ -70,15 +72,9 @@ def rank_decoder(settings: Settings, group: TensorParallel, folder: Path, config
         world=group.world,
         fp8=settings.engine.fp8_weights,
     )
-    return StaticSlotDecoder(
-        weights,
-        parallel=group,
-        capacity=settings.engine.max_batch_size,
-        max_context=settings.model.context_length,
-        cache_dir=settings.engine.cache_dir,
-        prefix_cache=settings.engine.prefix_cache,
-        kv_fp8=settings.engine.fp8_kv_cache,
-    )
+    options = static_options(settings.engine)
+    del options["fp8"]  # the weights are already built (in FP8 when asked)
+    return StaticSlotDecoder(weights, parallel=group, max_context=settings.model.context_length, **options)
 
 
 def skeleton_model(folder: Path, config: Any) -> Any:

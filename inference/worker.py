@@ -13,6 +13,7 @@ requests of that step (all of them were in it) and the worker keeps serving.
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 import logging
 import threading
 import time
@@ -84,6 +85,8 @@ class ModelWorker:
         stop_ids: frozenset[int],
         *,
         queue_limit: int,
+        queue_limit_per_user: int | None = None,
+        queue_limit_per_channel: int | None = None,
         torch_threads: int | None = None,
         interleave_prefill: bool = True,
         name: str = "hanbot-model",
@@ -95,7 +98,9 @@ class ModelWorker:
         self._decoder: BatchDecoder | None = decoder
         self._interleave = interleave_prefill
         self._stop_ids = stop_ids
-        self._queue: FairQueue[Job] = FairQueue(queue_limit)
+        self._queue: FairQueue[Job] = FairQueue(
+            queue_limit, per_user=queue_limit_per_user, per_channel=queue_limit_per_channel
+        )
         self._cond = threading.Condition()
         self._busy: dict[str, Job] = {}  # channel -> its admitted job
         self._active: dict[int, Job] = {}  # slot -> job (worker thread only)
@@ -104,6 +109,8 @@ class ModelWorker:
         self._stopping = False
         self._memory_blocked = False  # the next request waits for decoder memory, not for a slot
         self.stats = WorkerStats()
+        # GenerationRequest.lora → the decoder's adapter id (SlotRequest.lora), at admission; set by the engine
+        self.resolve_lora: Callable[[str | None], str | None] | None = None
         self.heartbeat = time.monotonic()
         self._torch_threads = torch_threads
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -122,7 +129,7 @@ class ModelWorker:
     def submit(self, job: Job) -> None:
         """Queue ``job``; raises QueueFull past the limit."""
         with self._cond:
-            self._queue.push(job.request.channel, job)
+            self._queue.push(job.request.channel, job, user=job.request.user)
             self._publish_positions()
             self._cond.notify_all()
 
@@ -171,13 +178,21 @@ class ModelWorker:
         with self._cond:
             self._cond.notify_all()
 
-    def replace_decoder(self, decoder: BatchDecoder, reason: EngineError) -> None:
-        """End the running requests with ``reason`` (their KV lives in the old decoder), then serve with ``decoder``.
+    def replace_decoder(self, make: Callable[[], BatchDecoder], reason: EngineError) -> None:
+        """End the running requests with ``reason`` (their KV lives in the old decoder), close the old decoder (its
+        KV memory goes back), then serve with the decoder ``make`` builds.
 
         Worker thread only, through ``call``. Waiting requests are untouched and are admitted into the new decoder."""
         for job in list(self._active.values()):
             self._finish(job, reason)
-        self.set_decoder(decoder)
+        old, self._decoder = self._decoder, None
+        close = getattr(old, "close", None)
+        if callable(close):
+            close()
+        del old, close
+        gc.collect()
+        _free_accelerator_memory()
+        self.set_decoder(make())
 
     def stop(self, timeout: float | None = None) -> None:
         with self._cond:
@@ -298,9 +313,10 @@ class ModelWorker:
             slot,
             len(job.prompt_ids),
         )
-        request = SlotRequest(slot, tuple(job.prompt_ids), job.request.params)
         submit = getattr(decoder, "submit", None) if self._interleave else None
         try:
+            lora = self.resolve_lora(job.request.lora) if self.resolve_lora is not None else None
+            request = SlotRequest(slot, tuple(job.prompt_ids), job.request.params, lora=lora)
             if callable(submit):
                 submit(request)  # prefilled in the coming steps; the first token comes from one of them
                 return

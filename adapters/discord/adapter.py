@@ -22,11 +22,12 @@ from adapters.discord.pacing import ChannelPacer
 from adapters.discord.replies import reply_chain
 from adapters.discord.sink import DiscordReplySink
 from bot.commands import CommandRegistry
+from bot.domain import ConversationKey
 from bot.errors import ConfigError
-from bot.ports import MessageHandler
+from bot.ports import MessageHandler, ReplySink
 from bot.settings import Settings
 from bot.store.conversations import ConversationStore
-from bot.texts import language_of
+from bot.texts import Lang, language_of
 
 _log = logging.getLogger(__name__)
 
@@ -130,6 +131,30 @@ class DiscordAdapter:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._connection, timeout=STOP_GRACE_S)
         _log.info("discord stopped")
+
+    async def sink_for(
+        self, conversation: ConversationKey, *, author_id: str, message_id: str | None, lang: Lang
+    ) -> ReplySink | None:
+        """A reply into a stored conversation (after a restart), as a reply to ``message_id`` when there is one."""
+        client = self._client
+        if client is None:
+            return None
+        channel_id = int(conversation.channel)
+        channel = client.get_channel(channel_id)
+        if channel is None:
+            try:
+                channel = await client.fetch_channel(channel_id)
+            except (discord.HTTPException, discord.InvalidData) as exc:
+                _log.warning("channel %s unreachable: %s", channel_id, type(exc).__name__)
+                return None
+        if not isinstance(channel, discord.abc.Messageable):
+            return None
+        reply_to = None
+        if message_id and message_id.isdigit() and hasattr(channel, "get_partial_message"):
+            reply_to = channel.get_partial_message(int(message_id))
+        return DiscordReplySink(
+            channel, channel_id=channel_id, pacer=self._pacer, lang=lang, reply_to=reply_to
+        )
 
     async def wait_closed(self) -> None:
         """Wait until the gateway connection ends (stopped, or failed for good)."""

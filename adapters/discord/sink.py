@@ -62,7 +62,7 @@ class DiscordReplySink:
         channel_id: int,
         pacer: ChannelPacer,
         lang: Lang,
-        reply_to: discord.Message | None = None,
+        reply_to: discord.Message | discord.PartialMessage | None = None,
         limit: int = MESSAGE_LIMIT,
     ) -> None:
         self._channel = channel

@@ -22,6 +22,7 @@ from adapters.slack.client import build_web_client, ensure_rate_limit_retries
 from adapters.slack.commands import SlashCommands
 from adapters.slack.dedupe import DeliveryDedupe
 from adapters.slack.events import (
+    ReplyTarget,
     SlackMessage,
     direct_message,
     is_thread_reply,
@@ -34,11 +35,12 @@ from adapters.slack.pacing import UpdatePacer
 from adapters.slack.sink import SlackReplySink
 from adapters.slack.users import UserDirectory
 from bot.commands import CommandRegistry
+from bot.domain import ConversationKey
 from bot.errors import ConfigError
-from bot.ports import MessageHandler
+from bot.ports import MessageHandler, ReplySink
 from bot.settings import Settings
 from bot.store.conversations import ConversationStore
-from bot.texts import language_of
+from bot.texts import Lang, language_of
 
 _log = logging.getLogger(__name__)
 
@@ -105,6 +107,15 @@ class SlackAdapter:
             self._runner = None
         await self._drain()
         _log.info("slack adapter stopped")
+
+    async def sink_for(
+        self, conversation: ConversationKey, *, author_id: str, message_id: str | None, lang: Lang
+    ) -> ReplySink | None:
+        """A reply into a stored conversation (after a restart): its thread, or the DM."""
+        target = ReplyTarget(
+            conversation.workspace, conversation.channel, conversation.thread or None, author_id
+        )
+        return SlackReplySink(self._client, target, pacer=self._pacer, native=self._native, lang=lang)
 
     # setup
 

@@ -25,7 +25,7 @@ from adapters.slack.mrkdwn import to_mrkdwn
 from adapters.slack.users import UserDirectory
 from bot.commands import CommandContext, CommandRegistry, CommandSpec, parse_arguments
 from bot.domain import ConversationKey
-from bot.texts import language_of, say_both
+from bot.texts import language_of, say, say_both
 
 _log = logging.getLogger(__name__)
 
@@ -53,6 +53,19 @@ class SlashCommands:
         name = str(command.get("command", "")).lstrip("/")
         try:
             ctx = await self._context(name, command)
+            elsewhere = linked_channel_elsewhere(str(command.get("text") or ""), ctx.conversation.channel)
+            if elsewhere:  # a thread of another channel: this channel's command cannot reach it
+                _log.info(
+                    "/%s names a thread of channel=%s from channel=%s",
+                    name,
+                    elsewhere,
+                    ctx.conversation.channel,
+                )
+                await respond(
+                    text=to_mrkdwn(say("cmd.link_other_channel", ctx.lang)),
+                    response_type="ephemeral",
+                )
+                return
             reply = await self._registry.run(name, ctx)
             response_type = "ephemeral" if reply.ephemeral else "in_channel"
             await respond(text=to_mrkdwn(reply.text), response_type=response_type)
@@ -97,6 +110,12 @@ def thread_from_link(text: str, channel: str) -> tuple[str, str]:
         return "", text
     rest = (text[: match.start()] + text[match.end() :]).strip()
     return f"{match.group(2)}.{match.group(3)}", rest
+
+
+def linked_channel_elsewhere(text: str, channel: str) -> str:
+    """The channel a message link in ``text`` names, when it is not ``channel`` ("" otherwise)."""
+    match = _PERMALINK.search(text)
+    return match.group(1) if match is not None and match.group(1) != channel else ""
 
 
 def arguments(spec: CommandSpec, text: str) -> dict[str, str]:

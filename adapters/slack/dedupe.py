@@ -1,5 +1,6 @@
 """Exactly once: Slack retries deliveries it thinks were missed, and delivers a mention twice (as ``app_mention`` and
-as a channel ``message``, with two event ids).
+as a channel ``message``, with two event ids). A slash command is run once per ``trigger_id`` (each invocation has
+its own), so a signed request replayed within its five minutes does nothing (a second rollback).
 
 Each delivery's ``event_id`` is recorded in the store (a unique key: it holds across restarts and processes) before
 any work; a repeat is answered 200 so Slack stops retrying. A retry of a delivery that never arrived is not a repeat,
@@ -41,6 +42,17 @@ class DeliveryDedupe:
                 event_id,
                 _header(request, "x-slack-retry-num"),
                 _header(request, "x-slack-retry-reason"),
+            )
+            return BoltResponse(status=200, body="")
+        trigger_id = body.get("trigger_id") if body.get("command") else None
+        if trigger_id and not await self._first(f"command:{trigger_id}"):
+            # a signed request replayed within the signature's five minutes: each invocation has its own trigger
+            _log.warning(
+                "replayed slash command %s trigger=%s user=%s team=%s: ignored",
+                body.get("command"),
+                trigger_id,
+                body.get("user_id"),
+                body.get("team_id"),
             )
             return BoltResponse(status=200, body="")
         await next()

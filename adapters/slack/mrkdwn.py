@@ -4,6 +4,10 @@ Handles what models actually produce: **bold**, *italic*, ~~strike~~, `code`, fe
 bullet lists, rules. Works on partial text too (a stream in progress): an unclosed fence is closed, an unclosed
 marker is left as it is. ``&``, ``<`` and ``>`` are escaped as Slack requires.
 
+Model text never pings anyone (a prompt injection could ask it to): only http(s) and mailto targets become links
+(``[hi](!channel)`` is shown as the text "hi (!channel)", never ``<!channel|hi>``); ``<!here>``, ``<@U…>`` and
+friends are escaped into plain text; ``@channel``, ``@here`` and ``@everyone`` get a zero-width space after the ``@``.
+
 Slack only applies a format when the markers stand next to spaces or punctuation, which Korean text rarely gives
 (``**중요**합니다``, ```foo``를``): inline code gets a space on a side that touches a letter, bold/italic/strike get
 a zero-width space there.
@@ -23,6 +27,8 @@ _BULLET = re.compile(r"^(\s*)[-*+]\s+(.*)$")
 _HR = re.compile(r"^ {0,3}([-*_])(?:\s*\1){2,}\s*$")
 _INLINE_CODE = re.compile(r"(`+)(?=[^`])(.+?)(?<=[^`])\1(?!`)")
 
+_SAFE_TARGET = re.compile(r"^(?:https?://|mailto:)[^\s|]+$", re.IGNORECASE)
+_BROADCAST = re.compile(r"@(channel|here|everyone)\b", re.IGNORECASE)
 _IMAGE_OR_LINK = re.compile(r"!?\[([^\]\n]+)\]\((\S+?)(?:\s+&quot;[^\n]*?&quot;|\s+\"[^\n]*?\")?\)")
 _AUTOLINK = re.compile(r"&lt;((?:https?|mailto):[^\s&]+(?:&amp;[^\s&]+)*)&gt;")
 _BOLD = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*|(?<!\w)__(?=\S)(.+?)(?<=\S)__(?!\w)")
@@ -115,12 +121,27 @@ def _format_text(text: str, hold: Callable[[str], str]) -> str:
     if not text:
         return text
     text = escape(text)
-    text = _IMAGE_OR_LINK.sub(lambda m: hold(f"<{m.group(2)}|{m.group(1)}>"), text)
+    text = _BROADCAST.sub(f"@{ZWSP}\\1", text)
+    text = _IMAGE_OR_LINK.sub(lambda m: hold(_link(m.group(2), m.group(1))), text)
     text = _AUTOLINK.sub(lambda m: hold(f"<{m.group(1)}>"), text)
     text = _BOLD.sub(lambda m: "\x01" + (m.group(1) or m.group(2)) + "\x01", text)
     text = _ITALIC_STAR.sub("\x02\\1\x02", text)
     text = _STRIKE.sub("\x03\\1\x03", text)
     return _place_marks(text)
+
+
+def _link(target: str, label: str) -> str:
+    """A Slack link for a web or mail address; anything else (``!channel``, ``@U1``, ``#C1``) stays plain text."""
+    target = target.replace("|", "%7C")
+    if _SAFE_TARGET.match(target):
+        return f"<{target}|{label}>"
+    return f"{label} ({target})"
+
+
+def defuse(markdown: str) -> str:
+    """For text Slack renders itself (native streams): a zero-width space after every ``<``, so the model can
+    write no ``<!channel>`` or ``<@U…>``. Character by character, so a growing text keeps its prefix."""
+    return markdown.replace("<", "<" + ZWSP)
 
 
 def _place_marks(text: str) -> str:

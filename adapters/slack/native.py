@@ -17,6 +17,7 @@ from slack_sdk.web.async_chat_stream import AsyncChatStream
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.events import ReplyTarget
+from adapters.slack.mrkdwn import defuse
 from adapters.slack.pieces import LIMIT
 from bot.texts import Lang, say
 from bot.textsplit import split_pieces
@@ -143,7 +144,7 @@ class NativeStream:
                 channel=self._target.channel, thread_ts=self._thread_ts, buffer_size=1, **recipient
             )
         try:
-            await self._stream.append(markdown_text=text)
+            await self._stream.append(markdown_text=defuse(text))  # the model's text pings nobody
         except SlackApiError as exc:
             if not self._started:
                 raise NativeRefused(str(exc.response.get("error", "error"))) from exc

@@ -59,6 +59,7 @@ def _finetune_command(service: FinetuneService, zone: ZoneInfo) -> CommandSpec:
         handler=finetune,
         options=FINETUNE_OPTIONS,
         admin_only=True,
+        shared_model=True,
         usage=(
             "/finetune action:run: train a LoRA on the collected conversations now (used only if it beats the "
             "current one); /finetune action:status: progress, last result, the LoRA in service and the one on trial; "

@@ -6,6 +6,7 @@ Synchronous and thread-safe (one short transaction per call); async callers use 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -17,6 +18,15 @@ from bot.domain import Author, ConversationKey, MessageStatus, Role
 from bot.store.models import AuditEvent, Conversation, Message, ProcessedEvent, utcnow
 
 _log = logging.getLogger(__name__)
+
+# What no database (PostgreSQL refuses NUL in text; UTF-8 has no lone surrogates) and no tokenizer takes.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+REPLACEMENT = "\ufffd"
+
+
+def storable(text: str) -> str:
+    """``text`` with NUL and lone surrogates replaced by U+FFFD (the rest of the text is kept as it is)."""
+    return _UNSTORABLE.sub(REPLACEMENT, text)
 
 
 @dataclass(frozen=True)
@@ -113,15 +123,15 @@ class ConversationStore:
             conversation_id=conv_id,
             role=role.value,
             author_id=author.id if author else None,
-            author_name=author.display_name if author else None,
-            content=content,
+            author_name=storable(author.display_name) if author else None,
+            content=storable(content),
             token_count=token_count,
             status=status.value,
             platform=key.platform,
             platform_message_id=platform_message_id,
             created_at=utcnow(),
             reply_to_id=reply_to,
-            quoted=quoted,
+            quoted=storable(quoted) if quoted else quoted,
         )
         try:
             with self._sessions.begin() as session:
@@ -148,7 +158,7 @@ class ConversationStore:
     ) -> None:
         values: dict[str, object] = {}
         if content is not None:
-            values["content"] = content
+            values["content"] = storable(content)
         if status is not None:
             values["status"] = status.value
         if token_count is not None:
@@ -160,16 +170,46 @@ class ConversationStore:
                 session.execute(update(Message).where(Message.id == message_id).values(**values))
 
     def history(self, key: ConversationKey, *, limit: int = 500) -> list[StoredMessage]:
-        """The conversation's usable turns, oldest first (failed turns are left out)."""
+        """The conversation's usable turns, oldest first (failed turns and replies still streaming are left out)."""
         with self._sessions.begin() as session:
             rows = session.scalars(
                 select(Message)
                 .join(Conversation)
-                .where(*_key_filter(key), Message.status != MessageStatus.FAILED.value)
+                .where(*_key_filter(key), Message.status.not_in(_NOT_IN_HISTORY))
                 .order_by(Message.id.desc())
                 .limit(limit)
             ).all()
             return [StoredMessage.of(r) for r in reversed(rows)]
+
+    def settle_interrupted(self) -> int:
+        """Replies a stopped process left streaming become incomplete (at start). Returns how many."""
+        with self._sessions.begin() as session:
+            result = session.execute(
+                update(Message)
+                .where(Message.status == MessageStatus.STREAMING.value)
+                .values(status=MessageStatus.INCOMPLETE.value)
+            )
+            settled = result.rowcount if isinstance(result, CursorResult) else 0
+        if settled:
+            _log.info("%d replies cut off by a stop were marked incomplete", settled)
+        return settled
+
+    def unanswered_since(self, since: datetime) -> list[tuple[ConversationKey, StoredMessage]]:
+        """User turns stored at or after ``since`` that no reply answers (nor marked failed), oldest first."""
+        answered = select(Message.reply_to_id).where(Message.reply_to_id.is_not(None))
+        with self._sessions.begin() as session:
+            rows = session.execute(
+                select(Message, Conversation)
+                .join(Conversation)
+                .where(
+                    Message.role == Role.USER.value,
+                    Message.status != MessageStatus.FAILED.value,
+                    Message.created_at >= since,
+                    Message.id.not_in(answered),
+                )
+                .order_by(Message.id)
+            ).all()
+            return [(conversation.key, StoredMessage.of(message)) for message, conversation in rows]
 
     def count_messages(self, key: ConversationKey) -> int:
         with self._sessions.begin() as session:
@@ -242,6 +282,9 @@ class ConversationStore:
     def session(self) -> Session:
         """A session for modules that own their own tables (learning loop, scheduler lock)."""
         return self._sessions()
+
+
+_NOT_IN_HISTORY = (MessageStatus.FAILED.value, MessageStatus.STREAMING.value)
 
 
 def _key_filter(key: ConversationKey) -> tuple[ColumnElement[bool], ...]:

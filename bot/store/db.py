@@ -27,14 +27,19 @@ def create_db_engine(url: str, *, echo: bool = False) -> Engine:
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, echo=echo)
-    return create_engine(parsed, echo=echo, pool_pre_ping=True)
+    return create_engine(parsed, echo=echo, pool_pre_ping=True, hide_parameters=True)
 
 
 def _sqlite_engine(url: Any, *, echo: bool) -> Engine:
     database = url.database
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+    engine = create_engine(
+        url,
+        echo=echo,
+        hide_parameters=True,  # message text never reaches a log through an SQL error or echo
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+    )
 
     @event.listens_for(engine, "connect")
     def _set_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -59,7 +64,9 @@ def _sqlite_engine(url: Any, *, echo: bool) -> Engine:
 def alembic_config(engine: Engine) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    # Alembic's config interpolates "%": a password holding one (percent-encoded in the URL) must be doubled
+    url = engine.url.render_as_string(hide_password=False).replace("%", "%%")
+    config.set_main_option("sqlalchemy.url", url)
     return config
 
 
@@ -73,4 +80,4 @@ def migrate(engine: Engine, revision: str = "head", *, data_dir: Path | None = N
         config.attributes["data_dir"] = data_dir
         command.upgrade(config, revision)
         connection.commit()
-    _log.info("database schema at %s (%s)", revision, engine.url.get_backend_name())
+    _log.info("database schema at %s (%s)", revision, engine.url.get_backend_name())  # never the URL

@@ -30,9 +30,10 @@ from typing import Any
 import torch
 
 from bot.domain import GenerationParams
-from inference.decoder import SlotRequest
+from inference.decoder import AdapterSlotsFull, SlotRequest
 from inference.fast.gemm import LinearPlan
 from inference.fast.kv import GIB, BlockPool, KVBudget, kv_bytes_per_token, plan_kv_budget
+from inference.fast.lora import LoraBatch, LoraPool, read_peft_adapter
 from inference.fast.model import FastLlama, Segment
 from inference.fast.parallel import Parallel, SingleProcess
 from inference.fast.sampler import SlotSampler
@@ -56,6 +57,7 @@ class _Pending:
     blocks: torch.Tensor  # the slot's block ids (long, device)
     block_list: list[int]
     done: int = 0  # prompt tokens whose KV is written (a reused prefix included)
+    adapter: int = -1  # LoRA pool index (-1: the base model)
 
 
 def default_buckets(capacity: int) -> tuple[int, ...]:
@@ -99,7 +101,10 @@ class StaticSlotDecoder:
     ``model`` is a loaded transformers Llama model, or LlamaWeights already built (``weights.build_weights``: a
     tensor-parallel rank's slice, FP8 matrices). ``fp8`` quantises the model's weights to FP8 (weight-only).
     ``parallel`` is this process's tensor-parallel group (``parallel.py``); rank 0's decoder is then wrapped in a
-    ``mirror.MirroredDecoder`` and the others run ``mirror.follow``."""
+    ``mirror.MirroredDecoder`` and the others run ``mirror.follow``.
+    ``lora_slots`` adapters of rank ≤ ``lora_max_rank`` can be loaded (``load_adapter``) and named per request
+    (``SlotRequest.lora``); their pool is allocated here, before the KV cache. ``keep_free_bytes`` of GPU memory are
+    left out of the KV cache (for a fine-tune beside the engine)."""
 
     def __init__(
         self,
@@ -121,6 +126,9 @@ class StaticSlotDecoder:
         prefix_cache: bool = True,
         warm_burst: bool | None = None,
         kv_fp8: bool = False,
+        lora_slots: int = 0,
+        lora_max_rank: int = 16,
+        keep_free_bytes: int = 0,
     ) -> None:
         if cache_dir is not None:
             use_cache_dir(cache_dir)
@@ -142,6 +150,28 @@ class StaticSlotDecoder:
             reserve_bytes = (
                 int(1.5 * GIB) + prefill_chunk * (6 * spec.hidden_size + 8 * spec.intermediate_size) // 2
             )
+        reserve_bytes += keep_free_bytes
+        self.lora_pool = (
+            LoraPool(
+                spec,
+                _rows(self._weights.lm_head),
+                slots=lora_slots,
+                max_rank=lora_max_rank,
+                device=self.device,
+                dtype=self._weights.dtype,
+                rank=self.parallel.rank,
+                world=self.parallel.world,
+            )
+            if lora_slots > 0
+            else None
+        )
+        self._adapters: dict[str, int] = {}  # adapter id (SlotRequest.lora) -> pool index
+        self._adapter_loads: dict[str, int] = {}  # adapter id -> times loaded (part of the prefix-reuse key)
+        self._retired: set[str] = set()  # ids dropped as soon as no request uses them
+        self._slot_adapter: dict[int, int] = {}  # slot -> pool index, for slots decoding with an adapter
+        self.graph_captures = (
+            0  # CUDA graphs captured over this decoder's life (loading an adapter adds none)
+        )
         max_blocks = -(-self.max_context // block_size)
         plan_file = Path(cache_dir) / "gemm-plan.json" if cache_dir is not None else None
         self.sampler = SlotSampler(capacity + 1, spec.vocab_size, self.device, top_k=top_k)
@@ -154,6 +184,7 @@ class StaticSlotDecoder:
         bmax = self.buckets[-1]
         self.row_slot = torch.full((bmax,), self._pad, dtype=torch.int64, device=self.device)
         self.out_tok = torch.zeros(bmax, dtype=torch.int64, device=self.device)
+        self.slot_lora = torch.full((capacity + 1,), -1, dtype=torch.int32, device=self.device)
         self._rows: list[int] = []
         self._rows_dirty = True
         self._active: set[int] = set()
@@ -174,7 +205,10 @@ class StaticSlotDecoder:
             else 0
         )
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self._lora_graphs: dict[int, torch.cuda.CUDAGraph] = {}  # the same steps with the adapters' products
         self._step_logits: dict[int, torch.Tensor] = {}  # per bucket: the raw logits of the last step (tests)
+        self._lora_step_logits: dict[int, torch.Tensor] = {}
+        self._last_lora = False
         self._prefill_logits: dict[int, torch.Tensor] = {}
         self._last_rows: list[int] = []
         self._last_bucket = 0
@@ -193,12 +227,15 @@ class StaticSlotDecoder:
             self.parallel,
             kv_fp8=kv_fp8,
         )
+        self.model.lora = self.lora_pool
         self.model.tune()
         if self.device.type == "cuda":
             self._dry_run_prefill()
             with torch.inference_mode():
                 for b in self.buckets:
                     self._decode_body(b)
+                    if self.lora_pool is not None:
+                        self._decode_body(b, with_lora=True)
             torch.cuda.synchronize(self.device)
             self.model.free_kv()
             torch.cuda.empty_cache()
@@ -234,6 +271,7 @@ class StaticSlotDecoder:
                 ):
                     raise
                 self._graphs.clear()
+                self._lora_graphs.clear()
                 self.model.free_kv()
                 torch.cuda.synchronize(self.device)
                 torch.cuda.empty_cache()
@@ -347,12 +385,15 @@ class StaticSlotDecoder:
             raise ValueError(
                 f"prompt ({n}) + max_new_tokens exceeds the {self.max_request_tokens} tokens a slot holds"
             )
-        blocks, reused_blocks = self.pool.reserve(slot, tokens, request.prompt_ids, request.lora)
+        adapter = self._adapter_index(request.lora)
+        reuse_key = self._reuse_key(request.lora)
+        blocks, reused_blocks = self.pool.reserve(slot, tokens, request.prompt_ids, reuse_key)
         reused = reused_blocks * self.pool.block_size  # at least one prompt token is left to compute
         ids = torch.tensor(request.prompt_ids, dtype=torch.int64, device=self.device)
         self.sampler.configure(slot, request.params, ids)
+        self._set_slot_adapter(slot, adapter)
         self._seq[slot] = list(request.prompt_ids)
-        self._slot_lora[slot] = request.lora
+        self._slot_lora[slot] = reuse_key
         self.last_prefix_hit[slot] = reused
         self.prefix_hit_tokens += reused
         self.prompt_tokens += n
@@ -361,7 +402,14 @@ class StaticSlotDecoder:
         if self.requests % LOG_REUSE_EVERY == 0:
             self._log_reuse()
         self._pending.append(
-            _Pending(slot, ids, torch.tensor(blocks, dtype=torch.int64, device=self.device), blocks, reused)
+            _Pending(
+                slot,
+                ids,
+                torch.tensor(blocks, dtype=torch.int64, device=self.device),
+                blocks,
+                reused,
+                adapter=adapter,
+            )
         )
 
     def step(self) -> dict[int, int]:
@@ -406,6 +454,81 @@ class StaticSlotDecoder:
         self._seq.pop(slot, None)
         self._slot_lora.pop(slot, None)
         self.pool.release(slot)
+        if self._slot_adapter.pop(slot, None) is not None:
+            self._drop_retired()
+
+    # ---- adapters --------------------------------------------------------------------------------------------------
+
+    @property
+    def adapter_slots(self) -> int:
+        """How many adapters the pool holds at once (0: this decoder serves the base model only)."""
+        return self.lora_pool.slots if self.lora_pool is not None else 0
+
+    @property
+    def adapters(self) -> list[str]:
+        """The ids of the adapters loaded (retired ones still in use included)."""
+        return list(self._adapters)
+
+    def load_adapter(self, key: str, path: str) -> None:
+        """Copy the PEFT LoRA in folder ``path`` into a free pool slot under the id ``key`` (``SlotRequest.lora``).
+
+        No graph is recaptured and nothing recompiles: the decode graphs read the pool. Raises ValueError
+        (``lora.UnsupportedAdapter``, ``AdapterSlotsFull``) when it cannot."""
+        if self.lora_pool is None:
+            raise ValueError("this decoder has no adapter slots (engine.lora_slots is 0)")
+        if key in self._adapters:
+            raise ValueError(f"adapter id {key!r} is already loaded")
+        adapter = read_peft_adapter(path)
+        self.lora_pool.check(adapter)
+        index = self._free_adapter_index()
+        self.lora_pool.load(index, adapter)
+        self._adapters[key] = index
+        self._adapter_loads[key] = self._adapter_loads.get(key, 0) + 1
+        _log.info("adapter %s loaded into pool slot %d (rank %d)", key, index, adapter.rank)
+
+    def retire_adapter(self, key: str) -> None:
+        """No new request may name ``key``; its slot is freed once the requests that use it are released."""
+        if key in self._adapters:
+            self._retired.add(key)
+            self._drop_retired()
+
+    def _reuse_key(self, key: str | None) -> str | None:
+        """The adapter part of the prefix-reuse key: the id and how many times weights were loaded under it, so KV
+        cached under an id whose adapter was unloaded is never found by another adapter loaded under that id."""
+        return None if key is None else f"{key}#{self._adapter_loads.get(key, 0)}"
+
+    def _adapter_index(self, key: str | None) -> int:
+        if key is None:
+            return -1
+        index = self._adapters.get(key)
+        if index is None or key in self._retired:
+            raise ValueError(f"adapter {key!r} is not loaded in this decoder")
+        return index
+
+    def _set_slot_adapter(self, slot: int, index: int) -> None:
+        if index >= 0:
+            self._slot_adapter[slot] = index
+        else:
+            self._slot_adapter.pop(slot, None)
+        if self.lora_pool is not None:
+            self.slot_lora[slot] = index
+
+    def _free_adapter_index(self) -> int:
+        assert self.lora_pool is not None
+        taken = set(self._adapters.values())
+        for index in range(self.lora_pool.slots):
+            if index not in taken:
+                return index
+        raise AdapterSlotsFull(
+            f"all {self.lora_pool.slots} adapter slots are taken (engine.lora_slots); unload one first"
+        )
+
+    def _drop_retired(self) -> None:
+        busy = set(self._slot_adapter.values())
+        for key in [k for k in self._retired if self._adapters[k] not in busy]:
+            self._retired.discard(key)
+            del self._adapters[key]
+            _log.info("adapter %s unloaded", key)
 
     def set_prefix_cache(self, on: bool) -> None:
         """Turn prefix reuse on or off from the next request on (off: the cached prefixes are dropped)."""
@@ -526,11 +649,14 @@ class StaticSlotDecoder:
         positions = torch.arange(start, start + tokens, device=self.device)
         blocks = torch.zeros(-(-self.max_context // bs), dtype=torch.int64, device=self.device)
         ids = torch.zeros(tokens, dtype=torch.int64, device=self.device)
+        lora = self._prefill_lora(
+            [(0, tokens, 0)]
+        )  # the adapters' products too (pool slot 0), if there is a pool
         with torch.inference_mode():
             hidden = self.model.prefill(
-                ids, positions, positions % bs, [Segment(-1, 0, tokens, start, blocks)]
+                ids, positions, positions % bs, [Segment(-1, 0, tokens, start, blocks)], lora
             )
-            self.model.logits(hidden[-1:])
+            self.model.logits(hidden[-1:], self._prefill_lora([(0, 1, 0)]))
         del hidden
         torch.cuda.synchronize(self.device)
 
@@ -557,9 +683,12 @@ class StaticSlotDecoder:
         )
         slot_mapping = block_of * bs + positions % bs
         ids = torch.cat([p.ids[p.done : p.done + take] for p, take in parts])
+        lora = self._prefill_lora(
+            [(s.offset, s.length, p.adapter) for s, (p, _) in zip(segments, parts, strict=True)]
+        )
         with torch.inference_mode():
             hidden = self.model.prefill(
-                ids, positions.to(self.device), slot_mapping.to(self.device), segments
+                ids, positions.to(self.device), slot_mapping.to(self.device), segments, lora
             )
             finished = [(i, p) for i, (p, take) in enumerate(parts) if p.done + take == len(p.ids)]
             for p, take in parts:
@@ -571,7 +700,9 @@ class StaticSlotDecoder:
                 [segments[i].offset + segments[i].length - 1 for i, _ in finished], device=self.device
             )
             rows = torch.tensor([p.slot for _, p in finished], dtype=torch.int64, device=self.device)
-            logits = self.model.logits(hidden[last])
+            logits = self.model.logits(
+                hidden[last], self._prefill_lora([(j, 1, p.adapter) for j, (_, p) in enumerate(finished)])
+            )
             self._prefill_logits = {p.slot: logits[j] for j, (_, p) in enumerate(finished)}
             tokens = self.sampler.sample(logits, rows)
             self.last_tok[rows] = tokens
@@ -584,6 +715,12 @@ class StaticSlotDecoder:
         self._active.update(done_slots)
         self._rows_dirty = True
         return result
+
+    def _prefill_lora(self, segments: list[tuple[int, int, int]]) -> LoraBatch | None:
+        """The adapters of a prefill pass's (offset, length, pool index) pieces; None when all use the base."""
+        if self.lora_pool is None or all(index < 0 for _, _, index in segments):
+            return None
+        return LoraBatch(self.lora_pool, segments=segments)
 
     # ---- decode ----------------------------------------------------------------------------------------------------
 
@@ -599,7 +736,8 @@ class StaticSlotDecoder:
             split *= 2
         return split
 
-    def _decode_body(self, b: int) -> None:
+    def _decode_body(self, b: int, with_lora: bool = False) -> None:
+        """One decode step of bucket ``b``; ``with_lora``: the rows' adapters too (their indices read on the device)."""
         bs = self.pool.block_size
         rows = self.row_slot[:b]
         ids = self.last_tok[rows]
@@ -608,8 +746,13 @@ class StaticSlotDecoder:
         blk = tables.gather(1, (pos // bs)[:, None]).squeeze(1).to(torch.int64)
         slot_mapping = blk * bs + pos % bs
         seq_lens = (pos + 1).to(torch.int32)
-        logits = self.model.decode(ids, pos, slot_mapping, tables, seq_lens, self._n_split(b))
-        self._step_logits[b] = logits
+        lora = (
+            LoraBatch(self.lora_pool, index=self.slot_lora[rows])
+            if with_lora and self.lora_pool is not None
+            else None
+        )
+        logits = self.model.decode(ids, pos, slot_mapping, tables, seq_lens, self._n_split(b), lora)
+        (self._lora_step_logits if lora is not None else self._step_logits)[b] = logits
         tok = self.sampler.sample(logits, rows)
         self.last_tok[rows] = tok
         self.slot_len[rows] = pos + 1
@@ -625,14 +768,16 @@ class StaticSlotDecoder:
             self.row_slot.copy_(row)
             self._rows = list(slots)
             self._rows_dirty = False
-        graph = self._graphs.get(b)
+        with_lora = any(s in self._slot_adapter for s in slots)  # no adapter in the batch: the base step
+        graph = (self._lora_graphs if with_lora else self._graphs).get(b)
         if graph is not None:
             graph.replay()
         else:
             with torch.inference_mode():
-                self._decode_body(b)
+                self._decode_body(b, with_lora)
         self._last_rows = list(slots)
         self._last_bucket = b
+        self._last_lora = with_lora
         result = dict(zip(slots, self.out_tok[:n].tolist(), strict=True))
         for slot, token in result.items():
             self._seq[slot].append(token)
@@ -642,7 +787,7 @@ class StaticSlotDecoder:
 
     def last_step_logits(self) -> dict[int, torch.Tensor]:
         """{slot: raw next-token logits (before penalty and sampling)} of the last decode step."""
-        logits = self._step_logits[self._last_bucket]
+        logits = (self._lora_step_logits if self._last_lora else self._step_logits)[self._last_bucket]
         return {slot: logits[row] for row, slot in enumerate(self._last_rows)}
 
     def last_prefill_logits(self, slot: int) -> torch.Tensor:
@@ -655,17 +800,39 @@ class StaticSlotDecoder:
         pool = torch.cuda.graph_pool_handle()
         side = torch.cuda.Stream(self.device)
         for b in sorted(self.buckets, reverse=True):  # largest first: the shared pool is sized by it
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side), torch.inference_mode():
-                for _ in range(2):
-                    self._decode_body(b)
-            torch.cuda.current_stream(self.device).wait_stream(side)
+            for with_lora in (False, True) if self.lora_pool is not None else (False,):
+                side.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(side), torch.inference_mode():
+                    for _ in range(2):
+                        self._decode_body(b, with_lora)
+                torch.cuda.current_stream(self.device).wait_stream(side)
+                graph = self._capture(b, with_lora, pool)
+                (self._lora_graphs if with_lora else self._graphs)[b] = graph
+        torch.cuda.synchronize(self.device)
+        _log.info("captured %d decode graphs", len(self._graphs) + len(self._lora_graphs))
+
+    def _capture(self, b: int, with_lora: bool, pool: Any) -> torch.cuda.CUDAGraph:
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.inference_mode(), torch.cuda.graph(graph, pool=pool):
+                self._decode_body(b, with_lora)
+        except RuntimeError as exc:
+            # the adapters' side stream is the one part a capture could refuse: capture again without it
+            if (
+                not with_lora
+                or self.lora_pool is None
+                or self.lora_pool.side is None
+                or "out of memory" in str(exc)
+            ):
+                raise
+            _log.warning("capture with the adapters' side stream failed (%s): one stream from now on", exc)
+            self.lora_pool.side = None
+            torch.cuda.synchronize(self.device)
             graph = torch.cuda.CUDAGraph()
             with torch.inference_mode(), torch.cuda.graph(graph, pool=pool):
-                self._decode_body(b)
-            self._graphs[b] = graph
-        torch.cuda.synchronize(self.device)
-        _log.info("captured %d decode graphs", len(self._graphs))
+                self._decode_body(b, with_lora)
+        self.graph_captures += 1
+        return graph
 
     def close(self) -> None:
         """Drop the graphs and the KV cache (the model's weights stay). Idempotent."""
@@ -674,6 +841,8 @@ class StaticSlotDecoder:
         if self.requests:
             self._log_reuse()
         self._graphs.clear()
+        self._lora_graphs.clear()
+        self.lora_pool = None
         self._active.clear()
         self._pending.clear()
         for slot in range(self._capacity):
@@ -681,3 +850,8 @@ class StaticSlotDecoder:
         del self.model
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _rows(m: object) -> int:
+    """Rows of a weight matrix (a tensor or an Fp8Weight)."""
+    return int(m.shape[0])  # type: ignore[attr-defined]

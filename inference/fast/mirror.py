@@ -23,7 +23,18 @@ from inference.fast.parallel import Parallel
 
 _log = logging.getLogger(__name__)
 
-MIRRORED = ("admit", "admit_many", "submit", "complete", "step", "release", "set_prefix_cache", "close")
+MIRRORED = (
+    "admit",
+    "admit_many",
+    "submit",
+    "complete",
+    "step",
+    "release",
+    "set_prefix_cache",
+    "close",
+    "load_adapter",
+    "retire_adapter",
+)
 _STOP = "__stop__"
 
 
@@ -88,6 +99,16 @@ class MirroredDecoder:
     def set_prefix_cache(self, on: bool) -> None:
         self._send("set_prefix_cache", on)
         self.inner.set_prefix_cache(on)
+
+    def load_adapter(self, key: str, path: str) -> None:
+        """Every rank reads its slice of the adapter in ``path`` into its pool (the same slot on every rank: the
+        pools make the same choices)."""
+        self._send("load_adapter", key, path)
+        self.inner.load_adapter(key, path)
+
+    def retire_adapter(self, key: str) -> None:
+        self._send("retire_adapter", key)
+        self.inner.retire_adapter(key)
 
     def close(self) -> None:
         """Close this decoder and stop the followers (their ``follow`` returns)."""

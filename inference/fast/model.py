@@ -16,8 +16,9 @@ import torch.nn.functional as F
 
 from inference.fast import ops
 from inference.fast.gemm import LinearPlan
+from inference.fast.lora import LoraBatch, LoraPool
 from inference.fast.parallel import Parallel, SingleProcess
-from inference.fast.weights import LlamaWeights, rope_tables
+from inference.fast.weights import LlamaWeights, Matrix, rope_tables
 
 _log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class FastLlama:
         self.scale = spec.head_dim**-0.5
         self.cos, self.sin = rope_tables(weights, max_positions)
         self.kv_fp8 = kv_fp8  # e4m3 KV with one float32 scale per token and head (ops.py)
+        self.lora: LoraPool | None = None  # the adapter pool, when the decoder serves adapters
         self.k_cache: list[torch.Tensor] = []
         self.v_cache: list[torch.Tensor] = []
         self.k_scale: list[torch.Tensor | None] = []
@@ -96,43 +98,81 @@ class FastLlama:
         positions: torch.Tensor,
         slot_mapping: torch.Tensor,
         attend: object,
+        lora: LoraBatch | None = None,
     ) -> torch.Tensor:
         spec, w = self.spec, self.w
         eps = spec.rms_norm_eps
         residual = x.clone()
         h = ops.rms_norm(x, w.layers[0].input_norm, eps)
         for i, layer in enumerate(w.layers):
-            qkv = self.plan.linear(h, layer.qkv)
-            q = ops.rope_store(
-                qkv,
-                positions,
-                self.cos,
-                self.sin,
-                self.k_cache[i],
-                self.v_cache[i],
-                slot_mapping,
-                spec.num_heads,
-                spec.num_kv_heads,
-                spec.head_dim,
-                self.k_scale[i],
-                self.v_scale[i],
-            )
+            q = self._qkv_rope(h, layer.qkv, lora, i, positions, slot_mapping)
             a = attend(q, i)  # type: ignore[operator]
-            o = self.parallel.all_reduce(self.plan.linear(a, layer.o))
+            # row-parallel: each rank adds its partial adapter product before the partial sums are all-reduced
+            o = self.parallel.all_reduce(self._linear(a, layer.o, lora, "o", i))
             h = ops.rms_norm(o, layer.post_norm, eps, residual)
-            m = self.plan.linear(ops.silu_mul(self.plan.linear(h, layer.gate_up)), layer.down)
-            m = self.parallel.all_reduce(m)
+            g = self._gate_up_silu(h, layer.gate_up, lora, i)
+            m = self.parallel.all_reduce(self._linear(g, layer.down, lora, "down", i))
             nxt = w.layers[i + 1].input_norm if i + 1 < len(w.layers) else w.norm
             h = ops.rms_norm(m, nxt, eps, residual)
         return h  # final-normed hidden states
 
-    def logits(self, h: torch.Tensor) -> torch.Tensor:
+    def _linear(
+        self, x: torch.Tensor, w: Matrix, lora: LoraBatch | None, proj: str, layer: int
+    ) -> torch.Tensor:
+        if lora is None:
+            return self.plan.linear(x, w)
+        partial = lora.shrink(x, proj, layer)  # decode: on a side stream, beside the base product
+        return lora.expand(partial, x, self.plan.linear(x, w), proj, layer)
+
+    def _qkv_rope(
+        self,
+        h: torch.Tensor,
+        w: Matrix,
+        lora: LoraBatch | None,
+        layer: int,
+        positions: torch.Tensor,
+        slot_mapping: torch.Tensor,
+    ) -> torch.Tensor:
+        """Q/K/V, rotary embedding, K and V into the cache; returns q. With adapters, their expand is fused into the
+        rotary kernel in decode."""
+        spec = self.spec
+        rope = (
+            positions,
+            self.cos,
+            self.sin,
+            self.k_cache[layer],
+            self.v_cache[layer],
+            slot_mapping,
+            spec.num_heads,
+            spec.num_kv_heads,
+            spec.head_dim,
+            self.k_scale[layer],
+            self.v_scale[layer],
+        )
+        if lora is None:
+            return ops.rope_store(self.plan.linear(h, w), *rope)
+        partial = lora.shrink(h, "qkv", layer)
+        return lora.rope_store(partial, h, self.plan.linear(h, w), layer, *rope)
+
+    def _gate_up_silu(self, h: torch.Tensor, w: Matrix, lora: LoraBatch | None, layer: int) -> torch.Tensor:
+        """SiLU(gate)·up; with adapters, their expand and the SiLU are one kernel in decode."""
+        if lora is None:
+            return ops.silu_mul(self.plan.linear(h, w))
+        partial = lora.shrink(h, "gate_up", layer)
+        return lora.expand_silu(partial, h, self.plan.linear(h, w), layer)
+
+    def logits(self, h: torch.Tensor, lora: LoraBatch | None = None) -> torch.Tensor:
         """[rows, vocab] float32: every rank's slice of the vocabulary gathered (identity on one rank)."""
-        local = self.plan.linear(h, self.w.lm_head)
+        local = self._linear(h, self.w.lm_head, lora, "lm_head", 0)
         return self.parallel.gather_rows(local, self.spec.vocab_size).float()
 
     def prefill(
-        self, ids: torch.Tensor, positions: torch.Tensor, slot_mapping: torch.Tensor, segments: list[Segment]
+        self,
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        slot_mapping: torch.Tensor,
+        segments: list[Segment],
+        lora: LoraBatch | None = None,
     ) -> torch.Tensor:
         """Run the tokens of several sequences in one pass; returns final hidden states [tokens, hidden]."""
 
@@ -153,7 +193,7 @@ class FastLlama:
             return outs[0] if len(outs) == 1 else torch.cat(outs)
 
         x = F.embedding(ids, self.w.embed)
-        return self._layers(x, positions, slot_mapping, attend)
+        return self._layers(x, positions, slot_mapping, attend, lora)
 
     def decode(
         self,
@@ -163,8 +203,9 @@ class FastLlama:
         block_tables: torch.Tensor,
         seq_lens: torch.Tensor,
         n_split: int,
+        lora: LoraBatch | None = None,
     ) -> torch.Tensor:
-        """One token per row; returns logits [rows, vocab] (float32)."""
+        """One token per row; returns logits [rows, vocab] (float32). ``lora``: each row's adapter."""
 
         def attend(q: torch.Tensor, layer: int) -> torch.Tensor:
             return ops.decode_attention(
@@ -180,4 +221,4 @@ class FastLlama:
             )
 
         x = F.embedding(ids, self.w.embed)
-        return self.logits(self._layers(x, positions, slot_mapping, attend))
+        return self.logits(self._layers(x, positions, slot_mapping, attend, lora), lora)

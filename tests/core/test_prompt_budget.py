@@ -5,6 +5,7 @@ Runs with the demo model's own tokenizer and chat template (the real counting co
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 
 from bot.domain import ChatTurn, MessageStatus, Role
 from bot.ports import ChatTokenizer
-from bot.prompt import PromptTooLong, build_prompt
+from bot.prompt import PromptTooLong, alternating, build_prompt
 from bot.store.conversations import StoredMessage
 from tests.fakes import CharTokenizer
 
@@ -82,13 +83,14 @@ def test_prompt_fits_and_keeps_system_and_current(
     assert prompt.token_count <= budget
     assert tokenizer.count_tokens(prompt.turns) == prompt.token_count
     assert prompt.turns[0] == ChatTurn(Role.SYSTEM, SYSTEM)
-    assert prompt.turns[-1] == current_turn
+    assert prompt.turns[-1].role is Role.USER and prompt.turns[-1].content.endswith(current)
     assert prompt.history_used + prompt.history_dropped == len(past)
-    kept = prompt.turns[1:-1]
-    # what is kept is the newest history, in order
-    if kept:
-        tail = past[len(past) - len(kept) :]
-        expected = [
-            (m.author_name + ": " if shared and m.role is Role.USER else "") + m.content for m in tail
-        ]
-        assert [t.content for t in kept] == expected
+    # what is kept is the newest history, in order, with neighbouring turns of one role joined (they alternate)
+    tail = past[len(past) - prompt.history_used :]
+    kept = [
+        ChatTurn(m.role, (m.author_name + ": " if shared and m.role is Role.USER else "") + m.content)
+        for m in tail
+    ]
+    assert list(prompt.turns) == alternating([ChatTurn(Role.SYSTEM, SYSTEM), *kept, current_turn])
+    roles = [t.role for t in prompt.turns[1:]]
+    assert all(a is not b for a, b in itertools.pairwise(roles))

@@ -98,7 +98,9 @@ async def test_admin_role_from_the_settings_may_reset(start_bot: StartBot, fake_
 async def test_finetune_answers_that_it_is_not_available(
     start_bot: StartBot, fake_discord: FakeDiscord
 ) -> None:
-    await start_bot()
+    await start_bot(
+        allowed_guild_ids=[fake_discord.guild_id]
+    )  # Manage Server counts for /finetune only there
     admin = fake_discord.new_user("Admin", roles=[fake_discord.admin_role])
     _, _, texts = await run(fake_discord, "finetune", admin, options={"action": "status"})
     assert texts == ["Fine-tuning is not set up on this bot."]
@@ -107,8 +109,8 @@ async def test_finetune_answers_that_it_is_not_available(
 async def test_forget_me_delete_removes_my_turns_and_exactly_the_replies_to_them(
     start_bot: StartBot, fake_discord: FakeDiscord
 ) -> None:
-    def answer(request) -> str:  # the reply names the question it answers
-        return f"답: {request.turns[-1].content.split(': ', 1)[-1]}"
+    def answer(request) -> str:  # the reply names the question it answers (the last of the joined user turns)
+        return f"답: {request.turns[-1].content.split(chr(10) * 2)[-1].split(': ', 1)[-1]}"
 
     # slow replies: both questions are stored before either reply, so the replies interleave with the turns
     bot = await start_bot(engine=ScriptedEngine(reply=answer, chunk_size=2, delay_s=0.02))
@@ -150,7 +152,10 @@ async def ask(bot: DiscordBot, fake: FakeDiscord, channel_id: str, user: FakeUse
 async def test_finetune_try_serves_the_candidate_in_the_admins_channel_and_promote_makes_it_everyones(
     start_bot: StartBot, fake_discord: FakeDiscord
 ) -> None:
-    bot = await start_bot(engine=ScriptedEngine(reply="네."), learning=True)
+    # Manage Server counts for /finetune in an allowlisted guild only
+    bot = await start_bot(
+        engine=ScriptedEngine(reply="네."), learning=True, allowed_guild_ids=[fake_discord.guild_id]
+    )
     assert bot.finetune is not None
     seed_versions(bot.store, bot.settings.lora_dir)  # v1 in service, v2 a candidate
     await bot.finetune.sync_active()  # what lora-sync does each minute
@@ -191,7 +196,10 @@ async def test_finetune_try_serves_the_candidate_in_the_admins_channel_and_promo
 
 
 async def test_finetune_try_in_listed_channels(start_bot: StartBot, fake_discord: FakeDiscord) -> None:
-    bot = await start_bot(engine=ScriptedEngine(reply="네."), learning=True)
+    # Manage Server counts for /finetune in an allowlisted guild only
+    bot = await start_bot(
+        engine=ScriptedEngine(reply="네."), learning=True, allowed_guild_ids=[fake_discord.guild_id]
+    )
     assert bot.finetune is not None
     seed_versions(bot.store, bot.settings.lora_dir)
     await bot.finetune.sync_active()

@@ -3,8 +3,9 @@
 On the CPU the FP8 matrices are dequantised for each product (the GPU reads them in its FP8 kernels, checked on the
 GPU by test_fast_fp8.py), so the decoder must compute exactly what the model computes with each weight matrix
 rounded to FP8 e4m3 with per-row scales: greedy output equals ``generate`` of that rounded model token for token.
-The build releases the model's own matrices as it goes, so the engine refuses a LoRA switch instead of falling
-back to a model that has no weights left.
+The build releases the model's own matrices as it goes: adapters are served from the decoder's pool
+(test_lora_fast_engine.py); without adapter slots the engine refuses a LoRA instead of falling back to a model that
+has no weights left.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def test_fp8_build_releases_the_models_matrices_and_the_engine_refuses_a_lora(
 ) -> None:
     from transformers import AutoTokenizer
 
-    dec = StaticSlotDecoder(model, fp8=True, capacity=2, max_context=256)
+    dec = StaticSlotDecoder(model, fp8=True, capacity=2, max_context=256, lora_slots=0)
     assert not dec.model_intact
     assert model.model.layers[0].mlp.gate_proj.weight.numel() == 0  # the bf16 copy went to the FP8 one
     assert model.lm_head.weight.numel() == 0
@@ -83,7 +84,7 @@ def test_fp8_build_releases_the_models_matrices_and_the_engine_refuses_a_lora(
 
     async def switch() -> None:
         try:
-            with pytest.raises(EngineError, match="FP8 or tensor-parallel"):
+            with pytest.raises(EngineError, match="lora_slots"):
                 await engine.use_lora("v1")
         finally:
             await engine.aclose()

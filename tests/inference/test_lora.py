@@ -79,3 +79,33 @@ async def test_unknown_lora_is_refused(make_engine: EngineFactory, tmp_path: Pat
         await engine.load_lora("broken", str(tmp_path / "nothing-here"))
     question, answer = FAQ[0]
     assert (await collect(engine, request(question))).text == answer
+
+
+async def test_the_hf_decoder_serves_each_request_its_version(
+    make_engine: EngineFactory, demo_settings: ModelSettings, saved_lora: Path
+) -> None:
+    """PEFT's mixed batches: a request naming a version (or the base) gets it whatever the default, also together."""
+    import asyncio
+
+    from bot.domain import BASE_MODEL
+
+    engine = make_engine(max_batch_size=4)
+    question, answer = FAQ[17]
+    await engine.load_lora("v1", str(saved_lora))
+    await engine.load_lora("v2", str(save_random_lora(demo_settings, saved_lora.parent / "v2", seed=8)))
+    alone = {}
+    for name in ("v1", "v2"):
+        await engine.use_lora(name)
+        alone[name] = (await collect(engine, request(question, request_id=f"alone-{name}"))).text
+    await engine.use_lora(None)
+    assert len({answer, alone["v1"], alone["v2"]}) == 3
+    await engine.use_lora("v1")
+    together = await asyncio.gather(
+        collect(engine, request(question, channel="a", request_id="default")),
+        collect(engine, request(question, channel="b", request_id="v2", lora="v2")),
+        collect(engine, request(question, channel="c", request_id="base", lora=BASE_MODEL)),
+    )
+    assert [r.text for r in together] == [alone["v1"], alone["v2"], answer]
+    assert engine.stats.max_active >= 2
+    missing = await collect(engine, request(question, channel="d", request_id="missing", lora="v9"))
+    assert missing.error is not None and "v9" in str(missing.error.__cause__)

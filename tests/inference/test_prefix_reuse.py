@@ -2,8 +2,8 @@
 
 CPU, float32, the tiny Llama of test_fast_decoder: conversations of several turns (each prompt is the previous
 prompt, the reply and a new message), several channels at once, prompts prefilled in small chunks, FP8 weights, a
-pool so small that cached blocks are evicted, two adapters (SlotRequest.lora) that must never share KV, and
-(test_tensor_parallel) two gloo ranks. The reused token counts are checked against what the previous turn left in
+pool so small that cached blocks are evicted, two LoRA adapters served at once (SlotRequest.lora: part of the
+key), and (test_tensor_parallel) two gloo ranks. The reused token counts are checked against what the previous turn left in
 full blocks.
 GPU (skipped on CPU): the reused path's logits against recomputing the whole prompt, at the 70B's widths in bf16.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -196,21 +197,37 @@ def test_eviction_under_a_small_pool(tiny_model: LlamaForCausalLM) -> None:
     assert with_reuse.can_admit(100, 100) and with_reuse.can_admit_together([(100, 50), (60, 20)])
 
 
-def test_two_adapters_never_share_blocks(tiny_model: LlamaForCausalLM) -> None:
-    """The same tokens under another adapter id (or the base model) find nothing: an adapter changes the KV.
+@pytest.mark.parametrize("kv_fp8", [False, True], ids=["kv-f32", "kv-fp8"])
+def test_two_adapters_with_reuse_equal_two_adapters_without(
+    tiny_model: LlamaForCausalLM, tmp_path: Path, kv_fp8: bool
+) -> None:
+    """Conversations served with two LoRA adapters and the base model at once: the same replies with reuse as
+    without, and the same tokens under another adapter (or the base) find nothing: an adapter changes the KV."""
+    from tests.inference.test_fast_lora import save_adapter
 
-    Adapters are not applied by the fast decoder on this branch (the lora branch adds them): this checks the
-    reuse key alone, so the tokens are the base model's under every id."""
-    dec, _ = decoders(tiny_model)
-    base = make_conversations(channels=1, turns=2, first=40, follow=9, seed=51)[0]
-    for lora in (None, "adapter-a#1", "adapter-b#1"):
-        conv = Conversation(base.system, base.messages, lora=lora)
-        converse(dec, [conv])
-        assert conv.hits[0] == 0, lora  # another adapter's (or the base's) first turn is not reused
-        assert conv.hits[1] > 0, lora  # its own is
-    again = Conversation(base.system, base.messages, lora="adapter-a#1")
-    converse(dec, [again])
-    assert again.hits[0] == expected_hit(40 + 9 + GREEDY.max_new_tokens - 1, 40)
+    for name, seed in (("a", 1), ("b", 2)):
+        save_adapter(tiny_model, tmp_path / name, seed=seed)
+    with_reuse, without = decoders(tiny_model, lora_slots=2, kv_fp8=kv_fp8)
+    runs: dict[bool, list[Conversation]] = {}
+    for reuse, dec in ((True, with_reuse), (False, without)):
+        dec.load_adapter("a", str(tmp_path / "a"))
+        dec.load_adapter("b", str(tmp_path / "b"))
+        base = make_conversations(channels=1, turns=3, first=40, follow=9, seed=51)[0]
+        runs[reuse] = [Conversation(base.system, base.messages, lora=lora) for lora in (None, "a", "b")]
+        for conv in runs[reuse]:  # one after the other: each finds the blocks the earlier ones left, if any
+            converse(dec, [conv])
+    assert [c.replies for c in runs[True]] == [c.replies for c in runs[False]]
+    assert len({tuple(c.replies[0]) for c in runs[True]}) == 3  # each adapter really changes the replies
+    for conv in runs[True]:
+        assert conv.hits[0] == 0, conv.lora  # the same first prompt under another adapter: nothing found
+        assert all(h > 0 for h in conv.hits[1:]), conv.lora  # its own earlier turns are
+    # an adapter unloaded and another loaded under the same id: the old KV is never found
+    with_reuse.retire_adapter("a")
+    with_reuse.load_adapter("a", str(tmp_path / "b"))
+    again = Conversation(runs[True][1].system, runs[True][1].messages, lora="a")
+    converse(with_reuse, [again])
+    assert again.hits[0] == 0
+    assert again.replies == runs[True][2].replies  # adapter b's weights under the id "a"
 
 
 def test_pool_keys_blocks_by_position_and_parent() -> None:

@@ -9,6 +9,7 @@ stalls, vLLM's LoRA endpoints.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from bot.domain import ChatTurn, GenerationParams, GenerationRequest, Role
+from bot.domain import BASE_MODEL, ChatTurn, GenerationParams, GenerationRequest, Role
 from bot.errors import (
     EnginePaused,
     EngineUnhealthy,
@@ -529,6 +530,12 @@ async def test_load_and_use_lora_on_a_vllm_like_server(
     await engine.use_lora(None)
     await collect(engine, request())
     assert [r.body["model"] for r in fake.chat_requests] == ["faq-v2", "served-at-start", "test-model"]
+    # a request that names its version (GenerationRequest.lora) sends it, whatever the default is
+    await engine.use_lora("faq-v2")
+    await collect(engine, dataclasses.replace(request(), lora="served-at-start"))
+    await collect(engine, dataclasses.replace(request(), lora=BASE_MODEL))
+    await collect(engine, request())
+    assert [r.body["model"] for r in fake.chat_requests[3:]] == ["served-at-start", "test-model", "faq-v2"]
     admin = [(r.path, r.body) for r in fake.requests if "lora" in r.path]
     assert admin == [
         ("/v1/load_lora_adapter", {"lora_name": "faq-v2", "lora_path": "/srv/lora/faq-v2"}),

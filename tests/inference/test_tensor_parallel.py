@@ -25,7 +25,8 @@ from inference.fast.parallel import SingleProcess, split
 from inference.fast.weights import LlamaSpec, RankSlices
 from tests.inference.remote_server import free_port
 from tests.inference.test_fast_decoder import tiny_config as fast_decoder_config
-from tests.inference.tp_run import conversation, schedule
+from tests.inference.test_fast_lora import save_adapter
+from tests.inference.tp_run import conversation, lora_schedule, schedule
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -101,16 +102,25 @@ def test_rank_slices_cover_every_row_once() -> None:
 
 
 def test_two_ranks_decode_what_one_process_decodes(checkpoint: Path, tmp_path: Path) -> None:
+    """Also with a LoRA on every projection and the head: each rank adds its slice's product (row-parallel ones
+    before the all-reduce), and a batch mixing the adapter with the base gives one process's tokens."""
     reference_model = LlamaForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
-    reference = schedule(
-        StaticSlotDecoder(reference_model, capacity=4, max_context=256, parallel=SingleProcess())
+    adapter = tmp_path / "adapter"
+    save_adapter(reference_model, adapter, seed=3)
+    single = StaticSlotDecoder(
+        reference_model, capacity=4, max_context=256, parallel=SingleProcess(), lora_slots=2
     )
+    reference = schedule(single)
+    reference.update(lora_schedule(single, str(adapter)))
+    assert reference["lora-a"] != reference["a"]  # the adapter changes the tokens (same prompt, greedy)
     out_file = tmp_path / "tp.json"
-    outs = run_ranks([str(REPO / "tests" / "inference" / "tp_run.py"), str(checkpoint), str(out_file)], 2)
+    outs = run_ranks(
+        [str(REPO / "tests" / "inference" / "tp_run.py"), str(checkpoint), str(out_file), str(adapter)], 2
+    )
     result = json.loads(out_file.read_text())
     tokens = result["tokens"]
     assert result["local_vocab"] == 192  # rank 0 held half the vocabulary
-    for name in ("a", "b", "c"):  # greedy, seeded sampling, greedy with a 71-token prompt
+    for name in ("a", "b", "c", "lora-a", "lora-base", "lora-c"):  # greedy, seeded, long prompt; with a LoRA
         assert tokens[name] == reference[name], name
     assert len(tokens["d"]) == len(reference["d"]) == 6  # unseeded: rank 0 chose the seed for both ranks
     follower = json.loads(outs[1].strip().splitlines()[-1])

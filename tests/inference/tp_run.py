@@ -1,9 +1,10 @@
 """One rank of a tensor-parallel run on the CPU (gloo), started by test_tensor_parallel.py as a subprocess.
 
-    python tests/inference/tp_run.py CHECKPOINT_DIR OUT_JSON    (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set)
+    python tests/inference/tp_run.py CHECKPOINT_DIR OUT_JSON [ADAPTER_DIR]   (RANK, WORLD_SIZE, MASTER_ADDR... set)
 
 Every rank reads its slice of the checkpoint and builds a StaticSlotDecoder over it; rank 0 drives ``schedule``
-through a MirroredDecoder and writes the tokens to OUT_JSON, the others follow.
+through a MirroredDecoder and writes the tokens to OUT_JSON, the others follow. With ADAPTER_DIR (a PEFT LoRA),
+``lora_schedule`` runs next: every rank loads its slice of the adapter, and a batch mixes it with the base.
 """
 
 from __future__ import annotations
@@ -73,6 +74,26 @@ def conversation(decoder) -> dict[str, list[int]]:
     return out
 
 
+def lora_schedule(decoder, adapter_dir: str) -> dict[str, list[int]]:
+    """Load the adapter (every rank its slice), then decode a batch mixing it with the base model, greedy."""
+    decoder.load_adapter("a", adapter_dir)
+    jobs = {
+        0: ("lora-a", "a", PROMPTS[0]),
+        1: ("lora-base", None, PROMPTS[1]),
+        2: ("lora-c", "a", PROMPTS[2]),
+    }
+    first = decoder.admit_many(
+        [SlotRequest(s, tuple(p), GREEDY, lora=lora) for s, (_, lora, p) in jobs.items()]
+    )
+    out = {jobs[s][0]: [t] for s, t in first.items()}
+    for _ in range(GREEDY.max_new_tokens - 1):
+        for slot, tok in decoder.step().items():
+            out[jobs[slot][0]].append(tok)
+    for slot in jobs:
+        decoder.release(slot)
+    return out
+
+
 def main() -> None:
     from transformers import AutoConfig
 
@@ -93,7 +114,8 @@ def main() -> None:
         rank=group.rank,
         world=group.world,
     )
-    decoder = StaticSlotDecoder(weights, parallel=group, capacity=4, max_context=256)
+    adapter_dir = sys.argv[3] if len(sys.argv) > 3 else None
+    decoder = StaticSlotDecoder(weights, parallel=group, capacity=4, max_context=256, lora_slots=2)
     if group.rank != 0:
         calls = follow(decoder, group)
         hits = decoder.prefix_hit_tokens
@@ -103,6 +125,8 @@ def main() -> None:
     tokens = schedule(leader)
     turns = conversation(leader)
     hits = leader.prefix_hit_tokens
+    if adapter_dir is not None:
+        tokens.update(lora_schedule(leader, adapter_dir))
     leader.close()
     local_vocab = weights.lm_head.shape[0]  # type: ignore[union-attr]
     out_file.write_text(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,6 @@ def command_form(
         "command": command,
         "text": text,
         "response_url": fake.response_url(f"{command.lstrip('/')}-{user}"),
-        "trigger_id": "trigger-1",
+        "trigger_id": f"trigger-{uuid.uuid4().hex}",  # one per invocation, as Slack gives
         "api_app_id": "A1",
     }

@@ -1,0 +1,471 @@
+"""LoRA adapters in the fast decoder (inference.fast.lora): unmerged, one per request, in a fixed pool.
+
+CPU, float32, a tiny Llama: greedy tokens with an adapter equal the PEFT model's ``generate`` with that adapter; a
+batch mixing two adapters and the base gives every request its tokens alone; FP8 base weights against the PEFT model
+whose base matrices are rounded to FP8; loading an adapter copies into the pool (no graph capture, same tensors);
+adapters of smaller rank, reloads and retirement. The Triton kernels run under the Triton interpreter in a child
+pytest (as test_fast_fp8.py does). GPU (skipped on CPU): 2 layers at the 70B widths with a rank-16 adapter, logits
+within bf16 tolerance of the eager PEFT forward over 32 steps; loading adds no graph capture.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import LlamaForCausalLM
+
+from bot.domain import GenerationParams
+from inference.decoder import SlotRequest
+from inference.fast import StaticSlotDecoder
+from inference.fast.lora import UnsupportedAdapter, add_rows_ref, read_peft_adapter
+from tests.inference.test_fast_decoder import GREEDY, hf_greedy, prompts, tiny_config
+from tests.inference.test_fast_fp8_decoder import fp8_rounded
+
+REPO = Path(__file__).resolve().parents[2]
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+CUDA = torch.cuda.is_available()
+ALL_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
+
+
+def tiny_model(seed: int = 0, **kw: object) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(tiny_config(**kw)).eval()
+    with torch.no_grad():  # sharper logits than the default init, so greedy choices are not near-ties
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.08)
+    return model
+
+
+def save_adapter(
+    base: LlamaForCausalLM,
+    folder: Path,
+    seed: int,
+    r: int = 8,
+    modules: list[str] | None = None,
+    std: float = 0.06,
+    **config: object,
+) -> PeftModel:
+    """A random LoRA (A and B nonzero, so it changes the output) saved as PEFT does; returns the PEFT model."""
+    peft = get_peft_model(
+        copy.deepcopy(base),
+        LoraConfig(r=r, lora_alpha=2 * r, target_modules=modules or ALL_MODULES, **config),  # type: ignore[arg-type]
+    )
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+    peft.save_pretrained(folder)
+    return peft.eval()  # type: ignore[return-value]
+
+
+def decode_alone(dec: StaticSlotDecoder, p: list[int], lora: str | None, n: int) -> list[int]:
+    params = GenerationParams(max_new_tokens=n, do_sample=False, repetition_penalty=1.0)
+    out = [dec.admit(SlotRequest(0, tuple(p), params, lora=lora))]
+    while len(out) < n:
+        out.append(dec.step()[0])
+    dec.release(0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def base() -> LlamaForCausalLM:
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def adapters(
+    base: LlamaForCausalLM, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, tuple[Path, PeftModel]]:
+    root = tmp_path_factory.mktemp("adapters")
+    return {
+        "a": (root / "a", save_adapter(base, root / "a", seed=1)),
+        "b": (
+            root / "b",
+            save_adapter(base, root / "b", seed=2, r=4, use_rslora=True),
+        ),  # smaller rank, rsLoRA
+    }
+
+
+def test_greedy_with_an_adapter_equals_peft_generate(
+    base: LlamaForCausalLM, adapters: dict[str, tuple[Path, PeftModel]]
+) -> None:
+    batch = prompts(3, (9, 70, 33), base.config.vocab_size, seed=11)
+    dec = StaticSlotDecoder(
+        copy.deepcopy(base),
+        capacity=3,
+        block_size=16,
+        prefill_chunk=48,
+        max_context=512,
+        lora_slots=2,
+        lora_max_rank=8,
+    )
+    for name, (path, _) in adapters.items():
+        dec.load_adapter(name, str(path))
+    plain = [hf_greedy(base, p, GREEDY.max_new_tokens) for p in batch]
+    for name, (_, peft) in adapters.items():
+        want = [hf_greedy(peft, p, GREEDY.max_new_tokens) for p in batch]  # type: ignore[arg-type]
+        assert want != plain  # the adapter really changes the reply
+        got = [decode_alone(dec, p, name, GREEDY.max_new_tokens) for p in batch]
+        assert got == want, name
+    assert [decode_alone(dec, p, None, GREEDY.max_new_tokens) for p in batch] == plain
+
+
+def run_mixed(dec: StaticSlotDecoder, jobs: list[tuple[list[int], str | None]], n: int) -> list[list[int]]:
+    """Every job admitted at once (their prefills in one pass), then decoded together."""
+    params = GenerationParams(max_new_tokens=n, do_sample=False, repetition_penalty=1.0)
+    first = dec.admit_many([SlotRequest(i, tuple(p), params, lora=lora) for i, (p, lora) in enumerate(jobs)])
+    out = {i: [first[i]] for i in range(len(jobs))}
+    while any(len(v) < n for v in out.values()):
+        for slot, tok in dec.step().items():
+            out[slot].append(tok)
+    for i in range(len(jobs)):
+        dec.release(i)
+    return [out[i][:n] for i in range(len(jobs))]
+
+
+def test_a_mixed_batch_gives_each_request_its_tokens_alone(
+    base: LlamaForCausalLM, adapters: dict[str, tuple[Path, PeftModel]]
+) -> None:
+    ps = prompts(5, (12, 40, 7, 25, 60), base.config.vocab_size, seed=12)
+    jobs: list[tuple[list[int], str | None]] = [
+        (ps[0], "a"),
+        (ps[1], None),
+        (ps[2], "b"),
+        (ps[3], "a"),
+        (ps[4], None),
+    ]
+    dec = StaticSlotDecoder(
+        copy.deepcopy(base), capacity=5, block_size=16, max_context=256, lora_slots=2, lora_max_rank=8
+    )
+    dec.load_adapter("a", str(adapters["a"][0]))
+    dec.load_adapter("b", str(adapters["b"][0]))
+    alone = [decode_alone(dec, p, lora, 16) for p, lora in jobs]
+    assert alone[0] != decode_alone(dec, ps[0], None, 16)
+    assert run_mixed(dec, jobs, 16) == alone
+    # against PEFT too (its own generate per request)
+    for (p, lora), got in zip(jobs, alone, strict=True):
+        model = adapters[lora][1] if lora else base
+        assert got == hf_greedy(model, p, 16)  # type: ignore[arg-type]
+
+
+def test_fp8_base_with_an_adapter_equals_peft_on_the_fp8_rounded_model(
+    adapters: dict[str, tuple[Path, PeftModel]],
+) -> None:
+    model = tiny_model()
+    path = adapters["a"][0]
+    rounded = fp8_rounded(model)
+    reference = PeftModel.from_pretrained(copy.deepcopy(rounded), str(path)).eval()
+    with (
+        torch.no_grad()
+    ):  # PEFT saved the unrounded head beside the adapter and loaded it back: round it again
+        reference.get_base_model().lm_head.base_layer.weight.copy_(rounded.lm_head.weight)
+    batch = prompts(3, (9, 40, 3), model.config.vocab_size, seed=13)
+    want = [hf_greedy(reference, p, 16) for p in batch]  # type: ignore[arg-type]
+    dec = StaticSlotDecoder(model, fp8=True, capacity=3, block_size=16, max_context=256, lora_slots=1)
+    dec.load_adapter("a", str(path))
+    assert [decode_alone(dec, p, "a", 16) for p in batch] == want
+    jobs: list[tuple[list[int], str | None]] = [(batch[0], "a"), (batch[1], None), (batch[2], "a")]
+    mixed = run_mixed(dec, jobs, 16)
+    assert mixed[0] == want[0] and mixed[2] == want[2]
+    assert mixed[1] == hf_greedy(rounded, batch[1], 16)
+
+
+def test_loading_copies_into_the_pool_without_capturing_or_reallocating(
+    base: LlamaForCausalLM, adapters: dict[str, tuple[Path, PeftModel]], tmp_path: Path
+) -> None:
+    dec = StaticSlotDecoder(copy.deepcopy(base), capacity=2, block_size=16, max_context=128, lora_slots=2)
+    pool = dec.lora_pool
+    assert pool is not None
+    before = [t.data_ptr() for ts in (*pool.a.values(), *pool.b.values()) for t in ts]
+    captures = dec.graph_captures
+    p = prompts(1, (20,), base.config.vocab_size, seed=14)[0]
+    dec.load_adapter("a", str(adapters["a"][0]))
+    first = decode_alone(dec, p, "a", 10)
+    # a reload of the same adapter under a new id while a request still uses the old one; then the old is retired
+    params = GenerationParams(max_new_tokens=10, do_sample=False, repetition_penalty=1.0)
+    dec.admit(SlotRequest(1, tuple(p), params, lora="a"))
+    dec.load_adapter("a#2", str(adapters["b"][0]))
+    dec.retire_adapter("a")
+    assert "a" in dec.adapters  # still in use by slot 1
+    with pytest.raises(ValueError, match="not loaded"):
+        dec.admit(SlotRequest(0, tuple(p), params, lora="a"))
+    with pytest.raises(ValueError, match="adapter slots"):
+        dec.load_adapter("c", str(adapters["a"][0]))
+    dec.release(1)
+    assert dec.adapters == ["a#2"]
+    dec.load_adapter("c", str(adapters["a"][0]))  # the retired slot is free again
+    assert decode_alone(dec, p, "c", 10) == first
+    assert decode_alone(dec, p, "a#2", 10) != first
+    after = [t.data_ptr() for ts in (*pool.a.values(), *pool.b.values()) for t in ts]
+    assert after == before and dec.graph_captures == captures
+    # refusals: a rank above the pool's, a module the decoder does not adapt, no adapter at all
+    high = save_adapter(base, tmp_path / "r32", seed=3, r=32)
+    del high
+    with pytest.raises(UnsupportedAdapter, match="rank 32"):
+        dec.load_adapter("high", str(tmp_path / "r32"))
+    save_adapter(base, tmp_path / "emb", seed=4, modules=["embed_tokens", "q_proj"])
+    with pytest.raises(UnsupportedAdapter, match="embed_tokens"):
+        read_peft_adapter(tmp_path / "emb")
+    with pytest.raises(UnsupportedAdapter):
+        read_peft_adapter(tmp_path / "missing")
+    assert dec.adapters == ["a#2", "c"]
+
+
+def test_only_some_modules_adapted(base: LlamaForCausalLM, tmp_path: Path) -> None:
+    peft = save_adapter(base, tmp_path / "attn", seed=5, modules=["q_proj", "v_proj", "down_proj"])
+    dec = StaticSlotDecoder(copy.deepcopy(base), capacity=1, block_size=16, max_context=128, lora_slots=1)
+    dec.load_adapter("attn", str(tmp_path / "attn"))
+    p = prompts(1, (30,), base.config.vocab_size, seed=15)[0]
+    assert decode_alone(dec, p, "attn", 16) == hf_greedy(peft, p, 16)  # type: ignore[arg-type]
+
+
+# ---- the Triton kernels ------------------------------------------------------------------------------------------
+
+
+def _kernel_case(
+    rows: int, k: int, outs: tuple[int, ...], rank: int, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(rows * 7 + k)
+    slots, n = 3, sum(outs)
+    x = torch.randn(rows, k, generator=g).to(device, dtype)
+    y = torch.randn(rows, n, generator=g).to(device, dtype)
+    a = (torch.randn(slots, len(outs) * rank, k, generator=g) * 0.1).to(device, dtype)
+    b = (torch.randn(slots, rank, n, generator=g) * 0.1).to(device, dtype)
+    index = torch.tensor([((i + 1) % (slots + 1)) - 1 for i in range(rows)], dtype=torch.int32, device=device)
+    return x, y, a, b, index
+
+
+@pytest.mark.skipif(
+    not (INTERPRET or CUDA), reason="runs under the Triton interpreter in the child test below"
+)
+@pytest.mark.parametrize(
+    ("rows", "k", "outs", "rank"),
+    [(1, 64, (64, 16, 16), 8), (5, 300, (96,), 16), (7, 1030, (40, 40), 4), (16, 64, (384,), 16)],
+)
+def test_kernels_equal_the_torch_reference(rows: int, k: int, outs: tuple[int, ...], rank: int) -> None:
+    from inference.fast.lora import _block_n
+    from inference.fast.lora_kernels import lora_shrink_expand
+
+    if INTERPRET:
+        from tests.inference.test_fast_fp8 import _patch_interpreter
+
+        _patch_interpreter()
+    device = torch.device("cuda" if CUDA and not INTERPRET else "cpu")
+    x, y, a, b, index = _kernel_case(rows, k, outs, rank, torch.float32, device)
+    want = y.clone()
+    add_rows_ref(x, want, a, b, index, outs, rank)
+    got = y.clone()
+    lora_shrink_expand(x, got, a, b, index, outs, rank, _block_n(outs))
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-4), float((got - want).abs().max())
+    base_rows = index < 0
+    assert torch.equal(got[base_rows], y[base_rows])  # rows of the base model untouched
+    assert not torch.allclose(got[~base_rows], y[~base_rows])
+
+
+@pytest.mark.skipif(
+    not (INTERPRET or CUDA), reason="runs under the Triton interpreter in the child test below"
+)
+@pytest.mark.parametrize(("rows", "k", "ff", "rank"), [(1, 64, 160, 8), (6, 300, 256, 16)])
+def test_kernels_fused_expand_silu_equals_expand_then_silu(rows: int, k: int, ff: int, rank: int) -> None:
+    from inference.fast.lora_kernels import lora_expand_silu, lora_shrink, new_partial
+    from inference.fast.ops import silu_mul_ref
+
+    if INTERPRET:
+        from tests.inference.test_fast_fp8 import _patch_interpreter
+
+        _patch_interpreter()
+    device = torch.device("cuda" if CUDA and not INTERPRET else "cpu")
+    x, y, a, b, index = _kernel_case(rows, k, (ff, ff), rank, torch.float32, device)
+    want = y.clone()
+    add_rows_ref(x, want, a, b, index, (ff, ff), rank)
+    partial = new_partial(x, a)
+    lora_shrink(x, a, index, partial)
+    got = lora_expand_silu(partial, y, b, index, rank)
+    assert torch.allclose(got, silu_mul_ref(want), rtol=1e-4, atol=1e-4), float(
+        (got - silu_mul_ref(want)).abs().max()
+    )
+    assert not torch.allclose(got, silu_mul_ref(y), rtol=1e-4, atol=1e-4)  # the adapters' product is in it
+
+
+@pytest.mark.skipif(
+    not (INTERPRET or CUDA), reason="runs under the Triton interpreter in the child test below"
+)
+@pytest.mark.parametrize(("rows", "heads", "kv", "head_dim", "rank"), [(1, 4, 2, 8, 8), (5, 8, 2, 16, 16)])
+def test_kernels_fused_rope_store_equals_expand_then_rope(
+    rows: int, heads: int, kv: int, head_dim: int, rank: int
+) -> None:
+    from inference.fast.lora_kernels import lora_rope_store, lora_shrink, new_partial
+    from inference.fast.ops import rope_store_ref
+
+    if INTERPRET:
+        from tests.inference.test_fast_fp8 import _patch_interpreter
+
+        _patch_interpreter()
+    device = torch.device("cuda" if CUDA and not INTERPRET else "cpu")
+    outs = (heads * head_dim, kv * head_dim, kv * head_dim)
+    x, qkv, a, b, index = _kernel_case(rows, 48, outs, rank, torch.float32, device)
+    g = torch.Generator().manual_seed(5)
+    positions = torch.randint(0, 30, (rows,), generator=g).to(device)
+    angles = torch.arange(32)[:, None].float() * torch.rand(head_dim // 2, generator=g)[None, :]
+    cos, sin = angles.cos().to(device), angles.sin().to(device)
+    slots = torch.randperm(4 * 16, generator=g)[:rows].to(device)
+
+    def caches() -> tuple[torch.Tensor, torch.Tensor]:
+        return (
+            torch.zeros(4, kv, 16, head_dim, device=device),
+            torch.zeros(4, kv, 16, head_dim, device=device),
+        )
+
+    want_qkv = qkv.clone()
+    add_rows_ref(x, want_qkv, a, b, index, outs, rank)
+    k_want, v_want = caches()
+    q_want = rope_store_ref(want_qkv, positions, cos, sin, k_want, v_want, slots, heads, kv, head_dim)
+    partial = new_partial(x, a)
+    lora_shrink(x, a, index, partial)
+    k_got, v_got = caches()
+    q_got = lora_rope_store(
+        partial, qkv, b, index, rank, positions, cos, sin, k_got, v_got, slots, heads, kv, head_dim
+    )
+    for got, want in ((q_got, q_want), (k_got, k_want), (v_got, v_want)):
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-4), float((got - want).abs().max())
+    k_base, v_base = caches()
+    rope_store_ref(qkv.clone(), positions, cos, sin, k_base, v_base, slots, heads, kv, head_dim)
+    assert not torch.allclose(v_got, v_base)  # the adapters' product is in it
+
+
+@pytest.mark.skipif(
+    not (INTERPRET or CUDA), reason="runs under the Triton interpreter in the child test below"
+)
+def test_decoder_on_the_kernels_equals_peft(base: LlamaForCausalLM, tmp_path: Path) -> None:
+    """The whole decode path on the Triton kernels (the interpreter on CPU): a mixed batch gives PEFT's tokens."""
+    if INTERPRET:
+        from tests.inference.test_fast_fp8 import _patch_interpreter
+
+        _patch_interpreter()
+    device = torch.device("cuda" if CUDA and not INTERPRET else "cpu")
+    peft = save_adapter(base, tmp_path / "a", seed=21)
+    ps = prompts(2, (9, 20), base.config.vocab_size, seed=22)
+    want = [hf_greedy(peft, ps[0], 6), hf_greedy(base, ps[1], 6)]  # type: ignore[arg-type]
+    dec = StaticSlotDecoder(
+        copy.deepcopy(base).to(device),
+        capacity=2,
+        block_size=16,
+        max_context=64,
+        lora_slots=1,
+        cuda_graphs=False,
+    )
+    assert dec.lora_pool is not None and dec.lora_pool.kernels is not None
+    dec.load_adapter("a", str(tmp_path / "a"))
+    assert run_mixed(dec, [(ps[0], "a"), (ps[1], None)], 6) == want
+
+
+@pytest.mark.skipif(INTERPRET or CUDA, reason="the child of this test")
+def test_kernels_under_interpreter() -> None:
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", __file__]
+    cmd += ["-k", "kernels_equal or kernels_fused or decoder_on_the_kernels"]  # 4 + 2 + 2 + 1
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "9 passed" in proc.stdout, proc.stdout[-2000:]
+
+
+# ---- GPU ---------------------------------------------------------------------------------------------------------
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (the 70B-width bf16 check runs there)")
+def test_gpu_lora_logits_match_eager_peft_70b_widths(tmp_path: Path) -> None:
+    cfg = dict(
+        vocab_size=128256,
+        hidden_size=8192,
+        intermediate_size=28672,
+        num_hidden_layers=2,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        max_position_embeddings=8192,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+    )
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        ref32 = LlamaForCausalLM(tiny_config(**cfg)).eval()
+    try:
+        ref32.set_attn_implementation("eager")
+    except AttributeError:
+        ref32.config._attn_implementation = "eager"
+    peft32 = get_peft_model(ref32, LoraConfig(r=16, lora_alpha=32, target_modules=ALL_MODULES))
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    with torch.no_grad():
+        for name, p in peft32.named_parameters():
+            if "lora_" in name:  # large enough to move the logits well beyond bf16 rounding
+                p.copy_(
+                    torch.randn(p.shape, generator=gen, device="cuda") * (0.02 if "lora_A" in name else 0.05)
+                )
+    peft32.save_pretrained(tmp_path / "a", save_embedding_layers=False)  # the adapter only, not the 4 GB head
+    peft16 = copy.deepcopy(peft32).to(torch.bfloat16).eval()
+    model16 = copy.deepcopy(peft16).unload()  # the plain bf16 Llama (PEFT's layers removed) for the decoder
+    batch = prompts(3, (100, 517, 1100), 128256, seed=6)
+    steps = 32
+    dec = StaticSlotDecoder(
+        model16, capacity=4, max_context=2048, kv_budget_bytes=2 << 30, lora_slots=2, lora_max_rank=16
+    )
+    captures = dec.graph_captures
+    dec.load_adapter("a", str(tmp_path / "a"))
+    assert dec.graph_captures == captures  # loading added no graph
+    params = GenerationParams(max_new_tokens=steps, do_sample=False, repetition_penalty=1.0)
+    tokens: dict[int, list[int]] = {}
+    logits: dict[int, list[torch.Tensor]] = {i: [] for i in range(3)}
+    for i, p in enumerate(batch):
+        tokens[i] = [dec.admit(SlotRequest(i, tuple(p), params, lora="a" if i != 1 else None))]
+        logits[i].append(dec.last_prefill_logits(i).clone())
+    for _ in range(steps - 1):
+        out = dec.step()
+        lg = dec.last_step_logits()
+        for slot, tok in out.items():
+            tokens[slot].append(tok)
+            logits[slot].append(lg[slot].clone())
+    worst16 = worst32 = worst_ref = 0.0
+    for i, p in enumerate(batch):
+        full = torch.tensor([p + tokens[i][:-1]], device="cuda")
+        m16, m32 = peft16, peft32
+        with torch.no_grad():
+            if i == 1:
+                with m16.disable_adapter(), m32.disable_adapter():
+                    want16 = m16(full).logits[0, len(p) - 1 :].float()
+                    want32 = m32(full).logits[0, len(p) - 1 :].float()
+            else:
+                want16 = m16(full).logits[0, len(p) - 1 :].float()
+                want32 = m32(full).logits[0, len(p) - 1 :].float()
+                with m32.disable_adapter():
+                    base32 = m32(full).logits[0, len(p) - 1 :].float()
+                assert _rel(base32, want32) > 0.05  # the adapter moves the logits far beyond bf16 rounding
+        got = torch.stack(logits[i])
+        assert torch.isfinite(got).all()
+        e16, e32, eref = _rel(got, want16), _rel(got, want32), _rel(want16, want32)
+        print(
+            f"prompt {len(p)} lora={i != 1}: vs eager PEFT bf16 {e16:.2e}, vs fp32 {e32:.2e} (bf16 vs fp32 {eref:.2e})"
+        )
+        worst16, worst32, worst_ref = max(worst16, e16), max(worst32, e32), max(worst_ref, eref)
+    print(
+        f"GPU_LORA_LOGITS_REL_ERR fast_vs_eager_peft_bf16={worst16:.3e} fast_vs_eager_peft_fp32={worst32:.3e} "
+        f"eager_bf16_vs_eager_fp32={worst_ref:.3e}"
+    )
+    assert worst32 <= 1.25 * worst_ref + 1e-2
+    assert worst16 <= 2 * worst_ref + 1e-2
