@@ -192,10 +192,19 @@ def test_kernel_fp8_kv_rope_store_and_decode_attention(dtype: torch.dtype, fp8: 
     got = _paged(6, kv, bs, d, dtype, fp8)
     q_ref = ops.rope_store_ref(qkv, positions, cos, sin, ref[0], ref[1], slots, heads, kv, d, ref[2], ref[3])
     q_got = KERNELS.rope_store(qkv, positions, cos, sin, got[0], got[1], slots, heads, kv, d, got[2], got[3])
-    torch.testing.assert_close(q_got.float(), q_ref.float())
-    for r, k in zip(ref, got, strict=True):  # the same scales and the same (e4m3) values
-        if r is not None and k is not None:
-            torch.testing.assert_close(k.float(), r.float(), rtol=1e-6, atol=0)
+    # under the interpreter (numpy float32, no fused multiply-add): the same q, scales and e4m3 values; on a GPU the
+    # kernel rounds once where torch rounds each bf16 operation, and may fuse a multiply-add: a bf16 step (q, a
+    # 16-bit cache, the scales) and one e4m3 step (the FP8 values, in units of their scale)
+    close = {"rtol": 0.0, "atol": 0.0} if INTERPRET else {"rtol": 1.6e-2, "atol": 1e-3}
+    torch.testing.assert_close(q_got.float(), q_ref.float(), **close)
+    for r, k in zip(ref, got, strict=True):
+        if r is None or k is None:
+            continue
+        if r.dtype == ops.FP8_KV and not INTERPRET:
+            step = 2.0**-3 * r.float().abs() + 2.0**-9
+            assert bool(((k.float() - r.float()).abs() <= step).all())
+        else:
+            torch.testing.assert_close(k.float(), r.float(), **close)
     # decode attention: the kernel against the torch version on the same cache
     rows = 2
     q = (torch.randn((rows, heads, d), generator=g)).to(dtype).to(KDEV)
@@ -204,7 +213,8 @@ def test_kernel_fp8_kv_rope_store_and_decode_attention(dtype: torch.dtype, fp8: 
     want = ops.decode_attention_ref(q, ref[0], ref[1], tables, lens, d**-0.5, 1, ref[2], ref[3])
     for n_split in (1, 2):
         out = KERNELS.decode_attention(q, ref[0], ref[1], tables, lens, d**-0.5, n_split, ref[2], ref[3])
-        tol = 2e-2 if dtype == torch.bfloat16 else 1e-4
+        # bf16 operands; float32 ones multiply in tf32 on a GPU (10-bit mantissa), exactly under the interpreter
+        tol = 2e-2 if dtype == torch.bfloat16 else 1e-4 if INTERPRET else 5e-3
         torch.testing.assert_close(out.float(), want.float(), rtol=tol, atol=tol)
 
 
