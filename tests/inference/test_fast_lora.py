@@ -343,7 +343,9 @@ def test_kernels_fused_rope_store_equals_expand_then_rope(
 
 
 @pytest.mark.skipif(
-    not (INTERPRET or CUDA), reason="runs under the Triton interpreter in the child test below"
+    not INTERPRET,
+    reason="runs under the Triton interpreter in the child test below; on a GPU the tiny model's head size is "
+    "below what the native attention kernel's tl.dot takes, and the 70B-width test covers the kernels there",
 )
 def test_decoder_on_the_kernels_equals_peft(base: LlamaForCausalLM, tmp_path: Path) -> None:
     """The whole decode path on the Triton kernels (the interpreter on CPU): a mixed batch gives PEFT's tokens."""
@@ -351,7 +353,7 @@ def test_decoder_on_the_kernels_equals_peft(base: LlamaForCausalLM, tmp_path: Pa
         from tests.inference.test_fast_fp8 import _patch_interpreter
 
         _patch_interpreter()
-    device = torch.device("cuda" if CUDA and not INTERPRET else "cpu")
+    device = torch.device("cpu")
     peft = save_adapter(base, tmp_path / "a", seed=21)
     ps = prompts(2, (9, 20), base.config.vocab_size, seed=22)
     want = [hf_greedy(peft, ps[0], 6), hf_greedy(base, ps[1], 6)]  # type: ignore[arg-type]
