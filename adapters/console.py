@@ -85,6 +85,10 @@ class ConsoleAdapter:
     async def start(self, on_message: MessageHandler, commands: CommandRegistry) -> None:
         self._task = asyncio.create_task(self._loop(on_message, commands), name="console-loop")
 
+    async def connected(self) -> bool:
+        """The terminal is read while the chat loop runs."""
+        return self._task is not None and not self._task.done()
+
     async def wait_closed(self) -> None:
         """Until the user quits, the input ends, or ``stop`` (SIGTERM) ends the loop."""
         if self._task is not None:

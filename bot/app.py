@@ -11,7 +11,7 @@ import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -24,6 +24,9 @@ from bot.errors import ConfigError
 from bot.learning.commands import learning_commands
 from bot.learning.service import FinetuneService
 from bot.masking import mask_text, mask_url
+from bot.ops.probes import database_check, engine_check, platform_check, register_refreshers
+from bot.ops.prometheus import PrometheusMetrics
+from bot.ops.server import Check, OpsServer
 from bot.permissions import AdminPolicy
 from bot.ports import Adapter, Engine, ReplySink
 from bot.recovery import recover_unanswered
@@ -47,6 +50,7 @@ class Core:
     commands: CommandRegistry
     finetune: FinetuneService
     scheduler: BotScheduler | None = None
+    metrics: PrometheusMetrics = field(default_factory=PrometheusMetrics)
 
 
 def build_store(settings: Settings) -> ConversationStore:
@@ -129,12 +133,19 @@ def build_commands(
 
 
 def build_core(
-    settings: Settings, *, engine: Engine | None = None, store: ConversationStore | None = None
+    settings: Settings,
+    *,
+    engine: Engine | None = None,
+    store: ConversationStore | None = None,
+    metrics: PrometheusMetrics | None = None,
 ) -> Core:
     store = store or build_store(settings)
     engine = engine or build_engine(settings)
+    metrics = metrics or PrometheusMetrics()
     finetune = FinetuneService(settings, store, engine)
-    chat = ChatService(settings=settings, store=store, engine=engine, lora_for=finetune.lora_for)
+    chat = ChatService(
+        settings=settings, store=store, engine=engine, lora_for=finetune.lora_for, metrics=metrics
+    )
     commands = build_commands(
         settings,
         store,
@@ -142,8 +153,11 @@ def build_core(
         chat=chat,
         extra=learning_commands(finetune, timezone=settings.scheduler.timezone),
     )
-    scheduler = BotScheduler(settings, store, finetune) if settings.scheduler.enabled else None
-    return Core(settings, store, engine, chat, commands, finetune, scheduler)
+    scheduler = (
+        BotScheduler(settings, store, finetune, metrics=metrics) if settings.scheduler.enabled else None
+    )
+    register_refreshers(metrics, engine, finetune)
+    return Core(settings, store, engine, chat, commands, finetune, scheduler, metrics)
 
 
 async def start_background(core: Core) -> None:
@@ -154,24 +168,60 @@ async def start_background(core: Core) -> None:
         await core.scheduler.start()
 
 
-def build_adapters(settings: Settings, store: ConversationStore, platforms: Sequence[str]) -> list[Adapter]:
+def build_adapters(
+    settings: Settings,
+    store: ConversationStore,
+    platforms: Sequence[str],
+    metrics: PrometheusMetrics | None = None,
+) -> list[Adapter]:
     """The platform adapters. Built before the model loads, so a missing token fails in seconds, not minutes."""
     adapters: list[Adapter] = []
     for platform in platforms:
         if platform == "discord":
             from adapters.discord.adapter import DiscordAdapter
 
-            adapters.append(DiscordAdapter(settings, store))
+            adapters.append(DiscordAdapter(settings, store, metrics=metrics))
         elif platform == "slack":
             from adapters.slack.adapter import SlackAdapter
 
-            adapters.append(SlackAdapter(settings, store))
+            adapters.append(SlackAdapter(settings, store, metrics=metrics))
         else:
             raise ValueError(f"unknown platform {platform!r}")
     return adapters
 
 
-async def serve(core: Core, adapters: Sequence[Adapter]) -> None:
+async def start_ops(
+    settings: Settings, metrics: PrometheusMetrics, *, required: bool = True
+) -> OpsServer | None:
+    """The /metrics, /health and /ready endpoint, started before the model loads (so /health answers while a 70B
+    loads; /ready stays red until ``watch`` hands it the checks). None when ops.enabled is off, or when the port is
+    taken and ``required`` is off (the console chat keeps going without it)."""
+    if not settings.ops.enabled:
+        return None
+    server = OpsServer(
+        metrics,
+        host=settings.ops.host,
+        port=settings.ops.port,
+        check_timeout_s=settings.ops.check_timeout_s,
+    )
+    try:
+        await server.start()
+    except ConfigError as exc:
+        if required:
+            raise
+        _log.warning("no operations endpoint: %s", exc)
+        return None
+    return server
+
+
+def readiness_checks(store: ConversationStore, engine: Engine, adapters: Sequence[Adapter]) -> list[Check]:
+    """The database reachable, the engine healthy, every platform connected."""
+    checks = [database_check(store), engine_check(engine)]
+    checks += [platform_check(adapter) for adapter in adapters]
+    return checks
+
+
+async def serve(core: Core, adapters: Sequence[Adapter], ops: OpsServer | None = None) -> None:
     """Run the adapters until SIGINT/SIGTERM, then stop them and the engine cleanly."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -185,10 +235,12 @@ async def serve(core: Core, adapters: Sequence[Adapter]) -> None:
         for adapter in adapters:
             await adapter.start(core.chat.handle, core.commands)
             _log.info("adapter %s started", adapter.name)
+        if ops is not None:
+            ops.watch(readiness_checks(core.store, core.engine, adapters))
         await recover(core, adapters)
         await stop.wait()
     finally:
-        await shutdown(core, adapters)
+        await shutdown(core, adapters, ops)
 
 
 async def recover(core: Core, adapters: Sequence[Adapter]) -> int:
@@ -211,9 +263,10 @@ async def recover(core: Core, adapters: Sequence[Adapter]) -> int:
         return 0
 
 
-async def shutdown(core: Core, adapters: Sequence[Adapter]) -> None:
-    """Stop taking messages first, then the jobs, then the model, then the store: each step runs even when an
-    earlier one failed (an unusable data directory must not leave the engine or the store open)."""
+async def shutdown(core: Core, adapters: Sequence[Adapter], ops: OpsServer | None = None) -> None:
+    """Stop taking messages first, then the jobs, then the model, then the store, then the operations endpoint:
+    each step runs even when an earlier one failed (an unusable data directory must not leave the engine or the
+    store open)."""
     steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
         (f"adapter {adapter.name}", adapter.stop) for adapter in adapters
     ]
@@ -226,3 +279,5 @@ async def shutdown(core: Core, adapters: Sequence[Adapter]) -> None:
         except Exception:
             _log.exception("%s did not stop cleanly", name)
     core.store.engine.dispose()
+    if ops is not None:
+        await ops.stop()

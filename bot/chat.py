@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -24,7 +25,9 @@ from bot.domain import (
     Role,
     StreamEvent,
 )
-from bot.errors import BotError
+from bot.errors import BotError, EnginePaused, QueueFull
+from bot.metrics import Metrics, NullMetrics, Outcome, ReplyClock
+from bot.ops.logs import log_context
 from bot.permissions import AdminPolicy
 from bot.ports import Engine, ReplySink
 from bot.prompt import BuiltPrompt, PromptTooLong, build_prompt, speaker_turn, turn_cost
@@ -41,13 +44,24 @@ EMPTY_HINT_LOOKBACK = 20  # turns searched for the language of someone who sent 
 
 @dataclass
 class _Reply:
-    """What the model has said so far for one request."""
+    """What the model has said so far for one request, and when."""
 
     parts: list[str]
+    clock: ReplyClock
 
     @property
     def text(self) -> str:
         return "".join(self.parts)
+
+
+@dataclass
+class _Tally:
+    """How one message ended (``hanbot_messages_total``), and the clock of its reply."""
+
+    clock: ReplyClock
+    outcome: Outcome = field(
+        default=Outcome.FAILED
+    )  # until a step says otherwise (a store error stays failed)
 
 
 LoraRouter = Callable[[ConversationKey], str | None]
@@ -62,11 +76,13 @@ class ChatService:
         store: ConversationStore,
         engine: Engine,
         lora_for: LoraRouter | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
         self._engine = engine
         self._lora_for = lora_for
+        self._metrics = metrics or NullMetrics()
         self._active: dict[ConversationKey, set[asyncio.Task[None]]] = {}
         self._trim_noticed: set[ConversationKey] = set()
         self._policy = AdminPolicy(settings)
@@ -81,6 +97,31 @@ class ChatService:
         """Answer one message. Never raises for expected failures: the user gets a sentence instead."""
         if msg.author.is_bot:
             return
+        await self._counted(msg, lambda tally: self._handle(msg, sink, tally))
+
+    async def answer_stored(self, msg: IncomingMessage, user_turn: StoredMessage, sink: ReplySink) -> None:
+        """Answer a user turn stored earlier and left unanswered (a restart): the same road from the prompt on."""
+        lang = language_of(user_turn.content)
+        await self._counted(
+            msg,
+            lambda tally: self._guard_store(
+                msg, sink, lang, self._answer_tracked(msg, user_turn, sink, lang, tally)
+            ),
+        )
+
+    async def _counted(self, msg: IncomingMessage, work: Callable[[_Tally], Awaitable[None]]) -> None:
+        """Run ``work`` with the message's ids on every log line, and count how the message ended."""
+        tally = _Tally(ReplyClock(self._metrics))
+        with log_context(request=f"{msg.platform}:{msg.message_id}", channel=str(msg.conversation)):
+            try:
+                await work(tally)
+            except asyncio.CancelledError:
+                tally.outcome = Outcome.CANCELLED
+                raise
+            finally:
+                self._metrics.message(msg.platform, tally.outcome)
+
+    async def _handle(self, msg: IncomingMessage, sink: ReplySink, tally: _Tally) -> None:
         lang = language_of(msg.text)
         if not self._policy.serves(msg.platform, msg.conversation.workspace):
             _log.warning(
@@ -92,36 +133,37 @@ class ChatService:
                 msg.message_id,
                 msg.author.id,
             )
+            tally.outcome = Outcome.REFUSED
             await sink.send(say("error.not_allowed_here", lang))
             return
         text = storable(msg.text).strip()  # NUL and lone surrogates: no database or tokenizer takes them
         if not text:
+            tally.outcome = Outcome.REFUSED
             await self._guard_store(msg, sink, lang, self._send_empty_message_hint(msg, sink))
             return
-        await self._guard_store(msg, sink, lang, self._take(msg, text, sink, lang))
+        await self._guard_store(msg, sink, lang, self._take(msg, text, sink, lang, tally))
 
-    async def answer_stored(self, msg: IncomingMessage, user_turn: StoredMessage, sink: ReplySink) -> None:
-        """Answer a user turn stored earlier and left unanswered (a restart): the same road from the prompt on."""
-        lang = language_of(user_turn.content)
-        await self._guard_store(msg, sink, lang, self._answer_tracked(msg, user_turn, sink, lang))
-
-    async def _take(self, msg: IncomingMessage, text: str, sink: ReplySink, lang: Lang) -> None:
+    async def _take(
+        self, msg: IncomingMessage, text: str, sink: ReplySink, lang: Lang, tally: _Tally
+    ) -> None:
         user_turn = await self._store_user_turn(msg, text)
         if user_turn is None:
-            return  # a second delivery of a message already taken
-        if not await self._count_user_turn(msg, user_turn, sink, lang):
+            tally.outcome = Outcome.DUPLICATE  # a second delivery of a message already taken
             return
-        await self._answer_tracked(msg, user_turn, sink, lang)
+        if not await self._count_user_turn(msg, user_turn, sink, lang):
+            tally.outcome = Outcome.REFUSED
+            return
+        await self._answer_tracked(msg, user_turn, sink, lang, tally)
 
     async def _answer_tracked(
-        self, msg: IncomingMessage, user_turn: StoredMessage, sink: ReplySink, lang: Lang
+        self, msg: IncomingMessage, user_turn: StoredMessage, sink: ReplySink, lang: Lang, tally: _Tally
     ) -> None:
         """Answer, known as this conversation's reply in progress (``forget`` cancels it)."""
         task = asyncio.current_task()
         if task is not None:
             self._active.setdefault(msg.conversation, set()).add(task)  # type: ignore[arg-type]
         try:
-            await self._answer(msg, user_turn, sink, lang)
+            await self._answer(msg, user_turn, sink, lang, tally)
         finally:
             if task is not None:
                 self._active.get(msg.conversation, set()).discard(task)  # type: ignore[arg-type]
@@ -220,7 +262,7 @@ class ChatService:
         return quote_block(msg.quoted, self._store.history(msg.conversation))
 
     async def _answer(
-        self, msg: IncomingMessage, user_turn: StoredMessage, sink: ReplySink, lang: Lang
+        self, msg: IncomingMessage, user_turn: StoredMessage, sink: ReplySink, lang: Lang, tally: _Tally
     ) -> None:
         try:
             prompt = await asyncio.to_thread(self._build_prompt, msg, user_turn)
@@ -232,6 +274,7 @@ class ChatService:
                 msg.message_id,
                 exc.tokens,
             )
+            tally.outcome = Outcome.REFUSED
             await sink.send(say("chat.too_long", lang, tokens=exc.tokens, limit=exc.limit))
             return
         await self._notice_trimmed_history(msg.conversation, prompt, sink, lang)
@@ -244,7 +287,8 @@ class ChatService:
             lora=self._lora_for(msg.conversation) if self._lora_for else None,
             user=f"{msg.platform}:{msg.author.id}",
         )
-        reply = _Reply([])
+        clock = tally.clock
+        reply = _Reply([], clock)
         saved = StreamingReply(
             self._store,
             msg.conversation,
@@ -255,6 +299,7 @@ class ChatService:
         try:
             text = await sink.stream(self._collect(request, reply, saved))
         except asyncio.CancelledError:
+            clock.finished(0)
             _log.info(
                 "reply cancelled conversation=%s message=%s chars_sent=%d",
                 msg.conversation,
@@ -264,9 +309,24 @@ class ChatService:
             await asyncio.shield(self._store_reply(msg, saved, reply.text, MessageStatus.INCOMPLETE))
             raise
         except Exception as exc:
+            clock.finished(0)
+            refused = isinstance(exc, QueueFull | EnginePaused) and not reply.text
+            tally.outcome = Outcome.REFUSED if refused else Outcome.FAILED
             await self._reply_failed(msg, user_turn, reply, saved, exc, sink, lang)
             return
         await self._store_reply(msg, saved, text, MessageStatus.COMPLETE)
+        tally.outcome = Outcome.ANSWERED
+        tokens = turn_cost(ChatTurn(Role.ASSISTANT, text), self._engine.tokenizer)
+        clock.finished(tokens)
+        _log.info(
+            "reply done conversation=%s message=%s request=%s first_token_s=%.3f total_s=%.3f tokens=%d",
+            msg.conversation,
+            msg.message_id,
+            request.request_id,
+            (clock.first_at or clock.arrived) - clock.arrived,
+            time.monotonic() - clock.arrived,
+            tokens,
+        )
 
     def _build_prompt(self, msg: IncomingMessage, user_turn: StoredMessage) -> BuiltPrompt:
         history = [m for m in self._store.history(msg.conversation) if m.id != user_turn.id]
@@ -312,12 +372,16 @@ class ChatService:
         self, request: GenerationRequest, reply: _Reply, saved: StreamingReply
     ) -> AsyncIterator[StreamEvent]:
         """Pass the engine's events on, keeping the text and saving it as it grows (before it is shown)."""
+        reply.clock.generation_started()
         stream = self._engine.generate(request)
         try:
             async for event in stream:
                 if isinstance(event, str):
                     reply.parts.append(event)
+                    reply.clock.token()
                     await self._save_partial(request, saved, reply.text)
+                else:
+                    reply.clock.queued()
                 yield event
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
@@ -341,6 +405,7 @@ class ChatService:
         sink: ReplySink,
         lang: Lang,
     ) -> None:
+        self._metrics.generation_error(type(exc).__name__)
         if isinstance(exc, BotError):
             _log.warning(
                 "reply failed conversation=%s message=%s error=%s chars_sent=%d",

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from bot.errors import ConfigError, ModelLoadError
-from bot.masking import MaskCredentials, mask_text, mask_url
+from bot.masking import mask_text, mask_url
+from bot.ops.logs import setup_logging
 from bot.settings import Settings, load_settings
 
 _log = logging.getLogger(__name__)
@@ -26,22 +27,38 @@ DEMO_ANNOUNCEMENT = (
 )
 
 
+# exit codes, for service managers (docs/operations.md; the systemd unit does not restart on 2 and 78)
+EXIT_OK = 0
+EXIT_CRASH = 1  # an unexpected error (a traceback is logged): restarting may help
+EXIT_USAGE = 2  # the command line is wrong (argparse's own code)
+EXIT_CONFIG = (
+    78  # the settings, a token or the model are wrong (sysexits EX_CONFIG): fix them, then start again
+)
+EXIT_INTERRUPTED = (
+    130  # Ctrl-C (SIGINT) before the bot was serving; SIGTERM/SIGINT while serving is a clean 0
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(argv)  # exits with EXIT_USAGE on a bad command line
     _setup_logging(args.log_level or ("WARNING" if args.command == "chat" else None))
     try:
-        return int(args.run(args) or 0)
+        return int(args.run(args) or EXIT_OK)
     except (ConfigError, ModelLoadError) as exc:
         print(f"error: {mask_text(str(exc))}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hanbot",
         description="A Korean-English team chatbot (Discord, Slack, console) on a self-hosted LLM.",
+        epilog=(
+            f"exit codes: {EXIT_OK} done, {EXIT_CRASH} unexpected error, {EXIT_USAGE} usage error, "
+            f"{EXIT_CONFIG} configuration error (settings, tokens, model), {EXIT_INTERRUPTED} interrupted"
+        ),
     )
     parser.add_argument(
         "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default: settings"
@@ -75,20 +92,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(level: str | None) -> None:
-    settings_level = "INFO"
+    settings_level, settings_format = "INFO", "text"
     try:
-        settings_level = Settings().log_level
+        settings = Settings()
+        settings_level, settings_format = settings.log_level, settings.log_format
     except Exception:  # invalid settings are reported by the command itself
         pass
-    logging.basicConfig(
-        level=level or settings_level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(MaskCredentials())  # a URL with a password never reaches a log line
-    for chatty in ("httpx", "httpcore", "apscheduler.executors"):  # one line per request or job is noise
-        logging.getLogger(chatty).setLevel(logging.WARNING)
+    setup_logging(level or settings_level, settings_format)
 
 
 def demo_overrides(data_dir: Path) -> dict[str, Any]:
@@ -112,7 +122,17 @@ def demo_overrides(data_dir: Path) -> dict[str, Any]:
 def _run_chat(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # loading bars would interleave with the chat
     from adapters.console import ConsoleAdapter
-    from bot.app import build_core, follow_rank_0, recover, shutdown, start_background, stop_on_sigterm
+    from bot.app import (
+        build_core,
+        follow_rank_0,
+        readiness_checks,
+        recover,
+        shutdown,
+        start_background,
+        start_ops,
+        stop_on_sigterm,
+    )
+    from bot.ops.prometheus import PrometheusMetrics
 
     settings = load_settings()
     if args.demo:
@@ -125,23 +145,28 @@ def _run_chat(args: argparse.Namespace) -> int:
         print(f"[model] {settings.model.name_or_path}", flush=True)
 
     async def chat() -> None:
-        core = build_core(settings)
+        metrics = PrometheusMetrics()
+        ops = await start_ops(settings, metrics, required=False)
+        core = build_core(settings, metrics=metrics)
         console = ConsoleAdapter(session=args.session)
         stop_on_sigterm(console.stop)
         try:
             await start_background(core)
             await recover(core, [console])
             await console.start(core.chat.handle, core.commands)
+            if ops is not None:
+                ops.watch(readiness_checks(core.store, core.engine, [console]))
             await console.wait_closed()
         finally:
-            await shutdown(core, [console])
+            await shutdown(core, [console], ops)
 
     asyncio.run(chat())
     return 0
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from bot.app import build_adapters, build_core, build_store, follow_rank_0, serve
+    from bot.app import build_adapters, build_core, build_store, follow_rank_0, serve, start_ops
+    from bot.ops.prometheus import PrometheusMetrics
 
     settings = load_settings()
     if follow_rank_0(settings):
@@ -154,10 +179,17 @@ def _run_serve(args: argparse.Namespace) -> int:
         )
 
     async def run() -> None:
-        store = build_store(settings)
-        adapters = build_adapters(settings, store, platforms)
-        core = build_core(settings, store=store)
-        await serve(core, adapters)
+        metrics = PrometheusMetrics()
+        ops = await start_ops(settings, metrics)  # /health answers while the model loads
+        try:
+            store = build_store(settings)
+            adapters = build_adapters(settings, store, platforms, metrics)
+            core = build_core(settings, store=store, metrics=metrics)
+        except BaseException:
+            if ops is not None:
+                await ops.stop()
+            raise
+        await serve(core, adapters, ops)
 
     asyncio.run(run())
     return 0

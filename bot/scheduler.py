@@ -30,6 +30,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from bot.errors import ConfigError
 from bot.learning.leases import Clock, DbLease, process_identity
 from bot.learning.pruning import PruneLimits, PruneReport, prune_history
+from bot.metrics import Metrics, NullMetrics
 from bot.settings import Settings
 from bot.store.conversations import ConversationStore
 from bot.store.models import utcnow
@@ -62,12 +63,14 @@ class BotScheduler:
         *,
         clock: Clock = utcnow,
         holder: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings.scheduler
         self._history = settings.history
         self._store = store
         self._finetune = finetune
         self._clock = clock
+        self._metrics = metrics or NullMetrics()
         self._zone = _zone(self._settings.timezone)
         self._lease = DbLease(
             store,
@@ -173,7 +176,9 @@ class BotScheduler:
 
         async def prune() -> PruneReport:
             limits = PruneLimits.from_settings(self._history)
-            return await asyncio.to_thread(prune_history, self._store, limits, now=self._clock())
+            report = await asyncio.to_thread(prune_history, self._store, limits, now=self._clock())
+            self._metrics.pruned(report.total)
+            return report
 
         return await self._as_leader(PRUNE_JOB_ID, prune)
 

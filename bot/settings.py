@@ -138,8 +138,15 @@ class EngineSettings(BaseModel):
     remote_tokenizer: str | None = Field(
         None, description="tokenizer to count prompt tokens; default: model's"
     )
-    remote_timeout_s: float = Field(60.0, gt=0)
-    remote_max_retries: int = Field(3, ge=0, le=10)
+    remote_timeout_s: float = Field(
+        60.0, gt=0, description="seconds to connect and between streamed tokens before a retry or an error"
+    )
+    remote_max_retries: int = Field(
+        3,
+        ge=0,
+        le=10,
+        description="retries of a refused or dropped request before the first token (429, 5xx)",
+    )
 
 
 class StoreSettings(BaseModel):
@@ -148,8 +155,10 @@ class StoreSettings(BaseModel):
 
 
 class HistorySettings(BaseModel):
-    max_age_days: int = Field(90, ge=1)
-    max_messages_per_conversation: int = Field(500, ge=10)
+    max_age_days: int = Field(90, ge=1, description="turns older than this are pruned every night")
+    max_messages_per_conversation: int = Field(
+        500, ge=10, description="a conversation keeps at most this many turns (the oldest are pruned)"
+    )
     # pruning never removes the newest turns of a conversation (what the next prompt is built from), whatever their
     # age: at most keep_recent_messages of them, as long as their stored token counts add up to keep_recent_tokens
     keep_recent_messages: int = Field(10, ge=0, description="newest turns never pruned by age")
@@ -161,25 +170,34 @@ class DiscordSettings(BaseModel):
         default_factory=list,
         description="guilds the bot serves (others are refused); their Manage Server members may /finetune",
     )
-    admin_user_ids: list[str] = Field(default_factory=list)
-    admin_role_ids: list[str] = Field(default_factory=list)
-    edit_interval_s: float = Field(1.0, ge=0.2)
+    admin_user_ids: list[str] = Field(
+        default_factory=list, description="user ids that are admins besides members with Manage Server"
+    )
+    admin_role_ids: list[str] = Field(default_factory=list, description="role ids whose members are admins")
+    edit_interval_s: float = Field(1.0, ge=0.2, description="seconds between edits of a streaming reply")
     sync_guild_ids: list[str] = Field(
         default_factory=list, description="sync slash commands to these guilds now"
     )
 
 
 class SlackSettings(BaseModel):
-    mode: Literal["socket", "http"] = "socket"
-    http_host: str = "0.0.0.0"
-    http_port: int = 3000
-    http_path: str = "/slack/events"
+    mode: Literal["socket", "http"] = Field(
+        "socket",
+        description="socket: SLACK_APP_TOKEN, no public URL; http: SLACK_SIGNING_SECRET behind a URL",
+    )
+    http_host: str = Field("0.0.0.0", description="HTTP mode: address the events server listens on")
+    http_port: int = Field(3000, description="HTTP mode: its port")
+    http_path: str = Field(
+        "/slack/events", description="HTTP mode: the Request URL path set in the Slack app"
+    )
     allowed_team_ids: list[str] = Field(
         default_factory=list,
         description="workspaces (T…) the bot serves (others are refused); their admins may /finetune",
     )
-    admin_user_ids: list[str] = Field(default_factory=list)
-    update_interval_s: float = Field(1.0, ge=0.2)
+    admin_user_ids: list[str] = Field(
+        default_factory=list, description="user ids that are admins besides workspace admins and owners"
+    )
+    update_interval_s: float = Field(1.0, ge=0.2, description="seconds between edits of a streaming reply")
     update_budget_per_min: int = Field(
         50, ge=1, description="chat.update calls per minute per workspace, shared"
     )
@@ -188,12 +206,14 @@ class SlackSettings(BaseModel):
 
 
 class SchedulerSettings(BaseModel):
-    enabled: bool = True
-    timezone: str = "Asia/Seoul"
-    prune_cron: str = "30 3 * * *"
-    finetune_cron: str = "0 2 * * *"
-    finetune_enabled: bool = False
-    prune_enabled: bool = True
+    enabled: bool = Field(True, description="run the scheduled jobs (one process at a time, by a lease)")
+    timezone: str = Field("Asia/Seoul", description="time zone of the cron expressions")
+    prune_cron: str = Field(
+        "30 3 * * *", description="when history is pruned (crontab: min hour day month weekday)"
+    )
+    finetune_cron: str = Field("0 2 * * *", description="when the nightly fine-tune starts")
+    finetune_enabled: bool = Field(False, description="run the nightly fine-tune")
+    prune_enabled: bool = Field(True, description="run the nightly prune")
     prune_misfire_grace_s: int = Field(3600, ge=1, description="late prunes still run")
     finetune_misfire_grace_s: int = Field(6 * 3600, ge=1, description="late fine-tunes still run")
     lease_ttl_s: float = Field(120.0, ge=5.0, description="scheduler lock lease")
@@ -201,16 +221,18 @@ class SchedulerSettings(BaseModel):
 
 class FinetuneSettings(BaseModel):
     output_dir: str | None = Field(None, description="default: <data_dir>/lora")
-    min_examples: int = Field(20, ge=1)
-    eval_fraction: float = Field(0.2, gt=0.0, lt=0.9)
+    min_examples: int = Field(20, ge=1, description="fewer training examples than this: no run")
+    eval_fraction: float = Field(
+        0.2, gt=0.0, lt=0.9, description="share of the examples held out for the quality gate"
+    )
     promote_margin: float = Field(
         0.02, ge=0.0, description="held-out loss must beat the current by this much"
     )
-    epochs: float = Field(3.0, gt=0)
-    learning_rate: float = Field(2e-4, gt=0)
-    lora_r: int = Field(16, ge=1)
-    lora_alpha: int = Field(32, ge=1)
-    max_seq_len: int = Field(2048, ge=64)
+    epochs: float = Field(3.0, gt=0, description="passes over the training examples")
+    learning_rate: float = Field(2e-4, gt=0, description="AdamW learning rate")
+    lora_r: int = Field(16, ge=1, description="LoRA rank")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling (alpha / r)")
+    max_seq_len: int = Field(2048, ge=64, description="longer training sequences are cut")
     gpu_sharing: Literal["pause", "separate", "shared"] = Field(
         "pause",
         description="pause: the engine stops while training; separate: train on train_device; "
@@ -236,7 +258,7 @@ class FinetuneSettings(BaseModel):
     max_steps: int | None = Field(None, ge=1, description="default: epochs")
     quantization: Literal["auto", "4bit", "none"] = Field("auto", description="auto: 4-bit on CUDA")
     continue_from_active: bool = Field(True, description="start from the active LoRA rather than from zero")
-    seed: int = 0
+    seed: int = Field(0, description="random seed of the data split and the training")
     python: str | None = Field(None, description="trainer interpreter")
     timeout_s: float = Field(12 * 3600.0, gt=0, description="a run still training after this long is stopped")
 
@@ -254,6 +276,15 @@ class FinetuneSettings(BaseModel):
         return routes
 
 
+class OpsSettings(BaseModel):
+    enabled: bool = Field(True, description="serve /metrics, /health and /ready (in every mode)")
+    port: int = Field(9464, ge=0, le=65535, description="port of that endpoint; 0: any free port")
+    host: str = Field("127.0.0.1", description='address of that endpoint; "0.0.0.0" in a container')
+    check_timeout_s: float = Field(
+        5.0, gt=0, description="a readiness check (database, engine, platform) slower than this fails"
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="HANBOT_",
@@ -267,6 +298,9 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="message text is never logged at INFO"
     )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="json: one JSON object per line (for log collectors)"
+    )
     model: ModelSettings = Field(default_factory=ModelSettings)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     chat: ChatSettings = Field(default_factory=ChatSettings)
@@ -277,6 +311,7 @@ class Settings(BaseSettings):
     slack: SlackSettings = Field(default_factory=SlackSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
+    ops: OpsSettings = Field(default_factory=OpsSettings)
 
     # secrets: environment only, under their conventional names
     discord_token: SecretStr | None = Field(None, validation_alias="DISCORD_TOKEN")

@@ -81,7 +81,7 @@ def check_source(name: str, local: bool) -> None:
     if local and not Path(name).expanduser().is_dir():
         raise ModelLoadError(
             f"model {name!r}: no such folder. Check model.name_or_path (HANBOT_MODEL__NAME_OR_PATH), "
-            "or build the demo model with `hanbot demo-model` and point the setting at it."
+            "or build the demo model with `python -m bot build-demo-model` and point the setting at it."
         )
 
 
@@ -187,7 +187,7 @@ def _explain(name: str, exc: BaseException) -> ModelLoadError:
     ):
         advice = (
             "could not reach the Hugging Face Hub and the model is not in the local cache. Download it on a "
-            "machine with network (`huggingface-cli download <id>`) and set model.name_or_path to that folder, "
+            "machine with network (`hf download <id> --local-dir <folder>`) and set model.name_or_path to that folder, "
             "or check the network and HF_TOKEN for gated models."
         )
     elif "not a valid model identifier" in lowered or "repository not found" in lowered or "404" in lowered:

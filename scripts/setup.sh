@@ -23,9 +23,9 @@ if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
   "$VENV/bin/python" -m pip install --quiet "torch==$TORCH_VERSION"
 fi
 stamp="$VENV/.hanbot-installed"
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: installing hanbot and its dependencies"
-  "$VENV/bin/python" -m pip install --quiet -e ".[test]"
+  "$VENV/bin/python" -m pip install --quiet -c constraints.txt -e ".[test]"  # the versions of scripts/lock.sh
   echo "$want" > "$stamp"
 fi

@@ -16,6 +16,7 @@ from typing import Any
 import discord
 from discord import app_commands
 
+from adapters.api_metrics import api_trace
 from adapters.discord.commands import build_tree, sync_tree
 from adapters.discord.events import to_incoming
 from adapters.discord.pacing import ChannelPacer
@@ -24,6 +25,7 @@ from adapters.discord.sink import DiscordReplySink
 from bot.commands import CommandRegistry
 from bot.domain import ConversationKey
 from bot.errors import ConfigError
+from bot.metrics import Metrics, NullMetrics
 from bot.ports import MessageHandler, ReplySink
 from bot.settings import Settings
 from bot.store.conversations import ConversationStore
@@ -67,6 +69,7 @@ class DiscordAdapter:
         store: ConversationStore | None = None,
         *,
         guild_ready_timeout: float = 2.0,
+        metrics: Metrics | None = None,
     ) -> None:
         """``store`` is accepted for symmetry with the other adapters; the core stores every turn.
 
@@ -81,6 +84,7 @@ class DiscordAdapter:
         self._token = settings.discord_token.get_secret_value()
         self._pacer = ChannelPacer(settings.discord.edit_interval_s)
         self._guild_ready_timeout = guild_ready_timeout
+        self._metrics = metrics or NullMetrics()
         self._client: _Client | None = None
         self._tree: app_commands.CommandTree | None = None
         self._handler: MessageHandler | None = None
@@ -101,6 +105,7 @@ class DiscordAdapter:
             allowed_mentions=discord.AllowedMentions.none(),  # model output never pings anyone
             chunk_guilds_at_startup=False,
             guild_ready_timeout=self._guild_ready_timeout,
+            http_trace=api_trace(self._metrics, "discord"),
         )
         self._client = client
         self._tree = build_tree(client, commands, self._settings.discord)
@@ -155,6 +160,13 @@ class DiscordAdapter:
         return DiscordReplySink(
             channel, channel_id=channel_id, pacer=self._pacer, lang=lang, reply_to=reply_to
         )
+
+    async def connected(self) -> bool:
+        """Whether the gateway connection is up and the bot ready (false while discord.py reconnects)."""
+        client = self._client
+        if client is None or client.is_closed() or not client.is_ready():
+            return False
+        return client.ws is not None and client.ws.open
 
     async def wait_closed(self) -> None:
         """Wait until the gateway connection ends (stopped, or failed for good)."""

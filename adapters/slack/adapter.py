@@ -12,12 +12,14 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.app.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from adapters.api_metrics import api_trace
 from adapters.slack.client import build_web_client, ensure_rate_limit_retries
 from adapters.slack.commands import SlashCommands
 from adapters.slack.dedupe import DeliveryDedupe
@@ -37,6 +39,7 @@ from adapters.slack.users import UserDirectory
 from bot.commands import CommandRegistry
 from bot.domain import ConversationKey
 from bot.errors import ConfigError
+from bot.metrics import Metrics, NullMetrics
 from bot.ports import MessageHandler, ReplySink
 from bot.settings import Settings
 from bot.store.conversations import ConversationStore
@@ -51,7 +54,12 @@ class SlackAdapter:
     name = "slack"
 
     def __init__(
-        self, settings: Settings, store: ConversationStore, client: AsyncWebClient | None = None
+        self,
+        settings: Settings,
+        store: ConversationStore,
+        client: AsyncWebClient | None = None,
+        *,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings.slack
         self._store = store
@@ -61,6 +69,8 @@ class SlackAdapter:
             client = build_web_client(token, base_url=self._settings.api_base_url)
         ensure_rate_limit_retries(client)
         self._client = client
+        self._metrics = metrics or NullMetrics()
+        self._session: aiohttp.ClientSession | None = None  # ours, with the API-call trace
         self._users = UserDirectory(client)
         self._dedupe = DeliveryDedupe(store)
         self._pacer = UpdatePacer(
@@ -88,15 +98,22 @@ class SlackAdapter:
     async def start(self, on_message: MessageHandler, commands: CommandRegistry) -> None:
         """Connect (Socket Mode) or listen (HTTP), and return; events are then answered until ``stop()``."""
         self._on_message = on_message
-        self._bot_user_id = await self._who_am_i()
-        app = self._build_app(commands)
-        if self._settings.mode == "socket":
-            await self._check_app_token()
-            self._socket = AsyncSocketModeHandler(app, app_token=self._app_token, web_client=self._client)
-            await self._socket.connect_async()
-            _log.info("slack connected in socket mode bot_user=%s", self._bot_user_id)
-        else:
-            await self._serve_http(app)
+        if self._client.session is None:
+            self._session = aiohttp.ClientSession(trace_configs=[api_trace(self._metrics, "slack")])
+            self._client.session = self._session
+        try:
+            self._bot_user_id = await self._who_am_i()
+            app = self._build_app(commands)
+            if self._settings.mode == "socket":
+                await self._check_app_token()
+                self._socket = AsyncSocketModeHandler(app, app_token=self._app_token, web_client=self._client)
+                await self._socket.connect_async()
+                _log.info("slack connected in socket mode bot_user=%s", self._bot_user_id)
+            else:
+                await self._serve_http(app)
+        except BaseException:
+            await self._close_session()
+            raise
 
     async def stop(self) -> None:
         if self._socket is not None:
@@ -106,6 +123,7 @@ class SlackAdapter:
             await self._runner.cleanup()
             self._runner = None
         await self._drain()
+        await self._close_session()
         _log.info("slack adapter stopped")
 
     async def sink_for(
@@ -117,7 +135,19 @@ class SlackAdapter:
         )
         return SlackReplySink(self._client, target, pacer=self._pacer, native=self._native, lang=lang)
 
+    async def connected(self) -> bool:
+        """Socket Mode: the websocket is up (false while it reconnects); HTTP: the server listens."""
+        if self._socket is not None:
+            return bool(await self._socket.client.is_connected())
+        return self._runner is not None
+
     # setup
+
+    async def _close_session(self) -> None:
+        if self._session is not None:
+            self._client.session = None
+            await self._session.close()
+            self._session = None
 
     async def _who_am_i(self) -> str:
         """The bot's own user id (to ignore its own messages and strip its mention); fails early on a bad token."""

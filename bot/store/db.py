@@ -19,6 +19,7 @@ _log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 15_000
+MIGRATION_LOCK_ID = 0x68616E62  # "hanb": the PostgreSQL advisory lock that serialises migrations
 
 
 def create_db_engine(url: str, *, echo: bool = False) -> Engine:
@@ -76,6 +77,10 @@ def migrate(engine: Engine, revision: str = "head", *, data_dir: Path | None = N
     ``data_dir``: the bot's data directory, for migrations that rewrite stored file paths (0004)."""
     config = alembic_config(engine)
     with engine.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            # processes starting together take turns (held until the commit below); SQLite's BEGIN IMMEDIATE does
+            # the same there
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})")
         config.attributes["connection"] = connection
         config.attributes["data_dir"] = data_dir
         command.upgrade(config, revision)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -12,7 +13,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_readme_settings_table_is_current() -> None:
     table = subprocess.run(
-        [sys.executable, "scripts/settings_table.py"], cwd=REPO, capture_output=True, text=True, check=True
+        [sys.executable, "scripts/settings_table.py"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},  # this checkout's settings, not an installed copy's
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert table in readme, "README's settings table is stale: paste the output of scripts/settings_table.py"
@@ -25,3 +31,15 @@ def test_quick_start_holds_two_commands_and_ci_runs_the_second() -> None:
     commands = [line for line in block.group(1).splitlines() if line.strip() and not line.startswith("#")]
     assert len(commands) == 2
     assert commands[1] in (REPO / ".ci" / "run").read_text(encoding="utf-8")
+
+
+def test_every_setting_has_a_description() -> None:
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        from settings_table import rows
+    finally:
+        sys.path.pop(0)
+    from bot.settings import Settings
+
+    missing = [var for var, _default, meaning in rows(Settings) if not meaning.strip()]
+    assert missing == []

@@ -22,6 +22,7 @@ from sqlalchemy import create_engine, text
 from adapters.console import ConsoleAdapter, ConsoleReplySink
 from bot.app import build_commands, shutdown
 from bot.chat import ChatService
+from bot.cli import EXIT_CONFIG
 from bot.domain import Author, ChatTurn, ConversationKey, IncomingMessage, MessageStatus, QueuePosition, Role
 from bot.errors import GenerationFailed
 from bot.prompt import INCOMPLETE_MARK
@@ -263,7 +264,7 @@ def test_fault_09_unusable_data_directory_gives_one_clear_message(tmp_path: Path
     not_a_dir = tmp_path / "data"
     not_a_dir.write_text("a file where the data directory should be")
     result = run_cli(["migrate"], tmp_path, HANBOT_DATA_DIR=str(not_a_dir))
-    assert result.returncode == 2
+    assert result.returncode == EXIT_CONFIG
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: the database") and "HANBOT_DATA_DIR" in last

@@ -18,6 +18,7 @@ from bot.chat import ChatService
 from bot.domain import ConversationKey
 from bot.learning.commands import learning_commands
 from bot.learning.service import FinetuneService
+from bot.metrics import Metrics
 from bot.ports import MessageHandler
 from bot.settings import Settings, load_settings
 from bot.store.conversations import ConversationStore, StoredMessage
@@ -75,6 +76,7 @@ async def start_bot(tmp_path: Path, fake_discord: FakeDiscord) -> AsyncIterator[
         handler: MessageHandler | None = None,
         *,
         learning: bool = False,
+        metrics: Metrics | None = None,
         **discord_settings: Any,
     ) -> DiscordBot:
         """``handler`` replaces the chat service's (to see exactly what the adapter hands to the core);
@@ -92,18 +94,18 @@ async def start_bot(tmp_path: Path, fake_discord: FakeDiscord) -> AsyncIterator[
         engine = engine or ScriptedEngine()
         finetune: FinetuneService | None = None
         if learning:
-            core = build_core(settings, engine=engine, store=store)
+            core = build_core(settings, engine=engine, store=store, metrics=metrics)
             chat, commands, finetune = core.chat, core.commands, core.finetune
             await finetune.restore()
         else:
-            chat = ChatService(settings=settings, store=store, engine=engine)
+            chat = ChatService(settings=settings, store=store, engine=engine, metrics=metrics)
             forget_me = [  # the learning loop's /forget-me; /finetune stays the "not set up" placeholder here
                 spec
                 for spec in learning_commands(FinetuneService(settings, store, engine))
                 if spec.name == "forget-me"
             ]
             commands = build_commands(settings, store, engine, chat=chat, extra=forget_me)
-        adapter = DiscordAdapter(settings, store, guild_ready_timeout=0.05)
+        adapter = DiscordAdapter(settings, store, guild_ready_timeout=0.05, metrics=metrics)
         await adapter.start(handler or chat.handle, commands)
         started.append((adapter, db))
         return DiscordBot(settings, store, engine, adapter, fake_discord, finetune)

@@ -396,6 +396,11 @@ class FakeDiscord:
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
+    async def drop_gateway(self, *, code: int = 4000) -> None:
+        """Close every gateway connection as Discord does when it drops one (4000: unknown error, reconnect)."""
+        for ws in list(self._sockets):
+            await ws.close(code=code)
+
     async def stop(self) -> None:
         for ws in list(self._sockets):
             await ws.close()
@@ -602,6 +607,10 @@ class FakeDiscord:
                 self._sockets.append(ws)
                 await self._send_ready(ws)
                 self._identified.set()
+            elif frame["op"] == 6:  # RESUME after a dropped connection (missed events are not replayed here)
+                self._sockets.append(ws)
+                self._seq += 1
+                await ws.send_str(json.dumps({"op": 0, "t": "RESUMED", "s": self._seq, "d": {}}))
         if ws in self._sockets:
             self._sockets.remove(ws)
         return ws

@@ -140,7 +140,9 @@ class FakeOpenAI:
         models: Sequence[str] = ("test-model",),
         models_status: int = 200,
         lora_status: int | None = None,  # None: no /load_lora_adapter route (404), like a server without it
+        port: int = 0,  # a restarted server comes back on the same port
     ) -> None:
+        self.port = port
         self._replies = replies if replies is not None else (Reply(),)
         self.models = list(models)
         self.models_status = models_status
@@ -150,6 +152,7 @@ class FakeOpenAI:
         self.streams_finished = 0
         self._stopping = asyncio.Event()
         self._runner: web.AppRunner | None = None
+        self._streaming: set[asyncio.BaseTransport] = set()  # connections of replies in progress
         self.base_url = ""
 
     @property
@@ -165,11 +168,17 @@ class FakeOpenAI:
             app.router.add_post("/v1/unload_lora_adapter", self._unload_lora)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.base_url = f"http://127.0.0.1:{port}/v1"
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
         return self
+
+    async def crash(self) -> None:
+        """Die as a killed process does: every open connection cut at once, then nothing listens."""
+        for transport in list(self._streaming):
+            transport.abort()
+        await self.stop()
 
     async def stop(self) -> None:
         self._stopping.set()  # stalled handlers return now instead of holding the shutdown
@@ -203,6 +212,8 @@ class FakeOpenAI:
             )
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **reply.headers})
         await response.prepare(request)
+        if request.transport is not None:
+            self._streaming.add(request.transport)
         try:
             await self._send(response, {"choices": [{"index": 0, "delta": {"role": "assistant"}}]})
             for i, text in enumerate(reply.chunks):
@@ -231,6 +242,8 @@ class FakeOpenAI:
         except (ConnectionError, asyncio.CancelledError):
             self.disconnected.set()
             raise
+        finally:
+            self._streaming.discard(request.transport)  # type: ignore[arg-type]
         return response
 
     async def _wait(self, seconds: float) -> None:

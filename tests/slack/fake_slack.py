@@ -54,6 +54,7 @@ class Message:
 class FakeSlack:
     status_allowed: bool = True  # assistant.threads.setStatus; False: "not an AI app"
     rate_limited_updates: int = 0  # the next N chat.update calls answer 429
+    failing_updates: int = 0  # the next N chat.update calls answer 503 (Slack having a bad minute)
     retry_after_s: int = 1
     calls: list[Call] = field(default_factory=list)
     messages: dict[str, Message] = field(default_factory=dict)
@@ -166,6 +167,10 @@ class FakeSlack:
                 status=429,
                 headers={"Retry-After": str(self.retry_after_s)},
             )
+        if method == "chat.update" and self.failing_updates > 0:
+            self.failing_updates -= 1
+            self.calls.append(Call(method, args, 503))
+            return web.json_response({"ok": False, "error": "service_unavailable"}, status=503)
         self.calls.append(Call(method, args))
         handler = getattr(self, "_" + method.replace(".", "_"), None)
         result = handler(args) if handler else {"ok": False, "error": "unknown_method"}

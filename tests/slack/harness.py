@@ -20,6 +20,7 @@ from bot.app import build_commands, build_core
 from bot.chat import ChatService
 from bot.domain import ConversationKey
 from bot.learning.service import FinetuneService
+from bot.metrics import Metrics
 from bot.settings import Settings, load_settings
 from bot.store.conversations import ConversationStore
 from bot.store.db import create_db_engine, migrate
@@ -57,19 +58,22 @@ class SlackBot:
     adapter: SlackAdapter | None = None
     learning: bool = False  # the whole core as bot.app builds it, the learning loop's commands included
     finetune: FinetuneService | None = None
+    metrics: Metrics | None = None
 
     async def start(self) -> SlackBot:
         db = create_db_engine(self.settings.database_url)
         migrate(db)
         self.store = ConversationStore(db)
         if self.learning:
-            core = build_core(self.settings, engine=self.engine, store=self.store)
+            core = build_core(self.settings, engine=self.engine, store=self.store, metrics=self.metrics)
             chat, commands, self.finetune = core.chat, core.commands, core.finetune
             await self.finetune.restore()
         else:
-            chat = ChatService(settings=self.settings, store=self.store, engine=self.engine)
+            chat = ChatService(
+                settings=self.settings, store=self.store, engine=self.engine, metrics=self.metrics
+            )
             commands = build_commands(self.settings, self.store, self.engine, chat=chat)
-        self.adapter = SlackAdapter(self.settings, self.store)
+        self.adapter = SlackAdapter(self.settings, self.store, metrics=self.metrics)
         await self.adapter.start(chat.handle, commands)
         return self
 
