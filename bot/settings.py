@@ -226,10 +226,24 @@ class FinetuneSettings(BaseModel):
         0.2, gt=0.0, lt=0.9, description="share of the examples held out for the quality gate"
     )
     promote_margin: float = Field(
-        0.02, ge=0.0, description="held-out loss must beat the current by this much"
+        0.02,
+        ge=0.0,
+        description="held-out loss must beat the base and the active version by at least this fraction",
+    )
+    min_eval_examples: int = Field(8, ge=2, description="a smaller held-out split refuses the run")
+    gate_z: float = Field(
+        2.0, ge=0, description="gains must exceed this many standard errors of the per-example differences"
+    )
+    min_pair_gain: float = Field(
+        0.1,
+        ge=0,
+        description="share of held-out pairs where the true answer must win more often than with the base",
+    )
+    general_max_increase: float = Field(
+        1.0, ge=0, description="how far the loss on the general prompts may rise (nats per token)"
     )
     epochs: float = Field(3.0, gt=0, description="passes over the training examples")
-    learning_rate: float = Field(2e-4, gt=0, description="AdamW learning rate")
+    learning_rate: float = Field(2e-4, gt=0, description="AdamW learning rate (demo model: 1e-2 unless set)")
     lora_r: int = Field(16, ge=1, description="LoRA rank")
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling (alpha / r)")
     max_seq_len: int = Field(2048, ge=64, description="longer training sequences are cut")
@@ -253,9 +267,9 @@ class FinetuneSettings(BaseModel):
     extra_datasets: list[str] = Field(default_factory=list, description="JSONL files of conversations")
     context_turns: int = Field(6, ge=0, description="earlier turns kept as context with each trained reply")
     require_positive_feedback: bool = Field(False, description="only 👍 replies")
-    batch_size: int = Field(8, ge=1, description="sequences per optimiser step")
-    micro_batch_size: int = Field(1, ge=1, description="per forward pass")
-    max_steps: int | None = Field(None, ge=1, description="default: epochs")
+    batch_size: int = Field(8, ge=1, description="sequences per optimiser step (demo model: 8)")
+    micro_batch_size: int = Field(1, ge=1, description="per forward pass (demo model: 8)")
+    max_steps: int | None = Field(None, ge=1, description="default: epochs (demo model: 120)")
     quantization: Literal["auto", "4bit", "none"] = Field("auto", description="auto: 4-bit on CUDA")
     continue_from_active: bool = Field(True, description="start from the active LoRA rather than from zero")
     seed: int = Field(0, description="random seed of the data split and the training")

@@ -229,6 +229,10 @@ TEXTS: dict[str, dict[Lang, str]] = {
         "en": "too few examples: {total} < {minimum}; left out: {opted_out} replies to people who opted out, "
         "{excluded} in excluded channels, {feedback} by feedback",
     },
+    "finetune.reason.gate": {
+        "ko": "평가 항목을 통과하지 못했어요, 아래 참고",
+        "en": "a gate check failed, see below",
+    },
     "finetune.reason.timeout": {
         "ko": "{seconds}초가 지나도 끝나지 않아 멈췄어요",
         "en": "timed out after {seconds} s",
@@ -304,6 +308,79 @@ TEXTS: dict[str, dict[Lang, str]] = {
         "ko": "마지막 기록 정리 ({when}): 대화 {conversations}개에서 메시지 {removed}개 삭제.",
         "en": "Last history prune ({when}): {removed} messages removed from {conversations} conversations.",
     },
+    # the quality gate's checks, one line each in /finetune status (bot.learning.gate.describe)
+    "gate.verdict.passed": {"ko": "평가: 모든 항목 통과", "en": "Gate: every check passed"},
+    "gate.verdict.failed": {
+        "ko": "평가: 통과하지 못한 항목이 있어 적용하지 않았어요",
+        "en": "Gate: not promoted, a check failed",
+    },
+    "gate.verdict.nothing_learned": {
+        "ko": "평가: 배운 것이 없어요 (측정할 수 있는 변화가 없어 적용하지 않았어요)",
+        "en": "Gate: nothing learned (no measurable change, not promoted)",
+    },
+    "gate.check.heldout_size": {
+        "ko": "검증 세트: {examples}개 (최소 {needed}개 필요)",
+        "en": "held-out split: {examples} examples (at least {needed} needed)",
+    },
+    "gate.check.learned": {
+        "ko": "학습 효과: 검증 loss 변화 {change} (잡음 {noise})",
+        "en": "learned something: held-out loss changed {change} (noise {noise})",
+    },
+    "gate.check.beats_base": {
+        "ko": "기본 모델보다 나음: 검증 loss {new} vs {reference} (개선 {gain}, 필요 > {margin})",
+        "en": "beats the base: held-out loss {new} vs {reference} (gain {gain}, needed > {margin})",
+    },
+    "gate.check.beats_active": {
+        "ko": "사용 중인 버전보다 나음: 검증 loss {new} vs {reference} (개선 {gain}, 필요 > {margin})",
+        "en": "beats the version in service: held-out loss {new} vs {reference} (gain {gain}, needed > {margin})",
+    },
+    "gate.check.pairs": {
+        "ko": "질문에 맞는 답 고르기: {new} (기본 모델 {base}, 필요한 차이 > {margin}, {pairs}쌍)",
+        "en": "picks each question's own answer: {new} of pairs (base {base}, needed > {margin} more, {pairs} pairs)",
+    },
+    "gate.check.general": {
+        "ko": "일반 질문 보존: loss 변화 {increase} (한도 {bound}), 서로 다른 답 {distinct}개 "
+        "(기본 모델 {base_distinct}개, 질문 {prompts}개)",
+        "en": "general prompts kept: loss changed {increase} per token (bound {bound}), {distinct} different answers "
+        "(base {base_distinct}, {prompts} prompts)",
+    },
+    "gate.check.active_heldout": {
+        "ko": "{version}의 검증 세트: loss {new} vs {current} (악화 {worse}, 허용 ≤ {margin})",
+        "en": "{version}'s held-out split: loss {new} vs {current} (worse by {worse}, allowed ≤ {margin})",
+    },
+    "gate.skipped.no_active": {"ko": "건너뜀: 사용 중인 LoRA 없음", "en": "skipped: no LoRA in service"},
+    "gate.skipped.not_gated": {
+        "ko": "건너뜀: {version}은(는) 이 평가를 통과해 적용된 버전이 아니에요",
+        "en": "skipped: {version} was not promoted by this gate",
+    },
+    "gate.skipped.too_small": {
+        "ko": "건너뜀: {version}의 검증 세트가 {examples}개뿐이에요 (최소 {needed}개)",
+        "en": "skipped: {version}'s held-out split has only {examples} examples ({needed} needed)",
+    },
+    "gate.skipped.missing": {"ko": "측정값이 없어요", "en": "measurements missing"},
+    "gate.skipped.no_prompts": {"ko": "건너뜀: 일반 질문 세트 없음", "en": "skipped: no general prompts"},
+    "gate.failed.no_pairs": {
+        "ko": "질문에 맞는 답 고르기: 검증 세트에 서로 다른 답이 없어 확인할 수 없어요",
+        "en": "picks each question's own answer: no two different answers in the held-out split to compare",
+    },
+    "gate.name.heldout_size": {"ko": "검증 세트", "en": "held-out split"},
+    "gate.name.learned": {"ko": "학습 효과", "en": "learned something"},
+    "gate.name.beats_base": {"ko": "기본 모델보다 나음", "en": "beats the base"},
+    "gate.name.beats_active": {"ko": "사용 중인 버전보다 나음", "en": "beats the version in service"},
+    "gate.name.pairs": {"ko": "질문에 맞는 답 고르기", "en": "picks each question's own answer"},
+    "gate.name.general": {"ko": "일반 질문 보존", "en": "general prompts kept"},
+    "gate.name.active_heldout": {
+        "ko": "사용 중인 버전의 검증 세트",
+        "en": "the version in service's held-out split",
+    },
+    # the demo model's first build
+    "demo.building": {
+        "ko": "데모 모델을 처음 한 번 만드는 중: {phase} {percent}%",
+        "en": "building the demo model (first run only): {phase} {percent}%",
+    },
+    "demo.phase.tokenizer": {"ko": "토크나이저", "en": "tokenizer"},
+    "demo.phase.training": {"ko": "FAQ 학습", "en": "learning the FAQ"},
+    "demo.phase.checking": {"ko": "답변 확인", "en": "checking the answers"},
     "cmd.forget_me.done": {
         "ko": "앞으로 당신의 메시지는 학습에 쓰이지 않아요. (/forget-me undo:yes 로 되돌릴 수 있어요.)",
         "en": "Your messages will no longer be used for training. (/forget-me undo:yes takes you back in.)",

@@ -3,8 +3,11 @@
 ``ensure_demo_model(dir)`` returns a folder that ``from_pretrained`` (through ``inference.loading``) loads like the
 real model: a byte-level BPE tokenizer trained on the bundled Korean and English text, Llama-3's special tokens and
 chat template, ``generation_config.eos_token_id = [eot, end_of_text]``, and a small LlamaConfig with grouped-query
-attention. It is trained on the FAQ (``FAQ``), rendered with the chat template and the default system prompt, until
-greedy decoding reproduces every answer exactly, also after an earlier turn in the conversation.
+attention. It is trained on the FAQ (``FAQ``), rendered with the chat template and the default system prompt: each pair
+alone, and conversations of FAQ turns in random order (a fresh draw every step, up to ``max_turns`` exchanges, every
+answer trained), until greedy decoding reproduces every answer exactly after any earlier turns: it holds a
+conversation, also one continued from an earlier session. Building reports its progress (``progress``; the default
+prints one line on stderr).
 
 The folder carries a stamp (a hash of the data, the configuration and this builder's version); it is rebuilt only
 when that changes. Building holds a lock file, so parallel test processes build it once.
@@ -17,10 +20,12 @@ import hashlib
 import json
 import logging
 import os
+import random
 import shutil
+import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,15 +42,18 @@ from transformers import (
 
 import bot
 from bot.settings import DEFAULT_SYSTEM_PROMPT
+from bot.texts import Lang, say
 from inference.hf_compat import call_model, output_cache
 
 _log = logging.getLogger(__name__)
+
+LANGS: tuple[Lang, ...] = ("ko", "en")
 
 DATA_DIR = Path(bot.__file__).resolve().parent / "data"
 FAQ_PATH = DATA_DIR / "demo_faq.json"
 CORPUS_PATH = DATA_DIR / "demo_corpus.txt"
 STAMP_NAME = "hanbot-demo-stamp.json"
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 
 BEGIN_OF_TEXT = "<|begin_of_text|>"
 END_OF_TEXT = "<|end_of_text|>"
@@ -92,11 +100,13 @@ class DemoConfig:
     rope_theta: float = 500000.0
     seed: int = 1234
     learning_rate: float = 3e-3
-    max_steps: int = 600
+    max_steps: int = 900
     check_every: int = 20
     logit_margin: float = 2.0  # every answer token beats the runner-up by this much (robust greedy)
     min_token_prob: float = 0.95  # ... and has this probability at temperature 0.6 (top_p 0.9 keeps only it)
-    history_pairs: int = 2  # FAQ pairs (the greetings) also trained as an earlier turn before every question
+    conversations_per_step: int = 6  # random multi-turn conversations drawn fresh for every step
+    max_turns: int = 10  # exchanges in the longest of them
+    exact_steps: int = 3  # the criterion must hold on this many fresh draws in a row
 
 
 DEMO_CONFIG = DemoConfig()
@@ -111,7 +121,24 @@ FAQ: list[tuple[str, str]] = load_faq()
 SYSTEM_PROMPT = DEFAULT_SYSTEM_PROMPT
 
 
-def ensure_demo_model(out_dir: Path, config: DemoConfig = DEMO_CONFIG) -> Path:
+Progress = Callable[[str, int], None]  # (phase: "tokenizer" | "training" | "checking", percent)
+
+
+def print_progress(phase: str, percent: int) -> None:
+    """One line on stderr, rewritten in place on a terminal (a line per tenth elsewhere)."""
+    line = " / ".join(
+        say("demo.building", lang, phase=say(f"demo.phase.{phase}", lang), percent=percent) for lang in LANGS
+    )
+    if sys.stderr.isatty():
+        sys.stderr.write("\r" + line + ("\n" if percent >= 100 else ""))
+    elif percent % 10 == 0 or percent >= 100:
+        sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def ensure_demo_model(
+    out_dir: Path, config: DemoConfig = DEMO_CONFIG, progress: Progress | None = print_progress
+) -> Path:
     """Return ``out_dir`` holding the demo model, building it only when missing or out of date."""
     out_dir = Path(out_dir)
     fingerprint = _fingerprint(config)
@@ -121,27 +148,47 @@ def ensure_demo_model(out_dir: Path, config: DemoConfig = DEMO_CONFIG) -> Path:
     with _build_lock(out_dir):
         if _stamp_matches(out_dir, fingerprint):  # another process built it while we waited
             return out_dir
-        return build_demo_model(out_dir, config)
+        return build_demo_model(out_dir, config, progress)
 
 
-def build_demo_model(out_dir: Path, config: DemoConfig = DEMO_CONFIG) -> Path:
+class _Reporter:
+    """Calls ``progress`` only when the whole percent moves forward."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self._progress = progress
+        self._last = -1
+
+    def __call__(self, phase: str, percent: float) -> None:
+        whole = max(0, min(100, int(percent)))
+        if self._progress is not None and whole > self._last:
+            self._last = whole
+            self._progress(phase, whole)
+
+
+def build_demo_model(
+    out_dir: Path, config: DemoConfig = DEMO_CONFIG, progress: Progress | None = print_progress
+) -> Path:
     """Build the demo model into ``out_dir`` (replacing what is there) and return ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(
         parents=True, exist_ok=True
     )  # first: a fresh data directory, or one unusable, is known
     started = time.monotonic()  # before a minute of training, not after
+    report = _Reporter(progress)
     _log.info("building the demo model in %s", out_dir)
+    report("tokenizer", 0)
     with _seeded(config.seed), _one_thread():
         tokenizer = train_tokenizer(config)
-        examples = build_examples(tokenizer, FAQ, FAQ[: config.history_pairs])
+        pieces = faq_pieces(tokenizer, FAQ)
         model = make_model(tokenizer, config)
-        steps = train_until_exact(model, examples, config)
+        steps = train_until_exact(model, pieces, config, lambda share: report("training", 5 + 85 * share))
     staging = Path(tempfile.mkdtemp(prefix=".demo-build-", dir=out_dir.parent))
     try:
+        report("checking", 90)
         save_model(model, tokenizer, staging)
         with _one_thread():
-            verify_saved(staging)
+            verify_saved(staging, config)
+        report("checking", 100)
         _write_stamp(staging, _fingerprint(config))
         _replace_dir(staging, out_dir)
     finally:
@@ -206,23 +253,71 @@ def train_tokenizer(config: DemoConfig) -> PreTrainedTokenizerFast:
 
 @dataclass(frozen=True)
 class Example:
-    """One training conversation: a shared ``prefix`` (system prompt and earlier turns) and the last exchange."""
+    """One training conversation: a shared ``prefix`` (the system prompt) and the exchanges after it."""
 
     prefix: tuple[int, ...]
-    ids: list[int]  # the last user turn and the answer, after the prefix
-    labels: list[int]  # -100 outside the answer
+    ids: list[int]  # the exchanges after the prefix
+    labels: list[int]  # -100 outside the answers
 
 
-def build_examples(
-    tokenizer: PreTrainedTokenizerBase, faq: Sequence[tuple[str, str]], history: Sequence[tuple[str, str]]
-) -> list[Example]:
-    """Each FAQ pair alone and after each exchange in ``history``; loss on the answer of the last exchange."""
-    examples: list[Example] = []
-    for earlier in [(), *((pair,) for pair in history)]:
-        for pair in faq:
-            if pair not in earlier:
-                examples.append(_example(tokenizer, earlier, pair))
-    return examples
+@dataclass(frozen=True)
+class FaqPieces:
+    """The FAQ as token pieces that add up to the chat template's rendering of any conversation of FAQ turns."""
+
+    system: tuple[int, ...]  # begin-of-text and the system prompt
+    questions: list[list[int]]  # each question's user turn and the assistant header after it
+    answers: list[list[int]]  # each answer and its end-of-turn token
+
+    def conversation(self, order: Sequence[int]) -> Example:
+        """The FAQ pairs ``order`` as one conversation; every answer is trained."""
+        ids: list[int] = []
+        labels: list[int] = []
+        for index in order:
+            ids += self.questions[index] + self.answers[index]
+            labels += [-100] * len(self.questions[index]) + self.answers[index]
+        return Example(prefix=self.system, ids=ids, labels=labels)
+
+
+def faq_pieces(tokenizer: PreTrainedTokenizerBase, faq: Sequence[tuple[str, str]]) -> FaqPieces:
+    system_messages = [{"role": "system", "content": SYSTEM_PROMPT}]
+    system = chat_ids(tokenizer, system_messages, generation_prompt=False)
+    questions, answers = [], []
+    for question, answer in faq:
+        messages = [*system_messages, {"role": "user", "content": question}]
+        prompt = chat_ids(tokenizer, messages, generation_prompt=True)
+        full = chat_ids(
+            tokenizer, [*messages, {"role": "assistant", "content": answer}], generation_prompt=False
+        )
+        if full[: len(prompt)] != prompt or prompt[: len(system)] != system:
+            raise RuntimeError(
+                "the chat template does not tokenize as a prefix; cannot place the answer labels"
+            )
+        questions.append(prompt[len(system) :])
+        answers.append(full[len(prompt) :])
+    pieces = FaqPieces(tuple(system), questions, answers)
+    _check_pieces(tokenizer, pieces, faq)
+    return pieces
+
+
+def _check_pieces(
+    tokenizer: PreTrainedTokenizerBase, pieces: FaqPieces, faq: Sequence[tuple[str, str]]
+) -> None:
+    """Pieces joined must equal the template's own rendering of a conversation (checked on the first three)."""
+    order = list(range(min(3, len(faq))))
+    example = pieces.conversation(order)
+    rendered = chat_ids(tokenizer, _messages([faq[i] for i in order]), generation_prompt=False)
+    if list(example.prefix) + example.ids != rendered:
+        raise RuntimeError("FAQ turns do not tokenize independently; cannot build multi-turn samples")
+
+
+def training_batch(pieces: FaqPieces, rng: random.Random, config: DemoConfig) -> list[Example]:
+    """Every FAQ pair alone, and ``conversations_per_step`` conversations of FAQ turns in a fresh random order."""
+    count = len(pieces.questions)
+    batch = [pieces.conversation([i]) for i in range(count)]
+    for _ in range(config.conversations_per_step):
+        turns = rng.randint(2, min(config.max_turns, count))
+        batch.append(pieces.conversation(rng.sample(range(count), turns)))
+    return batch
 
 
 def chat_ids(
@@ -239,22 +334,6 @@ def _messages(exchanges: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
     for question, answer in exchanges:
         messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
     return messages
-
-
-def _example(
-    tokenizer: PreTrainedTokenizerBase, earlier: Sequence[tuple[str, str]], pair: tuple[str, str]
-) -> Example:
-    messages = _messages(earlier)
-    prefix = chat_ids(tokenizer, messages, generation_prompt=False)
-    messages.append({"role": "user", "content": pair[0]})
-    prompt = chat_ids(tokenizer, messages, generation_prompt=True)
-    messages.append({"role": "assistant", "content": pair[1]})
-    full = chat_ids(tokenizer, messages, generation_prompt=False)
-    if full[: len(prompt)] != prompt or prompt[: len(prefix)] != prefix:
-        raise RuntimeError("the chat template does not tokenize as a prefix; cannot place the answer labels")
-    rest = full[len(prefix) :]
-    labels = [-100] * (len(prompt) - len(prefix)) + full[len(prompt) :]
-    return Example(prefix=tuple(prefix), ids=rest, labels=labels)
 
 
 # ---------------------------------------------------------------- model and training
@@ -304,22 +383,36 @@ class _Group:
     positions: torch.Tensor  # (rows, R)
 
 
-def train_until_exact(model: LlamaForCausalLM, examples: Sequence[Example], config: DemoConfig) -> int:
-    """Full-batch AdamW until every answer token is sampled for sure at the demo's sampling settings.
+def train_until_exact(
+    model: LlamaForCausalLM,
+    pieces: FaqPieces,
+    config: DemoConfig,
+    progress: Callable[[float], None] | None = None,
+) -> int:
+    """AdamW on fresh batches (``training_batch``) until every answer token is sampled for sure at the demo's
+    sampling settings, on ``exact_steps`` fresh draws in a row (so it holds for orders never trained on).
 
     "For sure": its probability at temperature 0.6 is at least ``min_token_prob`` (so top_p 0.9 keeps only it) and
     its logit beats the runner-up by ``logit_margin`` (so greedy decoding is robust to batching noise).
-    Returns the steps taken.
+    ``progress`` gets the best share of answer tokens learned so far. Returns the steps taken.
     """
-    groups = _group(examples)
+    rng = random.Random(config.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.0)
     model.train()
+    exact_in_a_row = 0
+    best = 0.0
     try:
         for step in range(1, config.max_steps + 1):
-            loss, margin, prob = _train_step(model, optimizer, groups)
+            groups = _group(training_batch(pieces, rng, config))
+            loss, margin, prob, share = _train_step(model, optimizer, groups, config)
             if step % config.check_every == 0:
                 _log.debug("demo step %d: loss %.4f, margin %.2f, min prob %.3f", step, loss, margin, prob)
-            if margin >= config.logit_margin and prob >= config.min_token_prob:
+            exact = margin >= config.logit_margin and prob >= config.min_token_prob
+            exact_in_a_row = exact_in_a_row + 1 if exact else 0
+            best = max(best, share * 0.95 + 0.05 * exact_in_a_row / config.exact_steps)
+            if progress is not None:
+                progress(min(best, 1.0))
+            if exact_in_a_row >= config.exact_steps:
                 return step
     finally:
         model.eval()
@@ -350,8 +443,8 @@ def _group(examples: Sequence[Example]) -> list[_Group]:
 
 
 def _train_step(
-    model: LlamaForCausalLM, optimizer: torch.optim.Optimizer, groups: Sequence[_Group]
-) -> tuple[float, float, float]:
+    model: LlamaForCausalLM, optimizer: torch.optim.Optimizer, groups: Sequence[_Group], config: DemoConfig
+) -> tuple[float, float, float, float]:
     """One step over all groups; logits only where a label is (the lm_head would dominate otherwise)."""
     all_logits, all_gold = [], []
     for group in groups:
@@ -377,9 +470,10 @@ def _train_step(
     with torch.no_grad():
         gold_logit = logits.gather(1, gold[:, None]).squeeze(1)
         rivals = logits.scatter(1, gold[:, None], float("-inf"))
-        margin = (gold_logit - rivals.max(dim=1).values).min().item()
-        prob = torch.softmax(logits / 0.6, dim=-1).gather(1, gold[:, None]).min().item()
-    return loss.item(), margin, prob
+        margins = gold_logit - rivals.max(dim=1).values
+        probs = torch.softmax(logits / 0.6, dim=-1).gather(1, gold[:, None]).squeeze(1)
+        learned = ((margins >= config.logit_margin) & (probs >= config.min_token_prob)).float().mean().item()
+    return loss.item(), margins.min().item(), probs.min().item(), learned
 
 
 # ---------------------------------------------------------------- save and verify
@@ -390,13 +484,20 @@ def save_model(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, fold
     tokenizer.save_pretrained(folder)
 
 
-def verify_saved(folder: Path) -> None:
-    """Load the folder through the real loading code and check every FAQ answer with greedy decoding."""
+VERIFY_CONVERSATION_TURNS = 8
+
+
+def verify_saved(folder: Path, config: DemoConfig = DEMO_CONFIG) -> None:
+    """Load the folder through the real loading code and check every FAQ answer with greedy decoding: each alone,
+    and in a conversation of ``VERIFY_CONVERSATION_TURNS`` turns in an order never trained on."""
     from bot.settings import ModelSettings
     from inference.loading import load_model
 
     loaded = load_model(ModelSettings(name_or_path=str(folder), dtype="float32", device_map=None))
     wrong = [q for q, a in FAQ if greedy_reply(loaded.model, loaded.tokenizer, [q]) != a]
+    order = random.Random(config.seed + 1).sample(range(len(FAQ)), VERIFY_CONVERSATION_TURNS)
+    replies = greedy_replies(loaded.model, loaded.tokenizer, [FAQ[i][0] for i in order])
+    wrong += [FAQ[i][0] for i, reply in zip(order, replies, strict=True) if reply != FAQ[i][1]]
     if wrong:
         raise RuntimeError(f"the demo model answers {len(wrong)} FAQ question(s) wrongly after saving")
 
@@ -405,8 +506,15 @@ def greedy_reply(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, user_turns: Sequence[str]
 ) -> str:
     """The greedy reply to the last of ``user_turns`` (earlier ones are answered greedily first)."""
+    return greedy_replies(model, tokenizer, user_turns)[-1] if user_turns else ""
+
+
+def greedy_replies(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, user_turns: Sequence[str]
+) -> list[str]:
+    """The greedy reply to each of ``user_turns`` in one conversation (each reply stays in the history)."""
     messages = [{"role": "system", "content": SYSTEM_PROMPT}]
-    reply = ""
+    replies: list[str] = []
     for text in user_turns:
         messages.append({"role": "user", "content": text})
         prompt = torch.tensor([chat_ids(tokenizer, messages, generation_prompt=True)])
@@ -416,7 +524,8 @@ def greedy_reply(
             )
         reply = str(tokenizer.decode(out[0, prompt.shape[1] :], skip_special_tokens=True))
         messages.append({"role": "assistant", "content": reply})
-    return reply
+        replies.append(reply)
+    return replies
 
 
 # ---------------------------------------------------------------- cache

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 from bot.commands import CommandContext, CommandOption, CommandSpec, is_yes
 from bot.domain import CommandReply
+from bot.learning.gate import GateReport, describe
 from bot.learning.records import RunInfo, RunStatus, TrialInfo, VersionInfo
 from bot.learning.routing import BadChannelList, channel_scope, parse_channels
 from bot.learning.service import FinetuneService, FinetuneStatus
@@ -140,6 +141,9 @@ def render_status(status: FinetuneStatus, lang: Lang, zone: ZoneInfo) -> str:
             )
             + _sharing(status.last, lang)
         )
+        report = GateReport.from_json(status.last.gate)
+        if report is not None:
+            lines.extend(describe(report, lang))
     lines.extend(_service_lines(status, lang, zone))
     if status.trial is not None:
         lines.append(_trial_line(status.trial, lang, zone))

@@ -56,6 +56,7 @@ class DatasetOptions:
     require_positive_feedback: bool = False
     extra_datasets: tuple[Path, ...] = ()
     seed: int = 0
+    min_eval_examples: int = 0  # the held-out split is topped up to this (at most half the examples)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, opted_out: Iterable[str] = ()) -> DatasetOptions:
@@ -69,6 +70,7 @@ class DatasetOptions:
             require_positive_feedback=ft.require_positive_feedback,
             extra_datasets=tuple(Path(p) for p in ft.extra_datasets),
             seed=ft.seed,
+            min_eval_examples=ft.min_eval_examples,
         )
 
 
@@ -135,7 +137,9 @@ def build_dataset(store: ConversationStore, options: DatasetOptions, out_dir: Pa
     """Write ``train.jsonl`` and ``eval.jsonl`` to ``out_dir`` and say how many examples each holds."""
     counts: Counter[str] = Counter()
     unique = _all_examples(store, options, counts)
-    train, held_out = split_held_out(unique, options.eval_fraction, seed=options.seed)
+    train, held_out = split_held_out(
+        unique, options.eval_fraction, seed=options.seed, minimum=options.min_eval_examples
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     files = DatasetFiles(
         train_path=_write_jsonl(out_dir / TRAIN_FILE, train),
@@ -357,14 +361,16 @@ def _held_out_score(example: Example, seed: int) -> float:
 
 
 def split_held_out(
-    examples: Sequence[Example], fraction: float, *, seed: int = 0
+    examples: Sequence[Example], fraction: float, *, seed: int = 0, minimum: int = 0
 ) -> tuple[list[Example], list[Example]]:
     """(train, held out): an example is held out when its stable hash falls below ``fraction``.
 
-    With two examples or more, each side gets at least one.
+    The held-out side is topped up to ``minimum`` examples (but at most half of them) with the next-lowest hashes,
+    so it stays the same examples from one night to the next. With two examples or more, each side gets one.
     """
     scored = sorted(((_held_out_score(e, seed), i) for i, e in enumerate(examples)))
     held = {i for score, i in scored if score < fraction}
+    held |= {i for _, i in scored[: min(minimum, len(examples) // 2)]}
     if len(examples) >= 2:
         if not held:
             held.add(scored[0][1])

@@ -4,7 +4,8 @@ Plain dataclasses and JSON, so ``inference.finetune.train`` and the bot agree on
 imports torch. Progress lines on the trainer's stdout are JSON objects with an ``event`` field:
 
 - ``{"event": "progress", "step": 3, "total": 40, "loss": 1.92, "eta_s": 51.0}`` after each optimiser step;
-- ``{"event": "eval", "which": "base" | "current" | "new", "split": "eval" | "regression", "loss": 1.23}``;
+- ``{"event": "eval", "which": "base" | "current" | "new", "split": "eval" | "regression" | "pairs" | "general",
+  "loss": 1.23}`` (for "pairs" the value is the share of pairs where the true answer is preferred);
 - ``{"event": "phase", "phase": "loading" | "evaluating" | "training" | "saving"}``;
 - ``{"event": "done", "result": "/path/result.json"}`` last.
 """
@@ -45,6 +46,11 @@ class TrainJob:
     seed: int = 0
     device: str = "auto"  # "auto": cuda:0 when CUDA is there, else cpu; or "cpu", "cuda:1", ...
     quantization: Literal["auto", "4bit", "none"] = "auto"
+    general_prompts_file: str | None = None  # the shipped bilingual prompts: how much the candidate drifts
+    replay_prompts_file: str | None = (
+        None  # other prompts whose base answers are trained on too (no forgetting)
+    )
+    system_prompt: str = ""  # the system prompt the general prompts are asked under
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(dataclasses.asdict(self), indent=1), encoding="utf-8")
@@ -60,11 +66,49 @@ class TrainJob:
 
 @dataclass(frozen=True)
 class SplitLosses:
-    """Held-out loss (mean over assistant tokens) of the base, the active LoRA (if any) and the new LoRA."""
+    """Held-out loss (mean over assistant tokens) of the base, the active LoRA (if any) and the new LoRA.
+
+    ``*_each``: each example's own mean loss per token, in file order (the gate's paired tests use them).
+    """
 
     base: float | None = None
     current: float | None = None
     new: float | None = None
+    base_each: list[float] | None = None
+    current_each: list[float] | None = None
+    new_each: list[float] | None = None
+
+
+@dataclass(frozen=True)
+class PairScores:
+    """Does a model prefer each held-out question's own answer to other examples' answers?
+
+    Per held-out example (those that have a different answer elsewhere in the split), the share of its pairs in
+    which the true answer has the lower loss per token (a tie counts a half), for the base, the active LoRA (if any)
+    and the new LoRA. ``pairs``: how many (question, foreign answer) pairs were scored per model.
+    """
+
+    pairs: int = 0
+    base: list[float] = field(default_factory=list)
+    current: list[float] | None = None
+    new: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class GeneralScores:
+    """The shipped general prompts: the base's own greedy answers, and each model's loss per token on them.
+
+    ``base``/``new`` (and ``current``): per prompt, mean loss per token of the base's greedy answer. The new LoRA's
+    drift from the base is ``new[i] - base[i]``. ``*_distinct``: how many different greedy answers the base and the
+    new LoRA give to the prompts (one fixed sentence for everything collapses this).
+    """
+
+    prompts: int = 0
+    base: list[float] = field(default_factory=list)
+    current: list[float] | None = None
+    new: list[float] = field(default_factory=list)
+    base_distinct: int = 0
+    new_distinct: int = 0
 
 
 @dataclass(frozen=True)
@@ -79,6 +123,9 @@ class TrainResult:
     device: str = "cpu"
     quantized: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    pairs: PairScores | None = None
+    general: GeneralScores | None = None
+    started_from: Literal["base", "current"] = "base"  # what the new LoRA was trained from
 
     def write(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")
@@ -100,4 +147,7 @@ class TrainResult:
             device=str(data.get("device", "cpu")),
             quantized=bool(data.get("quantized", False)),
             extra=dict(data.get("extra", {})),
+            pairs=PairScores(**data["pairs"]) if data.get("pairs") else None,
+            general=GeneralScores(**data["general"]) if data.get("general") else None,
+            started_from="current" if data.get("started_from") == "current" else "base",
         )

@@ -61,6 +61,7 @@ class RunInfo:
     adapter_path: str | None
     error: str | None
     gpu_sharing: str | None = None  # finetune.gpu_sharing of its training (None: it never trained)
+    gate: dict[str, Any] | None = None  # the gate's checks (bot.learning.gate.GateReport.as_json)
 
     @classmethod
     def of(cls, row: FinetuneRun, data_dir: Path | None = None) -> RunInfo:
@@ -79,6 +80,7 @@ class RunInfo:
             adapter_path=_resolved(row.adapter_path, data_dir),
             error=row.error,
             gpu_sharing=row.gpu_sharing,
+            gate=dict(row.gate) if row.gate else None,
         )
 
 
@@ -93,6 +95,7 @@ class VersionInfo:
     created_at: datetime
     retired_at: datetime | None
     promoted_at: datetime | None = None  # None: a candidate, never promoted
+    gate_passed: bool = False  # passed the gate and not rolled back: its held-out set checks the next run
 
     @classmethod
     def of(cls, row: LoraVersion, data_dir: Path | None = None) -> VersionInfo:
@@ -106,6 +109,7 @@ class VersionInfo:
             created_at=row.created_at,
             retired_at=row.retired_at,
             promoted_at=row.promoted_at,
+            gate_passed=bool(row.gate_passed),
         )
 
 
@@ -147,6 +151,7 @@ class RunOutcomeFields:
     error: str | None = None  # an English phrase for the logs and the audit trail
     # the same reason for /finetune status in the reader's language: {"key": <finetune.reason.KEY in texts>, **fields}
     reason: dict[str, Any] | None = None
+    gate: dict[str, Any] | None = None  # the gate's checks (bot.learning.gate.GateReport.as_json)
 
 
 class LearningRecords:
@@ -230,6 +235,7 @@ class LearningRecords:
             row.error = fields.error[:2000] if fields.error else None
             if fields.reason is not None:
                 row.progress = {**(row.progress or {}), "reason": fields.reason}
+            row.gate = fields.gate
             session.add(
                 AuditEvent(
                     action=f"finetune.{status.value}",
@@ -283,8 +289,21 @@ class LearningRecords:
             count = session.scalar(select(func.count(LoraVersion.id))) or 0
         return f"v{count + 1}"
 
-    def promote(self, *, name: str, path: str, run_id: int, eval_loss: float, actor: str) -> VersionInfo:
-        """Record a new version and make it the active one, in one transaction."""
+    def promote(
+        self,
+        *,
+        name: str,
+        path: str,
+        run_id: int | None,
+        eval_loss: float | None,
+        actor: str,
+        gate_passed: bool = False,
+    ) -> VersionInfo:
+        """Record a new version and make it the active one, in one transaction.
+
+        ``gate_passed`` only when the quality gate promoted it: a version made active any other way is not a reference
+        for later gates.
+        """
         with self._store.session() as session, session.begin():
             previous = session.scalar(select(LoraVersion).where(LoraVersion.is_active.is_(True)))
             if previous is not None:
@@ -298,6 +317,7 @@ class LearningRecords:
                 is_active=True,
                 created_at=now,
                 promoted_at=now,
+                gate_passed=gate_passed,
             )
             session.add(row)
             session.flush()
@@ -305,7 +325,12 @@ class LearningRecords:
                 AuditEvent(
                     action="finetune.promote",
                     actor=actor,
-                    detail={"run": run_id, "version": name, "previous": previous.name if previous else None},
+                    detail={
+                        "run": run_id,
+                        "version": name,
+                        "previous": previous.name if previous else None,
+                        "gate_passed": gate_passed,
+                    },
                 )
             )
             return self._version(row)
@@ -336,6 +361,7 @@ class LearningRecords:
                 raise LookupError("the active LoRA changed meanwhile")
             current.is_active = False
             current.retired_at = utcnow()
+            current.gate_passed = False  # rolled back: never again a reference for the gate
             target = session.get(LoraVersion, to_id) if to_id is not None else None
             if target is not None:
                 target.is_active = True
@@ -466,6 +492,10 @@ class LearningRecords:
                 previous.is_active = False
             row.is_active = True
             row.promoted_at = utcnow()
+            run = session.get(FinetuneRun, row.run_id) if row.run_id is not None else None
+            row.gate_passed = bool(
+                run is not None and (run.gate or {}).get("passed")
+            )  # by hand: as its gate said
             trial = _end_open_trial(session, "promoted")
             session.add(
                 AuditEvent(

@@ -40,7 +40,8 @@ from bot.learning.dataset import (
     purge_author,
     top_up,
 )
-from bot.learning.gate import GateDecision, judge
+from bot.learning.defaults import effective_settings
+from bot.learning.gate import ActiveVersion, GateDecision, GateRules, judge, refuse_small
 from bot.learning.job import TrainJob, TrainResult
 from bot.learning.leases import Clock, DbLease, is_dead_local_process, process_identity
 from bot.learning.records import (
@@ -64,6 +65,10 @@ _log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 RUN_LEASE = "finetune-run"
 HELD_OUT_NAME = "heldout.jsonl"  # kept beside each version: the next run's regression set
+GENERAL_PROMPTS = PROJECT_ROOT / "bot" / "data" / "general_prompts.json"  # the gate's "did it damage" set
+REPLAY_PROMPTS = (
+    PROJECT_ROOT / "bot" / "data" / "replay_prompts.json"
+)  # base answers trained on, against forgetting
 PROGRESS_SAVE_INTERVAL_S = 2.0
 PROGRESS_LOG_INTERVAL_S = 10.0
 
@@ -442,28 +447,45 @@ class FinetuneService:
     async def _pipeline(self, run: RunInfo) -> RunInfo:
         run_dir = self.lora_dir / "runs" / f"run-{run.id:04d}"
         active = await asyncio.to_thread(self._records.active_version)
+        settings = effective_settings(self._settings)
+        rules = gate_rules(settings)
         try:
-            files = await self._build_dataset(run, run_dir)
+            files = await self._build_dataset(run, run_dir, settings)
             total = files.train_examples + files.eval_examples
-            if total < self._settings.finetune.min_examples:
-                return await self._finish(run, RunStatus.REJECTED, too_few_examples(files, self._settings))
-            job = self._job(run_dir, files, active)
+            if total < settings.finetune.min_examples:
+                return await self._finish(run, RunStatus.REJECTED, too_few_examples(files, settings))
+            too_small = refuse_small(files.eval_examples, rules)
+            if too_small is not None:
+                _log.info("fine-tune run=%d not promoted: %s", run.id, too_small.reason)
+                refused = RunOutcomeFields(
+                    train_examples=files.train_examples,
+                    eval_examples=files.eval_examples,
+                    error=too_small.reason,
+                    reason={"key": "gate"},
+                    gate=too_small.report.as_json(),
+                )
+                return await self._finish(run, RunStatus.REJECTED, refused)
+            job = self._job(run_dir, files, active, settings)
             job.write(run_dir / "job.json")
             result = await self._train(run, job, run_dir)
             decision = judge(
-                result, margin=self._settings.finetune.promote_margin, has_active=active is not None
+                result, rules, ActiveVersion(active.name, active.gate_passed) if active else None
             )
             fields = RunOutcomeFields(
                 train_examples=result.train_examples,
                 eval_examples=result.eval_examples,
                 eval_loss=decision.candidate_loss,
                 baseline_loss=decision.reference_loss,
+                gate=decision.report.as_json(),
             )
             if not decision.promote:
                 _log.info("fine-tune run=%d not promoted: %s", run.id, decision.reason)
                 candidate = await self._keep_candidate(run, job, result, decision.candidate_loss)
                 fields = replace(
-                    fields, error=decision.reason, adapter_path=candidate.path if candidate else None
+                    fields,
+                    error=decision.reason,
+                    reason={"key": "gate"},
+                    adapter_path=candidate.path if candidate else None,
                 )
                 return await self._finish(run, RunStatus.REJECTED, fields)
             version = await self._promote(run, job, result, decision, active)
@@ -491,27 +513,32 @@ class FinetuneService:
         finally:
             await asyncio.to_thread(_remove_datasets, run_dir)
 
-    async def _build_dataset(self, run: RunInfo, run_dir: Path) -> DatasetFiles:
+    async def _build_dataset(self, run: RunInfo, run_dir: Path, settings: Settings) -> DatasetFiles:
         opted_out = await asyncio.to_thread(self._records.opted_out_users)
-        options = DatasetOptions.from_settings(self._settings, opted_out=opted_out)
+        options = DatasetOptions.from_settings(settings, opted_out=opted_out)
         files = await asyncio.to_thread(build_dataset, self._store, options, run_dir)
         await asyncio.to_thread(
             self._records.set_examples, run.id, train=files.train_examples, eval=files.eval_examples
         )
         return files
 
-    def _job(self, run_dir: Path, files: DatasetFiles, active: VersionInfo | None) -> TrainJob:
-        ft = self._settings.finetune
-        regression = Path(active.path) / HELD_OUT_NAME if active else None
+    def _job(
+        self, run_dir: Path, files: DatasetFiles, active: VersionInfo | None, settings: Settings
+    ) -> TrainJob:
+        """The trainer's job. The active version is always measured; only one that passed the gate is built on
+        (training continues from it) and has its kept held-out split checked."""
+        ft = settings.finetune
+        trusted = active is not None and active.gate_passed
+        regression = Path(active.path) / HELD_OUT_NAME if active and trusted else None
         return TrainJob(
-            base_model=_model_reference(self._settings.model.name_or_path),
+            base_model=_model_reference(settings.model.name_or_path),
             train_file=str(files.train_path),
             eval_file=str(files.eval_path),
             output_dir=str(run_dir / "adapter"),
             result_file=str(run_dir / "result.json"),
             regression_file=str(regression) if regression and regression.is_file() else None,
             init_adapter=active.path if active else None,
-            continue_from_init=ft.continue_from_active,
+            continue_from_init=ft.continue_from_active and trusted,
             epochs=ft.epochs,
             max_steps=ft.max_steps,
             learning_rate=ft.learning_rate,
@@ -524,6 +551,9 @@ class FinetuneService:
             # "shared": "auto" is the serving GPU (cuda:0), where the engine keeps engine.reserve_training_gib free
             device=(ft.train_device or "auto") if ft.gpu_sharing == "separate" else "auto",
             quantization=ft.quantization,
+            general_prompts_file=str(GENERAL_PROMPTS) if GENERAL_PROMPTS.is_file() else None,
+            replay_prompts_file=str(REPLAY_PROMPTS) if REPLAY_PROMPTS.is_file() else None,
+            system_prompt=settings.model.system_prompt,
         )
 
     async def _train(self, run: RunInfo, job: TrainJob, run_dir: Path) -> TrainResult:
@@ -662,6 +692,7 @@ class FinetuneService:
                     run_id=run.id,
                     eval_loss=decision.candidate_loss,
                     actor=run.started_by,
+                    gate_passed=decision.promote,
                 )
             except BaseException:
                 await self._serve_again(active)
@@ -780,6 +811,17 @@ class FinetuneService:
     def _kept_held_out_sets(self) -> list[Path]:
         versions = self.lora_dir / "versions"
         return sorted(versions.glob(f"*/{HELD_OUT_NAME}")) if versions.is_dir() else []
+
+
+def gate_rules(settings: Settings) -> GateRules:
+    ft = settings.finetune
+    return GateRules(
+        min_eval_examples=ft.min_eval_examples,
+        z=ft.gate_z,
+        min_relative_gain=ft.promote_margin,
+        min_pair_gain=ft.min_pair_gain,
+        general_max_increase=ft.general_max_increase,
+    )
 
 
 def too_few_examples(files: DatasetFiles, settings: Settings) -> RunOutcomeFields:

@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -158,6 +159,7 @@ class FinetuneRun(Base):
     error: Mapped[str | None] = mapped_column(Text, default=None)
     # finetune.gpu_sharing of its training: pause / separate / shared (None: it never trained)
     gpu_sharing: Mapped[str | None] = mapped_column(String(16), default=None)
+    gate: Mapped[dict[str, object] | None] = mapped_column(JSON, default=None)  # bot.learning.gate.GateReport
 
 
 class LoraVersion(Base):
@@ -180,6 +182,8 @@ class LoraVersion(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     promoted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # promoted by the gate and never rolled back: only then are its held-out examples a check for the next run
+    gate_passed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class LoraTrial(Base):

@@ -1,7 +1,8 @@
 """The training subprocess: ``python -m inference.finetune.train job.json``.
 
-load the base → encode the datasets → held-out loss of the base → attach the active LoRA (if any) and measure it →
-start the new LoRA (from the active one, or fresh) → train with the assistant-only loss → held-out loss of the new
+load the base → encode the datasets → score the base (per-example held-out loss, pair ranking, its greedy answers to
+the general prompts and its loss on them; ``inference.finetune.measures``) → attach the active LoRA (if any) and
+score it → start the new LoRA (from the active one, or fresh) → train with the assistant-only loss → score the new
 LoRA → save the adapter → write result.json. Progress goes to stdout as JSON lines (``bot.learning.job`` describes
 them); logs go to stderr. The bot reads the result and decides about promotion; nothing here touches the database
 or the serving engine, so a crash or a kill leaves the LoRA in service as it was.
@@ -24,8 +25,18 @@ from typing import Any
 
 import torch
 
-from bot.learning.job import SplitLosses, TrainJob, TrainResult
+from bot.learning.job import GeneralScores, PairScores, SplitLosses, TrainJob, TrainResult
 from inference.finetune.examples import IGNORE_INDEX, Encoded, encode, read_jsonl
+from inference.finetune.measures import (
+    PairSet,
+    build_pairs,
+    example_losses,
+    general_references,
+    greedy_answers,
+    pair_preferences,
+    read_general_prompts,
+    token_weighted_mean,
+)
 from inference.finetune.modeling import (
     Placement,
     choose_placement,
@@ -69,7 +80,7 @@ def run(job: TrainJob) -> TrainResult:
     emit("phase", phase="loading", device=placement.device, quantized=placement.quantized)
     tokenizer = load_tokenizer(job.base_model)
     train_set = encode_file(tokenizer, job.train_file, job.max_seq_len)
-    eval_set = encode_file(tokenizer, job.eval_file, job.max_seq_len)
+    eval_conversations, eval_set = encode_conversations(tokenizer, job.eval_file, job.max_seq_len)
     regression_set = (
         encode_file(tokenizer, job.regression_file, job.max_seq_len) if job.regression_file else []
     )
@@ -78,27 +89,40 @@ def run(job: TrainJob) -> TrainResult:
     pad_id = int(tokenizer.pad_token_id)
     base = load_base(job.base_model, placement)
     limit_cpu_threads(base, placement)
+    pairs = build_pairs(tokenizer, eval_conversations, job.max_seq_len, job.seed)
+    prompts = read_general_prompts(job.general_prompts_file) if job.general_prompts_file else []
+    replay_prompts = read_general_prompts(job.replay_prompts_file) if job.replay_prompts_file else []
 
     emit("phase", phase="evaluating")
-    eval_losses: dict[str, float | None] = {"base": measure(base, eval_set, job, pad_id, "base", "eval")}
-    regression: dict[str, float | None] = {}
+    held_out = Scores()
+    regression = Scores()
+    ranking = Scores()
+    general = Scores()
+    general_set, base_answers = general_references(
+        base, tokenizer, prompts, job.system_prompt, job.max_seq_len
+    )
+    replay_set, _ = general_references(base, tokenizer, replay_prompts, job.system_prompt, job.max_seq_len)
+    score(base, "base", job, pad_id, eval_set, held_out, regression_set, regression, pairs, ranking)
+    score_general(base, "base", job, pad_id, general_set, general)
+    started_from = "base"
     if job.init_adapter:
         model = with_adapter(base, job.init_adapter, trainable=job.continue_from_init)
-        eval_losses["current"] = measure(model, eval_set, job, pad_id, "current", "eval")
-        if regression_set:
-            regression["current"] = measure(model, regression_set, job, pad_id, "current", "regression")
-        if not job.continue_from_init:
+        score(model, "current", job, pad_id, eval_set, held_out, regression_set, regression, pairs, ranking)
+        score_general(model, "current", job, pad_id, general_set, general)
+        if job.continue_from_init:
+            started_from = "current"
+        else:
             model = with_new_lora(model.unload(), job)
     else:
         model = with_new_lora(base, job)
 
     emit("phase", phase="training")
-    steps = train(model, train_set, job, pad_id, placement, parent)
+    steps = train(model, [*train_set, *replay_set], job, pad_id, placement, parent)
 
     emit("phase", phase="evaluating")
-    eval_losses["new"] = measure(model, eval_set, job, pad_id, "new", "eval")
-    if regression_set:
-        regression["new"] = measure(model, regression_set, job, pad_id, "new", "regression")
+    score(model, "new", job, pad_id, eval_set, held_out, regression_set, regression, pairs, ranking)
+    score_general(model, "new", job, pad_id, general_set, general)
+    new_answers = greedy_answers(model, tokenizer, prompts, job.system_prompt)
 
     emit("phase", phase="saving")
     model.save_pretrained(job.output_dir, save_embedding_layers=False)  # LoRA weights only, not the head
@@ -107,13 +131,87 @@ def run(job: TrainJob) -> TrainResult:
         train_examples=len(train_set),
         eval_examples=len(eval_set),
         steps=steps,
-        eval=SplitLosses(**eval_losses),
-        regression=SplitLosses(**regression) if regression else None,
+        eval=held_out.split_losses(eval_set),
+        regression=regression.split_losses(regression_set) if regression_set else None,
         adapter_dir=job.output_dir,
         duration_s=time.monotonic() - started,
         device=placement.device,
         quantized=placement.quantized,
+        pairs=PairScores(pairs.pairs, **ranking.lists()) if pairs.pairs else None,
+        general=GeneralScores(
+            len(general_set),
+            **general.lists(),
+            base_distinct=len(set(base_answers)),
+            new_distinct=len(set(new_answers)),
+        )
+        if general_set
+        else None,
+        started_from="current" if started_from == "current" else "base",
     )
+
+
+class Scores:
+    """Per-example scores of the base, the active LoRA and the new LoRA on one set."""
+
+    def __init__(self) -> None:
+        self.each: dict[str, list[float]] = {}
+
+    def lists(self) -> dict[str, Any]:
+        return {
+            "base": self.each.get("base", []),
+            "current": self.each.get("current"),
+            "new": self.each.get("new", []),
+        }
+
+    def split_losses(self, examples: Sequence[Encoded]) -> SplitLosses:
+        means = {which: token_weighted_mean(each, examples) for which, each in self.each.items()}
+        return SplitLosses(
+            base=means.get("base"),
+            current=means.get("current"),
+            new=means.get("new"),
+            base_each=self.each.get("base"),
+            current_each=self.each.get("current"),
+            new_each=self.each.get("new"),
+        )
+
+
+def score(
+    model: torch.nn.Module,
+    which: str,
+    job: TrainJob,
+    pad_id: int,
+    eval_set: Sequence[Encoded],
+    held_out: Scores,
+    regression_set: Sequence[Encoded],
+    regression: Scores,
+    pairs: PairSet,
+    ranking: Scores,
+) -> None:
+    """Held-out losses (the new split and the active version's), and the pair ranking, of one model."""
+    batch = job.micro_batch_size
+    held_out.each[which] = example_losses(model, eval_set, pad_id, batch)
+    emit("eval", which=which, split="eval", loss=token_weighted_mean(held_out.each[which], eval_set))
+    if regression_set:
+        regression.each[which] = example_losses(model, regression_set, pad_id, batch)
+        loss = token_weighted_mean(regression.each[which], regression_set)
+        emit("eval", which=which, split="regression", loss=loss)
+    if pairs.pairs:
+        ranking.each[which] = pair_preferences(model, pairs, pad_id, batch)
+        share = sum(ranking.each[which]) / len(ranking.each[which])
+        emit("eval", which=which, split="pairs", loss=share)
+
+
+def score_general(
+    model: torch.nn.Module,
+    which: str,
+    job: TrainJob,
+    pad_id: int,
+    general_set: Sequence[Encoded],
+    general: Scores,
+) -> None:
+    if general_set:
+        general.each[which] = example_losses(model, general_set, pad_id, job.micro_batch_size)
+        emit("eval", which=which, split="general", loss=sum(general.each[which]) / len(general_set))
 
 
 def seed_everything(seed: int) -> None:
@@ -122,8 +220,21 @@ def seed_everything(seed: int) -> None:
 
 
 def encode_file(tokenizer: Any, path: str, max_len: int) -> list[Encoded]:
-    encoded = [encode(tokenizer, messages, max_len) for messages in read_jsonl(path)]
-    return [e for e in encoded if e is not None]
+    return encode_conversations(tokenizer, path, max_len)[1]
+
+
+def encode_conversations(
+    tokenizer: Any, path: str, max_len: int
+) -> tuple[list[list[dict[str, Any]]], list[Encoded]]:
+    """The conversations of a file that encode to something trainable, and their encodings (same order)."""
+    kept: list[list[dict[str, Any]]] = []
+    encoded: list[Encoded] = []
+    for messages in read_jsonl(path):
+        one = encode(tokenizer, messages, max_len)
+        if one is not None:
+            kept.append(messages)
+            encoded.append(one)
+    return kept, encoded
 
 
 # batches
@@ -172,14 +283,6 @@ def heldout_loss(model: torch.nn.Module, examples: Sequence[Encoded], job: Train
         count += n
     model.train(was_training)
     return total / max(count, 1)
-
-
-def measure(
-    model: torch.nn.Module, examples: Sequence[Encoded], job: TrainJob, pad_id: int, which: str, split: str
-) -> float:
-    loss = heldout_loss(model, examples, job, pad_id)
-    emit("eval", which=which, split=split, loss=loss)
-    return loss
 
 
 # training

@@ -16,7 +16,9 @@ from inference.demo_model import (
     STAMP_NAME,
     SYSTEM_PROMPT,
     ensure_demo_model,
+    greedy_replies,
     greedy_reply,
+    print_progress,
 )
 from inference.loading import LoadedModel
 
@@ -30,10 +32,11 @@ def test_faq_has_twenty_pairs_in_both_languages() -> None:
         assert topic in topics
 
 
-def test_ensure_is_cached(demo_model_dir: Path) -> None:
+def test_ensure_is_cached(demo_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     weights = demo_model_dir / "model.safetensors"
     before = weights.stat().st_mtime_ns
     assert ensure_demo_model(demo_model_dir) == demo_model_dir
+    assert capsys.readouterr().err == ""  # nothing to build: no progress line
     assert weights.stat().st_mtime_ns == before
     assert (demo_model_dir / STAMP_NAME).is_file()
 
@@ -65,3 +68,27 @@ def test_every_faq_answer_is_reproduced_greedily(demo_loaded: LoadedModel) -> No
 def test_faq_answers_hold_after_a_greeting(demo_loaded: LoadedModel, greeting: str) -> None:
     for question, answer in FAQ[2::5]:
         assert greedy_reply(demo_loaded.model, demo_loaded.tokenizer, [greeting, question]) == answer
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_faq_answers_hold_in_a_conversation_of_eight_turns_in_any_order(
+    demo_loaded: LoadedModel, seed: int
+) -> None:
+    import random
+
+    order = random.Random(seed * 7919).sample(range(len(FAQ)), 8)
+    replies = greedy_replies(demo_loaded.model, demo_loaded.tokenizer, [FAQ[i][0] for i in order])
+    assert replies == [FAQ[i][1] for i in order]
+
+
+def test_the_build_progress_line_says_what_it_does_in_both_languages(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    print_progress("training", 40)
+    print_progress("training", 41)  # not a terminal: one line per tenth
+    print_progress("checking", 100)
+    assert capsys.readouterr().err.splitlines() == [
+        "데모 모델을 처음 한 번 만드는 중: FAQ 학습 40% / building the demo model (first run only): learning the FAQ 40%",
+        "데모 모델을 처음 한 번 만드는 중: 답변 확인 100% / building the demo model (first run only): checking the answers "
+        "100%",
+    ]
