@@ -306,7 +306,7 @@ class ChatService:
                 msg.message_id,
                 len(reply.text),
             )
-            await asyncio.shield(self._store_reply(msg, saved, reply.text, MessageStatus.INCOMPLETE))
+            await asyncio.shield(self._store_reply(msg, saved, reply.text, MessageStatus.INCOMPLETE, sink))
             raise
         except Exception as exc:
             clock.finished(0)
@@ -314,7 +314,7 @@ class ChatService:
             tally.outcome = Outcome.REFUSED if refused else Outcome.FAILED
             await self._reply_failed(msg, user_turn, reply, saved, exc, sink, lang)
             return
-        await self._store_reply(msg, saved, text, MessageStatus.COMPLETE)
+        await self._store_reply(msg, saved, text, MessageStatus.COMPLETE, sink)
         tally.outcome = Outcome.ANSWERED
         tokens = turn_cost(ChatTurn(Role.ASSISTANT, text), self._engine.tokenizer)
         clock.finished(tokens)
@@ -424,7 +424,7 @@ class ChatService:
             )
             key = "error.generic"
         if reply.text:
-            await self._store_reply(msg, saved, reply.text, MessageStatus.INCOMPLETE)
+            await self._store_reply(msg, saved, reply.text, MessageStatus.INCOMPLETE, sink)
         else:  # never answered: kept, but out of the prompts (and not answered again after a restart)
             await asyncio.to_thread(self._store.update_message, user_turn.id, status=MessageStatus.FAILED)
         try:
@@ -435,10 +435,13 @@ class ChatService:
             )
 
     async def _store_reply(
-        self, msg: IncomingMessage, saved: StreamingReply, text: str, status: MessageStatus
+        self, msg: IncomingMessage, saved: StreamingReply, text: str, status: MessageStatus, sink: ReplySink
     ) -> None:
-        """Store the reply's final text and status, linked to the user turn it answers (``/forget-me``)."""
+        """Store the reply's final text and status, linked to the user turn it answers (``/forget-me``) and to the
+        platform messages that show it (👍/👎 on them are feedback, ``bot.feedback``)."""
         await saved.finish(text, status)
+        if saved.message_id is not None and sink.posted:
+            await asyncio.to_thread(self._store.link_posts, saved.message_id, msg.platform, sink.posted)
         _log.info(
             "reply stored conversation=%s message=%s status=%s chars=%d",
             msg.conversation,

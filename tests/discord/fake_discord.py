@@ -32,6 +32,10 @@ BASE_PERMISSIONS = (
 _ids = itertools.count(1_300_000_000_000_000_000)
 
 
+GUILD_REACTIONS_INTENT = 1 << 10
+DM_REACTIONS_INTENT = 1 << 13
+
+
 def snowflake() -> str:
     return str(next(_ids))
 
@@ -127,6 +131,7 @@ class FakeDiscord:
         self._failures: list[Failure] = []
         self._sockets: list[web.WebSocketResponse] = []
         self._seq = 0
+        self.intents = 0  # what the client's IDENTIFY asked for: reactions go out only with their intent
         self._identified = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -299,6 +304,36 @@ class FakeDiscord:
             self.messages[message_id] = payload
         self.dispatch("MESSAGE_CREATE", payload)
         return message_id
+
+    def react(
+        self,
+        channel_id: str,
+        message_id: str,
+        user: FakeUser,
+        emoji: str,
+        *,
+        removed: bool = False,
+        dm: bool = False,
+    ) -> None:
+        """A user adds (or removes) a unicode emoji reaction: MESSAGE_REACTION_ADD / _REMOVE through the gateway."""
+        data: dict[str, Any] = {
+            "user_id": user.id,
+            "channel_id": channel_id,
+            "message_id": message_id,
+            "emoji": {"id": None, "name": emoji},
+            "burst": False,
+            "type": 0,
+        }
+        if not dm:
+            data["guild_id"] = self.guild_id
+        if not removed:
+            message = self.messages.get(message_id)
+            if message is not None:
+                data["message_author_id"] = message["author"]["id"]
+            if not dm:
+                data["member"] = self.members[user.id].payload()
+        if self.intents & (DM_REACTIONS_INTENT if dm else GUILD_REACTIONS_INTENT):
+            self.dispatch("MESSAGE_REACTION_REMOVE" if removed else "MESSAGE_REACTION_ADD", data)
 
     def open_dm(self, user: FakeUser) -> str:
         channel_id = snowflake()
@@ -604,6 +639,7 @@ class FakeDiscord:
             if frame["op"] == 1:
                 await ws.send_str(json.dumps({"op": 11}))
             elif frame["op"] == 2:
+                self.intents = int(frame["d"].get("intents", 0))
                 self._sockets.append(ws)
                 await self._send_ready(ws)
                 self._identified.set()
