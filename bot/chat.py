@@ -331,7 +331,9 @@ class ChatService:
     def _build_prompt(self, msg: IncomingMessage, user_turn: StoredMessage) -> BuiltPrompt:
         history = [m for m in self._store.history(msg.conversation) if m.id != user_turn.id]
         show_names = not msg.is_direct
-        system_prompt = self._store.system_prompt(msg.conversation) or self._settings.model.system_prompt
+        system_prompt = (
+            self._store.channel_system_prompt(msg.conversation) or self._settings.model.system_prompt
+        )
 
         def build(*, quote: bool) -> BuiltPrompt:
             return build_prompt(

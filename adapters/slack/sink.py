@@ -16,7 +16,7 @@ from typing import Protocol
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.edits import EditedMessages
-from adapters.slack.events import ReplyTarget
+from adapters.slack.events import ReplyTarget, post_id
 from adapters.slack.native import NativeRefused, NativeStream, NativeSupport
 from adapters.slack.pacing import UpdatePacer
 from adapters.slack.pieces import render_pieces
@@ -72,7 +72,7 @@ class SlackReplySink:
     def posted(self) -> tuple[str, ...]:
         """The ts of the messages that show the streamed reply."""
         writers = [*self._replaced, *([self._writer] if self._writer is not None else [])]
-        return tuple(ts for writer in writers for ts in writer.posted)
+        return tuple(post_id(self._target.channel, ts) for writer in writers for ts in writer.posted)
 
     async def send(self, text: str) -> None:
         """Post a complete message (a notice, an error sentence), taking the place of an unused placeholder."""

@@ -92,6 +92,13 @@ class ConversationStore:
         with self._sessions.begin() as session:
             return session.scalar(select(Conversation.system_prompt).where(*_key_filter(key)))
 
+    def channel_system_prompt(self, key: ConversationKey) -> str | None:
+        """The system prompt set for this conversation (``/persona``), else for its channel (a Slack thread)."""
+        own = self.system_prompt(key)
+        if own is not None or not key.thread:
+            return own
+        return self.system_prompt(ConversationKey(key.platform, key.workspace, key.channel))
+
     def set_system_prompt(self, key: ConversationKey, prompt: str | None) -> None:
         conv_id = self.conversation_id(key)
         with self._sessions.begin() as session:

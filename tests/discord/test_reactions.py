@@ -30,7 +30,10 @@ async def a_reply(bot: DiscordBot, fake: FakeDiscord) -> tuple[int, list[str], s
     await fake.wait_for(reply_done(fake, fake.general, "답이에요."))
     _, reply = await bot.stored(fake.general, 2)
     assert reply.role is Role.ASSISTANT
-    return reply.id, [m["id"] for m in fake.bot_messages(fake.general)], question
+    posts = [m["id"] for m in fake.bot_messages(fake.general)]
+    # the posts are linked to the reply just after it is stored
+    await fake.wait_for(lambda: all(bot.store.reply_shown_in("discord", post) for post in posts))
+    return reply.id, posts, question
 
 
 async def test_a_thumb_on_a_bot_reply_is_recorded_and_removing_it_removes_it(
