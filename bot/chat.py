@@ -26,6 +26,7 @@ from bot.domain import (
     StreamEvent,
 )
 from bot.errors import BotError, EnginePaused, QueueFull
+from bot.files import unread_notice, with_files
 from bot.metrics import Metrics, NullMetrics, Outcome, ReplyClock
 from bot.ops.logs import log_context
 from bot.permissions import AdminPolicy
@@ -136,7 +137,8 @@ class ChatService:
             tally.outcome = Outcome.REFUSED
             await sink.send(say("error.not_allowed_here", lang))
             return
-        text = storable(msg.text).strip()  # NUL and lone surrogates: no database or tokenizer takes them
+        # NUL and lone surrogates: no database or tokenizer takes them
+        text = storable(with_files(msg.text.strip(), msg.files)).strip()
         if not text:
             tally.outcome = Outcome.REFUSED
             await self._guard_store(msg, sink, lang, self._send_empty_message_hint(msg, sink))
@@ -150,6 +152,9 @@ class ChatService:
         if user_turn is None:
             tally.outcome = Outcome.DUPLICATE  # a second delivery of a message already taken
             return
+        notice = unread_notice(msg.files, lang, limit=self._settings.chat.max_file_bytes)
+        if notice:
+            await sink.send(notice)
         if not await self._count_user_turn(msg, user_turn, sink, lang):
             tally.outcome = Outcome.REFUSED
             return

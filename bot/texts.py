@@ -31,6 +31,15 @@ TEXTS: dict[str, dict[Lang, str]] = {
         "ko": "봇이 다시 시작되는 동안 이 메시지에 답하지 못했어요. 다시 물어봐 주세요.",
         "en": "I restarted before I could answer this message. Please ask again.",
     },
+    "files.not_text": {
+        "ko": "저는 텍스트 파일(UTF-8 텍스트, 코드, 마크다운, CSV, {kb}KB까지)만 읽을 수 있어서 {names}은(는) 읽지 "
+        "않았어요.",
+        "en": "I read only text files (UTF-8 text, code, Markdown, CSV, up to {kb} KB), so I did not read {names}.",
+    },
+    "files.image": {
+        "ko": "그림은 볼 수 없어서 {names}은(는) 읽지 않았어요.",
+        "en": "I cannot see pictures, so I did not read {names}.",
+    },
     "chat.queued": {"ko": "대기 중 ({position}번째)", "en": "queued, #{position}"},
     "chat.thinking": {"ko": "생각 중…", "en": "thinking…"},
     "chat.incomplete": {"ko": "(답변이 중간에 끊겼어요)", "en": "(reply incomplete)"},

@@ -19,6 +19,7 @@ from discord import app_commands
 from adapters.api_metrics import api_trace
 from adapters.discord.commands import build_tree, sync_tree
 from adapters.discord.events import to_incoming, to_reaction
+from adapters.discord.files import read_attachments
 from adapters.discord.pacing import ChannelPacer
 from adapters.discord.replies import reply_chain
 from adapters.discord.sink import DiscordReplySink
@@ -244,6 +245,9 @@ class DiscordAdapter:
             return
         if message.reference is not None:
             incoming = replace(incoming, quoted=await reply_chain(message, client.user))
+        if message.attachments:
+            files = await read_attachments(message.attachments, self._settings.chat.max_file_bytes)
+            incoming = replace(incoming, files=files)
         sink = DiscordReplySink(
             message.channel,
             channel_id=message.channel.id,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -33,12 +34,13 @@ from adapters.slack.events import (
     thread_message,
     to_reaction,
 )
+from adapters.slack.files import read_files
 from adapters.slack.native import NativeSupport
 from adapters.slack.pacing import UpdatePacer
 from adapters.slack.sink import SlackReplySink
 from adapters.slack.users import UserDirectory
 from bot.commands import CommandRegistry
-from bot.domain import ConversationKey
+from bot.domain import ConversationKey, SharedFile
 from bot.errors import ConfigError
 from bot.feedback import FeedbackBook
 from bot.metrics import Metrics, NullMetrics
@@ -87,6 +89,7 @@ class SlackAdapter:
         self._users = UserDirectory(client)
         self._dedupe = DeliveryDedupe(store)
         self._feedback = FeedbackBook(settings, store)
+        self._max_file_bytes = settings.chat.max_file_bytes
         self._pacer = UpdatePacer(
             min_interval_s=self._settings.update_interval_s,
             budget_per_min=self._settings.update_budget_per_min,
@@ -239,6 +242,12 @@ class SlackAdapter:
             if mentions(str(event.get("text") or ""), self._bot_user_id) or await self._takes_part(message):
                 await self._take(message)
 
+    async def _read_files(self, message: SlackMessage) -> tuple[SharedFile, ...]:
+        session = self._client.session
+        if session is None:  # start() gives the client one
+            return ()
+        return await read_files(session, self._client.token or "", message.files, self._max_file_bytes)
+
     async def on_reaction(self, body: dict[str, Any], event: dict[str, Any]) -> None:
         """👍/👎 on one of the bot's replies: feedback (``bot.feedback``); every other reaction is ignored."""
         reaction = to_reaction(body, event, self._bot_user_id)
@@ -270,7 +279,10 @@ class SlackAdapter:
                 native=self._native,
                 lang=language_of(message.text),
             )
-            await self._on_message(message.incoming(user.author()), sink)
+            incoming = message.incoming(user.author())
+            if message.files:
+                incoming = replace(incoming, files=await self._read_files(message))
+            await self._on_message(incoming, sink)
         except Exception:
             _log.exception(
                 "slack reply failed conversation=%s message=%s", message.conversation, message.message_id

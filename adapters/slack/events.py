@@ -48,6 +48,7 @@ class SlackMessage:
     user_id: str
     text: str
     is_direct: bool
+    files: tuple[dict[str, Any], ...] = ()  # Slack's file objects (file_share), read by adapters.slack.files
 
     def incoming(self, author: Author) -> IncomingMessage:
         return IncomingMessage(
@@ -87,6 +88,7 @@ def direct_message(body: dict[str, Any], event: dict[str, Any], bot_user_id: str
         user_id=str(event["user"]),
         text=clean_text(str(event.get("text") or ""), bot_user_id),
         is_direct=True,
+        files=shared_files(event),
     )
 
 
@@ -102,6 +104,7 @@ def thread_message(body: dict[str, Any], event: dict[str, Any], bot_user_id: str
         user_id=str(event["user"]),
         text=clean_text(str(event.get("text") or ""), bot_user_id),
         is_direct=False,
+        files=shared_files(event),
     )
 
 
@@ -128,6 +131,10 @@ def to_reaction(body: dict[str, Any], event: dict[str, Any], bot_user_id: str) -
         value=value,
         added=event.get("type") == "reaction_added",
     )
+
+
+def shared_files(event: dict[str, Any]) -> tuple[dict[str, Any], ...]:
+    return tuple(f for f in event.get("files") or () if isinstance(f, dict))
 
 
 def is_thread_reply(event: dict[str, Any]) -> bool:

@@ -16,7 +16,7 @@ import itertools
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,6 +125,7 @@ class FakeDiscord:
         self.channels: dict[str, dict[str, Any]] = {}
         self.members: dict[str, FakeMember] = {}
         self.messages: dict[str, dict[str, Any]] = {}
+        self.files: dict[str, bytes] = {}  # attachment id → contents, served as Discord's CDN serves them
         self.requests: list[LoggedRequest] = []
         self.commands: list[dict[str, Any]] = []
         self.interaction_responses: dict[str, list[LoggedRequest]] = {}
@@ -284,8 +285,11 @@ class FakeDiscord:
         mention_bot: bool = False,
         reply_to: str | None = None,
         dm: bool = False,
+        files: Sequence[tuple[str, bytes, str | None]] = (),
     ) -> str:
-        """A user writes in a channel: MESSAGE_CREATE goes out through the gateway. Returns the message id."""
+        """A user writes in a channel: MESSAGE_CREATE goes out through the gateway. Returns the message id.
+
+        ``files``: attachments as (file name, contents, content type or None), downloadable from the fake CDN."""
         if mention_bot:
             content = f"<@{self.bot.id}> {content}"
         message_id = snowflake()
@@ -293,6 +297,7 @@ class FakeDiscord:
         if f"<@{self.bot.id}>" in content or f"<@!{self.bot.id}>" in content:
             mentions.append({**self.bot.payload(), "member": _member_fragment(self.bot_member)})
         payload = self._message_payload(message_id, channel_id, author, content, mentions=mentions)
+        payload["attachments"] = [self._attachment_payload(*file) for file in files]
         if reply_to is not None:
             payload["type"] = 19
             payload["message_reference"] = {"message_id": reply_to, "channel_id": channel_id, "type": 0}
@@ -425,6 +430,7 @@ class FakeDiscord:
         r.add_post(f"{API}/interactions/{{id}}/{{token}}/callback", self._interaction_callback)
         r.add_post(f"{API}/webhooks/{{app}}/{{token}}", self._followup)
         r.add_patch(f"{API}/webhooks/{{app}}/{{token}}/messages/{{message}}", self._followup)
+        r.add_get("/attachments/{id}/{name}", self._attachment)  # Discord's CDN
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -526,6 +532,27 @@ class FakeDiscord:
             )
         self.messages[message_id] = payload
         return json_response(payload)
+
+    def _attachment_payload(self, name: str, data: bytes, content_type: str | None) -> dict[str, Any]:
+        attachment_id = snowflake()
+        self.files[attachment_id] = data
+        url = f"http://127.0.0.1:{self.port}/attachments/{attachment_id}/{name}"
+        payload: dict[str, Any] = {
+            "id": attachment_id,
+            "filename": name,
+            "size": len(data),
+            "url": url,
+            "proxy_url": url,
+        }
+        if content_type is not None:
+            payload["content_type"] = content_type
+        return payload
+
+    async def _attachment(self, request: web.Request) -> web.Response:
+        data = self.files.get(request.match_info["id"])
+        if data is None:
+            return web.Response(status=404)
+        return web.Response(body=data, content_type="application/octet-stream")
 
     async def _get_message(self, request: web.Request) -> web.Response:
         message = self.messages.get(request.match_info["message"])

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from adapters.slack.adapter import BOT_EVENTS, SlackAdapter
+from adapters.slack.files import SCOPE as FILES_SCOPE
 from bot.app import build_core
 from bot.settings import load_settings
 from tests.fakes import ScriptedEngine
@@ -54,3 +55,4 @@ def test_the_manifest_subscribes_to_the_events_the_adapter_listens_to_with_their
     assert set(manifest["settings"]["event_subscriptions"]["bot_events"]) == set(BOT_EVENTS)
     assert set(BOT_EVENTS.values()) <= set(manifest["oauth_config"]["scopes"]["bot"])
     assert {"reaction_added", "reaction_removed"} <= set(BOT_EVENTS), "👍/👎 feedback"
+    assert FILES_SCOPE in manifest["oauth_config"]["scopes"]["bot"], "shared text files are downloaded"
