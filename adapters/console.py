@@ -34,6 +34,10 @@ class ConsoleReplySink:
         self._out = out
         self.lang = lang
 
+    @property
+    def posted(self) -> tuple[str, ...]:
+        return ()  # a terminal has no message ids (and no reactions)
+
     async def send(self, text: str) -> None:
         self._write(f"{BOT_PREFIX}{text}\n")
 

@@ -28,6 +28,7 @@ from bot.ops.probes import database_check, engine_check, platform_check, registe
 from bot.ops.prometheus import PrometheusMetrics
 from bot.ops.server import Check, OpsServer
 from bot.permissions import AdminPolicy
+from bot.persona import persona_command
 from bot.ports import Adapter, Engine, ReplySink
 from bot.recovery import recover_unanswered
 from bot.scheduler import BotScheduler
@@ -127,6 +128,7 @@ def build_commands(
     registry.add(help_command(registry))
     registry.add(reset_command(chat))
     registry.add(finetune_unavailable_command())
+    registry.add(persona_command(settings, store, engine))
     for spec in extra:
         registry.add(spec)  # the learning loop's /finetune replaces the placeholder
     return registry

@@ -26,6 +26,7 @@ from bot.domain import (
     StreamEvent,
 )
 from bot.errors import BotError, EnginePaused, QueueFull
+from bot.files import unread_notice, with_files
 from bot.metrics import Metrics, NullMetrics, Outcome, ReplyClock
 from bot.ops.logs import log_context
 from bot.permissions import AdminPolicy
@@ -136,7 +137,8 @@ class ChatService:
             tally.outcome = Outcome.REFUSED
             await sink.send(say("error.not_allowed_here", lang))
             return
-        text = storable(msg.text).strip()  # NUL and lone surrogates: no database or tokenizer takes them
+        # NUL and lone surrogates: no database or tokenizer takes them
+        text = storable(with_files(msg.text.strip(), msg.files)).strip()
         if not text:
             tally.outcome = Outcome.REFUSED
             await self._guard_store(msg, sink, lang, self._send_empty_message_hint(msg, sink))
@@ -150,6 +152,9 @@ class ChatService:
         if user_turn is None:
             tally.outcome = Outcome.DUPLICATE  # a second delivery of a message already taken
             return
+        notice = unread_notice(msg.files, lang, limit=self._settings.chat.max_file_bytes)
+        if notice:
+            await sink.send(notice)
         if not await self._count_user_turn(msg, user_turn, sink, lang):
             tally.outcome = Outcome.REFUSED
             return
@@ -306,7 +311,7 @@ class ChatService:
                 msg.message_id,
                 len(reply.text),
             )
-            await asyncio.shield(self._store_reply(msg, saved, reply.text, MessageStatus.INCOMPLETE))
+            await asyncio.shield(self._store_reply(msg, saved, reply.text, MessageStatus.INCOMPLETE, sink))
             raise
         except Exception as exc:
             clock.finished(0)
@@ -314,7 +319,7 @@ class ChatService:
             tally.outcome = Outcome.REFUSED if refused else Outcome.FAILED
             await self._reply_failed(msg, user_turn, reply, saved, exc, sink, lang)
             return
-        await self._store_reply(msg, saved, text, MessageStatus.COMPLETE)
+        await self._store_reply(msg, saved, text, MessageStatus.COMPLETE, sink)
         tally.outcome = Outcome.ANSWERED
         tokens = turn_cost(ChatTurn(Role.ASSISTANT, text), self._engine.tokenizer)
         clock.finished(tokens)
@@ -331,7 +336,9 @@ class ChatService:
     def _build_prompt(self, msg: IncomingMessage, user_turn: StoredMessage) -> BuiltPrompt:
         history = [m for m in self._store.history(msg.conversation) if m.id != user_turn.id]
         show_names = not msg.is_direct
-        system_prompt = self._store.system_prompt(msg.conversation) or self._settings.model.system_prompt
+        system_prompt = (
+            self._store.channel_system_prompt(msg.conversation) or self._settings.model.system_prompt
+        )
 
         def build(*, quote: bool) -> BuiltPrompt:
             return build_prompt(
@@ -424,7 +431,7 @@ class ChatService:
             )
             key = "error.generic"
         if reply.text:
-            await self._store_reply(msg, saved, reply.text, MessageStatus.INCOMPLETE)
+            await self._store_reply(msg, saved, reply.text, MessageStatus.INCOMPLETE, sink)
         else:  # never answered: kept, but out of the prompts (and not answered again after a restart)
             await asyncio.to_thread(self._store.update_message, user_turn.id, status=MessageStatus.FAILED)
         try:
@@ -435,10 +442,13 @@ class ChatService:
             )
 
     async def _store_reply(
-        self, msg: IncomingMessage, saved: StreamingReply, text: str, status: MessageStatus
+        self, msg: IncomingMessage, saved: StreamingReply, text: str, status: MessageStatus, sink: ReplySink
     ) -> None:
-        """Store the reply's final text and status, linked to the user turn it answers (``/forget-me``)."""
+        """Store the reply's final text and status, linked to the user turn it answers (``/forget-me``) and to the
+        platform messages that show it (👍/👎 on them are feedback, ``bot.feedback``)."""
         await saved.finish(text, status)
+        if saved.message_id is not None and sink.posted:
+            await asyncio.to_thread(self._store.link_posts, saved.message_id, msg.platform, sink.posted)
         _log.info(
             "reply stored conversation=%s message=%s status=%s chars=%d",
             msg.conversation,

@@ -66,6 +66,20 @@ class QuotedMessage:
 
 
 @dataclass(frozen=True)
+class SharedFile:
+    """A file shared with a message (a Discord attachment, a Slack file_share), as the adapter found it.
+
+    ``text`` holds the file's contents when it was a UTF-8 text file within the size limit (``bot.files``), and
+    None when it was not read; ``image`` says it was a picture (named to the model as not read).
+    """
+
+    name: str
+    size: int
+    text: str | None = None
+    image: bool = False
+
+
+@dataclass(frozen=True)
 class IncomingMessage:
     platform: str
     conversation: ConversationKey
@@ -77,6 +91,7 @@ class IncomingMessage:
     # The reply chain above this message, nearest first (at most bot.quoting.QUOTE_DEPTH); the core shows the model
     # those that are not already in the conversation's stored history.
     quoted: tuple[QuotedMessage, ...] = ()
+    files: tuple[SharedFile, ...] = ()  # files shared with the message (bot.files reads the text ones)
 
 
 @dataclass(frozen=True)

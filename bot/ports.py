@@ -82,6 +82,12 @@ class ReplySink(Protocol):
         """
         ...
 
+    @property
+    def posted(self) -> tuple[str, ...]:
+        """The platform ids of the messages that show the streamed reply (reactions on them are feedback on it);
+        empty where the platform has no message ids (the console)."""
+        ...
+
 
 MessageHandler = Callable[[IncomingMessage, ReplySink], Awaitable[None]]
 

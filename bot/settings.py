@@ -76,6 +76,11 @@ class ChatSettings(BaseModel):
     recovery: Literal["notice", "answer"] = Field(
         "notice", description="notice: one sentence saying the bot restarted; answer: answer them"
     )
+    max_file_bytes: int = Field(
+        16_000,
+        ge=0,
+        description="text files shared with a message (Discord, Slack) up to this size reach the prompt; 0: none",
+    )
 
 
 class EngineSettings(BaseModel):

@@ -31,6 +31,15 @@ TEXTS: dict[str, dict[Lang, str]] = {
         "ko": "봇이 다시 시작되는 동안 이 메시지에 답하지 못했어요. 다시 물어봐 주세요.",
         "en": "I restarted before I could answer this message. Please ask again.",
     },
+    "files.not_text": {
+        "ko": "저는 텍스트 파일(UTF-8 텍스트, 코드, 마크다운, CSV, {kb}KB까지)만 읽을 수 있어서 {names}은(는) 읽지 "
+        "않았어요.",
+        "en": "I read only text files (UTF-8 text, code, Markdown, CSV, up to {kb} KB), so I did not read {names}.",
+    },
+    "files.image": {
+        "ko": "그림은 볼 수 없어서 {names}은(는) 읽지 않았어요.",
+        "en": "I cannot see pictures, so I did not read {names}.",
+    },
     "chat.queued": {"ko": "대기 중 ({position}번째)", "en": "queued, #{position}"},
     "chat.thinking": {"ko": "생각 중…", "en": "thinking…"},
     "chat.incomplete": {"ko": "(답변이 중간에 끊겼어요)", "en": "(reply incomplete)"},
@@ -148,6 +157,11 @@ TEXTS: dict[str, dict[Lang, str]] = {
         "지워요; /forget-me undo:yes 는 다시 학습에 참여해요.",
         "en": "/forget-me: your messages are never used for training again; /forget-me delete:yes also removes "
         "them, and the bot's replies to them, from the bot's history; /forget-me undo:yes opts you back in.",
+    },
+    "help.usage.persona": {
+        "ko": "/persona [show | set <프롬프트> | clear]: 이 채널의 시스템 프롬프트와 그 토큰 수를 보거나, 바꾸거나, "
+        "기본값으로 되돌려요.",
+        "en": "/persona [show | set <prompt> | clear]: this channel's system prompt and what it costs in tokens.",
     },
     # learning loop (/finetune, /forget-me)
     "cmd.finetune.started": {
@@ -381,6 +395,42 @@ TEXTS: dict[str, dict[Lang, str]] = {
     "demo.phase.tokenizer": {"ko": "토크나이저", "en": "tokenizer"},
     "demo.phase.training": {"ko": "FAQ 학습", "en": "learning the FAQ"},
     "demo.phase.checking": {"ko": "답변 확인", "en": "checking the answers"},
+    "cmd.persona.show": {
+        "ko": "이 채널의 시스템 프롬프트예요 (메시지마다 {tokens}토큰, 예산 {budget}토큰 중):\n{prompt}",
+        "en": "This channel's system prompt ({tokens} tokens of the {budget}-token budget, in every message):\n"
+        "{prompt}",
+    },
+    "cmd.persona.show_default": {
+        "ko": "이 채널은 기본 시스템 프롬프트를 써요 (메시지마다 {tokens}토큰, 예산 {budget}토큰 중). "
+        "/persona set 으로 바꿀 수 있어요:\n{prompt}",
+        "en": "This channel uses the default system prompt ({tokens} tokens of the {budget}-token budget, in every "
+        "message); /persona set changes it:\n{prompt}",
+    },
+    "cmd.persona.set": {
+        "ko": "이 채널의 시스템 프롬프트를 바꿨어요. 다음 메시지부터 쓰이고, 메시지마다 {tokens}토큰"
+        "(예산 {budget}토큰 중)을 차지해요.",
+        "en": "This channel's system prompt is set: it applies from the next message and takes {tokens} tokens of "
+        "the {budget}-token budget in every message.",
+    },
+    "cmd.persona.cleared": {
+        "ko": "이 채널의 시스템 프롬프트를 지웠어요. 다음 메시지부터 기본 프롬프트({tokens}토큰)를 써요.",
+        "en": "This channel's system prompt is cleared: from the next message the default one ({tokens} tokens) "
+        "applies.",
+    },
+    "cmd.persona.empty": {
+        "ko": "새 시스템 프롬프트를 함께 적어 주세요: /persona set <프롬프트>",
+        "en": "Please write the new system prompt after set: /persona set <prompt>",
+    },
+    "cmd.persona.too_long": {
+        "ko": "시스템 프롬프트가 너무 길어요 ({tokens}토큰, 최대 {most}토큰). 대화가 들어갈 자리가 남도록 줄여 "
+        "주세요.",
+        "en": "That system prompt is too long ({tokens} tokens; at most {most}, so the conversation still fits). "
+        "Please shorten it.",
+    },
+    "cmd.persona.usage": {
+        "ko": "/persona show(보기), /persona set <프롬프트>(바꾸기), /persona clear(기본값으로) 중 하나를 써 주세요.",
+        "en": "Please use /persona show, /persona set <prompt> or /persona clear.",
+    },
     "cmd.forget_me.done": {
         "ko": "앞으로 당신의 메시지는 학습에 쓰이지 않아요. (/forget-me undo:yes 로 되돌릴 수 있어요.)",
         "en": "Your messages will no longer be used for training. (/forget-me undo:yes takes you back in.)",

@@ -97,6 +97,7 @@ class RecordingSink:
     streamed: list[str] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
     incomplete: bool = False
+    posted: tuple[str, ...] = ()
 
     async def send(self, text: str) -> None:
         self.sent.append(text)

@@ -18,13 +18,15 @@ from discord import app_commands
 
 from adapters.api_metrics import api_trace
 from adapters.discord.commands import build_tree, sync_tree
-from adapters.discord.events import to_incoming
+from adapters.discord.events import to_incoming, to_reaction
+from adapters.discord.files import read_attachments
 from adapters.discord.pacing import ChannelPacer
 from adapters.discord.replies import reply_chain
 from adapters.discord.sink import DiscordReplySink
 from bot.commands import CommandRegistry
 from bot.domain import ConversationKey
 from bot.errors import ConfigError
+from bot.feedback import FeedbackBook
 from bot.metrics import Metrics, NullMetrics
 from bot.ports import MessageHandler, ReplySink
 from bot.settings import Settings
@@ -38,13 +40,15 @@ STOP_GRACE_S = 10.0
 
 
 def intents() -> discord.Intents:
-    """Guilds (the channel cache), guild and DM messages, and message content (privileged: enable it in the
-    developer portal, see docs/discord.md)."""
+    """Guilds (the channel cache), guild and DM messages, message content (privileged: enable it in the
+    developer portal, see docs/discord.md), and guild and DM reactions (👍/👎 on the bot's replies)."""
     wanted = discord.Intents.none()
     wanted.guilds = True
     wanted.guild_messages = True
     wanted.dm_messages = True
     wanted.message_content = True
+    wanted.guild_reactions = True
+    wanted.dm_reactions = True
     return wanted
 
 
@@ -59,6 +63,12 @@ class _Client(discord.Client):
     async def on_message(self, message: discord.Message) -> None:
         await self._adapter._on_message(message)
 
+    async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
+        await self._adapter._on_reaction(payload, added=True)
+
+    async def on_raw_reaction_remove(self, payload: discord.RawReactionActionEvent) -> None:
+        await self._adapter._on_reaction(payload, added=False)
+
 
 class DiscordAdapter:
     name = "discord"
@@ -71,7 +81,8 @@ class DiscordAdapter:
         guild_ready_timeout: float = 2.0,
         metrics: Metrics | None = None,
     ) -> None:
-        """``store`` is accepted for symmetry with the other adapters; the core stores every turn.
+        """``store``: where 👍/👎 on the bot's replies are recorded (``bot.feedback``); without it they are ignored.
+        The core stores every turn.
 
         ``guild_ready_timeout``: how long discord.py waits for guilds after READY (tests shorten it).
         """
@@ -90,6 +101,7 @@ class DiscordAdapter:
         self._handler: MessageHandler | None = None
         self._connection: asyncio.Task[None] | None = None
         self._replies: set[asyncio.Task[Any]] = set()
+        self._feedback = FeedbackBook(settings, store) if store is not None else None
 
     @property
     def client(self) -> discord.Client:
@@ -207,6 +219,23 @@ class DiscordAdapter:
             ) from connection.exception()
         raise ConfigError(f"Discord did not get ready within {READY_TIMEOUT_S:.0f}s")
 
+    async def _on_reaction(self, payload: discord.RawReactionActionEvent, *, added: bool) -> None:
+        client, feedback = self._client, self._feedback
+        if client is None or client.user is None or feedback is None:
+            return
+        reaction = to_reaction(payload, client.user, added=added)
+        if reaction is None:
+            return
+        try:
+            await feedback.take(reaction)
+        except Exception:
+            _log.exception(
+                "reaction failed channel=%s message=%s user=%s",
+                payload.channel_id,
+                payload.message_id,
+                payload.user_id,
+            )
+
     async def _on_message(self, message: discord.Message) -> None:
         client, handler = self._client, self._handler
         if client is None or client.user is None or handler is None:
@@ -216,6 +245,9 @@ class DiscordAdapter:
             return
         if message.reference is not None:
             incoming = replace(incoming, quoted=await reply_chain(message, client.user))
+        if message.attachments:
+            files = await read_attachments(message.attachments, self._settings.chat.max_file_bytes)
+            incoming = replace(incoming, files=files)
         sink = DiscordReplySink(
             message.channel,
             channel_id=message.channel.id,

@@ -12,10 +12,13 @@ import re
 import discord
 
 from bot.domain import Author, ConversationKey, IncomingMessage
+from bot.feedback import THUMBS_DOWN, THUMBS_UP, Reaction
 from bot.texts import Lang
 
 PLATFORM = "discord"
 _CHAT_TYPES = (discord.MessageType.default, discord.MessageType.reply)
+_THUMBS = {"\N{THUMBS UP SIGN}": THUMBS_UP, "\N{THUMBS DOWN SIGN}": THUMBS_DOWN}
+_SKIN_TONES = re.compile("[\U0001f3fb-\U0001f3ff]")
 
 
 def to_incoming(message: discord.Message, me: discord.abc.User) -> IncomingMessage | None:
@@ -37,6 +40,30 @@ def to_incoming(message: discord.Message, me: discord.abc.User) -> IncomingMessa
         reply_to=str(message.reference.message_id)
         if message.reference and message.reference.message_id
         else None,
+    )
+
+
+def to_reaction(
+    payload: discord.RawReactionActionEvent, me: discord.abc.User, *, added: bool
+) -> Reaction | None:
+    """A 👍/👎 (any skin tone) by someone else on one of the bot's messages, or None for any other reaction."""
+    value = (
+        _THUMBS.get(_SKIN_TONES.sub("", payload.emoji.name or ""))
+        if payload.emoji.is_unicode_emoji()
+        else None
+    )
+    if value is None or payload.user_id == me.id:
+        return None
+    author = payload.message_author_id  # Discord sends it with additions only
+    if author is not None and author != me.id:
+        return None
+    return Reaction(
+        platform=PLATFORM,
+        workspace=str(payload.guild_id or ""),
+        post_id=str(payload.message_id),
+        user_id=str(payload.user_id),
+        value=value,
+        added=added,
     )
 
 

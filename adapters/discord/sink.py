@@ -78,6 +78,8 @@ class DiscordReplySink:
         self._current: discord.Message | None = None  # the message being edited
         self._shown = ""  # what ``_current`` shows now
         self._posted = 0
+        self._reply_posts: list[str] = []  # ids of the messages that show the streamed reply
+        self._streaming = False
         self._edits = 0
         self._queue_position: int | None = None
         self._dirty = False
@@ -90,6 +92,10 @@ class DiscordReplySink:
         """For logs: the channel and the message answered."""
         return f"channel={self._channel_id} message={self._reply_to.id if self._reply_to else '-'}"
 
+    @property
+    def posted(self) -> tuple[str, ...]:
+        return tuple(self._reply_posts)
+
     async def send(self, text: str) -> None:
         for piece in split_message(text, self._limit, size=utf16_size):
             if not piece.strip():
@@ -100,6 +106,7 @@ class DiscordReplySink:
                 return
 
     async def stream(self, events: AsyncIterator[StreamEvent]) -> str:
+        self._streaming = True
         self._typing = asyncio.create_task(self._keep_typing())
         pending: asyncio.Future[StreamEvent | _End] | None = None
         try:
@@ -125,8 +132,10 @@ class DiscordReplySink:
                 pending.cancel()
             await _close(events)
             await self._finish_safely(incomplete=True)
+            self._streaming = False
             raise
         await self._finish_safely(incomplete=False)
+        self._streaming = False
         return "".join(self._text)
 
     # what arrives
@@ -234,6 +243,8 @@ class DiscordReplySink:
                 self._write_failed("post", attempt, exc)
                 continue
             self._posted += 1
+            if self._streaming:
+                self._reply_posts.append(str(message.id))
             self._stop_typing()
             return message
         raise DeliveryFailed(self.ids)
@@ -251,6 +262,8 @@ class DiscordReplySink:
         raise DeliveryFailed(self.ids)
 
     async def _delete(self, message: discord.Message) -> None:
+        if str(message.id) in self._reply_posts:
+            self._reply_posts.remove(str(message.id))
         try:
             await message.delete()
         except WRITE_ERRORS as exc:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -31,14 +32,17 @@ from adapters.slack.events import (
     is_user_text,
     mentions,
     thread_message,
+    to_reaction,
 )
+from adapters.slack.files import read_files
 from adapters.slack.native import NativeSupport
 from adapters.slack.pacing import UpdatePacer
 from adapters.slack.sink import SlackReplySink
 from adapters.slack.users import UserDirectory
 from bot.commands import CommandRegistry
-from bot.domain import ConversationKey
+from bot.domain import ConversationKey, SharedFile
 from bot.errors import ConfigError
+from bot.feedback import FeedbackBook
 from bot.metrics import Metrics, NullMetrics
 from bot.ports import MessageHandler, ReplySink
 from bot.settings import Settings
@@ -48,6 +52,17 @@ from bot.texts import Lang, language_of
 _log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 10.0
+
+# The events the adapter listens to, as the app manifest subscribes to them (a ``message`` listener gets
+# message.im, message.channels and message.groups), and the bot scope each one needs (tests/slack/test_manifest.py).
+BOT_EVENTS = {
+    "app_mention": "app_mentions:read",
+    "message.im": "im:history",
+    "message.channels": "channels:history",
+    "message.groups": "groups:history",
+    "reaction_added": "reactions:read",
+    "reaction_removed": "reactions:read",
+}
 
 
 class SlackAdapter:
@@ -73,6 +88,8 @@ class SlackAdapter:
         self._session: aiohttp.ClientSession | None = None  # ours, with the API-call trace
         self._users = UserDirectory(client)
         self._dedupe = DeliveryDedupe(store)
+        self._feedback = FeedbackBook(settings, store)
+        self._max_file_bytes = settings.chat.max_file_bytes
         self._pacer = UpdatePacer(
             min_interval_s=self._settings.update_interval_s,
             budget_per_min=self._settings.update_budget_per_min,
@@ -185,10 +202,19 @@ class SlackAdapter:
             logger=logging.getLogger("slack_bolt"),
         )
         app.middleware(self._dedupe.middleware)
-        app.event("app_mention")(self.on_app_mention)
-        app.event("message")(self.on_message_event)
+        for event, listener in self.listeners().items():
+            app.event(event)(listener)
         SlashCommands(commands, self._users, self._spawn).register(app)
         return app
+
+    def listeners(self) -> dict[str, Callable[[dict[str, Any], dict[str, Any]], Awaitable[None]]]:
+        """The Events API event types the adapter listens to (``BOT_EVENTS`` names their subscriptions)."""
+        return {
+            "app_mention": self.on_app_mention,
+            "message": self.on_message_event,
+            "reaction_added": self.on_reaction,
+            "reaction_removed": self.on_reaction,
+        }
 
     async def _serve_http(self, app: AsyncApp) -> None:
         s = self._settings
@@ -216,6 +242,22 @@ class SlackAdapter:
             if mentions(str(event.get("text") or ""), self._bot_user_id) or await self._takes_part(message):
                 await self._take(message)
 
+    async def _read_files(self, message: SlackMessage) -> tuple[SharedFile, ...]:
+        session = self._client.session
+        if session is None:  # start() gives the client one
+            return ()
+        return await read_files(session, self._client.token or "", message.files, self._max_file_bytes)
+
+    async def on_reaction(self, body: dict[str, Any], event: dict[str, Any]) -> None:
+        """👍/👎 on one of the bot's replies: feedback (``bot.feedback``); every other reaction is ignored."""
+        reaction = to_reaction(body, event, self._bot_user_id)
+        if reaction is None:
+            return
+        try:
+            await self._feedback.take(reaction)
+        except Exception:
+            _log.exception("reaction failed post=%s user=%s", reaction.post_id, reaction.user_id)
+
     async def _takes_part(self, message: SlackMessage) -> bool:
         """Whether the bot answers in this thread already (a conversation with turns in the store)."""
         return await asyncio.to_thread(self._store.count_messages, message.conversation) > 0
@@ -237,7 +279,10 @@ class SlackAdapter:
                 native=self._native,
                 lang=language_of(message.text),
             )
-            await self._on_message(message.incoming(user.author()), sink)
+            incoming = message.incoming(user.author())
+            if message.files:
+                incoming = replace(incoming, files=await self._read_files(message))
+            await self._on_message(incoming, sink)
         except Exception:
             _log.exception(
                 "slack reply failed conversation=%s message=%s", message.conversation, message.message_id

@@ -31,6 +31,11 @@ class EditedMessages:
         self._lock = asyncio.Lock()
 
     @property
+    def posted(self) -> tuple[str, ...]:
+        """The ts of each message that shows the reply."""
+        return tuple(self._ts)
+
+    @property
     def holds_no_reply(self) -> bool:
         """Only a placeholder is shown (no reply text): a later notice may take its place."""
         return not self._text.strip()

@@ -15,12 +15,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.domain import Author, ConversationKey, IncomingMessage
+from bot.feedback import THUMBS_DOWN, THUMBS_UP, Reaction
 
 PLATFORM = "slack"
 
 # Subtypes that still are a person's new text. Everything else (message_changed, message_deleted, channel_join,
 # bot_message, ...) is ignored.
 USER_TEXT_SUBTYPES = frozenset({"", "file_share", "thread_broadcast"})
+
+_THUMBS = {"+1": THUMBS_UP, "thumbsup": THUMBS_UP, "-1": THUMBS_DOWN, "thumbsdown": THUMBS_DOWN}
 
 _LINK = re.compile(r"<([^<>|]+)(?:\|([^<>]*))?>")
 
@@ -45,6 +48,7 @@ class SlackMessage:
     user_id: str
     text: str
     is_direct: bool
+    files: tuple[dict[str, Any], ...] = ()  # Slack's file objects (file_share), read by adapters.slack.files
 
     def incoming(self, author: Author) -> IncomingMessage:
         return IncomingMessage(
@@ -80,10 +84,11 @@ def direct_message(body: dict[str, Any], event: dict[str, Any], bot_user_id: str
     return SlackMessage(
         conversation=ConversationKey(PLATFORM, workspace, channel),
         target=ReplyTarget(workspace, channel, str(thread_ts) if thread_ts else None, str(event["user"])),
-        message_id=f"{channel}:{event['ts']}",
+        message_id=post_id(channel, str(event["ts"])),
         user_id=str(event["user"]),
         text=clean_text(str(event.get("text") or ""), bot_user_id),
         is_direct=True,
+        files=shared_files(event),
     )
 
 
@@ -95,11 +100,41 @@ def thread_message(body: dict[str, Any], event: dict[str, Any], bot_user_id: str
     return SlackMessage(
         conversation=ConversationKey(PLATFORM, workspace, channel, thread),
         target=ReplyTarget(workspace, channel, thread, str(event["user"])),
-        message_id=f"{channel}:{event['ts']}",
+        message_id=post_id(channel, str(event["ts"])),
         user_id=str(event["user"]),
         text=clean_text(str(event.get("text") or ""), bot_user_id),
         is_direct=False,
+        files=shared_files(event),
     )
+
+
+def post_id(channel: str, ts: str) -> str:
+    """A Slack message's id for the store: ``ts`` is unique only within its channel."""
+    return f"{channel}:{ts}"
+
+
+def to_reaction(body: dict[str, Any], event: dict[str, Any], bot_user_id: str) -> Reaction | None:
+    """A ``reaction_added`` / ``reaction_removed`` of :+1: / :-1: (any skin tone) by someone else on one of the
+    bot's messages, or None for any other reaction."""
+    value = _THUMBS.get(str(event.get("reaction") or "").split("::")[0])
+    item = event.get("item") or {}
+    user = str(event.get("user") or "")
+    if value is None or item.get("type") != "message" or not user or user == bot_user_id:
+        return None
+    if event.get("item_user") and event.get("item_user") != bot_user_id:
+        return None
+    return Reaction(
+        platform=PLATFORM,
+        workspace=workspace_of(body, event),
+        post_id=post_id(str(item.get("channel")), str(item.get("ts"))),
+        user_id=user,
+        value=value,
+        added=event.get("type") == "reaction_added",
+    )
+
+
+def shared_files(event: dict[str, Any]) -> tuple[dict[str, Any], ...]:
+    return tuple(f for f in event.get("files") or () if isinstance(f, dict))
 
 
 def is_thread_reply(event: dict[str, Any]) -> bool:

@@ -66,6 +66,11 @@ class NativeStream:
         self._prefix = ""  # a code fence reopened at the start of the growing piece
         self._sent = 0  # characters of (prefix + the piece's text) already appended
         self._lock = asyncio.Lock()
+        self._posted: list[str] = []  # the ts of each streamed message
+
+    @property
+    def posted(self) -> tuple[str, ...]:
+        return tuple(self._posted)
 
     @property
     def holds_no_reply(self) -> bool:
@@ -151,6 +156,8 @@ class NativeStream:
             raise
         self._started = True
         self._sent += len(text)
+        if self._stream.ts and self._stream.ts not in self._posted:
+            self._posted.append(self._stream.ts)
 
     async def _set_status(self, status: str) -> None:
         await self._client.assistant_threads_setStatus(

@@ -16,7 +16,7 @@ from typing import Protocol
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.edits import EditedMessages
-from adapters.slack.events import ReplyTarget
+from adapters.slack.events import ReplyTarget, post_id
 from adapters.slack.native import NativeRefused, NativeStream, NativeSupport
 from adapters.slack.pacing import UpdatePacer
 from adapters.slack.pieces import render_pieces
@@ -29,6 +29,9 @@ _log = logging.getLogger(__name__)
 class _Writer(Protocol):
     @property
     def holds_no_reply(self) -> bool: ...
+
+    @property
+    def posted(self) -> tuple[str, ...]: ...
 
     async def open(self) -> None: ...
 
@@ -61,8 +64,15 @@ class SlackReplySink:
         self._native = native
         self._lang = lang
         self._writer: _Writer | None = None
+        self._replaced: list[_Writer] = []  # writers given up for edited messages (native streaming refused)
         self._text = ""
         self._budget = contextlib.ExitStack()  # edited replies share the workspace's chat.update budget
+
+    @property
+    def posted(self) -> tuple[str, ...]:
+        """The ts of the messages that show the streamed reply."""
+        writers = [*self._replaced, *([self._writer] if self._writer is not None else [])]
+        return tuple(post_id(self._target.channel, ts) for writer in writers for ts in writer.posted)
 
     async def send(self, text: str) -> None:
         """Post a complete message (a notice, an error sentence), taking the place of an unused placeholder."""
@@ -109,6 +119,8 @@ class SlackReplySink:
         await self._open_edits()
 
     async def _open_edits(self) -> None:
+        if self._writer is not None:
+            self._replaced.append(self._writer)
         writer = EditedMessages(self._client, self._target, lang=self._lang)
         writer.show_text(self._text)
         self._writer = writer

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -15,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.domain import Author, ConversationKey, MessageStatus, Role
-from bot.store.models import AuditEvent, Conversation, Message, ProcessedEvent, utcnow
+from bot.store.models import AuditEvent, Conversation, Message, ProcessedEvent, ReplyPost, utcnow
 
 _log = logging.getLogger(__name__)
 
@@ -90,6 +91,13 @@ class ConversationStore:
     def system_prompt(self, key: ConversationKey) -> str | None:
         with self._sessions.begin() as session:
             return session.scalar(select(Conversation.system_prompt).where(*_key_filter(key)))
+
+    def channel_system_prompt(self, key: ConversationKey) -> str | None:
+        """The system prompt set for this conversation (``/persona``), else for its channel (a Slack thread)."""
+        own = self.system_prompt(key)
+        if own is not None or not key.thread:
+            return own
+        return self.system_prompt(ConversationKey(key.platform, key.workspace, key.channel))
 
     def set_system_prompt(self, key: ConversationKey, prompt: str | None) -> None:
         conv_id = self.conversation_id(key)
@@ -168,6 +176,36 @@ class ConversationStore:
         if values:
             with self._sessions.begin() as session:
                 session.execute(update(Message).where(Message.id == message_id).values(**values))
+
+    def link_posts(self, message_id: int, platform: str, post_ids: Sequence[str]) -> None:
+        """Record the platform messages that show the stored reply ``message_id`` (reactions on them count)."""
+        with self._sessions.begin() as session:
+            known = set(
+                session.scalars(
+                    select(ReplyPost.platform_message_id).where(
+                        ReplyPost.platform == platform, ReplyPost.platform_message_id.in_(post_ids)
+                    )
+                )
+            )
+            for post_id in dict.fromkeys(post_ids):
+                if post_id not in known:
+                    session.add(
+                        ReplyPost(message_id=message_id, platform=platform, platform_message_id=post_id)
+                    )
+
+    def reply_shown_in(self, platform: str, post_id: str) -> tuple[ConversationKey, StoredMessage] | None:
+        """The stored bot reply that the platform message ``post_id`` shows, with its conversation; None if none."""
+        with self._sessions.begin() as session:
+            row = session.execute(
+                select(Message, Conversation)
+                .join(Conversation)
+                .join(ReplyPost, ReplyPost.message_id == Message.id)
+                .where(ReplyPost.platform == platform, ReplyPost.platform_message_id == post_id)
+            ).first()
+            if row is None:
+                return None
+            message, conversation = row
+            return conversation.key, StoredMessage.of(message)
 
     def history(self, key: ConversationKey, *, limit: int = 500) -> list[StoredMessage]:
         """The conversation's usable turns, oldest first (failed turns and replies still streaming are left out)."""

@@ -131,6 +131,18 @@ class Feedback(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class ReplyPost(Base):
+    """A platform message that shows (part of) a bot reply: a reaction on it is feedback on that reply."""
+
+    __tablename__ = "reply_posts"
+    __table_args__ = (UniqueConstraint("platform", "platform_message_id", name="uq_reply_post"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), index=True)
+    platform: Mapped[str] = mapped_column(String(32))
+    platform_message_id: Mapped[str] = mapped_column(String(128))
+
+
 class OptOut(Base):
     """Users whose turns are never used for training."""
 

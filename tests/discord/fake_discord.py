@@ -16,7 +16,7 @@ import itertools
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,10 @@ BASE_PERMISSIONS = (
 )  # view channel, send, embed links, read history
 
 _ids = itertools.count(1_300_000_000_000_000_000)
+
+
+GUILD_REACTIONS_INTENT = 1 << 10
+DM_REACTIONS_INTENT = 1 << 13
 
 
 def snowflake() -> str:
@@ -121,12 +125,14 @@ class FakeDiscord:
         self.channels: dict[str, dict[str, Any]] = {}
         self.members: dict[str, FakeMember] = {}
         self.messages: dict[str, dict[str, Any]] = {}
+        self.files: dict[str, bytes] = {}  # attachment id → contents, served as Discord's CDN serves them
         self.requests: list[LoggedRequest] = []
         self.commands: list[dict[str, Any]] = []
         self.interaction_responses: dict[str, list[LoggedRequest]] = {}
         self._failures: list[Failure] = []
         self._sockets: list[web.WebSocketResponse] = []
         self._seq = 0
+        self.intents = 0  # what the client's IDENTIFY asked for: reactions go out only with their intent
         self._identified = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -279,8 +285,11 @@ class FakeDiscord:
         mention_bot: bool = False,
         reply_to: str | None = None,
         dm: bool = False,
+        files: Sequence[tuple[str, bytes, str | None]] = (),
     ) -> str:
-        """A user writes in a channel: MESSAGE_CREATE goes out through the gateway. Returns the message id."""
+        """A user writes in a channel: MESSAGE_CREATE goes out through the gateway. Returns the message id.
+
+        ``files``: attachments as (file name, contents, content type or None), downloadable from the fake CDN."""
         if mention_bot:
             content = f"<@{self.bot.id}> {content}"
         message_id = snowflake()
@@ -288,6 +297,7 @@ class FakeDiscord:
         if f"<@{self.bot.id}>" in content or f"<@!{self.bot.id}>" in content:
             mentions.append({**self.bot.payload(), "member": _member_fragment(self.bot_member)})
         payload = self._message_payload(message_id, channel_id, author, content, mentions=mentions)
+        payload["attachments"] = [self._attachment_payload(*file) for file in files]
         if reply_to is not None:
             payload["type"] = 19
             payload["message_reference"] = {"message_id": reply_to, "channel_id": channel_id, "type": 0}
@@ -299,6 +309,36 @@ class FakeDiscord:
             self.messages[message_id] = payload
         self.dispatch("MESSAGE_CREATE", payload)
         return message_id
+
+    def react(
+        self,
+        channel_id: str,
+        message_id: str,
+        user: FakeUser,
+        emoji: str,
+        *,
+        removed: bool = False,
+        dm: bool = False,
+    ) -> None:
+        """A user adds (or removes) a unicode emoji reaction: MESSAGE_REACTION_ADD / _REMOVE through the gateway."""
+        data: dict[str, Any] = {
+            "user_id": user.id,
+            "channel_id": channel_id,
+            "message_id": message_id,
+            "emoji": {"id": None, "name": emoji},
+            "burst": False,
+            "type": 0,
+        }
+        if not dm:
+            data["guild_id"] = self.guild_id
+        if not removed:
+            message = self.messages.get(message_id)
+            if message is not None:
+                data["message_author_id"] = message["author"]["id"]
+            if not dm:
+                data["member"] = self.members[user.id].payload()
+        if self.intents & (DM_REACTIONS_INTENT if dm else GUILD_REACTIONS_INTENT):
+            self.dispatch("MESSAGE_REACTION_REMOVE" if removed else "MESSAGE_REACTION_ADD", data)
 
     def open_dm(self, user: FakeUser) -> str:
         channel_id = snowflake()
@@ -390,6 +430,7 @@ class FakeDiscord:
         r.add_post(f"{API}/interactions/{{id}}/{{token}}/callback", self._interaction_callback)
         r.add_post(f"{API}/webhooks/{{app}}/{{token}}", self._followup)
         r.add_patch(f"{API}/webhooks/{{app}}/{{token}}/messages/{{message}}", self._followup)
+        r.add_get("/attachments/{id}/{name}", self._attachment)  # Discord's CDN
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -491,6 +532,27 @@ class FakeDiscord:
             )
         self.messages[message_id] = payload
         return json_response(payload)
+
+    def _attachment_payload(self, name: str, data: bytes, content_type: str | None) -> dict[str, Any]:
+        attachment_id = snowflake()
+        self.files[attachment_id] = data
+        url = f"http://127.0.0.1:{self.port}/attachments/{attachment_id}/{name}"
+        payload: dict[str, Any] = {
+            "id": attachment_id,
+            "filename": name,
+            "size": len(data),
+            "url": url,
+            "proxy_url": url,
+        }
+        if content_type is not None:
+            payload["content_type"] = content_type
+        return payload
+
+    async def _attachment(self, request: web.Request) -> web.Response:
+        data = self.files.get(request.match_info["id"])
+        if data is None:
+            return web.Response(status=404)
+        return web.Response(body=data, content_type="application/octet-stream")
 
     async def _get_message(self, request: web.Request) -> web.Response:
         message = self.messages.get(request.match_info["message"])
@@ -604,6 +666,7 @@ class FakeDiscord:
             if frame["op"] == 1:
                 await ws.send_str(json.dumps({"op": 11}))
             elif frame["op"] == 2:
+                self.intents = int(frame["d"].get("intents", 0))
                 self._sockets.append(ws)
                 await self._send_ready(ws)
                 self._identified.set()

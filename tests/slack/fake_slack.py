@@ -60,6 +60,8 @@ class FakeSlack:
     messages: dict[str, Message] = field(default_factory=dict)
     responses: list[dict[str, Any]] = field(default_factory=list)  # posts to response URLs
     socket_acks: list[dict[str, Any]] = field(default_factory=list)
+    files: dict[str, bytes] = field(default_factory=dict)  # file id → contents (url_private)
+    downloads: list[str] = field(default_factory=list)  # file ids downloaded with the bot token
     port: int = 0
 
     def __post_init__(self) -> None:
@@ -76,6 +78,7 @@ class FakeSlack:
         app.router.add_get("/api/{method}", self._api)
         app.router.add_post("/response/{name}", self._response_url)
         app.router.add_get("/socket", self._socket)
+        app.router.add_get("/files/{id}/{name}", self._file_download)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -111,6 +114,32 @@ class FakeSlack:
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out; calls so far: {[c.method for c in self.calls]}")
             await asyncio.sleep(0.02)
+
+    def add_file(self, name: str, data: bytes, mimetype: str) -> dict[str, Any]:
+        """A file a user shares: its file object as a ``file_share`` message event carries it."""
+        file_id = f"F{next(self._counter):08d}"
+        self.files[file_id] = data
+        url = f"http://127.0.0.1:{self.port}/files/{file_id}/{name}"
+        return {
+            "id": file_id,
+            "name": name,
+            "title": name,
+            "mimetype": mimetype,
+            "filetype": name.rsplit(".", 1)[-1],
+            "size": len(data),
+            "url_private": url,
+            "url_private_download": url + "?download=1",
+        }
+
+    async def _file_download(self, request: web.Request) -> web.Response:
+        """``url_private``: only with the bot token; without it Slack redirects to its login page."""
+        if request.headers.get("Authorization") != "Bearer xoxb-test-token":
+            return web.Response(status=302, headers={"Location": "https://slack.com/signin"})
+        data = self.files.get(request.match_info["id"])
+        if data is None:
+            return web.Response(status=404)
+        self.downloads.append(request.match_info["id"])
+        return web.Response(body=data, content_type="application/octet-stream")
 
     # Socket Mode
 

@@ -188,3 +188,24 @@ def command_form(
         "trigger_id": f"trigger-{uuid.uuid4().hex}",  # one per invocation, as Slack gives
         "api_app_id": "A1",
     }
+
+
+def reaction_event(
+    reaction: str,
+    channel: str,
+    ts: str,
+    *,
+    user: str = "UALICE",
+    removed: bool = False,
+    item_user: str = BOT_USER,
+) -> dict[str, Any]:
+    """``reaction_added`` (or ``reaction_removed``) of ``reaction`` (Slack's name: "+1", "-1::skin-tone-3") on the
+    message ``ts``; ``item_user`` wrote that message."""
+    return {
+        "type": "reaction_removed" if removed else "reaction_added",
+        "user": user,
+        "reaction": reaction,
+        "item_user": item_user,
+        "item": {"type": "message", "channel": channel, "ts": ts},
+        "ts": f"{time.time():.6f}",
+    }

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from adapters.slack.adapter import BOT_EVENTS, SlackAdapter
+from adapters.slack.files import SCOPE as FILES_SCOPE
 from bot.app import build_core
 from bot.settings import load_settings
 from tests.fakes import ScriptedEngine
@@ -30,11 +32,6 @@ def test_the_manifest_matches_the_adapter(sqlite_store, tmp_path):
     hint = finetune["usage_hint"].split(" | ")
     assert [word.split()[0] for word in hint] == list(spec.options[0].choices), "the hint names every action"
     assert finetune["should_escape"] is True, "/finetune try #channel needs the channel's id, not its name"
-    assert set(manifest["settings"]["event_subscriptions"]["bot_events"]) >= {
-        "app_mention",
-        "message.im",
-        "message.channels",
-    }
     assert manifest["settings"]["socket_mode_enabled"] is True
     scopes = set(manifest["oauth_config"]["scopes"]["bot"])
     assert {
@@ -45,3 +42,17 @@ def test_the_manifest_matches_the_adapter(sqlite_store, tmp_path):
         "users:read",
         "commands",
     } <= scopes
+
+
+def test_the_manifest_subscribes_to_the_events_the_adapter_listens_to_with_their_scopes(
+    sqlite_store, tmp_path
+):
+    manifest = yaml.safe_load(MANIFEST.read_text(encoding="utf-8"))
+    settings = load_settings(data_dir=tmp_path / "data", scheduler={"enabled": False})
+    listened = set(SlackAdapter(settings, sqlite_store).listeners())
+
+    assert {event.split(".")[0] for event in BOT_EVENTS} == listened, "every listener has its subscriptions"
+    assert set(manifest["settings"]["event_subscriptions"]["bot_events"]) == set(BOT_EVENTS)
+    assert set(BOT_EVENTS.values()) <= set(manifest["oauth_config"]["scopes"]["bot"])
+    assert {"reaction_added", "reaction_removed"} <= set(BOT_EVENTS), "👍/👎 feedback"
+    assert FILES_SCOPE in manifest["oauth_config"]["scopes"]["bot"], "shared text files are downloaded"
