@@ -75,6 +75,9 @@ async def test_learning_loop_end_to_end(
 
     monkeypatch.setattr("tests.learning.synthetic.FACTS", FACTS[:4])
     settings = learning_settings(max_steps=80, gpu_sharing="pause")
+    # the fast decoder, as on a GPU (it runs eagerly on CPU): a promoted version must be served by it, not by a
+    # replacement (before adapters lived in the fast decoder, a promotion swapped in the hf decoder)
+    settings.engine.decoder = "static"
     records = LearningRecords(sqlite_store)
     seed_facts(sqlite_store)
     pairs = trained_pairs(sqlite_store, settings, tmp_path / "preview")
@@ -82,9 +85,14 @@ async def test_learning_loop_end_to_end(
 
     engine = LocalEngine.from_settings(settings)
     service = FinetuneService(settings, sqlite_store, engine)
+
+    def serving_decoder() -> str:
+        return type(engine.decoder).__name__
+
     try:
         await service.restore()
         base_replies = await ask_all(engine, settings, questions)
+        assert serving_decoder() == "StaticSlotDecoder"
         assert all(base_replies[q] != a for q, a in pairs)  # the base model does not know these facts
 
         # 1. good data: held-out loss beats the base, the LoRA is promoted, the engine answers as trained
@@ -94,6 +102,7 @@ async def test_learning_loop_end_to_end(
         assert first.eval_loss < first.baseline_loss
         trained_replies = await ask_all(engine, settings, questions)
         assert trained_replies == dict(pairs)
+        assert serving_decoder() == "StaticSlotDecoder"  # the promoted version is served by the fast decoder
 
         # 2. the same questions with shuffled answers cannot improve the model: not promoted
         clear_messages(sqlite_store)
@@ -124,6 +133,7 @@ async def test_learning_loop_end_to_end(
         assert (outcome.previous, outcome.current) == ("v1", None)
         assert await ask_all(engine, settings, questions) == base_replies
         assert records.active_version() is None
+        assert serving_decoder() == "StaticSlotDecoder"
     finally:
         await service.aclose()
         await engine.aclose()
