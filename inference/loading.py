@@ -19,6 +19,8 @@ from bot.settings import ModelSettings
 
 _log = logging.getLogger(__name__)
 
+_HUB_PROBE_TIMEOUT_S = 10.0
+
 _DTYPES: dict[str, torch.dtype | str] = {
     "auto": "auto",
     "bfloat16": torch.bfloat16,
@@ -41,6 +43,7 @@ def load_model(settings: ModelSettings) -> LoadedModel:
     check_source(name, local)
     check_quantization(settings)
     kwargs = model_kwargs(settings)
+    local = local or hub_files_are_local(name, settings.revision)
     _log.info(
         "loading model %s (dtype=%s, device_map=%s, quantization=%s)",
         name,
@@ -62,6 +65,7 @@ def checkpoint_folder(settings: ModelSettings) -> Path:
     check_source(name, local)
     if local:
         return Path(name).expanduser()
+    cached_only = hub_files_are_local(name, settings.revision)
     try:
         from huggingface_hub import snapshot_download
 
@@ -69,6 +73,7 @@ def checkpoint_folder(settings: ModelSettings) -> Path:
             snapshot_download(
                 name,
                 revision=settings.revision,
+                local_files_only=cached_only,
                 allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"],
             )
         )
@@ -83,6 +88,32 @@ def check_source(name: str, local: bool) -> None:
             f"model {name!r}: no such folder. Check model.name_or_path (HANBOT_MODEL__NAME_OR_PATH), "
             "or build the demo model with `python -m bot build-demo-model` and point the setting at it."
         )
+
+
+def hub_files_are_local(name: str, revision: str | None) -> bool:
+    """Whether a hub id must be loaded from the local cache only: offline mode, or a hub that does not answer.
+
+    The hub is asked once, without retries, before any download: huggingface_hub's downloads retry a refused
+    connection with back-off and a warning per try (about a minute of repeated warnings offline). A hub that does not
+    answer with the model in the cache means "use the cache"; without it, one ModelLoadError that says what to do.
+    """
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+
+    cached = isinstance(try_to_load_from_cache(name, "config.json", revision=revision), str)
+    if constants.HF_HUB_OFFLINE:
+        return True
+    try:
+        HfApi().model_info(name, revision=revision, timeout=_HUB_PROBE_TIMEOUT_S)
+    except Exception as exc:
+        if cached:
+            _log.warning(
+                "the Hugging Face Hub did not answer for %s (%s); using the cached copy",
+                name,
+                type(exc).__name__,
+            )
+            return True
+        raise _explain(name, exc) from exc
+    return False
 
 
 def check_quantization(settings: ModelSettings) -> None:
@@ -187,7 +218,7 @@ def _explain(name: str, exc: BaseException) -> ModelLoadError:
     ):
         advice = (
             "could not reach the Hugging Face Hub and the model is not in the local cache. Download it on a "
-            "machine with network (`hf download <id> --local-dir <folder>`) and set model.name_or_path to that folder, "
+            f"machine with network (`hf download {name} --local-dir <folder>`) and set model.name_or_path to that folder, "
             "or check the network and HF_TOKEN for gated models."
         )
     elif "not a valid model identifier" in lowered or "repository not found" in lowered or "404" in lowered:
@@ -201,5 +232,5 @@ def _explain(name: str, exc: BaseException) -> ModelLoadError:
         advice = "the folder does not hold a transformers model (config.json and weights). Check the path."
     else:
         advice = "see the error above; check model.name_or_path, model.dtype and model.device_map."
-    _log.error("could not load model %s: %s", name, text)
+    _log.debug("could not load model %s: %s", name, text)  # the caller prints the ModelLoadError once
     return ModelLoadError(f"could not load model {name!r}: {advice} ({text[:300]})")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -40,3 +42,39 @@ def test_the_help_names_the_exit_codes():
     )
     assert result.returncode == 0
     assert f"{EXIT_CONFIG} configuration error" in " ".join(result.stdout.split())
+
+
+def _closed_loopback_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on: the hub endpoint of a machine without network."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_an_unreachable_model_fails_once_with_a_clear_message(tmp_path):
+    """Offline, a hub id not in the cache: one error naming the model and `hf download`, no retry warnings, 78."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HANBOT_"))}
+    env.update(
+        PYTHONPATH=str(REPO),
+        HF_HOME=str(tmp_path / "hf"),  # an empty cache
+        HF_ENDPOINT=f"http://127.0.0.1:{_closed_loopback_port()}",  # the hub refuses every connection
+        HANBOT_DATA_DIR=str(tmp_path / "data"),
+        HANBOT_MODEL__NAME_OR_PATH="nobody/no-such-model",
+        HANBOT_MODEL__DEVICE_MAP="cpu",
+        HANBOT_MODEL__DTYPE="float32",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "bot", "chat"],
+        cwd=REPO,
+        env=env,
+        input="exit\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == EXIT_CONFIG, output
+    errors = [line for line in output.splitlines() if "nobody/no-such-model" in line and "error" in line.lower()]
+    assert len(errors) == 1, output
+    assert "hf download nobody/no-such-model" in errors[0]
+    assert "Retrying" not in output and "WARNING" not in output, output
