@@ -74,7 +74,9 @@ def test_an_unreachable_model_fails_once_with_a_clear_message(tmp_path):
     )
     output = result.stdout + result.stderr
     assert result.returncode == EXIT_CONFIG, output
-    errors = [line for line in output.splitlines() if "nobody/no-such-model" in line and "error" in line.lower()]
+    errors = [
+        line for line in output.splitlines() if "nobody/no-such-model" in line and "error" in line.lower()
+    ]
     assert len(errors) == 1, output
     assert "hf download nobody/no-such-model" in errors[0]
     assert "Retrying" not in output and "WARNING" not in output, output
