@@ -29,6 +29,7 @@ from bot.ops.prometheus import PrometheusMetrics
 from bot.ops.server import Check, OpsServer
 from bot.permissions import AdminPolicy
 from bot.persona import persona_command
+from bot.summarize import summarize_command
 from bot.ports import Adapter, Engine, ReplySink
 from bot.recovery import recover_unanswered
 from bot.scheduler import BotScheduler
@@ -129,6 +130,7 @@ def build_commands(
     registry.add(reset_command(chat))
     registry.add(finetune_unavailable_command())
     registry.add(persona_command(settings, store, engine))
+    registry.add(summarize_command(settings, engine))
     for spec in extra:
         registry.add(spec)  # the learning loop's /finetune replaces the placeholder
     return registry

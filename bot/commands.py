@@ -9,11 +9,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from bot.domain import Author, CommandReply, ConversationKey
 from bot.errors import BotError
 from bot.permissions import ADMIN_IDS_SETTING, ALLOWLIST_SETTING, AdminPolicy, Refusal
 from bot.texts import TEXTS, Lang, say
+
+if TYPE_CHECKING:
+    from bot.ports import ConversationHistory
 
 _log = logging.getLogger(__name__)
 
@@ -36,6 +40,8 @@ class CommandContext:
     # The platform could not say which thread the command is about (Slack sends none with slash commands): commands
     # that act on a conversation take the invoker's latest thread in ``conversation``'s channel.
     thread_unknown: bool = False
+    # the platform's history of the conversation and a way to post in it (None where there is none: the console)
+    history: ConversationHistory | None = None
 
 
 Handler = Callable[[CommandContext], Awaitable[CommandReply]]

@@ -8,7 +8,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from bot.domain import ChatTurn, ConversationKey, GenerationRequest, IncomingMessage, StreamEvent
+from bot.domain import (
+    ChatTurn,
+    ConversationKey,
+    GenerationRequest,
+    IncomingMessage,
+    QuotedMessage,
+    StreamEvent,
+)
 
 if TYPE_CHECKING:
     from bot.commands import CommandRegistry
@@ -87,6 +94,23 @@ class ReplySink(Protocol):
         """The platform ids of the messages that show the streamed reply (reactions on them are feedback on it);
         empty where the platform has no message ids (the console)."""
         ...
+
+
+class HistoryError(Exception):
+    """The platform would not give a conversation's history (no access, not a member, a network error)."""
+
+
+class ConversationHistory(Protocol):
+    """A platform's view of a conversation, for commands that read it (/summarize): its messages and a reply sink."""
+
+    async def recent_messages(self, conversation: ConversationKey, limit: int) -> Sequence[QuotedMessage]:
+        """The conversation's last ``limit`` messages, oldest first, read from the platform (a Slack thread: its
+        replies, else the channel's history). Raises HistoryError when the platform refuses."""
+        ...
+
+    async def sink_for(
+        self, conversation: ConversationKey, *, author_id: str, message_id: str | None, lang: Lang
+    ) -> ReplySink | None: ...
 
 
 MessageHandler = Callable[[IncomingMessage, ReplySink], Awaitable[None]]

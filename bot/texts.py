@@ -163,6 +163,45 @@ TEXTS: dict[str, dict[Lang, str]] = {
         "기본값으로 되돌려요.",
         "en": "/persona [show | set <prompt> | clear]: this channel's system prompt and what it costs in tokens.",
     },
+    "help.usage.summarize": {
+        "ko": "/summarize [count:N]: 이 채널의 최근 메시지 N개(기본 50, 최대 200)를 요약해요. 슬랙에서는 스레드 링크를 "
+        "붙이면(/summarize <링크>) 그 스레드를 요약해요. 요약은 학습에 쓰이지 않아요.",
+        "en": "/summarize [count:N]: summarise this channel's last N messages (default 50, at most 200); in Slack, "
+        "add a thread's link (/summarize <link>) to summarise that thread. Summaries are never used for training.",
+    },
+    # /summarize
+    "cmd.summarize.unavailable": {
+        "ko": "여기서는 대화 기록을 읽을 수 없어서 요약할 수 없어요.",
+        "en": "The bot cannot read the conversation's history here, so it cannot summarise it.",
+    },
+    "cmd.summarize.bad_count": {
+        "ko": "count 는 1에서 {most} 사이의 숫자로 써 주세요 (예: /summarize count:30).",
+        "en": "Please give count as a number from 1 to {most} (for example /summarize count:30).",
+    },
+    "cmd.summarize.empty": {
+        "ko": "요약할 메시지가 없어요.",
+        "en": "There are no messages to summarise.",
+    },
+    "cmd.summarize.cannot_read": {
+        "ko": "이 대화의 기록을 읽을 수 없었어요. 봇이 이 채널에 있고 기록 읽기 권한이 있는지 확인해 주세요.",
+        "en": "The bot could not read this conversation's history: check that it is in the channel and may read "
+        "its history.",
+    },
+    "cmd.summarize.done": {
+        "ko": "메시지 {count}개를 요약했어요.",
+        "en": "Summarised {count} messages.",
+    },
+    "summarize.instruction": {
+        "ko": "당신은 팀 대화를 요약하는 도우미예요. 아래 대화를 한국어로 간결하게 요약하세요: 주요 주제, 결정된 것, "
+        "남은 질문과 할 일(누가 맡았는지)을 짧은 목록으로 써 주세요. 대화에 없는 내용은 지어내지 마세요.",
+        "en": "You summarise team conversations. Summarise the conversation below in English, concisely: the main "
+        "topics, what was decided, and the open questions and to-dos (with who took them), as a short list. Do "
+        "not add anything the conversation does not say.",
+    },
+    "summarize.request": {
+        "ko": "다음 대화({count}개 메시지)를 요약해 주세요:\n\n{transcript}",
+        "en": "Please summarise this conversation ({count} messages):\n\n{transcript}",
+    },
     # learning loop (/finetune, /forget-me)
     "cmd.finetune.started": {
         "ko": "학습 #{run}을(를) 시작했어요. 진행 상황은 /finetune status 로 볼 수 있어요.",

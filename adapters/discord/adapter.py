@@ -20,15 +20,16 @@ from adapters.api_metrics import api_trace
 from adapters.discord.commands import build_tree, sync_tree
 from adapters.discord.events import to_incoming, to_reaction
 from adapters.discord.files import read_attachments
+from adapters.discord.history import recent_messages
 from adapters.discord.pacing import ChannelPacer
 from adapters.discord.replies import reply_chain
 from adapters.discord.sink import DiscordReplySink
 from bot.commands import CommandRegistry
-from bot.domain import ConversationKey
+from bot.domain import ConversationKey, QuotedMessage
 from bot.errors import ConfigError
 from bot.feedback import FeedbackBook
 from bot.metrics import Metrics, NullMetrics
-from bot.ports import MessageHandler, ReplySink
+from bot.ports import HistoryError, MessageHandler, ReplySink
 from bot.settings import Settings
 from bot.store.conversations import ConversationStore
 from bot.texts import Lang, language_of
@@ -120,7 +121,7 @@ class DiscordAdapter:
             http_trace=api_trace(self._metrics, "discord"),
         )
         self._client = client
-        self._tree = build_tree(client, commands, self._settings.discord)
+        self._tree = build_tree(client, commands, self._settings.discord, history=self)
         try:
             await client.login(self._token)
         except discord.LoginFailure as exc:
@@ -148,6 +149,12 @@ class DiscordAdapter:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._connection, timeout=STOP_GRACE_S)
         _log.info("discord stopped")
+
+    async def recent_messages(self, conversation: ConversationKey, limit: int) -> list[QuotedMessage]:
+        """The channel's (a thread is a channel) last ``limit`` messages, oldest first (bot.ports.ConversationHistory)."""
+        if self._client is None:
+            raise HistoryError("not connected")
+        return await recent_messages(self._client, int(conversation.channel), limit)
 
     async def sink_for(
         self, conversation: ConversationKey, *, author_id: str, message_id: str | None, lang: Lang

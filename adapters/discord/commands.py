@@ -19,6 +19,7 @@ from discord import app_commands
 from adapters.discord.events import author_of, conversation_key, lang_of_locale
 from adapters.discord.sink import MESSAGE_LIMIT, WRITE_ERRORS
 from bot.commands import CommandContext, CommandOption, CommandRegistry, CommandSpec
+from bot.ports import ConversationHistory
 from bot.settings import DiscordSettings
 from bot.textsplit import split_message, utf16_size
 
@@ -28,12 +29,18 @@ DESCRIPTION_LIMIT = 100
 
 
 def build_tree(
-    client: discord.Client, registry: CommandRegistry, settings: DiscordSettings
+    client: discord.Client,
+    registry: CommandRegistry,
+    settings: DiscordSettings,
+    *,
+    history: ConversationHistory | None = None,
 ) -> app_commands.CommandTree:
     tree: app_commands.CommandTree = app_commands.CommandTree(client)
     hide_admin_commands = not (settings.admin_user_ids or settings.admin_role_ids)
     for spec in registry.specs():
-        tree.add_command(slash_command(spec, registry, hide_admin_commands=hide_admin_commands))
+        tree.add_command(
+            slash_command(spec, registry, hide_admin_commands=hide_admin_commands, history=history)
+        )
     return tree
 
 
@@ -52,10 +59,14 @@ async def sync_tree(tree: app_commands.CommandTree, settings: DiscordSettings) -
 
 
 def slash_command(
-    spec: CommandSpec, registry: CommandRegistry, *, hide_admin_commands: bool
+    spec: CommandSpec,
+    registry: CommandRegistry,
+    *,
+    hide_admin_commands: bool,
+    history: ConversationHistory | None = None,
 ) -> app_commands.Command[Any, ..., None]:
     async def callback(interaction: discord.Interaction, **options: str | None) -> None:
-        await answer(interaction, spec.name, options, registry)
+        await answer(interaction, spec.name, options, registry, history=history)
 
     callback.__signature__ = _signature(spec.options)  # type: ignore[attr-defined]
     callback.__discord_app_commands_param_description__ = {  # type: ignore[attr-defined]
@@ -91,7 +102,12 @@ def _signature(options: tuple[CommandOption, ...]) -> inspect.Signature:
 
 
 async def answer(
-    interaction: discord.Interaction, name: str, options: Mapping[str, str | None], registry: CommandRegistry
+    interaction: discord.Interaction,
+    name: str,
+    options: Mapping[str, str | None],
+    registry: CommandRegistry,
+    *,
+    history: ConversationHistory | None = None,
 ) -> None:
     """Defer at once, run the command in the core, send its reply as followups."""
     ids = f"interaction={interaction.id} channel={interaction.channel_id} user={interaction.user.id}"
@@ -107,6 +123,7 @@ async def answer(
         invoker=author_of(interaction.user, manage_guild=in_guild and interaction.permissions.manage_guild),
         args={k: v for k, v in options.items() if v is not None},
         lang=lang_of_locale(interaction.locale),
+        history=history,
     )
     reply = await registry.run(name, ctx)
     for piece in split_message(reply.text, MESSAGE_LIMIT, size=utf16_size):

@@ -424,6 +424,7 @@ class FakeDiscord:
         r.add_put(f"{API}/applications/{{app}}/guilds/{{guild}}/commands", self._sync_commands)
         r.add_post(f"{API}/channels/{{channel}}/typing", self._no_content)
         r.add_post(f"{API}/channels/{{channel}}/messages", self._create_message)
+        r.add_get(f"{API}/channels/{{channel}}/messages", self._channel_history)
         r.add_get(f"{API}/channels/{{channel}}/messages/{{message}}", self._get_message)
         r.add_patch(f"{API}/channels/{{channel}}/messages/{{message}}", self._edit_message)
         r.add_delete(f"{API}/channels/{{channel}}/messages/{{message}}", self._delete_message)
@@ -553,6 +554,19 @@ class FakeDiscord:
         if data is None:
             return web.Response(status=404)
         return web.Response(body=data, content_type="application/octet-stream")
+
+    async def _channel_history(self, request: web.Request) -> web.Response:
+        """A channel's messages, newest first, ``limit`` of them (at most 100), older than ``before`` if given."""
+        channel_id = request.match_info["channel"]
+        limit = min(int(request.query.get("limit", "50")), 100)
+        before = int(request.query.get("before", "0") or 0)
+        found = [
+            m
+            for m in self.messages.values()
+            if m["channel_id"] == channel_id and (not before or int(m["id"]) < before)
+        ]
+        found.sort(key=lambda m: int(m["id"]), reverse=True)
+        return json_response(found[:limit])
 
     async def _get_message(self, request: web.Request) -> web.Response:
         message = self.messages.get(request.match_info["message"])
