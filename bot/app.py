@@ -29,13 +29,13 @@ from bot.ops.prometheus import PrometheusMetrics
 from bot.ops.server import Check, OpsServer
 from bot.permissions import AdminPolicy
 from bot.persona import persona_command
-from bot.summarize import summarize_command
 from bot.ports import Adapter, Engine, ReplySink
 from bot.recovery import recover_unanswered
 from bot.scheduler import BotScheduler
 from bot.settings import Settings
 from bot.store.conversations import ConversationStore, StoredMessage
 from bot.store.db import create_db_engine, migrate
+from bot.summarize import summarize_command
 from bot.texts import language_of
 
 _log = logging.getLogger(__name__)

@@ -39,7 +39,9 @@ def summarize_command(settings: Settings, engine: Engine) -> CommandSpec:
         if not messages:
             return CommandReply(say("cmd.summarize.empty", ctx.lang))
         lang = conversation_language(messages)
-        sink = await ctx.history.sink_for(ctx.conversation, author_id=ctx.invoker.id, message_id=None, lang=lang)
+        sink = await ctx.history.sink_for(
+            ctx.conversation, author_id=ctx.invoker.id, message_id=None, lang=lang
+        )
         if sink is None:
             return CommandReply(say("cmd.summarize.cannot_read", ctx.lang))
         turns = fit_prompt(messages, lang, engine, settings)

@@ -35,12 +35,13 @@ from adapters.slack.events import (
     to_reaction,
 )
 from adapters.slack.files import read_files
+from adapters.slack.history import recent_messages
 from adapters.slack.native import NativeSupport
 from adapters.slack.pacing import UpdatePacer
 from adapters.slack.sink import SlackReplySink
 from adapters.slack.users import UserDirectory
 from bot.commands import CommandRegistry
-from bot.domain import ConversationKey, SharedFile
+from bot.domain import ConversationKey, QuotedMessage, SharedFile
 from bot.errors import ConfigError
 from bot.feedback import FeedbackBook
 from bot.metrics import Metrics, NullMetrics
@@ -143,6 +144,10 @@ class SlackAdapter:
         await self._close_session()
         _log.info("slack adapter stopped")
 
+    async def recent_messages(self, conversation: ConversationKey, limit: int) -> list[QuotedMessage]:
+        """The thread's (or the channel's) last ``limit`` messages, oldest first (bot.ports.ConversationHistory)."""
+        return await recent_messages(self._client, self._users, conversation, limit, self._bot_user_id)
+
     async def sink_for(
         self, conversation: ConversationKey, *, author_id: str, message_id: str | None, lang: Lang
     ) -> ReplySink | None:
@@ -204,7 +209,7 @@ class SlackAdapter:
         app.middleware(self._dedupe.middleware)
         for event, listener in self.listeners().items():
             app.event(event)(listener)
-        SlashCommands(commands, self._users, self._spawn).register(app)
+        SlashCommands(commands, self._users, self._spawn, history=self).register(app)
         return app
 
     def listeners(self) -> dict[str, Callable[[dict[str, Any], dict[str, Any]], Awaitable[None]]]:

@@ -25,6 +25,7 @@ from adapters.slack.mrkdwn import to_mrkdwn
 from adapters.slack.users import UserDirectory
 from bot.commands import CommandContext, CommandRegistry, CommandSpec, parse_arguments
 from bot.domain import ConversationKey
+from bot.ports import ConversationHistory
 from bot.texts import language_of, say, say_both
 
 _log = logging.getLogger(__name__)
@@ -35,8 +36,16 @@ _PERMALINK = re.compile(r"<?https?://[^\s/]+/archives/([A-Z0-9]+)/p(\d{10})(\d{6
 
 
 class SlashCommands:
-    def __init__(self, registry: CommandRegistry, users: UserDirectory, spawn: Spawn) -> None:
+    def __init__(
+        self,
+        registry: CommandRegistry,
+        users: UserDirectory,
+        spawn: Spawn,
+        *,
+        history: ConversationHistory | None = None,
+    ) -> None:
         self._registry = registry
+        self._history = history
         self._users = users
         self._spawn = spawn
 
@@ -88,6 +97,7 @@ class SlashCommands:
             args=arguments(spec, rest) if spec else {},
             lang=user.lang or language_of(text),
             thread_unknown=not is_dm(conversation) and _PERMALINK.search(text) is None,
+            history=self._history,
         )
 
 

@@ -32,10 +32,16 @@ async def test_summarize_reads_the_channel_history_and_streams_the_summary(
     assert any("/channels/" in r.path and r.path.endswith("/messages") for r in fake_discord.log("GET"))
     (request,) = bot.engine.requests
     system, user = request.turns
-    assert system.role is Role.SYSTEM and system.content == say("summarize.instruction", "ko")  # their language
+    assert system.role is Role.SYSTEM and system.content == say(
+        "summarize.instruction", "ko"
+    )  # their language
     assert user.role is Role.USER
     lines = user.content.splitlines()
-    expected = ["Minsu: 배포는 언제 할까요?", "Jia: 금요일 어때요? 릴리스 노트는 누가 써요?", "Minsu: 제가 쓸게요."]
+    expected = [
+        "Minsu: 배포는 언제 할까요?",
+        "Jia: 금요일 어때요? 릴리스 노트는 누가 써요?",
+        "Minsu: 제가 쓸게요.",
+    ]
     assert lines[-3:] == expected  # oldest first
     assert "other channel" not in user.content
     assert bot.history(fake_discord.general) == []  # neither the messages read nor the summary are stored
@@ -57,5 +63,8 @@ async def test_summarize_takes_only_the_last_count_messages_and_refuses_a_bad_co
     assert texts == [say("cmd.summarize.done", "en", count=2)]
     (request,) = bot.engine.requests
     assert request.turns[0].content == say("summarize.instruction", "en")
-    assert request.turns[1].content.splitlines()[-2:] == ["Member: message number 3", "Member: message number 4"]
+    assert request.turns[1].content.splitlines()[-2:] == [
+        "Member: message number 3",
+        "Member: message number 4",
+    ]
     assert "message number 2" not in request.turns[1].content

@@ -62,6 +62,7 @@ class FakeSlack:
     socket_acks: list[dict[str, Any]] = field(default_factory=list)
     files: dict[str, bytes] = field(default_factory=dict)  # file id → contents (url_private)
     downloads: list[str] = field(default_factory=list)  # file ids downloaded with the bot token
+    said: list[dict[str, Any]] = field(default_factory=list)  # people's messages, served by conversations.*
     port: int = 0
 
     def __post_init__(self) -> None:
@@ -114,6 +115,52 @@ class FakeSlack:
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out; calls so far: {[c.method for c in self.calls]}")
             await asyncio.sleep(0.02)
+
+    def say(self, channel: str, user: str, text: str, *, thread_ts: str | None = None) -> str:
+        """Someone writes in a channel (or a thread): only the history methods see it. Returns its ts."""
+        n = next(self._counter)
+        ts = f"{1_700_000_000 + n}.{n:06d}"
+        message = {"type": "message", "user": user, "text": text, "ts": ts}
+        if thread_ts:
+            message["thread_ts"] = thread_ts
+        self.said.append({**message, "channel": channel})
+        return ts
+
+    def _conversations_history(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A channel's top-level messages, newest first (the bot's own included)."""
+        channel = str(args.get("channel"))
+        found = [m for m in self._channel_messages(channel) if m.get("thread_ts") in (None, m["ts"])]
+        found.sort(key=lambda m: float(m["ts"]), reverse=True)
+        return {"ok": True, "messages": found[: int(args.get("limit") or 100)], "has_more": False}
+
+    def _conversations_replies(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A thread, its parent first then its replies oldest first, ``limit`` per page with a cursor."""
+        channel, ts = str(args.get("channel")), str(args.get("ts"))
+        found = [m for m in self._channel_messages(channel) if ts in (m["ts"], m.get("thread_ts"))]
+        if not found:
+            return {"ok": False, "error": "thread_not_found"}
+        found.sort(key=lambda m: float(m["ts"]))
+        start, limit = int(args.get("cursor") or 0), int(args.get("limit") or 100)
+        page = found[start : start + limit]
+        more = start + limit < len(found)
+        return {
+            "ok": True,
+            "messages": page,
+            "has_more": more,
+            "response_metadata": {"next_cursor": str(start + limit) if more else ""},
+        }
+
+    def _channel_messages(self, channel: str) -> list[dict[str, Any]]:
+        people = [
+            {k: v for k, v in m.items() if k != "channel"} for m in self.said if m["channel"] == channel
+        ]
+        bot = [
+            {"type": "message", "user": BOT_USER, "bot_id": "BBOT", "text": m.text, "ts": m.ts}
+            | ({"thread_ts": m.thread_ts} if m.thread_ts else {})
+            for m in self.messages.values()
+            if m.channel == channel
+        ]
+        return people + bot
 
     def add_file(self, name: str, data: bytes, mimetype: str) -> dict[str, Any]:
         """A file a user shares: its file object as a ``file_share`` message event carries it."""
