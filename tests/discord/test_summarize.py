@@ -68,3 +68,17 @@ async def test_summarize_takes_only_the_last_count_messages_and_refuses_a_bad_co
         "Member: message number 4",
     ]
     assert "message number 2" not in request.turns[1].content
+
+
+async def test_summarize_in_a_guild_outside_the_allowlist_is_refused_without_reading_anything(
+    start_bot: StartBot, fake_discord: FakeDiscord
+) -> None:
+    bot = await start_bot(engine=ScriptedEngine(reply="no"), allowed_guild_ids=["111111111111111111"])
+    member = fake_discord.new_user("Mallory")
+    fake_discord.post_message(fake_discord.general, member, "a secret plan")
+
+    _, _, texts = await run(fake_discord, "summarize", member)
+
+    assert texts == [say("error.not_allowed_here")]
+    assert not fake_discord.log("GET", r"/channels/\d+/messages$")
+    assert bot.engine.requests == []
