@@ -7,6 +7,7 @@ missing folder, not enough memory, a quantization this machine cannot run.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,7 @@ def hub_files_are_local(name: str, revision: str | None) -> bool:
         HfApi().model_info(name, revision=revision, timeout=_HUB_PROBE_TIMEOUT_S)
     except Exception as exc:
         if cached:
+            _go_offline()
             _log.warning(
                 "the Hugging Face Hub did not answer for %s (%s); using the cached copy",
                 name,
@@ -114,6 +116,15 @@ def hub_files_are_local(name: str, revision: str | None) -> bool:
             return True
         raise _explain(name, exc) from exc
     return False
+
+
+def _go_offline() -> None:
+    """The hub does not answer: this process stays offline, so nothing (the adapter lookup, the tokenizer's extra
+    files, a fine-tune's loading) retries it with a warning per try. Child processes inherit it."""
+    from huggingface_hub import constants
+
+    constants.HF_HUB_OFFLINE = True
+    os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 def check_quantization(settings: ModelSettings) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -51,27 +52,33 @@ def _closed_loopback_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def test_an_unreachable_model_fails_once_with_a_clear_message(tmp_path):
-    """Offline, a hub id not in the cache: one error naming the model and `hf download`, no retry warnings, 78."""
+def _chat_offline(tmp_path: Path, model: str, typed: str) -> subprocess.CompletedProcess[str]:
+    """``python -m bot chat`` on hub id ``model`` with the cache in tmp_path/hf and a hub that refuses connections
+    (HF_HUB_OFFLINE unset: the bot has to find out by itself)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HANBOT_"))}
     env.update(
         PYTHONPATH=str(REPO),
-        HF_HOME=str(tmp_path / "hf"),  # an empty cache
-        HF_ENDPOINT=f"http://127.0.0.1:{_closed_loopback_port()}",  # the hub refuses every connection
+        HF_HOME=str(tmp_path / "hf"),
+        HF_ENDPOINT=f"http://127.0.0.1:{_closed_loopback_port()}",
         HANBOT_DATA_DIR=str(tmp_path / "data"),
-        HANBOT_MODEL__NAME_OR_PATH="nobody/no-such-model",
+        HANBOT_MODEL__NAME_OR_PATH=model,
         HANBOT_MODEL__DEVICE_MAP="cpu",
         HANBOT_MODEL__DTYPE="float32",
     )
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "bot", "chat"],
         cwd=REPO,
         env=env,
-        input="exit\n",
+        input=typed,
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_an_unreachable_model_fails_once_with_a_clear_message(tmp_path):
+    """Offline, a hub id not in the cache: one error naming the model and `hf download`, no retry warnings, 78."""
+    result = _chat_offline(tmp_path, "nobody/no-such-model", "exit\n")  # an empty cache
     output = result.stdout + result.stderr
     assert result.returncode == EXIT_CONFIG, output
     errors = [
@@ -80,3 +87,24 @@ def test_an_unreachable_model_fails_once_with_a_clear_message(tmp_path):
     assert len(errors) == 1, output
     assert "hf download nobody/no-such-model" in errors[0]
     assert "Retrying" not in output and "WARNING" not in output, output
+
+
+def test_offline_a_model_in_the_hub_cache_loads_from_it_without_retries(tmp_path, demo_model_dir):
+    """The hub does not answer but the model is in the cache: one warning saying so, and the chat works."""
+    repo = tmp_path / "hf" / "hub" / "models--hanbot--cached-demo"
+    snapshot = repo / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    for file in demo_model_dir.iterdir():
+        if file.is_file():
+            shutil.copy(file, snapshot / file.name)
+
+    result = _chat_offline(tmp_path, "hanbot/cached-demo", "hello\nexit\n")
+
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "봇: " in result.stdout, "the demo model answered"
+    warnings = [line for line in output.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1 and "using the cached copy" in warnings[0], output
+    assert "Retrying" not in output
