@@ -69,3 +69,13 @@ async def test_summarize_the_channels_last_messages_in_its_language(start_bot):
     assert "old message" not in request.turns[1].content
     assert request.turns[1].content.splitlines()[-1] == "Alice: 좋아요, 릴리스 노트는 민수 님이 써 주세요."
     await fake.wait_until(lambda: [m.text for m in fake.replies("C1")] == ["요약입니다."])
+
+
+async def test_a_thread_slack_will_not_give_gets_one_sentence_and_no_request(start_bot):
+    bot = await start_bot(engine=ScriptedEngine(reply="never"), native_streaming=False)
+
+    answer = await summarize(bot, link("1712345678.123456"), user="UMINSU")  # no such thread
+
+    assert answer == to_mrkdwn(say("cmd.summarize.cannot_read", "ko"))
+    assert bot.fake.called("conversations.replies")
+    assert bot.engine.requests == []
