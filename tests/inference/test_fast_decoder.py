@@ -48,6 +48,26 @@ def tiny_config(**kw: object) -> LlamaConfig:
     return LlamaConfig(**base)
 
 
+def config_70b_widths() -> LlamaConfig:
+    """Two decoder layers at Llama-3-70B's widths, vocabulary and rope scaling: the GPU tests' model."""
+    return tiny_config(
+        vocab_size=128256,
+        hidden_size=8192,
+        intermediate_size=28672,
+        num_hidden_layers=2,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        max_position_embeddings=8192,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+    )
+
+
 @pytest.fixture(scope="module")
 def tiny_model() -> LlamaForCausalLM:
     torch.manual_seed(0)
@@ -202,22 +222,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     not torch.cuda.is_available(), reason="needs a CUDA GPU (the 70B-width bf16 check runs there)"
 )
 def test_gpu_logits_match_eager_forward_70b_widths() -> None:
-    cfg = tiny_config(
-        vocab_size=128256,
-        hidden_size=8192,
-        intermediate_size=28672,
-        num_hidden_layers=2,
-        num_attention_heads=64,
-        num_key_value_heads=8,
-        max_position_embeddings=8192,
-        rope_scaling={
-            "rope_type": "llama3",
-            "factor": 8.0,
-            "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 8192,
-        },
-    )
+    cfg = config_70b_widths()
     torch.manual_seed(0)
     with torch.device("cuda"):
         ref32 = LlamaForCausalLM(cfg).eval()

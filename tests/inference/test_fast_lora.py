@@ -25,7 +25,7 @@ from bot.domain import GenerationParams
 from inference.decoder import SlotRequest
 from inference.fast import StaticSlotDecoder
 from inference.fast.lora import UnsupportedAdapter, add_rows_ref, read_peft_adapter
-from tests.inference.test_fast_decoder import GREEDY, hf_greedy, prompts, tiny_config
+from tests.inference.test_fast_decoder import GREEDY, config_70b_widths, hf_greedy, prompts, tiny_config
 from tests.inference.test_fast_fp8_decoder import fp8_rounded
 
 REPO = Path(__file__).resolve().parents[2]
@@ -389,25 +389,9 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (the 70B-width bf16 check runs there)")
 def test_gpu_lora_logits_match_eager_peft_70b_widths(tmp_path: Path) -> None:
-    cfg = dict(
-        vocab_size=128256,
-        hidden_size=8192,
-        intermediate_size=28672,
-        num_hidden_layers=2,
-        num_attention_heads=64,
-        num_key_value_heads=8,
-        max_position_embeddings=8192,
-        rope_scaling={
-            "rope_type": "llama3",
-            "factor": 8.0,
-            "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 8192,
-        },
-    )
     torch.manual_seed(0)
     with torch.device("cuda"):
-        ref32 = LlamaForCausalLM(tiny_config(**cfg)).eval()
+        ref32 = LlamaForCausalLM(config_70b_widths()).eval()
     try:
         ref32.set_attn_implementation("eager")
     except AttributeError:

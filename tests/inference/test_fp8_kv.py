@@ -27,7 +27,7 @@ from inference.decoder import SlotRequest
 from inference.fast import StaticSlotDecoder, ops
 from inference.fast.kv import kv_bytes_per_token
 from inference.fast.weights import LlamaSpec
-from tests.inference.test_fast_decoder import _rel, prompts, tiny_config
+from tests.inference.test_fast_decoder import _rel, config_70b_widths, prompts, tiny_config
 from tests.inference.test_prefix_reuse import converse, make_conversations
 
 REPO = Path(__file__).resolve().parents[2]
@@ -317,22 +317,7 @@ def test_kv_kernels_compile_for_hopper(fp8: bool) -> None:
 def test_gpu_fp8_kv_logits_against_the_bf16_cache() -> None:
     """2 layers at the 70B's widths in bf16: prompt and 16 decode steps (teacher-forced on the bf16 cache's greedy
     tokens), logits with the FP8 cache against the bf16 cache and against the float32 eager forward."""
-    cfg = tiny_config(
-        vocab_size=128256,
-        hidden_size=8192,
-        intermediate_size=28672,
-        num_hidden_layers=2,
-        num_attention_heads=64,
-        num_key_value_heads=8,
-        max_position_embeddings=8192,
-        rope_scaling={
-            "rope_type": "llama3",
-            "factor": 8.0,
-            "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 8192,
-        },
-    )
+    cfg = config_70b_widths()
     torch.manual_seed(0)
     with torch.device("cuda"):
         ref32 = LlamaForCausalLM(cfg).eval()

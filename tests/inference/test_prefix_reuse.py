@@ -28,7 +28,7 @@ from inference.fast.kv import BlockPool, KVBudget
 from inference.loading import LoadedModel
 from inference.local_engine import LocalEngine
 from tests.inference import engine_helpers
-from tests.inference.test_fast_decoder import _rel, prompts, tiny_config
+from tests.inference.test_fast_decoder import _rel, config_70b_widths, prompts, tiny_config
 
 GREEDY = GenerationParams(max_new_tokens=10, do_sample=False, repetition_penalty=1.0)
 PENALTY = GenerationParams(max_new_tokens=10, do_sample=False, repetition_penalty=1.3)
@@ -323,22 +323,7 @@ def test_gpu_reused_prefix_logits_match_recomputing_it() -> None:
     """A second turn served from the first turn's cached KV (prompt and reply) against the same prompt computed
     from scratch: next-token logits over 16 steps within bf16 tolerance (the relative error is printed), and the
     distance of both from the float32 eager forward."""
-    cfg = tiny_config(
-        vocab_size=128256,
-        hidden_size=8192,
-        intermediate_size=28672,
-        num_hidden_layers=2,
-        num_attention_heads=64,
-        num_key_value_heads=8,
-        max_position_embeddings=8192,
-        rope_scaling={
-            "rope_type": "llama3",
-            "factor": 8.0,
-            "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 8192,
-        },
-    )
+    cfg = config_70b_widths()
     torch.manual_seed(0)
     with torch.device("cuda"):
         ref32 = LlamaForCausalLM(cfg).eval()
