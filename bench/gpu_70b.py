@@ -59,8 +59,6 @@ from inference.fast import StaticSlotDecoder
 
 GIB = 1 << 30
 SAMPLING: dict[str, Any] = dict(temperature=0.6, top_p=0.9, repetition_penalty=1.1, do_sample=True)
-RESULTS: dict[str, Any] = {}
-OUT_FILE: Path | None = None
 
 
 def sync() -> None:
@@ -68,15 +66,33 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def log(key: str, value) -> None:
-    cur = RESULTS
-    parts = key.split(".")
-    for p in parts[:-1]:
-        cur = cur.setdefault(p, {})
-    cur[parts[-1]] = value
-    print(f"{key} = {value}", flush=True)
-    if OUT_FILE is not None:
-        OUT_FILE.write_text(json.dumps(RESULTS, indent=1))
+class Results:
+    """The figures of one run: nested dicts under dotted keys (``concurrency.16`` → ``{"concurrency": {"16": ...}}``),
+    each printed as it comes and the whole rewritten to ``path`` (when set), so a run cut short keeps what it
+    measured."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.data: dict[str, Any] = {}
+        self.path = path
+
+    def log(self, key: str, value: Any) -> None:
+        cur = self.data
+        parts = key.split(".")
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {})
+        cur[parts[-1]] = value
+        print(f"{key} = {value}", flush=True)
+        if self.path is not None:
+            self.path.write_text(json.dumps(self.data, indent=1))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value under a dotted key, or ``default``."""
+        cur: Any = self.data
+        for p in key.split("."):
+            if not isinstance(cur, dict) or p not in cur:
+                return default
+            cur = cur[p]
+        return cur
 
 
 def copy_bandwidth() -> float:
@@ -151,15 +167,71 @@ def build_70b(layers: int | None = None, shape: str = "70b", device: str = "cuda
     model = meta_model(config_for(shape, layers), dtype)
     gen = torch.Generator(device=device).manual_seed(0)
     for name, p in list(model.named_parameters()):
-        if name.endswith("norm.weight") or "layernorm" in name:
-            val = torch.ones(p.shape, dtype=dtype, device=device)
-        else:
-            val = torch.empty(p.shape, dtype=dtype, device=device).normal_(0, 0.02, generator=gen)
-        set_module_tensor_to_device(model, name, device, value=val)
+        set_module_tensor_to_device(
+            model, name, device, value=random_value(name, p.shape, dtype, device, gen)
+        )
     model.model.rotary_emb.to(device)
     model.eval()
     nparams = sum(p.numel() for p in model.parameters())
     return model, nparams
+
+
+def random_value(
+    name: str, shape: Any, dtype: torch.dtype, device: str, gen: torch.Generator
+) -> torch.Tensor:
+    """One parameter of the random model: norms at one, the rest normal(0, 0.02) drawn from ``gen``."""
+    if name.endswith("norm.weight") or "layernorm" in name:
+        return torch.ones(shape, dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device).normal_(0, 0.02, generator=gen)
+
+
+class InOrder:
+    """``build_70b``'s random parameters as a ``weights.Fetch``: drawn from one generator in the model's parameter
+    order, whatever order they are asked for in. Asking for one draws each parameter before it not drawn yet and
+    keeps those until they are asked for; a parameter handed out is forgotten (its memory is the caller's). One
+    GPU: a slice asked for is cut from the whole tensor, as ``weights.fetch_from_model`` cuts it."""
+
+    def __init__(self, cfg: Any, device: str, dtype: torch.dtype, seed: int = 0) -> None:
+        self._todo = [(name, p.shape) for name, p in meta_model(cfg, dtype).named_parameters()][::-1]
+        self._drawn: dict[str, torch.Tensor] = {}
+        self._device, self._dtype = device, dtype
+        self._gen = torch.Generator(device=device).manual_seed(seed)
+
+    def __call__(self, name: str, dim: int | None, part: slice | None) -> torch.Tensor:
+        while name not in self._drawn:
+            if not self._todo:
+                raise KeyError(f"{name} is not a parameter of the model, or was handed out already")
+            next_name, shape = self._todo.pop()
+            self._drawn[next_name] = random_value(next_name, shape, self._dtype, self._device, self._gen)
+        t = self._drawn.pop(name)
+        if (
+            dim is None or part is None
+        ):  # sliced as weights.fetch_from_model slices (one GPU: the whole tensor)
+            return t
+        return t[part] if dim == 0 else t[:, part]
+
+
+def fp8_weights_by_layer(cfg: Any, device: str):
+    """The FP8 decoder's weights (``weights.build_weights``, as ``engine.fp8_weights`` builds them from a bf16
+    model) from ``build_70b``'s random values, without the bf16 model ever whole on the device: each layer is drawn
+    just before it is quantised and dropped right after, so the peak is the FP8 weights, the bf16 embedding and
+    about one bf16 layer (69 GiB on the 70B instead of 138 GiB: it fits an H100). Equal, tensor for tensor, to what
+    the decoder builds from ``build_70b``'s model (tests/inference/test_gpu_bench_smoke.py)."""
+    from inference.fast.weights import build_weights
+
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    return build_weights(cfg, InOrder(cfg, device, dtype), device=torch.device(device), dtype=dtype, fp8=True)
+
+
+def decoder_over(weights: Any):
+    """A decoder factory for EngineBench: a StaticSlotDecoder over weights already built, with the options the
+    engine settings give (``inference.decoders.static_options``, as ``make_decoder`` passes them)."""
+    from inference.decoders import static_options
+
+    def build(_model: Any, settings: Any) -> StaticSlotDecoder:
+        return StaticSlotDecoder(weights, **static_options(settings))
+
+    return build
 
 
 def random_fetch(cfg, device: torch.device, dtype: torch.dtype, seed: int):
@@ -333,7 +405,7 @@ def step_times(dec: StaticSlotDecoder) -> dict[str, float]:
     return out
 
 
-def guarded(name: str, fn, dec: StaticSlotDecoder | None = None) -> None:
+def guarded(name: str, fn, results: Results, dec: StaticSlotDecoder | None = None) -> None:
     """Run one phase; a failure is recorded, its requests released, and the next phase still runs."""
     try:
         fn()
@@ -341,7 +413,7 @@ def guarded(name: str, fn, dec: StaticSlotDecoder | None = None) -> None:
         import traceback
 
         traceback.print_exc()
-        log(f"errors.{name}", repr(exc)[:800])
+        results.log(f"errors.{name}", repr(exc)[:800])
         if dec is not None:
             for slot in range(dec.capacity):
                 dec.release(slot)
@@ -349,14 +421,14 @@ def guarded(name: str, fn, dec: StaticSlotDecoder | None = None) -> None:
             torch.cuda.empty_cache()
 
 
-def single_phase(dec: StaticSlotDecoder, args) -> None:
+def single_phase(dec: StaticSlotDecoder, args, results: Results) -> None:
     best = 0.0
     for _ in range(2):
         tok_s, _t512 = single_stream(dec, args.new)
         best = max(best, tok_s)
-    log("single_stream_tok_s", round(best, 2))
-    if RESULTS.get("bandwidth_floor_tok_s"):
-        log("single_stream_fraction_of_floor", round(best / RESULTS["bandwidth_floor_tok_s"], 3))
+    results.log("single_stream_tok_s", round(best, 2))
+    if results.get("bandwidth_floor_tok_s"):
+        results.log("single_stream_fraction_of_floor", round(best / results.get("bandwidth_floor_tok_s"), 3))
 
 
 # ---------------------------------------------------------------- the engine-driven path (--via engine)
@@ -443,6 +515,7 @@ class EngineBench:
                 interleave_prefill=args.interleave,
                 lora_slots=args.lora_slots,
                 lora_max_rank=args.lora_rank,
+                reserve_training_gib=getattr(args, "reserve_training_gib", 0.0),
             ),
             generation=GenerationSettings(timeout_s=3600),
             context_length=model.config.max_position_embeddings,
@@ -544,58 +617,66 @@ def start_engine(
     return bench, times[0] - t  # to the first text chunk; the 7 more tokens of this warm-up are not counted
 
 
-def engine_phases(bench: EngineBench, args: argparse.Namespace, on_cuda: bool) -> None:
+def engine_phases(bench: EngineBench, args: argparse.Namespace, on_cuda: bool, results: Results) -> None:
     async def run_all() -> None:
         async def single() -> None:
             best = max([await bench.single_stream(args.new) for _ in range(2)])
-            log("single_stream_tok_s", round(best, 2))
-            floor = RESULTS.get("bandwidth_floor_tok_s")
+            results.log("single_stream_tok_s", round(best, 2))
+            floor = results.get("bandwidth_floor_tok_s")
             if floor:
-                log("single_stream_fraction_of_floor", round(best / floor, 3))
+                results.log("single_stream_fraction_of_floor", round(best / floor, 3))
 
-        await aguarded("single_stream", single)
+        await aguarded("single_stream", single, results)
         for n in args.ttft_prompts:
-            await aguarded(f"ttft_s.{n}", lambda n=n: _log_async(f"ttft_s.{n}", bench.ttft(n)))
+            await aguarded(
+                f"ttft_s.{n}", lambda n=n: _log_async(results, f"ttft_s.{n}", bench.ttft(n)), results
+            )
         for n in args.concurrency:
             key = f"concurrency.{n}"
-            await aguarded(key, lambda n=n, key=key: _log_async(key, bench.conversations(n, 512, args.new)))
+            await aguarded(
+                key,
+                lambda n=n, key=key: _log_async(results, key, bench.conversations(n, 512, args.new)),
+                results,
+            )
         inner = bench.inner
         if on_cuda and isinstance(
             inner, StaticSlotDecoder
         ):  # graph replays on the idle engine's worker thread
             await aguarded(
                 "decode_step_ms",
-                lambda: _log_async("decode_step_ms", bench.engine._on_worker(lambda: step_times(inner))),
+                lambda: _log_async(
+                    results, "decode_step_ms", bench.engine._on_worker(lambda: step_times(inner))
+                ),
+                results,
             )
         if on_cuda:
-            log("peak_gpu_mem_gib", round(torch.cuda.max_memory_allocated() / GIB, 2))
+            results.log("peak_gpu_mem_gib", round(torch.cuda.max_memory_allocated() / GIB, 2))
         await bench.engine.aclose()
 
     asyncio.run(run_all())
-    log("setup.decoder_class", type(bench.inner).__name__)
+    results.log("setup.decoder_class", type(bench.inner).__name__)
 
 
-async def _log_async(key: str, value) -> None:
-    log(key, round(v, 3) if isinstance(v := await value, float) else v)
+async def _log_async(results: Results, key: str, value) -> None:
+    results.log(key, round(v, 3) if isinstance(v := await value, float) else v)
 
 
-async def aguarded(name: str, fn) -> None:
+async def aguarded(name: str, fn, results: Results) -> None:
     try:
         await fn()
     except Exception as exc:
         import traceback
 
         traceback.print_exc()
-        log(f"errors.{name}", repr(exc)[:800])
+        results.log(f"errors.{name}", repr(exc)[:800])
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
 
 def child_cold(args) -> None:
-    model, _ = build_70b(args.layers, args.shape, args.device)
-    sync()
+    model, make_inner = materialise(args)
     if args.via == "engine":
-        bench, elapsed = start_engine(model, args, args.cache_dir)
+        bench, elapsed = start_engine(model, args, args.cache_dir, make_inner)
         asyncio.run(bench.engine.aclose())
     else:
         _, elapsed = start_decoder(model, args, args.cache_dir)
@@ -618,6 +699,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--layers", type=int, default=None, help="override the shape's layer count")
     ap.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke run (with --shape tiny)")
     ap.add_argument("--fp8", action="store_true", help="engine.fp8_weights: FP8 weight-only decode")
+    ap.add_argument(
+        "--fp8-from-model",
+        action="store_true",
+        help="with --fp8: build the whole bf16 model on the GPU and let the decoder quantise it, as the bot does a "
+        "loaded checkpoint (131 GiB: one H200 only); default: the same weights drawn and quantised layer by layer",
+    )
     ap.add_argument(
         "--interleave",
         action="store_true",
@@ -687,59 +774,81 @@ def main() -> None:
         tensor_parallel_main(args)
         return
     on_cuda = args.device == "cuda"
-    start_results(args, on_cuda)
-    bw = measure_bandwidth(on_cuda)
+    results = start_results(args, on_cuda)
+    bw = measure_bandwidth(on_cuda, results)
     cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="hanbot-fast-cache-")
     if not args.no_cold:
-        cold_start_in_child(args, cache_dir)
-    t = time.perf_counter()
-    model, nparams = build_70b(args.layers, args.shape, args.device)
-    log("materialise_s", round(time.perf_counter() - t, 2))
-    log("weight_GB", round(nparams * next(model.parameters()).element_size() / 1e9, 2))
-    if bw is not None and not args.fp8:
-        log("bandwidth_floor_tok_s", round(bw / (nparams * 2), 2))
+        cold_start_in_child(args, cache_dir, results)
+    model, make_inner = materialise(args, results, bw)
     if on_cuda:
-        log("gpu_free_after_weights_GiB", round(torch.cuda.mem_get_info()[0] / GIB, 2))
+        results.log("gpu_free_after_weights_GiB", round(torch.cuda.mem_get_info()[0] / GIB, 2))
         torch.cuda.reset_peak_memory_stats()
     if args.via == "engine":
-        config = model.config
-        bench, warm = start_engine(model, args, cache_dir)
-        log("warm_start_s", round(warm, 2))
-        log_decoder(bench.inner, bw)
+        bench, warm = start_engine(model, args, cache_dir, make_inner)
+        results.log("warm_start_s", round(warm, 2))
+        log_decoder(bench.inner, results, bw)
         if args.lora:
             from bench.lora_bench import lora_phases
 
-            lora_phases(bench, args, config, log, on_cuda)
+            lora_phases(bench, args, model.config, results.log, on_cuda)
         else:
-            engine_phases(bench, args, on_cuda)
+            engine_phases(bench, args, on_cuda, results)
     else:
-        decoder_phases(model, args, cache_dir)
+        decoder_phases(model, args, cache_dir, results)
         if on_cuda:
-            log("peak_gpu_mem_gib", round(torch.cuda.max_memory_allocated() / GIB, 2))
-    finish_results(args)
+            results.log("peak_gpu_mem_gib", round(torch.cuda.max_memory_allocated() / GIB, 2))
+    finish_results(args, results)
 
 
-def start_results(args: argparse.Namespace, on_cuda: bool) -> None:
+def materialise(
+    args: argparse.Namespace, results: Results | None = None, bw: float | None = None
+) -> tuple[Any, Any]:
+    """The model the engine is given and its decoder factory (None: the engine's own ``make_decoder``).
+
+    bf16 (float32 on the CPU): ``build_70b``'s model. With --fp8: a meta-device skeleton and the FP8 weights drawn
+    and quantised layer by layer (``fp8_weights_by_layer``), so the bf16 model is never whole on the GPU; with
+    --fp8-from-model the bf16 model, which the decoder quantises as the bot does a loaded checkpoint."""
+    t = time.perf_counter()
+    make_inner = None
+    if args.fp8 and not args.fp8_from_model:
+        cfg = config_for(args.shape, args.layers)
+        weights = fp8_weights_by_layer(cfg, args.device)
+        model = meta_model(cfg, weights.dtype)
+        make_inner = decoder_over(weights)
+    else:
+        model, _ = build_70b(args.layers, args.shape, args.device)
+    sync()
+    if results is not None:
+        nparams = sum(p.numel() for p in model.parameters())
+        results.log("materialise_s", round(time.perf_counter() - t, 2))
+        results.log("weight_GB", round(nparams * next(model.parameters()).element_size() / 1e9, 2))
+        if bw is not None and not args.fp8:
+            results.log("bandwidth_floor_tok_s", round(bw / (nparams * 2), 2))
+    return model, make_inner
+
+
+def start_results(args: argparse.Namespace, on_cuda: bool) -> Results:
     """Open the results file and record the setup and the command."""
-    global OUT_FILE
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    OUT_FILE = out_dir / f"gpu-{args.setup}.json"
+    results = Results(out_dir / f"gpu-{args.setup}.json")
     import transformers
 
     if on_cuda:
-        log("setup.gpus", f"{args.tp} x {torch.cuda.get_device_name(0)}")
-        log(
+        results.log("setup.gpus", f"{args.tp} x {torch.cuda.get_device_name(0)}")
+        results.log(
             "setup.precision",
             "FP8 e4m3 weights (weight-only, per-row scales, from bf16), bf16 activations and KV cache"
             if args.fp8
             else "bf16 weights and KV cache",
         )
     else:
-        log("setup.gpus", f"none (CPU smoke run, shape {args.shape})")
-        log("setup.precision", "float32 weights and KV cache (CPU)" + (", FP8 weights" if args.fp8 else ""))
+        results.log("setup.gpus", f"none (CPU smoke run, shape {args.shape})")
+        results.log(
+            "setup.precision", "float32 weights and KV cache (CPU)" + (", FP8 weights" if args.fp8 else "")
+        )
     if args.via == "engine":
-        log(
+        results.log(
             "setup.mechanism",
             "LocalEngine (static decoder) via Engine.generate: inference.local_engine.LocalEngine with "
             'EngineSettings(decoder="static", max_batch_size='
@@ -762,13 +871,13 @@ def start_results(args: argparse.Namespace, on_cuda: bool) -> None:
             + ("" if on_cuda else " (CPU smoke run: eager torch operations, no Triton, no graphs)"),
         )
     else:
-        log(
+        results.log(
             "setup.mechanism",
             "inference.fast.StaticSlotDecoder: paged static KV slots, Triton decode kernels, "
             "one CUDA graph per batch bucket, on-GPU sampler; driven through the BatchDecoder interface",
         )
-    log("setup.shape", {"name": args.shape, **SHAPES[args.shape], "layers_override": args.layers})
-    log(
+    results.log("setup.shape", {"name": args.shape, **SHAPES[args.shape], "layers_override": args.layers})
+    results.log(
         "setup.versions",
         {
             "torch": torch.__version__,
@@ -781,17 +890,29 @@ def start_results(args: argparse.Namespace, on_cuda: bool) -> None:
     this_run = launcher + "bench/gpu_70b.py " + " ".join(sys.argv[1:])
     # a device script that runs several things in one call names itself in BENCH_COMMAND
     script = os.environ.get("BENCH_COMMAND")
-    log("command", f"{script}   (this run: {this_run})" if script else baseline_cmd + this_run)
+    results.log("command", f"{script}   (this run: {this_run})" if script else baseline_cmd + this_run)
+    if args.fp8 and args.tp == 1:
+        results.log(
+            "setup.fp8_build",
+            "from the bf16 model on the device, quantised by the decoder as a loaded checkpoint is (the whole bf16 "
+            "model first: 131 GiB)"
+            if args.fp8_from_model
+            else "layer by layer in the bench (fp8_weights_by_layer): each layer's random bf16 weights drawn (the "
+            "values of the bf16 model, same generator and order) and quantised by weights.build_weights before the "
+            "next is drawn, so the peak is the FP8 weights plus one bf16 layer; the start times count from the FP8 "
+            "weights in memory",
+        )
+    return results
 
 
-def measure_bandwidth(on_cuda: bool) -> float | None:
+def measure_bandwidth(on_cuda: bool, results: Results) -> float | None:
     bw = copy_bandwidth() if on_cuda else None
     if bw is not None:
-        log("copy_bandwidth_TBps", round(bw / 1e12, 3))
+        results.log("copy_bandwidth_TBps", round(bw / 1e12, 3))
     return bw
 
 
-def cold_start_in_child(args: argparse.Namespace, cache_dir: str) -> None:
+def cold_start_in_child(args: argparse.Namespace, cache_dir: str, results: Results) -> None:
     """Weights in memory → first token in a fresh process with an empty kernel cache (fills ``cache_dir``)."""
     env = dict(os.environ)
     env.pop("TRITON_CACHE_DIR", None)
@@ -804,6 +925,7 @@ def cold_start_in_child(args: argparse.Namespace, cache_dir: str) -> None:
             *("--via", args.via, "--shape", args.shape, "--device", args.device),
             *(("--layers", str(args.layers)) if args.layers is not None else ()),
             *(("--fp8",) if args.fp8 else ()),
+            *(("--fp8-from-model",) if args.fp8_from_model else ()),
             *("--cache-dir", cache_dir, "--capacity", str(args.capacity)),
             *("--prefill-chunk", str(args.prefill_chunk)),
         ],
@@ -814,27 +936,29 @@ def cold_start_in_child(args: argparse.Namespace, cache_dir: str) -> None:
     )
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
     if r.returncode == 0 and lines:
-        log("cold_start_s", round(json.loads(lines[-1])["cold_start_s"], 2))
+        results.log("cold_start_s", round(json.loads(lines[-1])["cold_start_s"], 2))
     else:
-        log("cold_start_error", (r.stderr or r.stdout)[-2000:])
+        results.log("cold_start_error", (r.stderr or r.stdout)[-2000:])
 
 
-def finish_results(args: argparse.Namespace) -> None:
+def finish_results(args: argparse.Namespace, results: Results) -> None:
     if args.baseline and Path(args.baseline).is_file():
         base = json.loads(Path(args.baseline).read_text())
         b1 = base.get("prototype_decode_tok_s_bs1_sampling")
-        log("baseline.single_stream_tok_s", b1)
-        log("baseline.ttft_s.512", base.get("ttft_s_prompt512_bs1"))
+        results.log("baseline.single_stream_tok_s", b1)
+        results.log("baseline.ttft_s.512", base.get("ttft_s_prompt512_bs1"))
         for bs in (4, 8, 16):
-            log(
+            results.log(
                 f"baseline.concurrency.{bs}.aggregate_decode_tok_s",
                 base.get(f"decode_tok_s_bs{bs}_sampling_aggregate"),
             )
-            log(f"baseline.concurrency.{bs}.ttft_s", base.get(f"ttft_s_prompt512_bs{bs}"))
-        log("baseline.raw", base)
+            results.log(f"baseline.concurrency.{bs}.ttft_s", base.get(f"ttft_s_prompt512_bs{bs}"))
+        results.log("baseline.raw", base)
         if b1:
-            log("ratio_single_stream_vs_baseline", round(RESULTS.get("single_stream_tok_s", 0.0) / b1, 2))
-    table(args)
+            results.log(
+                "ratio_single_stream_vs_baseline", round(results.get("single_stream_tok_s", 0.0) / b1, 2)
+            )
+    table(args, results)
 
 
 def all_reduce_micro(group: Any, device: torch.device) -> dict[str, float]:
@@ -883,14 +1007,13 @@ def tensor_parallel_main(args: argparse.Namespace) -> None:
     device = torch.device("cuda", torch.cuda.current_device()) if on_cuda else torch.device("cpu")
     dtype = torch.bfloat16 if on_cuda else torch.float32
     leader = group.rank == 0
-    if leader:
-        start_results(args, on_cuda)
-    bw = measure_bandwidth(on_cuda) if leader else None
+    results = start_results(args, on_cuda) if leader else Results()  # the other ranks record nothing
+    bw = measure_bandwidth(on_cuda, results) if leader else None
     if on_cuda:
         micro = all_reduce_micro(group, torch.device("cuda", torch.cuda.current_device()))
         if leader:
-            log("setup.all_reduce", group.all_reduce_kind)
-            log("all_reduce_us_in_graph", micro)
+            results.log("setup.all_reduce", group.all_reduce_kind)
+            results.log("all_reduce_us_in_graph", micro)
     cfg = config_for(args.shape, args.layers)
     cache_dir = args.cache_dir or os.path.join(tempfile.gettempdir(), f"hanbot-tp-cache-{os.getpid()}")
     t = time.perf_counter()
@@ -908,13 +1031,13 @@ def tensor_parallel_main(args: argparse.Namespace) -> None:
         torch.cuda.reset_peak_memory_stats()
     group.barrier()
     if leader:
-        log("materialise_s", round(time.perf_counter() - t, 2))
+        results.log("materialise_s", round(time.perf_counter() - t, 2))
         per_rank = weights.matrix_bytes() + weights.embed.numel() * weights.embed.element_size()
-        log("weight_GB_per_gpu", round(per_rank / 1e9, 2))
+        results.log("weight_GB_per_gpu", round(per_rank / 1e9, 2))
         if bw is not None:
-            log("bandwidth_floor_tok_s", round(bw / weights.matrix_bytes(), 2))
+            results.log("bandwidth_floor_tok_s", round(bw / weights.matrix_bytes(), 2))
         if on_cuda:
-            log("gpu_free_after_weights_GiB", round(torch.cuda.mem_get_info()[0] / GIB, 2))
+            results.log("gpu_free_after_weights_GiB", round(torch.cuda.mem_get_info()[0] / GIB, 2))
 
     def rank_decoder(_m: Any = None, _s: Any = None) -> StaticSlotDecoder:
         return StaticSlotDecoder(
@@ -933,45 +1056,49 @@ def tensor_parallel_main(args: argparse.Namespace) -> None:
     bench, start = start_engine(
         skeleton, args, cache_dir, lambda m, s: MirroredDecoder(rank_decoder(), group)
     )
-    log("cold_start_s", round(start, 2))
-    log(
+    results.log("cold_start_s", round(start, 2))
+    results.log(
         "start_note",
         "tensor parallel: cold_start_s is the first engine start in this process with an empty kernel cache "
         "(compilation and the matrix-product measurement included); no warm restart was measured",
     )
-    log_decoder(bench.inner, bw)
+    log_decoder(bench.inner, results, bw)
     if args.lora:
         from bench.lora_bench import lora_phases
 
-        lora_phases(bench, args, cfg, log, on_cuda)
+        lora_phases(bench, args, cfg, results.log, on_cuda)
     else:
-        engine_phases(bench, args, on_cuda)
-    finish_results(args)
+        engine_phases(bench, args, on_cuda, results)
+    finish_results(args, results)
 
 
-def log_decoder(dec, bw: float | None = None) -> None:
+def log_decoder(dec, results: Results, bw: float | None = None) -> None:
     dec = getattr(dec, "inner", dec)  # a tensor-parallel MirroredDecoder: rank 0's own decoder
     if not isinstance(dec, StaticSlotDecoder):
-        log("decoder_error", f"the engine chose {type(dec).__name__}, not the static decoder (see its log)")
+        results.log(
+            "decoder_error", f"the engine chose {type(dec).__name__}, not the static decoder (see its log)"
+        )
         return
-    log("kv_cache_tokens", dec.kv_tokens)
-    log("kv_cache_GiB", round(dec.kv_tokens * dec._weights.spec.kv_bytes_per_token / GIB, 2))
+    results.log("kv_cache_tokens", dec.kv_tokens)
+    results.log("kv_cache_GiB", round(dec.kv_tokens * dec._weights.spec.kv_bytes_per_token / GIB, 2))
     if dec.fp8 or dec.parallel.world > 1:
         matrices = dec._weights.matrix_bytes()
-        log("decode_matrix_GB_per_gpu", round(matrices / 1e9, 2))
+        results.log("decode_matrix_GB_per_gpu", round(matrices / 1e9, 2))
         if bw is not None:
-            log("bandwidth_floor_tok_s", round(bw / matrices, 2))
+            results.log("bandwidth_floor_tok_s", round(bw / matrices, 2))
     plan = getattr(dec.model, "plan", None)
     if plan is not None:
-        log("gemm_plan", {"choices": {str(k): v for k, v in plan.choices.items()}, "timings": plan.timings})
+        results.log(
+            "gemm_plan", {"choices": {str(k): v for k, v in plan.choices.items()}, "timings": plan.timings}
+        )
 
 
-def decoder_phases(model, args: argparse.Namespace, cache_dir: str) -> None:
+def decoder_phases(model, args: argparse.Namespace, cache_dir: str, results: Results) -> None:
     """The earlier path (--via decoder): StaticSlotDecoder driven directly."""
     try:
         dec, warm = start_decoder(model, args, cache_dir)
     except Exception as exc:  # keep going without graphs / Triton so the call still measures something
-        log("decoder_error", repr(exc)[:1500])
+        results.log("decoder_error", repr(exc)[:1500])
         import traceback
 
         traceback.print_exc()
@@ -979,23 +1106,27 @@ def decoder_phases(model, args: argparse.Namespace, cache_dir: str) -> None:
         args.fallback = True
         os.environ["HANBOT_FAST_NO_TRITON"] = os.environ.get("BENCH_FALLBACK_NO_TRITON", "0")
         dec, warm = start_decoder(model, args, cache_dir)
-    log("warm_start_s", round(warm, 2))
-    log_decoder(dec)
-    guarded("single_stream", lambda: single_phase(dec, args), dec)
+    results.log("warm_start_s", round(warm, 2))
+    log_decoder(dec, results)
+    guarded("single_stream", lambda: single_phase(dec, args, results), results, dec)
     for n in args.ttft_prompts:
-        guarded(f"ttft_s.{n}", lambda n=n: log(f"ttft_s.{n}", round(ttft(dec, n), 3)), dec)
+        guarded(f"ttft_s.{n}", lambda n=n: results.log(f"ttft_s.{n}", round(ttft(dec, n), 3)), results, dec)
     modes = args.admission.split(",")
     for n in args.concurrency:
         for mode in modes:
             key = f"concurrency.{n}" if mode == modes[0] else f"concurrency_{mode}.{n}"
             guarded(
-                key, lambda n=n, mode=mode, key=key: log(key, run_conversations(dec, n, 512, args.new, mode))
+                key,
+                lambda n=n, mode=mode, key=key: results.log(
+                    key, run_conversations(dec, n, 512, args.new, mode)
+                ),
+                results,
             )
-    guarded("decode_step_ms", lambda: log("decode_step_ms", step_times(dec)), dec)
+    guarded("decode_step_ms", lambda: results.log("decode_step_ms", step_times(dec)), results, dec)
 
 
-def table(args: argparse.Namespace) -> None:
-    r = RESULTS
+def table(args: argparse.Namespace, results: Results) -> None:
+    r = results.data
     single_target = ">= 50" if args.tp > 1 else ">= 45" if args.fp8 else ">= 27"
     many_target = ">= 1000, p95 <= 2" if args.tp > 1 or args.fp8 else ""
     rows = [

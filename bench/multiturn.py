@@ -128,14 +128,16 @@ async def one_turn(
     }
 
 
-async def workload(bench: g.EngineBench, args: argparse.Namespace, key: str, seed: int) -> None:
+async def workload(
+    bench: g.EngineBench, args: argparse.Namespace, key: str, seed: int, results: g.Results
+) -> None:
     channels = [Channel(f"{key}-ch{i}", seed + i) for i in range(args.channels)]
     for turn in range(args.turns):
         result = await one_turn(bench, channels, turn, args)
-        g.log(f"{key}.turn{turn + 1}", result)
+        results.log(f"{key}.turn{turn + 1}", result)
     evictions = getattr(getattr(bench.inner, "pool", None), "evictions", None)
     if evictions is not None:
-        g.log(f"{key}.kv_blocks_evicted_so_far", evictions)
+        results.log(f"{key}.kv_blocks_evicted_so_far", evictions)
 
 
 async def set_reuse(bench: g.EngineBench, on: bool) -> None:
@@ -197,13 +199,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def record_setup(args: argparse.Namespace, on_cuda: bool) -> None:
+def record_setup(args: argparse.Namespace, on_cuda: bool) -> g.Results:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    g.OUT_FILE = out_dir / f"multiturn-{args.setup}.json"
+    results = g.Results(out_dir / f"multiturn-{args.setup}.json")
     gpu = f"1 x {torch.cuda.get_device_name(0)}" if on_cuda else f"none (CPU smoke run, shape {args.shape})"
-    g.log("setup.gpus", gpu)
-    g.log(
+    results.log("setup.gpus", gpu)
+    results.log(
         "setup.precision",
         ("FP8 e4m3 weights (weight-only)" if args.fp8 else ("bf16" if on_cuda else "float32") + " weights")
         + (
@@ -212,7 +214,7 @@ def record_setup(args: argparse.Namespace, on_cuda: bool) -> None:
             else ", KV cache in the activations' dtype"
         ),
     )
-    g.log(
+    results.log(
         "setup.engine",
         f'LocalEngine via Engine.generate, EngineSettings(decoder="static", max_batch_size={args.capacity}, '
         f"fp8_weights={args.fp8}, fp8_kv_cache={args.fp8_kv}, interleave_prefill={args.interleave}, "
@@ -220,8 +222,8 @@ def record_setup(args: argparse.Namespace, on_cuda: bool) -> None:
         "inference.fast.StaticSlotDecoder; offline word-level tokenizer with the Llama-3 vocabulary and chat "
         "template; special tokens' lm_head rows zeroed (replies carry only ordinary words)",
     )
-    g.log("setup.shape", {"name": args.shape, **g.SHAPES[args.shape], "layers_override": args.layers})
-    g.log(
+    results.log("setup.shape", {"name": args.shape, **g.SHAPES[args.shape], "layers_override": args.layers})
+    results.log(
         "setup.workload",
         {
             "channels": args.channels,
@@ -233,21 +235,22 @@ def record_setup(args: argparse.Namespace, on_cuda: bool) -> None:
             "arrival": "every channel sends its k-th message at the same moment, after all replies of turn k-1",
         },
     )
-    g.log(
+    results.log(
         "setup.versions",
         {"torch": torch.__version__, "PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF")},
     )
     this_run = "python3 bench/multiturn.py " + " ".join(sys.argv[1:])
     script = os.environ.get("BENCH_COMMAND")
-    g.log("command", f"{script}   (this run: {this_run})" if script else this_run)
+    results.log("command", f"{script}   (this run: {this_run})" if script else this_run)
+    return results
 
 
-def check_targets(args: argparse.Namespace) -> None:
+def check_targets(args: argparse.Namespace, results: g.Results) -> None:
     """Each target of issue 12 for this setup: met, or by how much it was missed (FP8 weights only here)."""
     name = "fp8" if args.fp8 and not args.fp8_kv else "bf16-fp8kv" if args.fp8_kv and not args.fp8 else None
     if name is None or args.shape != "70b" or args.channels != 16:
         return
-    turns = [v for k, v in sorted(g.RESULTS.get("reuse", {}).items()) if k.startswith("turn")]
+    turns = [v for k, v in sorted(results.get("reuse", {}).items()) if k.startswith("turn")]
     if not turns:
         return
     t = TARGETS[name]
@@ -263,7 +266,7 @@ def check_targets(args: argparse.Namespace) -> None:
             min(x["aggregate_tok_s"] for x in turns), t["aggregate_tok_s"], lower=False
         ),
     }
-    g.log("targets", notes)
+    results.log("targets", notes)
 
 
 def _verdict(value: float, target: float, *, lower: bool) -> str:
@@ -274,36 +277,36 @@ def _verdict(value: float, target: float, *, lower: bool) -> str:
 def main() -> None:
     args = parse_args()
     on_cuda = args.device == "cuda"
-    record_setup(args, on_cuda)
+    results = record_setup(args, on_cuda)
     cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="hanbot-fast-cache-")
     t = time.perf_counter()
     model, _ = g.build_70b(args.layers, args.shape, args.device)
     quiet_special_tokens(model)
-    g.log("materialise_s", round(time.perf_counter() - t, 2))
+    results.log("materialise_s", round(time.perf_counter() - t, 2))
     bench, warm = g.start_engine(model, args, cache_dir, make_inner(args))
-    g.log("start_to_first_chunk_s", round(warm, 2))
+    results.log("start_to_first_chunk_s", round(warm, 2))
     inner = bench.inner
-    g.log("decoder.class", type(inner).__name__)
-    g.log("decoder.kv_tokens", getattr(inner, "kv_tokens", None))
+    results.log("decoder.class", type(inner).__name__)
+    results.log("decoder.kv_tokens", getattr(inner, "kv_tokens", None))
 
     async def run_all() -> None:
         try:
             if args.no_reuse:
                 await set_reuse(bench, False)
-                await workload(bench, args, "no_reuse", 100)
+                await workload(bench, args, "no_reuse", 100, results)
                 return
-            await workload(bench, args, "reuse", 100)
+            await workload(bench, args, "reuse", 100, results)
             if args.compare_no_reuse:
                 await set_reuse(bench, False)
-                await workload(bench, args, "no_reuse", 200)
+                await workload(bench, args, "no_reuse", 200, results)
         finally:
             if on_cuda:
-                g.log("peak_gpu_mem_gib", round(torch.cuda.max_memory_allocated() / g.GIB, 2))
+                results.log("peak_gpu_mem_gib", round(torch.cuda.max_memory_allocated() / g.GIB, 2))
             await bench.engine.aclose()
 
     asyncio.run(run_all())
-    check_targets(args)
-    print(f"wrote {g.OUT_FILE}", flush=True)
+    check_targets(args, results)
+    print(f"wrote {results.path}", flush=True)
 
 
 if __name__ == "__main__":

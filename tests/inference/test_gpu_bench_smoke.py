@@ -60,3 +60,30 @@ def test_lora_mode_writes_the_lora_keys(tmp_path: Path) -> None:
     assert lora["switch_s"] > 0 and lora["failed_requests"] == 0
     assert lora["adapter_parameters"] > 0
     assert "bench/gpu_70b.py" in result["command"] and "--lora" in result["command"]
+
+
+def test_fp8_weights_built_layer_by_layer_equal_those_from_the_bf16_model() -> None:
+    """bench/gpu_70b.py --fp8 draws each layer's random weights and quantises it before drawing the next (so the
+    70B never sits whole in bf16 on the GPU); the FP8 weights must be the ones the decoder builds from
+    build_70b's whole model, tensor for tensor."""
+    import torch
+
+    from bench import gpu_70b
+    from inference.fast.decoder import decoder_weights
+    from inference.fast.parallel import SingleProcess
+
+    model, _ = gpu_70b.build_70b(None, "tiny", "cpu")
+    from_model = decoder_weights(model, fp8=True, parallel=SingleProcess())
+    by_layer = gpu_70b.fp8_weights_by_layer(gpu_70b.config_for("tiny"), "cpu")
+
+    def tensors(w):  # every tensor the decoder reads, FP8 bytes and scales included
+        out = [w.embed, w.norm, w.inv_freq]
+        out += [t for lw in w.layers for t in (lw.input_norm, lw.post_norm)]
+        for m in w.matrices():
+            out += [m.data.view(torch.uint8), m.scale]  # FP8 matrices (Fp8Weight)
+        return out
+
+    assert from_model.spec == by_layer.spec
+    pairs = list(zip(tensors(from_model), tensors(by_layer), strict=True))
+    assert len(pairs) == 3 + 2 * 2 + 2 * (4 * 2 + 1)
+    assert all(torch.equal(a, b) for a, b in pairs)
