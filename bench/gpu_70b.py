@@ -742,14 +742,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--lora-rank", type=int, default=16, help="rank of the random adapters (engine.lora_max_rank)"
     )
+    ap.add_argument(
+        "--lora-tenants",
+        type=int,
+        default=0,
+        help="with --lora: also N conversations spread over this many tenants' adapters, no base "
+        "(lora.mixed<T>.concurrency.<N>; issue 19); the pool gets at least that many slots",
+    )
     ap.add_argument("--no-cold", action="store_true")
     ap.add_argument("--child-cold", action="store_true")
     ap.add_argument("--cache-dir", default=None)
     args = ap.parse_args(argv)
     if args.lora and args.concurrency == _ints("1,4,16,32"):
         args.concurrency = [16]
+    if args.lora_tenants and not args.lora:
+        ap.error("--lora-tenants is a part of the LoRA mode (--lora)")
     if args.lora_slots is None:
-        args.lora_slots = 4 if args.lora else 0
+        args.lora_slots = max(4, args.lora_tenants) if args.lora else 0
+    if args.lora_slots < args.lora_tenants:
+        ap.error(
+            f"--lora-tenants {args.lora_tenants} needs --lora-slots >= {args.lora_tenants} (all at once)"
+        )
     if args.lora:
         args.no_cold = True  # the LoRA figures are ratios to the base measured in the same warm engine
     if args.capacity is None:

@@ -5,8 +5,10 @@ Random rank-``--lora-rank`` adapters on every module the trainer adapts (``infer
 linear_layer_names``: every linear layer of the decoder layers and the output head) are written as PEFT folders
 (adapter_config.json + adapter_model.safetensors) and loaded with ``LocalEngine.load_lora``; requests name their
 version in ``GenerationRequest.lora``. Figures (keys under ``lora.``): one conversation with an adapter and its ratio
-to the base; N conversations on one adapter; N conversations spread over 4 adapters and the base; load + switch of
-a new version while 8 conversations stream; failed requests over all of it.
+to the base; N conversations on one adapter; N conversations spread over 4 adapters and the base; with
+``--lora-tenants T``, N conversations spread over T tenants' adapters (no base: each team on its own version,
+``lora.mixed<T>.concurrency.<N>``); load + switch of a new version while 8 conversations stream; failed requests
+over all of it.
 """
 
 from __future__ import annotations
@@ -87,12 +89,15 @@ async def _streams(bench: Any, n: int, new: int, loras: list[str | None], tag: s
         return {"aggregate_tok_s": 0.0, "failed": failed}, failed
     wall = max(times[-1] for times in streams) - t0
     ttfts = sorted(times[0] - t0 for times in streams)
+    spans = [(times[0], times[-1]) for times in streams]
     return {
         "aggregate_tok_s": round(len(streams) * new / wall, 2),
         "p50_ttft_s": round(ttfts[len(ttfts) // 2], 3),
         "max_ttft_s": round(ttfts[-1], 3),
         "wall_s": round(wall, 2),
         "failed": failed,
+        # replies streaming at once, at most (below n: the KV cache or the slots made the others wait)
+        "max_running": max(sum(1 for a, b in spans if a <= start <= b) for start, _ in spans),
     }, failed
 
 
@@ -128,6 +133,23 @@ async def _switch_while_streaming(bench: Any, new: int, folder: Path, streams: i
         if isinstance(r, BaseException):
             print(f"switch: request failed: {r!r}", flush=True)
     return switch_s, failed
+
+
+async def _tenants(bench: Any, args: Any, root: Path, tenants: list[str], base_n: dict, log: Any) -> int:
+    """N conversations spread over the tenants' adapters (conversation i on tenant i mod T; no base), after
+    loading those not loaded yet; the ratio is to the base's N conversations of the same run. Failed requests."""
+    n = max(args.concurrency)
+    engine = bench.engine
+    key = f"lora.mixed{len(tenants)}"
+    t = time.perf_counter()
+    for name in tenants:
+        if name not in engine._pool.loaded:
+            await engine.load_lora(name, str(root / name))
+    log(f"{key}.load_s", round(time.perf_counter() - t, 2))
+    figures, failed = await _streams(bench, n, args.new, list(tenants), f"{len(tenants)} tenants")
+    log(f"{key}.concurrency.{n}", {**figures, "versions": list(tenants)})
+    log(f"{key}.concurrency.{n}.ratio", round(figures["aggregate_tok_s"] / base_n["aggregate_tok_s"], 3))
+    return failed
 
 
 def lora_step_times(dec: Any, key: str, buckets: tuple[int, ...] = (1, 16)) -> dict[str, dict[str, float]]:
@@ -185,8 +207,9 @@ def lora_phases(bench: Any, args: Any, config: Any, log: Any, on_cuda: bool) -> 
     root = Path(tempfile.mkdtemp(prefix="hanbot-lora-bench-"))
     t = time.perf_counter()
     names = [f"a{i}" for i in range(1, 5)]
+    tenants = [f"a{i}" for i in range(1, args.lora_tenants + 1)]  # the first four are names' own
     params = 0
-    for i, name in enumerate([*names, "promoted"]):
+    for i, name in enumerate([*names, "promoted", *tenants[len(names) :]]):
         params = write_random_adapter(root / name, config, args.lora_rank, seed=10 + i)
     log("lora.adapter_parameters", params)
     log("lora.adapter_write_s", round(time.perf_counter() - t, 2))
@@ -219,6 +242,7 @@ def lora_phases(bench: Any, args: Any, config: Any, log: Any, on_cuda: bool) -> 
             f"lora.mixed.concurrency.{n}.ratio",
             round(mixed_n["aggregate_tok_s"] / base_n["aggregate_tok_s"], 3),
         )
+        f_tenants = await _tenants(bench, args, root, tenants, base_n, log) if tenants else 0
         inner = _decoder(engine)
         pool = getattr(inner, "lora_pool", None)
         log("lora.side_stream", bool(pool is not None and pool.side is not None))
@@ -236,7 +260,7 @@ def lora_phases(bench: Any, args: Any, config: Any, log: Any, on_cuda: bool) -> 
         )
         log("lora.switch_s", round(switch_s, 3))
         log("lora.switch_streams", min(8, args.capacity))
-        failed = f0 + f1 + f2 + f3
+        failed = f0 + f1 + f2 + f3 + f_tenants
         log("lora.failed_requests", failed)
         log("lora.decoder_class_after_switch", _decoder_class(engine))
         if on_cuda:

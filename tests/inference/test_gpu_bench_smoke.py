@@ -87,3 +87,35 @@ def test_fp8_weights_built_layer_by_layer_equal_those_from_the_bf16_model() -> N
     pairs = list(zip(tensors(from_model), tensors(by_layer), strict=True))
     assert len(pairs) == 3 + 2 * 2 + 2 * (4 * 2 + 1)
     assert all(torch.equal(a, b) for a, b in pairs)
+
+
+@pytest.mark.slow
+def test_lora_tenants_spread_conversations_over_that_many_adapters(tmp_path: Path) -> None:
+    """--lora-tenants 8 (issue 19): the pool gets 8 slots and N conversations run over 8 tenants' adapters at once,
+    no base, beside the LoRA mode's other figures."""
+    cmd = [sys.executable, str(REPO / "bench" / "gpu_70b.py"), "--shape", "tiny", "--device", "cpu", "--lora"]
+    cmd += [
+        "--lora-tenants",
+        "8",
+        "--new",
+        "4",
+        "--concurrency",
+        "8",
+        "--setup",
+        "tenants",
+        "--out",
+        str(tmp_path),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "gpu-tenants.json").read_text())
+    assert "errors" not in result, result.get("errors")
+    lora = result["lora"]
+    assert lora["slots"] == 8
+    tenants = lora["mixed8"]["concurrency"]["8"]
+    assert tenants["versions"] == [f"a{i}" for i in range(1, 9)]
+    assert tenants["aggregate_tok_s"] > 0 and tenants["ratio"] > 0 and tenants["failed"] == 0
+    assert tenants["max_running"] == 8  # all eight tenants' conversations decoded together
+    assert lora["mixed"]["concurrency"]["8"]["versions"] == ["a1", "a2", "a3", "a4", "base"]
+    assert lora["failed_requests"] == 0
+    assert "--lora-tenants 8" in result["command"]
