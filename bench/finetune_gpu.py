@@ -14,7 +14,10 @@ docs/learning.md):
     python3 bench/finetune_gpu.py          # writes $RESULTS_DIR/finetune-gpu.json (default: bench/results)
 
 Environment: RESULTS_DIR; SEQ_LEN (2048); STEPS (3: the first is a warm-up, the others are timed); LORA_R (16);
-SHAPE=tiny (a 2-layer model, for a smoke test anywhere, CPU included); DEVICE (cuda:0, or cpu with SHAPE=tiny).
+SHAPE=tiny (a 2-layer model, for a smoke test anywhere, CPU included); DEVICE (cuda:0, or cpu with SHAPE=tiny);
+QUANT (nf4; none: plain linears, for a smoke test where bitsandbytes is missing); STOP_FILE (steps go on, up to
+STEPS, until this file exists, then the run ends without the held-out pass: bench/train_while_serving.py's trainer;
+each step's start and end, epoch seconds, are in step<N>_at).
 Figures are printed and the JSON rewritten as they come, so a run that dies part-way still leaves what it measured.
 """
 
@@ -45,6 +48,8 @@ STEPS = max(2, int(os.environ.get("STEPS", "3")))
 LORA_R = int(os.environ.get("LORA_R", "16"))
 TINY = os.environ.get("SHAPE") == "tiny"
 DEVICE = os.environ.get("DEVICE", "cuda:0")
+QUANT = os.environ.get("QUANT", "nf4")
+STOP_FILE = os.environ.get("STOP_FILE")
 
 results: dict[str, Any] = {}
 
@@ -77,9 +82,11 @@ def environment() -> None:
     import peft
 
     log("peft", peft.__version__)
-    import bitsandbytes
+    log("quant", QUANT)
+    if QUANT == "nf4":
+        import bitsandbytes
 
-    log("bitsandbytes", bitsandbytes.__version__)
+        log("bitsandbytes", bitsandbytes.__version__)
     if DEVICE.startswith("cuda"):
         log("gpu", torch.cuda.get_device_name(torch.device(DEVICE)))
         free, total = torch.cuda.mem_get_info(torch.device(DEVICE))
@@ -87,20 +94,22 @@ def environment() -> None:
 
 
 def build_qlora_base(cfg: LlamaConfig) -> LlamaForCausalLM:
-    """The model on the meta device, then each weight made on the device: NF4 for decoder linears, bf16 for the rest."""
-    import bitsandbytes as bnb
-
+    """The model on the meta device, then each weight made on the device: NF4 for decoder linears (QUANT=nf4), bf16
+    for the rest."""
     started = time.time()
     with init_empty_weights():
         model = LlamaForCausalLM(cfg)
     model = model.to(torch.bfloat16)
     log("params_B", round(sum(p.numel() for p in model.parameters()) / 1e9, 3))
     gen = torch.Generator(device=DEVICE).manual_seed(0)
-    for layer in model.model.layers:
-        for owner in (layer.self_attn, layer.mlp):
-            for name, child in list(owner.named_children()):
-                if isinstance(child, torch.nn.Linear):
-                    setattr(owner, name, quantised_linear(bnb, child, gen))
+    if QUANT == "nf4":
+        import bitsandbytes as bnb
+
+        for layer in model.model.layers:
+            for owner in (layer.self_attn, layer.mlp):
+                for name, child in list(owner.named_children()):
+                    if isinstance(child, torch.nn.Linear):
+                        setattr(owner, name, quantised_linear(bnb, child, gen))
     for name, param in list(model.named_parameters()):
         if param.device.type != "meta":
             continue
@@ -117,7 +126,7 @@ def build_qlora_base(cfg: LlamaConfig) -> LlamaForCausalLM:
         model.model.rotary_emb = LlamaRotaryEmbedding(cfg, device=DEVICE)  # transformers 5.17
     except TypeError:
         model.model.rotary_emb = LlamaRotaryEmbedding(cfg).to(DEVICE)  # later versions take no device
-    model.is_loaded_in_4bit = True  # what from_pretrained(quantization_config=...) would have set
+    model.is_loaded_in_4bit = QUANT == "nf4"  # what from_pretrained(quantization_config=...) would have set
     log("materialise_s", round(time.time() - started, 1))
     if DEVICE.startswith("cuda"):
         torch.cuda.synchronize()
@@ -197,9 +206,16 @@ def main() -> int:
         elapsed = time.time() - started
         times.append(elapsed)
         log(f"step{step}_s", round(elapsed, 3))
+        log(f"step{step}_at", [round(started, 3), round(started + elapsed, 3)])
         log(f"step{step}_loss", round(loss, 4))
         if DEVICE.startswith("cuda"):
             log("peak_mem_GiB", round(torch.cuda.max_memory_allocated(torch.device(DEVICE)) / 2**30, 2))
+            log("peak_reserved_GiB", round(torch.cuda.max_memory_reserved(torch.device(DEVICE)) / 2**30, 2))
+        if STOP_FILE and step >= 1 and Path(STOP_FILE).exists():
+            break
+    if STOP_FILE:  # the caller times the steps (step<N>_at) against what ran beside them
+        log("status", "stopped")
+        return 0
     timed = times[1:]
     step_s = sum(timed) / len(timed)
     log("train_step_s", round(step_s, 3))

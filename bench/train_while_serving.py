@@ -1,0 +1,434 @@
+"""Training while serving (issue 11, item 6): the FP8 engine and a QLoRA fine-tune of the 70B shape on one GPU.
+
+The learning loop's ``finetune.gpu_sharing = "shared"`` mode runs the trainer in its own process on the serving GPU
+while the engine keeps answering, the engine keeping ``engine.reserve_training_gib`` out of its KV cache for it
+(bot/learning/service.py pauses the engine only in "pause" mode). This benchmark measures what that costs both:
+
+1. The engine: the 70B shape with random weights, FP8 (drawn and quantised layer by layer: bench/gpu_70b.py's
+   ``fp8_weights_by_layer``), a ``LocalEngine`` with ``reserve_training_gib`` (``--reserve-training-gib``) and the
+   bot's defaults otherwise (interleaved prefill, prefix reuse, the adapter pool), fed ``GenerationRequest``s
+   through ``Engine.generate`` by bench/gpu_70b.py's ``EngineBench`` (512-token prompts, replies forced to
+   ``--new`` tokens).
+2. Idle: single-stream decode tok/s (the better of two) and ``--concurrency`` conversations arriving together.
+3. The trainer: ``bench/finetune_gpu.py`` in a child process (NF4 base, LoRA r=16 on every linear layer and the
+   head, ``--seq-len`` tokens a step, the product's training code: ``inference.finetune``), stepping until told to
+   stop (``STOP_FILE``). Its first step is a warm-up; the next ``--alone-steps`` run beside the idle engine: the
+   training step alone.
+4. Beside: the same serving figures while the trainer steps, then rounds of conversations until at least
+   ``--beside-steps`` training steps ran entirely inside the serving window: the training step beside the engine.
+
+Writes ``train-while-serving.json`` in ``--out``: ``idle`` and ``beside`` figures, their ratios (target: serving
+keeps >= 60% of its idle aggregate), the training step alone and beside, requests failed and refused for
+maintenance (``EnginePaused``; target 0), memory (the engine's KV cache, free GPU memory seen while both ran, the
+trainer's peak), the trainer's own figures under ``trainer``, and the command. The trainer's output goes to
+``train-while-serving-trainer.log`` beside it.
+
+  python3 bench/train_while_serving.py --out $OUT        # one H200 (bitsandbytes' wheel carried: docs/learning.md)
+  .venv/bin/python bench/train_while_serving.py --shape tiny --device cpu --new 8 --concurrency 2 --seq-len 64 \\
+      --out /tmp/tws-smoke                               # CPU smoke run: the same code, the trainer without NF4
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench import gpu_70b as g  # noqa: E402
+
+TARGET_RATIO = 0.6  # serving keeps at least this share of its idle aggregate (issue 11)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shape", choices=sorted(g.SHAPES), default="70b")
+    ap.add_argument("--layers", type=int, default=None, help="override the shape's layer count")
+    ap.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke run (with --shape tiny)")
+    ap.add_argument("--new", type=int, default=256, help="tokens of each reply (forced)")
+    ap.add_argument("--concurrency", type=int, default=16, help="conversations arriving together")
+    ap.add_argument(
+        "--reserve-training-gib",
+        type=float,
+        default=50.0,
+        help="engine.reserve_training_gib: GPU memory the engine keeps out of its KV cache for the trainer "
+        "(a QLoRA step of the 70B at 2,048 tokens peaks at 44.9 GiB allocated; its process needs a little more)",
+    )
+    ap.add_argument("--seq-len", type=int, default=2048, help="tokens of each training step")
+    ap.add_argument("--alone-steps", type=int, default=2, help="timed training steps beside the idle engine")
+    ap.add_argument(
+        "--beside-steps", type=int, default=2, help="training steps that must run inside the serving window"
+    )
+    ap.add_argument("--max-beside-s", type=float, default=150.0, help="serving rounds stop after this anyway")
+    ap.add_argument(
+        "--trainer-start-s", type=float, default=300.0, help="the trainer's build and first steps"
+    )
+    ap.add_argument(
+        "--train-quant",
+        choices=("nf4", "none"),
+        default=None,
+        help="the trainer's base: nf4 (QLoRA; default on a GPU) or none (plain linears: the CPU smoke run)",
+    )
+    ap.add_argument(
+        "--whole-prompt",
+        action="store_true",
+        help="engine.interleave_prefill off (the whole prompt prefilled at admission); default: on, the bot's default",
+    )
+    ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--out", default=os.environ.get("RESULTS_DIR", "bench/results"))
+    args = ap.parse_args(argv)
+    from bot.settings import EngineSettings
+
+    defaults = EngineSettings()
+    # what EngineBench and gpu_70b.materialise read: the FP8 engine with the bot's adapter pool
+    args.fp8, args.fp8_from_model = True, False
+    args.interleave = not args.whole_prompt
+    args.capacity = args.concurrency
+    args.lora_slots, args.lora_rank = defaults.lora_slots, defaults.lora_max_rank
+    args.train_quant = args.train_quant or ("nf4" if args.device == "cuda" else "none")
+    return args
+
+
+# ---------------------------------------------------------------- serving figures
+
+
+@dataclass
+class Tally:
+    """Requests that failed over the run, and those refused because the engine was paused for maintenance."""
+
+    failed: int = 0
+    refused_for_maintenance: int = 0
+
+    def add(self, exc: BaseException, tag: str) -> None:
+        from bot.errors import EnginePaused
+
+        print(f"{tag}: request failed: {exc!r}", flush=True)
+        self.failed += 1
+        if isinstance(exc, EnginePaused):
+            self.refused_for_maintenance += 1
+
+
+async def single_stream(bench: g.EngineBench, new: int, tally: Tally, tag: str) -> float:
+    """Decode tok/s of one conversation (512-token prompt), the better of two; a failed one counts in ``tally``."""
+    best = 0.0
+    for _ in range(2):
+        try:
+            best = max(best, await bench.single_stream(new))
+        except Exception as exc:
+            tally.add(exc, tag)
+    return round(best, 2)
+
+
+async def conversations(bench: g.EngineBench, n: int, new: int, seed: int, tally: Tally, tag: str) -> dict:
+    """n conversations (n channels, 512-token prompts) call generate at once; figures over those that streamed."""
+    requests = [bench.request(512, new, seed + i) for i in range(n)]
+    t0 = time.perf_counter()
+    results = await asyncio.gather(*(bench.stream(r) for r in requests), return_exceptions=True)
+    streams = [r for r in results if not isinstance(r, BaseException)]
+    for r in results:
+        if isinstance(r, BaseException):
+            tally.add(r, tag)
+    if not streams:
+        return {"aggregate_tok_s": 0.0, "failed": n}
+    wall = max(times[-1] for times in streams) - t0
+    ttfts = sorted(times[0] - t0 for times in streams)
+    spans = [(times[0], times[-1]) for times in streams]
+    gaps = sorted(b - a for times in streams for a, b in itertools.pairwise(times))
+    k = len(ttfts)
+    return {
+        "aggregate_tok_s": round(len(streams) * new / wall, 2),
+        "p50_ttft_s": round(statistics.median(ttfts), 3),
+        "p95_ttft_s": round(ttfts[min(k - 1, round(0.95 * (k - 1)))], 3),
+        "max_ttft_s": round(ttfts[-1], 3),
+        "max_stream_gap_s": round(gaps[-1], 3) if gaps else None,
+        "wall_s": round(wall, 2),
+        "max_running": max(sum(1 for a, b in spans if a <= start <= b) for start, _ in spans),
+        "failed": n - len(streams),
+    }
+
+
+def gpu_free_gib(on_cuda: bool) -> float | None:
+    """Free memory of the whole GPU (what the other process holds counts as used)."""
+    return round(torch.cuda.mem_get_info()[0] / g.GIB, 2) if on_cuda else None
+
+
+# ---------------------------------------------------------------- the trainer beside it
+
+
+class Trainer:
+    """bench/finetune_gpu.py in a child process, stepping until ``stop``; its figures are read from its JSON."""
+
+    def __init__(self, args: argparse.Namespace, log_path: Path) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="hanbot-tws-trainer-"))
+        self.stop_file = self.dir / "stop"
+        env = dict(os.environ)
+        env.update(
+            RESULTS_DIR=str(self.dir),
+            STEPS="100000",  # until the stop file
+            STOP_FILE=str(self.stop_file),
+            SEQ_LEN=str(args.seq_len),
+            DEVICE="cuda:0" if args.device == "cuda" else args.device,
+            QUANT=args.train_quant,
+            PYTHONUNBUFFERED="1",
+        )
+        if args.shape == "tiny":
+            env["SHAPE"] = "tiny"
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, str(REPO / "bench" / "finetune_gpu.py")],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=env,
+        )
+
+    def figures(self) -> dict[str, Any]:
+        """Its results file as written so far (rewritten after each figure: a half-written one reads as before)."""
+        try:
+            return json.loads((self.dir / "finetune-gpu.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def steps(self) -> list[tuple[int, float, float]]:
+        """(step, start, end) in epoch seconds, of every finished step."""
+        f = self.figures()
+        out: list[tuple[int, float, float]] = []
+        for i in itertools.count():
+            at = f.get(f"step{i}_at")
+            if at is None:
+                return out
+            out.append((i, at[0], at[1]))
+        return out  # pragma: no cover (count() never ends)
+
+    def failed(self) -> str | None:
+        code = self.process.poll()
+        if code is None or (code == 0 and self.stop_file.exists()):
+            return None
+        f = self.figures()
+        return f"trainer exited with {code}: {f.get('error') or self.tail()}"
+
+    def tail(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-1500:]
+
+    async def wait_steps(self, count: int, timeout_s: float) -> None:
+        """Until ``count`` steps have finished; raises if the trainer dies or takes longer than ``timeout_s``."""
+        deadline = time.time() + timeout_s
+        while len(self.steps()) < count:
+            if (why := self.failed()) is not None:
+                raise RuntimeError(why)
+            if time.time() > deadline:
+                raise TimeoutError(
+                    f"the trainer finished {len(self.steps())} of {count} steps in {timeout_s} s"
+                )
+            await asyncio.sleep(0.2)
+
+    def steps_within(self, start: float, end: float) -> list[float]:
+        """Durations of the steps that ran entirely inside [start, end]."""
+        return [b - a for i, a, b in self.steps() if i >= 1 and a >= start and b <= end]
+
+    def stop(self, timeout_s: float = 120.0) -> int | None:
+        self.stop_file.touch()
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+        finally:
+            self._log.close()
+
+
+def mean(values: list[float]) -> float | None:
+    return round(statistics.mean(values), 3) if values else None
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+# ---------------------------------------------------------------- the run
+
+
+async def idle_phase(
+    bench: g.EngineBench, args: argparse.Namespace, results: g.Results, tally: Tally
+) -> None:
+    results.log("idle.single_stream_tok_s", await single_stream(bench, args.new, tally, "idle"))
+    n = args.concurrency
+    results.log(f"idle.concurrency.{n}", await conversations(bench, n, args.new, 100, tally, "idle"))
+
+
+async def beside_phase(
+    bench: g.EngineBench, args: argparse.Namespace, results: g.Results, tally: Tally, trainer: Trainer
+) -> tuple[float, float]:
+    """Serving while the trainer steps: one single-stream figure, then rounds of conversations until enough
+    training steps ran inside the window (or ``--max-beside-s``). Returns the window (epoch seconds)."""
+    on_cuda = args.device == "cuda"
+    n = args.concurrency
+    start = time.time()
+    results.log("beside.single_stream_tok_s", await single_stream(bench, args.new, tally, "beside"))
+    rounds: list[dict] = []
+    free: list[float] = []
+    while True:
+        rounds.append(await conversations(bench, n, args.new, 1000 * (len(rounds) + 2), tally, "beside"))
+        if (f := gpu_free_gib(on_cuda)) is not None:
+            free.append(f)
+        inside = trainer.steps_within(start, time.time())
+        print(f"beside: round {len(rounds)}, {len(inside)} training steps inside", flush=True)
+        if len(inside) >= args.beside_steps or time.time() - start > args.max_beside_s:
+            break
+        if (why := trainer.failed()) is not None:
+            results.log("errors.trainer", why)
+            break
+    end = time.time()
+    results.log(f"beside.concurrency.{n}", rounds[0])
+    results.log(
+        f"beside.concurrency_rounds.{n}",
+        {
+            "rounds": len(rounds),
+            "aggregate_tok_s": [r["aggregate_tok_s"] for r in rounds],
+            "mean_aggregate_tok_s": mean([r["aggregate_tok_s"] for r in rounds]),
+            "p95_ttft_s": [r.get("p95_ttft_s") for r in rounds],
+        },
+    )
+    if free:
+        results.log("memory.gpu_free_min_while_both_GiB", min(free))
+    results.log("beside.window_s", round(end - start, 2))
+    return start, end
+
+
+def summarise(
+    args: argparse.Namespace, results: g.Results, tally: Tally, trainer: Trainer, window: Any
+) -> None:
+    """Training step alone and beside, the ratios, the targets."""
+    n = args.concurrency
+    start, end = window
+    alone = [b - a for i, a, b in trainer.steps() if i >= 1 and b <= start]
+    beside = trainer.steps_within(start, end)
+    results.log("train.step_s_alone", mean(alone))
+    results.log("train.step_s_beside", mean(beside))
+    results.log("train.steps_alone", [round(x, 3) for x in alone])
+    results.log("train.steps_beside", [round(x, 3) for x in beside])
+    results.log("train.step_ratio_beside_to_alone", ratio(mean(beside), mean(alone)))
+    results.log("train.seq_len", args.seq_len)
+    idle_agg = results.get(f"idle.concurrency.{n}.aggregate_tok_s")
+    beside_agg = results.get(f"beside.concurrency_rounds.{n}.mean_aggregate_tok_s")
+    results.log(
+        "ratio.single_stream",
+        ratio(results.get("beside.single_stream_tok_s"), results.get("idle.single_stream_tok_s")),
+    )
+    results.log(f"ratio.concurrency.{n}", ratio(beside_agg, idle_agg))
+    results.log("failed_requests", tally.failed)
+    results.log("refused_for_maintenance", tally.refused_for_maintenance)
+    kept = results.get(f"ratio.concurrency.{n}")
+    results.log(
+        "targets",
+        {
+            f"serving keeps >= {TARGET_RATIO:.0%} of its idle aggregate ({n} conversations)": (
+                f"{'met' if kept is not None and kept >= TARGET_RATIO else 'missed'}: {kept} "
+                f"({beside_agg} tok/s beside the trainer, {idle_agg} idle)"
+            ),
+            "no request refused for maintenance": (
+                f"{'met' if tally.refused_for_maintenance == 0 else 'missed'}: "
+                f"{tally.refused_for_maintenance} refused, {tally.failed} failed in all"
+            ),
+        },
+    )
+
+
+def record_setup(args: argparse.Namespace, on_cuda: bool) -> g.Results:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = g.Results(out / "train-while-serving.json")
+    results.log(
+        "setup.gpus",
+        f"1 x {torch.cuda.get_device_name(0)}" if on_cuda else f"none (CPU smoke run, shape {args.shape})",
+    )
+    results.log(
+        "setup.engine",
+        f'LocalEngine via Engine.generate, EngineSettings(decoder="static", max_batch_size={args.capacity}, '
+        f"fp8_weights=True, reserve_training_gib={args.reserve_training_gib}, interleave_prefill={args.interleave}, "
+        f"lora_slots={args.lora_slots}); inference.fast.StaticSlotDecoder over FP8 weights drawn and quantised "
+        "layer by layer (bench/gpu_70b.py fp8_weights_by_layer); 512-token prompts, replies forced to "
+        f"{args.new} tokens",
+    )
+    results.log(
+        "setup.trainer",
+        f"bench/finetune_gpu.py in its own process on the same GPU (QUANT={args.train_quant}, SEQ_LEN={args.seq_len}, "
+        "LoRA r=16 on every linear layer and the head, gradient checkpointing, AdamW; the product's "
+        "inference.finetune code), as finetune.gpu_sharing='shared' runs the trainer: the engine is not paused",
+    )
+    results.log("setup.shape", {"name": args.shape, **g.SHAPES[args.shape], "layers_override": args.layers})
+    results.log(
+        "setup.versions",
+        {"torch": torch.__version__, "PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF")},
+    )
+    this_run = "python3 bench/train_while_serving.py " + " ".join(sys.argv[1:])
+    script = os.environ.get("BENCH_COMMAND")
+    results.log("command", f"{script}   (this run: {this_run})" if script else this_run)
+    return results
+
+
+def main() -> None:
+    args = parse_args()
+    on_cuda = args.device == "cuda"
+    results = record_setup(args, on_cuda)
+    cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="hanbot-fast-cache-")
+    model, make_inner = g.materialise(args, results)
+    bench, start_s = g.start_engine(model, args, cache_dir, make_inner)
+    results.log("engine_start_s", round(start_s, 2))
+    inner = bench.inner
+    results.log("decoder_class", type(inner).__name__)
+    results.log("memory.kv_cache_tokens", getattr(inner, "kv_tokens", None))
+    results.log("memory.gpu_free_with_engine_GiB", gpu_free_gib(on_cuda))
+    tally = Tally()
+    log_path = Path(args.out) / "train-while-serving-trainer.log"
+
+    async def run_all() -> None:
+        trainer: Trainer | None = None
+        try:
+            await idle_phase(bench, args, results, tally)
+            trainer = Trainer(args, log_path)
+            t = time.time()
+            await trainer.wait_steps(1 + args.alone_steps, args.trainer_start_s)
+            results.log("train.start_to_alone_steps_done_s", round(time.time() - t, 2))
+            window = await beside_phase(bench, args, results, tally, trainer)
+            summarise(args, results, tally, trainer, window)
+        except Exception as exc:
+            import traceback
+
+            traceback.print_exc()
+            results.log("errors.run", repr(exc)[:1500])
+        finally:
+            if trainer is not None:
+                code = trainer.stop()
+                results.log("trainer", {**trainer.figures(), "exit_code": code})
+            if on_cuda:
+                results.log(
+                    "memory.engine_peak_allocated_GiB", round(torch.cuda.max_memory_allocated() / g.GIB, 2)
+                )
+            await bench.engine.aclose()
+
+    asyncio.run(run_all())
+    print(json.dumps({k: results.get(k) for k in ("idle", "beside", "ratio", "train", "targets")}, indent=1))
+    print(f"wrote {results.path}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
