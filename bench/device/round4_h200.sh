@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Round 4 on ONE H200 (kind nvidia-h200), in two device calls of at most ~9.5 minutes each; results and logs in $OUT.
+#   bash bench/device/round4_h200.sh a   # FP8 (~6 min): the engine bench (1/4/16/32 conversations, issue 12's 32),
+#                                        # training while serving (issue 11 item 6), 16/32 with interleaved prefill
+#   bash bench/device/round4_h200.sh b   # LoRA (~6.5 min): 8 tenants' adapters over 16 conversations in bf16 (issue
+#                                        # 19), the prototype baseline, the same LoRA bench in FP8
+# Or name the steps: fp8 tws fp8-interleave lora-bf16 baseline lora-fp8 (in that order within a call: each later
+# one finds the kernels the earlier ones compiled in $CACHE). Each step is bounded by `timeout` and writes its
+# figures as they come, so one cut short keeps what it measured. FP8 weights are drawn and quantised layer by layer
+# (bench/gpu_70b.py --fp8), so the FP8 steps also fit an H100; bf16 steps and the baseline need the H200's memory.
+# Carry .whl (`bash bench/gpu_wheels.sh --train`: pydantic & co., peft, bitsandbytes for the trainer) and .gpu
+# (prototype_baseline_gpu.py, for the baseline step).
+# Files back: a: gpu-h200x1-fp8-engine-round4.json, train-while-serving.json, gpu-h200x1-fp8-engine-interleave.json
+# and 4 logs; b: gpu-h200x1-{bf16,fp8}-lora-tenants8.json, prototype-baseline-h200x1-round4.json and 3 logs.
+# CPU smoke run of the steps' code: tests/inference/test_gpu_bench_smoke.py, test_train_while_serving_smoke.py; of
+# this script's plumbing (tiny shape on the CPU, no wheels, no baseline):
+#   ROUND4_SMOKE=1 PYTHON=.venv/bin/python OUT=/tmp/round4-smoke bash bench/device/round4_h200.sh a b
+set -u
+PY=${PYTHON:-python3}
+TINY="" ENGINE_SMALL="" TWS_SMALL="" LORA_SMALL=""
+if [ -n "${ROUND4_SMOKE:-}" ]; then
+  TINY="--shape tiny --device cpu --new 4"
+  ENGINE_SMALL="--concurrency 1,2 --ttft-prompts 16" TWS_SMALL="--concurrency 2 --seq-len 48 --beside-steps 1"
+  LORA_SMALL="--concurrency 8"
+  export PYTHONPATH=.
+else
+  if ! ls .whl/bitsandbytes-*.whl >/dev/null 2>&1; then
+    echo "note: no bitsandbytes wheel in .whl (bash bench/gpu_wheels.sh --train): the tws step's trainer will fail"
+  fi
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-bench/results}
+CACHE=${ROUND4_CACHE:-/tmp/hanbot-fast-cache}
+mkdir -p "$OUT" "$CACHE"
+CALL="$*"
+run() { # run LIMIT NAME COMMAND...: bounded, logged to $OUT/NAME.log, the command line recorded in the results
+  local limit=$1 name=$2 t=$SECONDS
+  shift 2
+  BENCH_COMMAND="bash bench/device/round4_h200.sh $CALL   (this step: $*)" timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  echo "=== $name (rc $?, $((SECONDS - t)) s)"
+}
+show() { # the figures worth reading in the reply, from a step's log
+  grep -v "^gemm_plan\|^baseline.raw\|^setup\.\|^command" "$OUT/$1.log" |
+    grep -E "$2|Error|error|Traceback|warm_start|kv_cache_tokens|materialise_s|gpu_free" | tail -"${3:-30}"
+}
+STEPS=()
+for arg in "${@:-a}"; do
+  case $arg in
+  a) STEPS+=(fp8 tws fp8-interleave) ;;
+  b) STEPS+=(lora-bf16 baseline lora-fp8) ;;
+  *) STEPS+=("$arg") ;;
+  esac
+done
+for step in "${STEPS[@]}"; do
+  case $step in
+  fp8) # the engine bench with FP8 weights, every phase (issue 12: 32 conversations, aggregate and p95 TTFT)
+    # shellcheck disable=SC2086
+    run 190 fp8-engine "$PY" bench/gpu_70b.py --fp8 --no-cold --cache-dir $CACHE \
+      --setup h200x1-fp8-engine-round4 --out "$OUT" $TINY $ENGINE_SMALL
+    show fp8-engine "^single_stream|^concurrency|^ttft|^decode_step|^peak|\| " 40
+    ;;
+  tws) # training while serving: the FP8 engine idle, then beside a QLoRA step of the 70B in its own process
+    # shellcheck disable=SC2086
+    run 270 train-while-serving "$PY" bench/train_while_serving.py --cache-dir $CACHE --out "$OUT" $TINY $TWS_SMALL
+    show train-while-serving "^idle|^beside|^ratio|^train\.|^failed|^refused|^memory|^targets|step.*_s:|peak" 40
+    ;;
+  fp8-interleave) # the same at 16 and 32 conversations with the bot's default, engine.interleave_prefill
+    # shellcheck disable=SC2086
+    run 100 fp8-interleave "$PY" bench/gpu_70b.py --fp8 --interleave --no-cold --concurrency 16,32 \
+      --ttft-prompts 512 --cache-dir $CACHE --setup h200x1-fp8-engine-interleave --out "$OUT" $TINY $ENGINE_SMALL
+    show fp8-interleave "^single_stream|^concurrency|^ttft|^peak" 12
+    ;;
+  lora-bf16) # the LoRA bench with 8 slots: base, one adapter, 4 adapters + base, 8 tenants (issue 19), switch
+    # shellcheck disable=SC2086
+    run 230 lora-bf16 "$PY" bench/gpu_70b.py --lora --lora-tenants 8 --no-cold --new 128 --concurrency 16 \
+      --cache-dir $CACHE --setup h200x1-bf16-lora-tenants8 --out "$OUT" $TINY $LORA_SMALL
+    show lora-bf16 "^lora\.(single|base|concurrency|mixed|switch|failed|decode_step|slots)|^peak" 30
+    ;;
+  baseline) # the prototype's way on the same machine (compare ratios within one call)
+    [ -n "${ROUND4_SMOKE:-}" ] && continue
+    RESULTS_DIR=/tmp timeout 140 python3 .gpu/prototype_baseline_gpu.py >"$OUT/baseline.log" 2>&1
+    echo "=== baseline (rc $?)"
+    cp /tmp/baseline.json "$OUT/prototype-baseline-h200x1-round4.json" 2>/dev/null
+    grep -E "tok_s|ttft|max_mem" "$OUT/baseline.log" | tail -12
+    ;;
+  lora-fp8)
+    # shellcheck disable=SC2086
+    run 200 lora-fp8 "$PY" bench/gpu_70b.py --fp8 --lora --lora-tenants 8 --no-cold --new 128 --concurrency 16 \
+      --cache-dir $CACHE --setup h200x1-fp8-lora-tenants8 --out "$OUT" $TINY $LORA_SMALL
+    show lora-fp8 "^lora\.(single|base|concurrency|mixed|switch|failed|decode_step|slots)|^peak" 30
+    ;;
+  *) echo "unknown step $step (a, b, fp8, tws, fp8-interleave, lora-bf16, baseline, lora-fp8)"; exit 2 ;;
+  esac
+done
