@@ -50,6 +50,7 @@ TINY = os.environ.get("SHAPE") == "tiny"
 DEVICE = os.environ.get("DEVICE", "cuda:0")
 QUANT = os.environ.get("QUANT", "nf4")
 STOP_FILE = os.environ.get("STOP_FILE")
+PARENT = os.getppid()
 
 results: dict[str, Any] = {}
 
@@ -211,8 +212,8 @@ def main() -> int:
         if DEVICE.startswith("cuda"):
             log("peak_mem_GiB", round(torch.cuda.max_memory_allocated(torch.device(DEVICE)) / 2**30, 2))
             log("peak_reserved_GiB", round(torch.cuda.max_memory_reserved(torch.device(DEVICE)) / 2**30, 2))
-        if STOP_FILE and step >= 1 and Path(STOP_FILE).exists():
-            break
+        if STOP_FILE and step >= 1 and (Path(STOP_FILE).exists() or os.getppid() != PARENT):
+            break  # told to stop, or the process that started this one is gone (killed by a timeout)
     if STOP_FILE:  # the caller times the steps (step<N>_at) against what ran beside them
         log("status", "stopped")
         return 0

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Round 4 on ONE H200 (kind nvidia-h200), in two device calls of at most ~9.5 minutes each; results and logs in $OUT.
+# Round 4 on ONE H200 (kind nvidia-h200), in two device calls (run with timeout_s 600: the steps' own timeouts add up
+# to 540 s a call, plus ~15 s of wheel installation); results and logs in $OUT.
 #   bash bench/device/round4_h200.sh a   # FP8 (~6 min): the engine bench (1/4/16/32 conversations, issue 12's 32),
 #                                        # training while serving (issue 11 item 6), 16/32 with interleaved prefill
 #   bash bench/device/round4_h200.sh b   # LoRA (~6.5 min): 8 tenants' adapters over 16 conversations in bf16 (issue
@@ -38,7 +39,7 @@ CALL="$*"
 run() { # run LIMIT NAME COMMAND...: bounded, logged to $OUT/NAME.log, the command line recorded in the results
   local limit=$1 name=$2 t=$SECONDS
   shift 2
-  BENCH_COMMAND="bash bench/device/round4_h200.sh $CALL   (this step: $*)" timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  BENCH_COMMAND="bash bench/device/round4_h200.sh $CALL   (this step: $*)" timeout -k 15 "$limit" "$@" >"$OUT/$name.log" 2>&1
   echo "=== $name (rc $?, $((SECONDS - t)) s)"
 }
 show() { # the figures worth reading in the reply, from a step's log
@@ -57,13 +58,15 @@ for step in "${STEPS[@]}"; do
   case $step in
   fp8) # the engine bench with FP8 weights, every phase (issue 12: 32 conversations, aggregate and p95 TTFT)
     # shellcheck disable=SC2086
-    run 190 fp8-engine "$PY" bench/gpu_70b.py --fp8 --no-cold --cache-dir $CACHE \
+    run 180 fp8-engine "$PY" bench/gpu_70b.py --fp8 --no-cold --cache-dir $CACHE \
       --setup h200x1-fp8-engine-round4 --out "$OUT" $TINY $ENGINE_SMALL
     show fp8-engine "^single_stream|^concurrency|^ttft|^decode_step|^peak|\| " 40
     ;;
   tws) # training while serving: the FP8 engine idle, then beside a QLoRA step of the 70B in its own process
+    # two processes on one GPU: an exclusive compute mode would refuse the trainer's context (the log would say)
+    [ -n "${ROUND4_SMOKE:-}" ] || nvidia-smi --query-gpu=name,compute_mode,memory.used --format=csv,noheader
     # shellcheck disable=SC2086
-    run 270 train-while-serving "$PY" bench/train_while_serving.py --cache-dir $CACHE --out "$OUT" $TINY $TWS_SMALL
+    run 260 train-while-serving "$PY" bench/train_while_serving.py --cache-dir $CACHE --out "$OUT" $TINY $TWS_SMALL
     show train-while-serving "^idle|^beside|^ratio|^train\.|^failed|^refused|^memory|^targets|step.*_s:|peak" 40
     ;;
   fp8-interleave) # the same at 16 and 32 conversations with the bot's default, engine.interleave_prefill
@@ -74,20 +77,20 @@ for step in "${STEPS[@]}"; do
     ;;
   lora-bf16) # the LoRA bench with 8 slots: base, one adapter, 4 adapters + base, 8 tenants (issue 19), switch
     # shellcheck disable=SC2086
-    run 230 lora-bf16 "$PY" bench/gpu_70b.py --lora --lora-tenants 8 --no-cold --new 128 --concurrency 16 \
+    run 220 lora-bf16 "$PY" bench/gpu_70b.py --lora --lora-tenants 8 --no-cold --new 128 --concurrency 16 \
       --cache-dir $CACHE --setup h200x1-bf16-lora-tenants8 --out "$OUT" $TINY $LORA_SMALL
     show lora-bf16 "^lora\.(single|base|concurrency|mixed|switch|failed|decode_step|slots)|^peak" 30
     ;;
   baseline) # the prototype's way on the same machine (compare ratios within one call)
     [ -n "${ROUND4_SMOKE:-}" ] && continue
-    RESULTS_DIR=/tmp timeout 140 python3 .gpu/prototype_baseline_gpu.py >"$OUT/baseline.log" 2>&1
+    RESULTS_DIR=/tmp timeout 130 python3 .gpu/prototype_baseline_gpu.py >"$OUT/baseline.log" 2>&1
     echo "=== baseline (rc $?)"
     cp /tmp/baseline.json "$OUT/prototype-baseline-h200x1-round4.json" 2>/dev/null
     grep -E "tok_s|ttft|max_mem" "$OUT/baseline.log" | tail -12
     ;;
   lora-fp8)
     # shellcheck disable=SC2086
-    run 200 lora-fp8 "$PY" bench/gpu_70b.py --fp8 --lora --lora-tenants 8 --no-cold --new 128 --concurrency 16 \
+    run 190 lora-fp8 "$PY" bench/gpu_70b.py --fp8 --lora --lora-tenants 8 --no-cold --new 128 --concurrency 16 \
       --cache-dir $CACHE --setup h200x1-fp8-lora-tenants8 --out "$OUT" $TINY $LORA_SMALL
     show lora-fp8 "^lora\.(single|base|concurrency|mixed|switch|failed|decode_step|slots)|^peak" 30
     ;;
