@@ -175,22 +175,26 @@ class FastLlama:
         lora: LoraBatch | None = None,
     ) -> torch.Tensor:
         """Run the tokens of several sequences in one pass; returns final hidden states [tokens, hidden]."""
+        spec = self.spec
+        batch = ops.prefill_batch(  # the kernel's tables, once per pass for every layer
+            [(s.offset, s.length, s.start, s.blocks) for s in segments],
+            spec.num_heads,
+            spec.num_kv_heads,
+            spec.head_dim,
+            self.block_size,
+            ids.device,
+        )
 
         def attend(q: torch.Tensor, layer: int) -> torch.Tensor:
-            outs = [
-                ops.prefill_attention(
-                    q[s.offset : s.offset + s.length],
-                    self.k_cache[layer],
-                    self.v_cache[layer],
-                    s.blocks,
-                    s.start,
-                    self.scale,
-                    self.k_scale[layer],
-                    self.v_scale[layer],
-                )
-                for s in segments
-            ]
-            return outs[0] if len(outs) == 1 else torch.cat(outs)
+            return ops.prefill_attention_batch(
+                q,
+                self.k_cache[layer],
+                self.v_cache[layer],
+                batch,
+                self.scale,
+                self.k_scale[layer],
+                self.v_scale[layer],
+            )
 
         x = F.embedding(ids, self.w.embed)
         return self._layers(x, positions, slot_mapping, attend, lora)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from types import ModuleType
 
 import torch
@@ -238,3 +240,70 @@ def prefill_attention(
         cols = torch.arange(length, device=q.device)[None, :]
         o = F.scaled_dot_product_attention(qh, k[None], v[None], attn_mask=cols <= rows, scale=scale)
     return o[0].transpose(0, 1).reshape(tokens, n_heads * d)
+
+
+@dataclass(frozen=True)
+class PrefillBatch:
+    """The sequences of one prefill pass, as the attention of every layer reads them (built once per pass).
+
+    ``segments``: (q offset, new tokens, start, block ids) per sequence (the torch path's loop). With the Triton
+    kernel also ``meta`` int32 [sequences, 3 + blocks] (q offset, new tokens, start, block ids padded) and ``tiles``
+    int32 [programs, 2] (sequence, first new token), ``tile_tokens`` new tokens each."""
+
+    segments: list[tuple[int, int, int, torch.Tensor]]
+    meta: torch.Tensor | None = None
+    tiles: torch.Tensor | None = None
+    tile_tokens: int = 0
+
+
+def prefill_batch(
+    segments: Sequence[tuple[int, int, int, torch.Tensor]],
+    n_heads: int,
+    n_kv: int,
+    head_dim: int,
+    block_size: int,
+    device: torch.device,
+) -> PrefillBatch:
+    """The metadata of a prefill pass: the kernel's tables on ``device`` when the kernel serves, else the list."""
+    segs = list(segments)
+    if triton_kernels(device) is None:
+        return PrefillBatch(segs)
+    from inference.fast import prefill_attn
+
+    if not prefill_attn.supported(head_dim, block_size):
+        return PrefillBatch(segs)
+    tok = prefill_attn.tile_tokens(n_heads // n_kv, device)
+    width = max(int(b.shape[0]) for *_, b in segs)
+    head = torch.tensor([[o, n, s] for o, n, s, _ in segs], dtype=torch.int32)
+    tiles = torch.tensor(
+        [[i, t0] for i, (_, n, _, _) in enumerate(segs) for t0 in range(0, n, tok)], dtype=torch.int32
+    )
+    meta = torch.zeros((len(segs), 3 + width), dtype=torch.int32, device=device)
+    meta[:, :3] = head.to(device)
+    for i, (*_, blocks) in enumerate(segs):
+        meta[i, 3 : 3 + blocks.shape[0]] = blocks
+    return PrefillBatch(segs, meta, tiles.to(device), tok)
+
+
+def prefill_attention_batch(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    batch: PrefillBatch,
+    scale: float,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Causal attention of every sequence of a prefill pass: one kernel launch, or the torch loop per sequence.
+    q: [tokens, heads, d]; returns [tokens, heads * d]."""
+    if batch.meta is not None and batch.tiles is not None:
+        from inference.fast import prefill_attn
+
+        return prefill_attn.prefill_attention(
+            q.contiguous(), k_cache, v_cache, batch.meta, batch.tiles, batch.tile_tokens, scale, k_scale, v_scale
+        )
+    outs = [
+        prefill_attention(q[o : o + n], k_cache, v_cache, blocks, s, scale, k_scale, v_scale)
+        for o, n, s, blocks in batch.segments
+    ]
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
