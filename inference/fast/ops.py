@@ -300,7 +300,15 @@ def prefill_attention_batch(
         from inference.fast import prefill_attn
 
         return prefill_attn.prefill_attention(
-            q.contiguous(), k_cache, v_cache, batch.meta, batch.tiles, batch.tile_tokens, scale, k_scale, v_scale
+            q.contiguous(),
+            k_cache,
+            v_cache,
+            batch.meta,
+            batch.tiles,
+            batch.tile_tokens,
+            scale,
+            k_scale,
+            v_scale,
         )
     outs = [
         prefill_attention(q[o : o + n], k_cache, v_cache, blocks, s, scale, k_scale, v_scale)

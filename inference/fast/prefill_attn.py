@@ -39,6 +39,60 @@ def supported(head_dim: int, block_size: int) -> bool:
 
 
 @triton.jit
+def _attend_block(
+    q,
+    q_pos,
+    m_i,
+    l_i,
+    acc,
+    k_head,
+    v_head,
+    ks_head,
+    vs_head,
+    blk,
+    i,
+    tile_kv,
+    t,
+    scale,
+    stride_kb,
+    stride_sb,
+    FP8: tl.constexpr,
+    IEEE: tl.constexpr,
+    BS: tl.constexpr,
+):
+    """One KV block of the online softmax, causally masked (every row sees key 0: its maximum is finite after the
+    first block)."""
+    kv_base = blk * stride_kb
+    if FP8:  # dequantised in registers: e4m3 * the token's scale, in the query's dtype
+        s_off = blk * stride_sb + t
+        k = (tl.load(k_head + kv_base + tile_kv).to(tl.float32) * tl.load(ks_head + s_off)[:, None]).to(
+            q.dtype
+        )
+    else:
+        k = tl.load(k_head + kv_base + tile_kv)
+    if IEEE:
+        scores = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
+    else:
+        scores = tl.dot(q, tl.trans(k)) * scale
+    scores = tl.where((i * BS + t)[None, :] <= q_pos[:, None], scores, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+    p = tl.exp(scores - m_new[:, None])
+    alpha = tl.exp(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    if FP8:
+        v = (tl.load(v_head + kv_base + tile_kv).to(tl.float32) * tl.load(vs_head + s_off)[:, None]).to(
+            q.dtype
+        )
+    else:
+        v = tl.load(v_head + kv_base + tile_kv)
+    if IEEE:
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+    else:
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _prefill_attn_kernel(
     q_ptr,
     k_ptr,
@@ -50,6 +104,7 @@ def _prefill_attn_kernel(
     v_scale_ptr,
     scale,
     stride_meta,
+    stride_o,
     stride_kb,
     stride_kh,
     stride_kt,
@@ -79,43 +134,45 @@ def _prefill_attn_kernel(
     heads = kvh * G + g
     d = tl.arange(0, D)
     t = tl.arange(0, BS)
-    q_rows = ((q_off + tok).to(tl.int64) * N_HEADS + heads) * D
-    q = tl.load(q_ptr + q_rows[:, None] + d[None, :], mask=valid[:, None], other=0.0)
+    rows = (q_off + tok).to(tl.int64) * N_HEADS + heads
+    q = tl.load(q_ptr + rows[:, None] * D + d[None, :], mask=valid[:, None], other=0.0)
     q_pos = start + tok
     limit = start + tl.minimum(t0 + TOK, length)  # keys [0, limit) are visible to some row of the tile
     m_i = tl.full((TOK * GP,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((TOK * GP,), dtype=tl.float32)
     acc = tl.zeros((TOK * GP, D), dtype=tl.float32)
+    tile_kv = t[:, None] * stride_kt + d[None, :]  # int32, one block's K or V of this head
+    k_head = k_ptr + kvh * stride_kh
+    v_head = v_ptr + kvh * stride_kh
+    ks_head = k_scale_ptr + kvh * stride_sh
+    vs_head = v_scale_ptr + kvh * stride_sh
     for i in range(0, tl.cdiv(limit, BS)):
         blk = tl.load(row + 3 + i).to(tl.int64)
-        kv_off = blk * stride_kb + kvh * stride_kh + t[:, None] * stride_kt + d[None, :]
-        if FP8:  # dequantised in registers: e4m3 * the token's scale, in the query's dtype
-            s_off = blk * stride_sb + kvh * stride_sh + t
-            k = (tl.load(k_ptr + kv_off).to(tl.float32) * tl.load(k_scale_ptr + s_off)[:, None]).to(q.dtype)
-        else:
-            k = tl.load(k_ptr + kv_off)
-        if IEEE:
-            scores = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
-        else:
-            scores = tl.dot(q, tl.trans(k)) * scale
-        k_pos = i * BS + t
-        # every row sees key 0, so each row's maximum is finite after the first block
-        scores = tl.where(k_pos[None, :] <= q_pos[:, None], scores, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-        p = tl.exp(scores - m_new[:, None])
-        alpha = tl.exp(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        if FP8:
-            v = (tl.load(v_ptr + kv_off).to(tl.float32) * tl.load(v_scale_ptr + s_off)[:, None]).to(q.dtype)
-        else:
-            v = tl.load(v_ptr + kv_off)
-        if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+        m_i, l_i, acc = _attend_block(
+            q,
+            q_pos,
+            m_i,
+            l_i,
+            acc,
+            k_head,
+            v_head,
+            ks_head,
+            vs_head,
+            blk,
+            i,
+            tile_kv,
+            t,
+            scale,
+            stride_kb,
+            stride_sb,
+            FP8,
+            IEEE,
+            BS,
+        )
     out = acc / l_i[:, None]
-    tl.store(o_ptr + q_rows[:, None] + d[None, :], out.to(o_ptr.dtype.element_ty), mask=valid[:, None])
+    # the output's offsets from the runtime row stride: not the query's (kept live through the loop otherwise)
+    o_off = (q_off + tok).to(tl.int64) * stride_o + heads * D
+    tl.store(o_ptr + o_off[:, None] + d[None, :], out.to(o_ptr.dtype.element_ty), mask=valid[:, None])
 
 
 def prefill_attention(
@@ -155,6 +212,7 @@ def prefill_attention(
         vs,
         scale,
         meta.stride(0),
+        out.stride(0),
         k_cache.stride(0),
         k_cache.stride(1),
         k_cache.stride(2),

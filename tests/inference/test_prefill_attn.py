@@ -128,7 +128,9 @@ def test_kernel_prefill_attention_equals_the_torch_path(
     # before the product with V (as flash attention does), and the output once
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol)
-    print(f"PREFILL_ATTN_REL_ERR heads={heads} kv={kv} {dtype} fp8={fp8}: {_rel(got.float(), want.float()):.3e}")
+    print(
+        f"PREFILL_ATTN_REL_ERR heads={heads} kv={kv} {dtype} fp8={fp8}: {_rel(got.float(), want.float()):.3e}"
+    )
 
 
 @needs_kernels
@@ -154,7 +156,18 @@ def test_prefill_kernels_under_interpreter() -> None:
     if not HAS_TRITON:
         pytest.skip("Triton is not installed (it is in the test extra for Linux x86-64)")
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-s", "-p", "no:cacheprovider", "-k", "test_kernel_"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        __file__,
+        "-q",
+        "-s",
+        "-p",
+        "no:cacheprovider",
+        "-k",
+        "test_kernel_",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
@@ -188,11 +201,16 @@ def test_prefill_kernel_compiles_for_hopper(fp8: bool) -> None:
         "v_scale_ptr": scales,
         "scale": "fp32",
     }
-    sig |= {n: "i32" for n in ("stride_meta", "stride_kb", "stride_kh", "stride_kt", "stride_sb", "stride_sh")}
+    sig |= {
+        n: "i32"
+        for n in ("stride_meta", "stride_o", "stride_kb", "stride_kh", "stride_kt", "stride_sb", "stride_sh")
+    }
     consts = dict(FP8=fp8, IEEE=False, G=8, GP=8, TOK=16, D=128, BS=64, N_HEADS=64)
     sig |= {n: "constexpr" for n in consts}
     src = ASTSource(fn=prefill_attn._prefill_attn_kernel, signature=sig, constexprs=consts)
-    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8, "num_stages": 2})
+    compiled = triton.compile(
+        src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8, "num_stages": 2}
+    )
     assert compiled.metadata.shared <= 227 * 1024
     assert ("e4m3" in compiled.asm["ptx"]) == fp8
 
@@ -212,43 +230,49 @@ def _time_ms(fn: object, reps: int = 10) -> float:
     return begin.elapsed_time(end) / reps
 
 
+def _gpu_turn(turn: int, start: int, n: int, fp8: bool) -> None:
+    """16 conversations of ``n`` new tokens after ``start`` at the 70B's head shape: errors and times printed."""
+    heads, kv, d, bs = 64, 8, 128, 64
+    g = torch.Generator(device="cuda").manual_seed(turn)
+    cpu = torch.Generator(device="cpu").manual_seed(turn)
+    scale = d**-0.5
+    n_blocks = 16 * (-(-(start + n) // bs) + 1) + 4
+    caches = _caches(n_blocks, kv, bs, d, torch.bfloat16, fp8, g)
+    segs = _segments([(start, n)] * 16, bs, n_blocks, cpu)
+    q = torch.randn((16 * n, heads, d), generator=g, device="cuda", dtype=torch.bfloat16)
+    want = _reference(q, caches, segs, scale)
+    got = _kernel(q, caches, segs, scale)
+    # float32 truth: the same (dequantised, bf16-rounded as both paths read it) cache and queries in float32
+    k32, v32 = caches[0].float(), caches[1].float()
+    if caches[2] is not None and caches[3] is not None:
+        k32 = (k32 * caches[2][..., None]).bfloat16().float()
+        v32 = (v32 * caches[3][..., None]).bfloat16().float()
+    truth = _reference(q.float(), (k32, v32, None, None), segs, scale)
+    err, err_torch = _rel(got.float(), want.float()), _rel(want.float(), truth)
+    err_kernel = _rel(got.float(), truth)
+    batch = ops.prefill_batch(segs, heads, kv, d, bs, q.device)
+    t_kernel = _time_ms(
+        lambda: ops.prefill_attention_batch(q, caches[0], caches[1], batch, scale, *caches[2:])
+    )
+    t_torch = _time_ms(lambda: _reference(q, caches, segs, scale), reps=3)
+    t_meta = _time_ms(lambda: ops.prefill_batch(segs, heads, kv, d, bs, q.device))
+    print(
+        f"GPU_PREFILL_ATTN_REL_ERR turn={turn} fp8={fp8} kernel_vs_torch={err:.3e} "
+        f"kernel_vs_fp32={err_kernel:.3e} torch_vs_fp32={err_torch:.3e}"
+    )
+    print(
+        f"GPU_PREFILL_ATTN_TIME turn={turn} fp8={fp8} 16x{n} new after {start}: kernel {t_kernel:.3f} ms, "
+        f"torch loop {t_torch:.3f} ms per layer (x80 layers: {80 * t_kernel:.1f} vs {80 * t_torch:.1f} ms); "
+        f"metadata {t_meta:.3f} ms per pass"
+    )
+    assert err_kernel <= 2 * err_torch + 1e-3
+    assert err <= 2e-2
+
+
 @pytest.mark.skipif(not CUDA or INTERPRET, reason="needs a CUDA GPU (the 70B head shape runs there)")
 @pytest.mark.parametrize("fp8", [True, False], ids=["fp8-cache", "bf16-cache"])
 def test_gpu_prefill_attention_70b_heads(fp8: bool) -> None:
     """The 70B's head shape, 16 conversations: turn 1 (520 new tokens from 0) and turn 2 (80 new after 768
     reused), the kernel against the torch path in bf16 (and both against float32), one layer's time each."""
-    heads, kv, d, bs = 64, 8, 128, 64
-    g = torch.Generator(device="cuda").manual_seed(0)
-    cpu = torch.Generator(device="cpu").manual_seed(0)
-    scale = d**-0.5
-    for turn, start, n in ((1, 0, 520), (2, 768, 80)):
-        n_blocks = 16 * (-(-(start + n) // bs) + 1) + 4
-        caches = _caches(n_blocks, kv, bs, d, torch.bfloat16, fp8, g)
-        segs = _segments([(start, n)] * 16, bs, n_blocks, cpu)
-        q = torch.randn((16 * n, heads, d), generator=g, device="cuda", dtype=torch.bfloat16)
-        want = _reference(q, caches, segs, scale)
-        got = _kernel(q, caches, segs, scale)
-        # float32 truth: the same (dequantised) cache and queries in float32
-        k32, v32 = caches[0].float(), caches[1].float()
-        if fp8:
-            assert caches[2] is not None and caches[3] is not None
-            k32 = (k32 * caches[2][..., None]).bfloat16().float()
-            v32 = (v32 * caches[3][..., None]).bfloat16().float()
-        truth = _reference(q.float(), (k32, v32, None, None), segs, scale)
-        err, err_torch = _rel(got.float(), want.float()), _rel(want.float(), truth)
-        err_kernel = _rel(got.float(), truth)
-        batch = ops.prefill_batch(segs, heads, kv, d, bs, q.device)
-        t_kernel = _time_ms(lambda: ops.prefill_attention_batch(q, *caches[:2], batch, scale, *caches[2:]))
-        t_torch = _time_ms(lambda: _reference(q, caches, segs, scale), reps=3)
-        t_meta = _time_ms(lambda: ops.prefill_batch(segs, heads, kv, d, bs, q.device))
-        print(
-            f"GPU_PREFILL_ATTN_REL_ERR turn={turn} fp8={fp8} kernel_vs_torch={err:.3e} "
-            f"kernel_vs_fp32={err_kernel:.3e} torch_vs_fp32={err_torch:.3e}"
-        )
-        print(
-            f"GPU_PREFILL_ATTN_TIME turn={turn} fp8={fp8} 16x{n} new after {start}: kernel {t_kernel:.3f} ms, "
-            f"torch loop {t_torch:.3f} ms per layer (x80 layers: {80 * t_kernel:.1f} vs {80 * t_torch:.1f} ms); "
-            f"metadata {t_meta:.3f} ms per pass"
-        )
-        assert err_kernel <= 2 * err_torch + 1e-3
-        assert err <= 2e-2
+    _gpu_turn(1, 0, 520, fp8)
+    _gpu_turn(2, 768, 80, fp8)
