@@ -228,17 +228,15 @@ def prefill_attention(
     length = start + tokens
     k = gather_kv(k_cache, blocks, length, k_scale, q.dtype)
     v = gather_kv(v_cache, blocks, length, v_scale, q.dtype)
-    group = n_heads // k.shape[0]
-    if group > 1:
-        k = k.repeat_interleave(group, dim=0)
-        v = v.repeat_interleave(group, dim=0)
-    qh = q.transpose(0, 1)[None]  # [1, heads, tokens, d]
+    qh = q.transpose(0, 1)[None]  # [1, heads, tokens, d]; the KV heads shared by their groups (no copies)
     if start == 0:
-        o = F.scaled_dot_product_attention(qh, k[None], v[None], is_causal=True, scale=scale)
+        o = F.scaled_dot_product_attention(qh, k[None], v[None], is_causal=True, scale=scale, enable_gqa=True)
     else:
         rows = torch.arange(tokens, device=q.device)[:, None] + start
         cols = torch.arange(length, device=q.device)[None, :]
-        o = F.scaled_dot_product_attention(qh, k[None], v[None], attn_mask=cols <= rows, scale=scale)
+        o = F.scaled_dot_product_attention(
+            qh, k[None], v[None], attn_mask=cols <= rows, scale=scale, enable_gqa=True
+        )
     return o[0].transpose(0, 1).reshape(tokens, n_heads * d)
 
 
