@@ -32,6 +32,28 @@ CUDA = torch.cuda.is_available()
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
+def _patch_bf16_rounding() -> None:
+    """A defect of Triton 3.6's CPU interpreter, patched in the child process only: its float32 -> bf16 conversion
+    truncates (a bias of half a bf16 step on the probabilities and the output, as large as the error measured).
+    Converted here as the GPU does (round to nearest even), through torch."""
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime import interpreter as ti
+
+    if getattr(ti, "_hanbot_bf16_patched", False):
+        return
+    convert = ti._convert_float
+
+    def fixed(input, input_dtype, output_dtype, rounding_mode):  # type: ignore[no-untyped-def]
+        if output_dtype == tl.bfloat16 and input_dtype == tl.float32:
+            x = torch.from_numpy(np.ascontiguousarray(input, dtype=np.float32).copy())
+            return x.to(torch.bfloat16).view(torch.uint16).numpy()
+        return convert(input, input_dtype, output_dtype, rounding_mode)
+
+    ti._convert_float = fixed
+    ti._hanbot_bf16_patched = True
+
+
 def _kernels() -> ModuleType | None:
     if not HAS_TRITON or not (INTERPRET or CUDA):
         return None
@@ -41,6 +63,7 @@ def _kernels() -> ModuleType | None:
 
         _patch_interpreter()
         _patch_fp8_conversion()
+        _patch_bf16_rounding()
     from inference.fast import prefill_attn
 
     return prefill_attn
@@ -129,12 +152,12 @@ def test_kernel_prefill_attention_equals_the_torch_path(
     got = _kernel(q, caches, segs, d**-0.5)
     assert got.shape == want.shape == (tokens, heads * d) and got.dtype == dtype
     # float32: exact products under the interpreter, IEEE ones on a GPU; bf16: the probabilities are rounded to bf16
-    # before the product with V (as flash attention does), and the output once
+    # before the product with V (as flash attention does), and the output once (about 1e-3 relative in all)
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol)
-    print(
-        f"PREFILL_ATTN_REL_ERR heads={heads} kv={kv} {dtype} fp8={fp8}: {_rel(got.float(), want.float()):.3e}"
-    )
+    rel = _rel(got.float(), want.float())
+    print(f"PREFILL_ATTN_REL_ERR heads={heads} kv={kv} {dtype} fp8={fp8}: {rel:.3e}")
+    assert rel <= (1e-6 if dtype == torch.float32 else 3e-3)
 
 
 @needs_kernels
