@@ -273,9 +273,9 @@ def prefill_batch(
     tok = prefill_attn.tile_tokens(n_heads // n_kv, device)
     width = max(int(b.shape[0]) for *_, b in segs)
     head = torch.tensor([[o, n, s] for o, n, s, _ in segs], dtype=torch.int32)
-    tiles = torch.tensor(
-        [[i, t0] for i, (_, n, _, _) in enumerate(segs) for t0 in range(0, n, tok)], dtype=torch.int32
-    )
+    # the programs with the most keys first, so the last wave is made of short ones
+    work = [(s + min(t0 + tok, n), i, t0) for i, (_, n, s, _) in enumerate(segs) for t0 in range(0, n, tok)]
+    tiles = torch.tensor([[i, t0] for _, i, t0 in sorted(work, reverse=True)], dtype=torch.int32)
     meta = torch.zeros((len(segs), 3 + width), dtype=torch.int32, device=device)
     meta[:, :3] = head.to(device)
     for i, (*_, blocks) in enumerate(segs):
