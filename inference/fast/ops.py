@@ -264,8 +264,10 @@ def prefill_batch(
 ) -> PrefillBatch:
     """The metadata of a prefill pass: the kernel's tables on ``device`` when the kernel serves, else the list."""
     segs = list(segments)
-    if triton_kernels(device) is None:
-        return PrefillBatch(segs)
+    if triton_kernels(device) is None or os.environ.get("HANBOT_FAST_PREFILL_TORCH") == "1":
+        return PrefillBatch(
+            segs
+        )  # HANBOT_FAST_PREFILL_TORCH=1: this attention alone on the torch path (A/B runs)
     from inference.fast import prefill_attn
 
     if not prefill_attn.supported(head_dim, block_size):

@@ -161,6 +161,16 @@ def test_kernel_prefill_attention_equals_the_torch_path(
 
 
 @needs_kernels
+def test_kernel_switch_keeps_the_torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HANBOT_FAST_PREFILL_TORCH=1 keeps this attention alone on the torch path (the other kernels still serve)."""
+    segs = [(0, 5, 0, torch.tensor([1], device=KDEV))]
+    assert ops.prefill_batch(segs, 8, 2, 32, 16, KDEV).meta is not None
+    monkeypatch.setenv("HANBOT_FAST_PREFILL_TORCH", "1")
+    assert ops.prefill_batch(segs, 8, 2, 32, 16, KDEV).meta is None
+    assert ops.triton_kernels(KDEV) is not None
+
+
+@needs_kernels
 def test_kernel_prefill_attention_of_one_sequence_in_pieces() -> None:
     """A chunked prefill: the same sequence in two passes (start 0, then start 29) gives what one pass gives."""
     heads, kv, d, bs, n_blocks = 8, 2, 32, 16, 8
@@ -240,7 +250,7 @@ def test_prefill_kernels_under_interpreter() -> None:
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     passed = re.search(r"(\d+) passed", out)
-    assert passed and int(passed.group(1)) >= 14, out[-3000:]
+    assert passed and int(passed.group(1)) >= 15, out[-3000:]
 
 
 @pytest.mark.skipif(
