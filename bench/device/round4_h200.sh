@@ -5,7 +5,7 @@
 #                                        # training while serving (issue 11 item 6), 16/32 with interleaved prefill
 #   bash bench/device/round4_h200.sh b   # LoRA (~6.5 min): 8 tenants' adapters over 16 conversations in bf16 (issue
 #                                        # 19), the prototype baseline, the same LoRA bench in FP8
-# Or name the steps: fp8 tws fp8-interleave lora-bf16 baseline lora-fp8 (in that order within a call: each later
+# Or name the steps: fp8 tws fp8-interleave lora-bf16 baseline lora-fp8, gpu-tests multiturn-fp8 multiturn-bf16 (in that order within a call: each later
 # one finds the kernels the earlier ones compiled in $CACHE). Each step is bounded by `timeout` and writes its
 # figures as they come, so one cut short keeps what it measured. FP8 weights are drawn and quantised layer by layer
 # (bench/gpu_70b.py --fp8), so the FP8 steps also fit an H100; bf16 steps and the baseline need the H200's memory.
@@ -93,6 +93,23 @@ for step in "${STEPS[@]}"; do
     run 190 lora-fp8 "$PY" bench/gpu_70b.py --fp8 --lora --lora-tenants 8 --no-cold --new 128 --concurrency 16 \
       --cache-dir $CACHE --setup h200x1-fp8-lora-tenants8 --out "$OUT" $TINY $LORA_SMALL
     show lora-fp8 "^lora\.(single|base|concurrency|mixed|switch|failed|decode_step|slots)|^peak" 30
+    ;;
+  gpu-tests) # the GPU checks of the kernels of this round (prefill attention, LoRA) and of prefix reuse / FP8 KV
+    [ -n "${ROUND4_SMOKE:-}" ] && continue
+    run 120 gpu-tests python3 -m pytest -c /dev/null --noconftest -p no:cacheprovider -q -s -rfs \
+      tests/inference/test_prefill_attn.py tests/inference/test_fast_lora.py tests/inference/test_prefix_reuse.py \
+      tests/inference/test_fp8_kv.py -k "gpu or kernel or prefill"
+    show gpu-tests "REL_ERR|_TIME|passed|failed" 30
+    ;;
+  multiturn-fp8) # issue 12's workload (16 channels x 6 turns) with FP8 weights
+    # shellcheck disable=SC2086
+    run 200 multiturn-fp8 "$PY" bench/multiturn.py --fp8 --cache-dir $CACHE --out "$OUT" $TINY
+    show multiturn-fp8 "turn|targets" 20
+    ;;
+  multiturn-bf16) # the same with bf16 weights and the FP8 KV cache
+    # shellcheck disable=SC2086
+    run 180 multiturn-bf16-fp8kv "$PY" bench/multiturn.py --fp8-kv --cache-dir $CACHE --out "$OUT" $TINY
+    show multiturn-bf16-fp8kv "turn|targets" 20
     ;;
   *) echo "unknown step $step (a, b, fp8, tws, fp8-interleave, lora-bf16, baseline, lora-fp8)"; exit 2 ;;
   esac
