@@ -18,7 +18,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from bot.domain import (
     ChatTurn,
     ConversationKey,
-    GenerationParams,
     GenerationRequest,
     IncomingMessage,
     MessageStatus,
@@ -287,7 +286,7 @@ class ChatService:
             request_id=f"{msg.platform}:{msg.message_id}",
             channel=str(msg.conversation),
             turns=prompt.turns,
-            params=self._generation_params(),
+            params=self._settings.generation.params(),
             timeout_s=self._settings.generation.timeout_s,
             lora=self._lora_for(msg.conversation) if self._lora_for else None,
             user=f"{msg.platform}:{msg.author.id}",
@@ -364,16 +363,6 @@ class ChatService:
         if prompt.history_dropped and key not in self._trim_noticed:
             self._trim_noticed.add(key)
             await sink.send(say("chat.history_trimmed", lang, kept=prompt.history_used))
-
-    def _generation_params(self) -> GenerationParams:
-        g = self._settings.generation
-        return GenerationParams(
-            max_new_tokens=g.max_new_tokens,
-            temperature=g.temperature,
-            top_p=g.top_p,
-            repetition_penalty=g.repetition_penalty,
-            do_sample=g.temperature > 0,
-        )
 
     async def _collect(
         self, request: GenerationRequest, reply: _Reply, saved: StreamingReply

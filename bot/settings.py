@@ -22,6 +22,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from bot.domain import GenerationParams
 from bot.errors import ConfigError
 
 _log = logging.getLogger(__name__)
@@ -59,12 +60,29 @@ class ModelSettings(BaseModel):
     is_demo: bool = Field(False, description="set by `hanbot chat --demo`: announced at start")
 
 
+_GENERATION_DEFAULTS = GenerationParams()  # the one definition of the defaults: bot.domain.GenerationParams
+
+
 class GenerationSettings(BaseModel):
-    max_new_tokens: int = Field(256, ge=1, le=8192, description="longest reply, in tokens")
-    temperature: float = Field(0.6, ge=0.0, le=5.0, description="0 means greedy")
-    top_p: float = Field(0.9, gt=0.0, le=1.0, description="nucleus sampling")
-    repetition_penalty: float = Field(1.1, ge=1.0, le=3.0, description="1.0 turns it off")
+    max_new_tokens: int = Field(
+        _GENERATION_DEFAULTS.max_new_tokens, ge=1, le=8192, description="longest reply, in tokens"
+    )
+    temperature: float = Field(_GENERATION_DEFAULTS.temperature, ge=0.0, le=5.0, description="0 means greedy")
+    top_p: float = Field(_GENERATION_DEFAULTS.top_p, gt=0.0, le=1.0, description="nucleus sampling")
+    repetition_penalty: float = Field(
+        _GENERATION_DEFAULTS.repetition_penalty, ge=1.0, le=3.0, description="1.0 turns it off"
+    )
     timeout_s: float = Field(300.0, gt=0, description="a reply still running after this is stopped")
+
+    def params(self) -> GenerationParams:
+        """What a request asks the engine for (a temperature of 0 decodes greedily)."""
+        return GenerationParams(
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            repetition_penalty=self.repetition_penalty,
+            do_sample=self.temperature > 0,
+        )
 
 
 class ChatSettings(BaseModel):

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Sequence
 
 from bot.commands import CommandContext, CommandOption, CommandSpec
-from bot.domain import ChatTurn, CommandReply, GenerationParams, GenerationRequest, QuotedMessage, Role
+from bot.domain import ChatTurn, CommandReply, GenerationRequest, QuotedMessage, Role
 from bot.ports import ConversationHistory, Engine, HistoryError
 from bot.settings import Settings
 from bot.texts import Lang, language_of, say
@@ -49,7 +49,7 @@ def summarize_command(settings: Settings, engine: Engine) -> CommandSpec:
             request_id=f"{ctx.platform}:summarize:{uuid.uuid4().hex}",
             channel=str(ctx.conversation),
             turns=turns,
-            params=_params(settings),
+            params=settings.generation.params(),
             timeout_s=settings.generation.timeout_s,
             user=f"{ctx.platform}:{ctx.invoker.id}",
         )
@@ -116,14 +116,3 @@ def fit_prompt(
         if len(kept) <= 1 or engine.tokenizer.count_tokens(turns) <= budget:
             return turns
         kept = kept[max(1, len(kept) // 10) :]
-
-
-def _params(settings: Settings) -> GenerationParams:
-    g = settings.generation
-    return GenerationParams(
-        max_new_tokens=g.max_new_tokens,
-        temperature=g.temperature,
-        top_p=g.top_p,
-        repetition_penalty=g.repetition_penalty,
-        do_sample=g.temperature > 0,
-    )

@@ -24,7 +24,7 @@ import torch
 from transformers import Cache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
-from inference.decoder import SlotRequest
+from inference.decoder import DecoderDefaults, SlotRequest
 from inference.hf_compat import call_model, output_cache
 from inference.sampling import RowParams, history_mask, mark_seen, sample_next
 
@@ -46,8 +46,11 @@ class _Batch:
     adapters: list[str | None]  # each row's adapter inside the model (None: the base)
 
 
-class HFBatchDecoder:
-    """Continuous batching over a transformers causal LM with a dynamic (concatenating) KV cache."""
+class HFBatchDecoder(DecoderDefaults):
+    """Continuous batching over a transformers causal LM with a dynamic (concatenating) KV cache.
+
+    It prefills at admission, has no adapter pool (PEFT adapters live in the model) and reserves nothing ahead
+    (``DecoderDefaults``); it runs the model's own modules, so it follows a change of their weights at once."""
 
     def __init__(self, model: PreTrainedModel, capacity: int, *, memory_fraction: float = 0.9) -> None:
         self._model = model
@@ -109,6 +112,9 @@ class HFBatchDecoder:
         batch.next_ids = tokens
         self.tokens_decoded += len(batch.slots)
         return dict(zip(batch.slots, tokens.tolist(), strict=True))
+
+    def weights_changed(self) -> bool:
+        return True  # the next forward runs the model as it now is
 
     def release(self, slot: int) -> None:
         batch = self._batch

@@ -220,9 +220,9 @@ class LocalEngine:
             return
         self._closed = True
         await asyncio.to_thread(self._worker.stop, 30.0)
-        close = getattr(self._worker.decoder, "close", None)
-        if callable(close):  # frees the static decoder's KV cache; stops tensor-parallel followers
-            await asyncio.to_thread(close)
+        decoder = self._worker.decoder
+        if decoder is not None:  # frees the static decoder's KV cache; stops tensor-parallel followers
+            await asyncio.to_thread(decoder.close)
         _log.info("engine closed")
 
     # ---------------------------------------------------------------- steps of generate
@@ -263,23 +263,19 @@ class LocalEngine:
     def _switch_lora(self, change: Callable[[], None]) -> None:
         """Apply ``change`` to the model, then make sure the decoder serves what the model now computes.
 
-        HFBatchDecoder runs the model's own modules, so it follows at once. A decoder with an adapter pool never
-        comes here (``PoolLoras``). Another decoder that keeps its own copy of the weights follows if it offers
-        ``weights_changed()``; one that cannot is replaced by the hf decoder, so a promoted LoRA is never silently
-        left out (the replies running at that moment end early with an error; waiting ones are served by the new
-        decoder, which starts after the old one's KV memory is freed)."""
+        HFBatchDecoder runs the model's own modules, so it follows at once (its ``weights_changed`` says so). A
+        decoder with an adapter pool never comes here (``PoolLoras``). A decoder that keeps its own copy of the
+        weights and cannot follow (``weights_changed`` False) is replaced by the hf decoder, so a promoted LoRA is
+        never silently left out (the replies running at that moment end early with an error; waiting ones are
+        served by the new decoder, which starts after the old one's KV memory is freed)."""
         decoder = self._worker.decoder
-        refresh = getattr(decoder, "weights_changed", None)
-        if decoder is not None and not callable(refresh) and not getattr(decoder, "model_intact", True):
+        if decoder is not None and not decoder.model_intact:
             raise EngineError(
                 "this decoder has no adapter slots and the model's own weights are gone (FP8 or tensor-parallel "
                 "build): the base model keeps serving. Set engine.lora_slots above 0 to serve fine-tuned versions."
             )
         change()
-        if decoder is None or isinstance(decoder, HFBatchDecoder):
-            return
-        if callable(refresh):
-            refresh()
+        if decoder is None or decoder.weights_changed():
             return
         _log.warning(
             "%s cannot follow a LoRA switch: serving with the hf decoder from now on", type(decoder).__name__
@@ -345,7 +341,7 @@ async def _next_event(
 
 def _serves_adapters(decoder: BatchDecoder | None) -> bool:
     """Whether the decoder serves LoRA versions from its own pool, one per request (the fast decoder)."""
-    return decoder is not None and int(getattr(decoder, "adapter_slots", 0) or 0) > 0
+    return decoder is not None and decoder.adapter_slots > 0
 
 
 def _worker_threads(model: PreTrainedModel) -> int | None:

@@ -13,6 +13,7 @@ requests of that step (all of them were in it) and the worker keeps serving.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import gc
 import logging
 import threading
@@ -24,7 +25,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from bot.domain import GenerationRequest, QueuePosition, StreamEvent
+from bot.domain import GenerationParams, GenerationRequest, QueuePosition, StreamEvent
 from bot.errors import EngineError, GenerationCancelled, GenerationFailed
 from inference.decoder import BatchDecoder, SlotRequest
 from inference.detokenize import IncrementalDetokenizer
@@ -57,6 +58,15 @@ class Job:
     slot: int | None = None
     tokens: int = 0
     position: int = 0  # last queue position sent
+
+    @property
+    def params(self) -> GenerationParams:
+        """The request's parameters with ``max_new_tokens`` clipped to what the context leaves: what the decoder
+        reserves KV memory for is what the worker stops on."""
+        params = self.request.params
+        if params.max_new_tokens == self.max_new_tokens:
+            return params
+        return dataclasses.replace(params, max_new_tokens=self.max_new_tokens)
 
 
 @dataclass
@@ -92,7 +102,7 @@ class ModelWorker:
         name: str = "hanbot-model",
     ) -> None:
         """``torch_threads``: intra-op threads for the worker thread (None: torch's default).
-        ``interleave_prefill``: with a decoder that offers ``submit``, a newcomer's prompt is only queued at
+        ``interleave_prefill``: with a decoder that ``prefills_in_steps``, a newcomer's prompt is only queued at
         admission and prefilled in chunks inside the following steps, so the running replies keep streaming; its
         first token comes back from a step like any other. Off: the whole prompt is prefilled at admission."""
         self._decoder: BatchDecoder | None = decoder
@@ -186,10 +196,9 @@ class ModelWorker:
         for job in list(self._active.values()):
             self._finish(job, reason)
         old, self._decoder = self._decoder, None
-        close = getattr(old, "close", None)
-        if callable(close):
-            close()
-        del old, close
+        if old is not None:
+            old.close()
+        del old
         gc.collect()
         _free_accelerator_memory()
         self.set_decoder(make())
@@ -313,12 +322,13 @@ class ModelWorker:
             slot,
             len(job.prompt_ids),
         )
-        submit = getattr(decoder, "submit", None) if self._interleave else None
         try:
             lora = self.resolve_lora(job.request.lora) if self.resolve_lora is not None else None
-            request = SlotRequest(slot, tuple(job.prompt_ids), job.request.params, lora=lora)
-            if callable(submit):
-                submit(request)  # prefilled in the coming steps; the first token comes from one of them
+            request = SlotRequest(slot, tuple(job.prompt_ids), job.params, lora=lora)
+            if self._interleave and decoder.prefills_in_steps:
+                decoder.submit(
+                    request
+                )  # prefilled in the coming steps; the first token comes from one of them
                 return
             first = decoder.admit(request)
         except Exception as exc:
@@ -358,10 +368,7 @@ class ModelWorker:
 
     def _fail_prefills(self, decoder: BatchDecoder) -> None:
         """End the requests whose prefill failed inside the step (the others went on decoding)."""
-        take = getattr(decoder, "take_prefill_failures", None)
-        if not callable(take):
-            return
-        for slot, exc in take().items():
+        for slot, exc in decoder.take_prefill_failures().items():
             job = self._active.get(slot)
             if job is not None:
                 self._finish(job, _as_failure(job, exc, "prefilling"))
@@ -424,12 +431,8 @@ class ModelWorker:
 
 def _fits_with(decoder: BatchDecoder, taken: list[Job], job: Job) -> bool:
     """Whether ``job`` fits in the decoder's memory beside the jobs already taken this round (admitted right after,
-    so the decoder's own state does not count them yet). A decoder without ``can_admit_together`` is asked about
-    ``job`` alone (the hf decoder reserves nothing ahead)."""
-    together = getattr(decoder, "can_admit_together", None)
-    if callable(together):
-        return bool(together([(len(j.prompt_ids), j.max_new_tokens) for j in (*taken, job)]))
-    return decoder.can_admit(len(job.prompt_ids), job.max_new_tokens)
+    so the decoder's own state does not count them yet)."""
+    return decoder.can_admit_together([(len(j.prompt_ids), j.max_new_tokens) for j in (*taken, job)])
 
 
 def _as_failure(job: Job, exc: BaseException, stage: str) -> GenerationFailed:

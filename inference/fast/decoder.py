@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from bot.domain import GenerationParams
-from inference.decoder import AdapterSlotsFull, SlotRequest
+from inference.decoder import AdapterSlotsFull, DecoderDefaults, SlotRequest
 from inference.fast.gemm import LinearPlan
 from inference.fast.kv import GIB, BlockPool, KVBudget, kv_bytes_per_token, plan_kv_budget
 from inference.fast.lora import LoraBatch, LoraPool, read_peft_adapter
@@ -95,7 +95,7 @@ def decoder_weights(model: Any, *, fp8: bool, parallel: Parallel) -> LlamaWeight
     )
 
 
-class StaticSlotDecoder:
+class StaticSlotDecoder(DecoderDefaults):
     """Batch decoder for Llama-architecture transformers models; CUDA graphs on a GPU, the same code eagerly on CPU.
 
     ``model`` is a loaded transformers Llama model, or LlamaWeights already built (``weights.build_weights``: a
@@ -314,6 +314,10 @@ class StaticSlotDecoder:
     @property
     def capacity(self) -> int:
         return self._capacity
+
+    @property
+    def prefills_in_steps(self) -> bool:
+        return True
 
     @property
     def max_request_tokens(self) -> int:
@@ -574,9 +578,7 @@ class StaticSlotDecoder:
             rows -= 1
         if self.pool.blocks_for(per + 4) > self.pool.free_blocks:
             return
-        params = GenerationParams(
-            max_new_tokens=3, temperature=0.6, top_p=0.9, repetition_penalty=1.1, seed=0
-        )
+        params = GenerationParams(max_new_tokens=3, seed=0)  # sampled with the default settings
         g = torch.Generator().manual_seed(0)
         vocab = self._weights.spec.vocab_size
         batch = [torch.randint(0, vocab, (per,), generator=g).tolist() for _ in range(rows)]

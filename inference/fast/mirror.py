@@ -7,6 +7,10 @@ on their own slice of the model in the same order, so the collectives inside the
 same way (same KV pool sizes, agreed at start; same logits, so the same sampled tokens), so the followers need
 nothing back. Queries that change nothing (``capacity``, ``can_admit``) are answered by rank 0 alone.
 
+Every member of ``BatchDecoder`` is written out here, each either mirrored (``MIRRORED``) or a query; nothing is
+forwarded implicitly, so a capability added to the protocol later must be added here too (tests/inference/
+test_decoder_protocol.py checks it) and cannot silently reach rank 0 only. Inspection for tests goes to ``inner``.
+
 A request without a seed gets one here, before it is sent: each rank's sampler would otherwise draw its own.
 """
 
@@ -15,10 +19,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from inference.decoder import SlotRequest
+from inference.fast.decoder import StaticSlotDecoder
 from inference.fast.parallel import Parallel
 
 _log = logging.getLogger(__name__)
@@ -34,6 +39,7 @@ MIRRORED = (
     "close",
     "load_adapter",
     "retire_adapter",
+    "weights_changed",
 )
 _STOP = "__stop__"
 
@@ -48,7 +54,7 @@ def _seeded(request: SlotRequest) -> SlotRequest:
 class MirroredDecoder:
     """The BatchDecoder rank 0's engine uses: ``inner`` (this rank's StaticSlotDecoder) plus the followers."""
 
-    def __init__(self, inner: Any, group: Parallel) -> None:
+    def __init__(self, inner: StaticSlotDecoder, group: Parallel) -> None:
         self.inner = inner
         self.group = group
         self._closed = False
@@ -56,11 +62,23 @@ class MirroredDecoder:
     def _send(self, name: str, *args: Any) -> None:
         self.group.send_call((name, args))
 
-    # ---- the BatchDecoder contract and the static decoder's extras ----
+    # ---- queries: rank 0 answers alone (every rank's state is the same) ----
 
     @property
     def capacity(self) -> int:
         return int(self.inner.capacity)
+
+    @property
+    def prefills_in_steps(self) -> bool:
+        return self.inner.prefills_in_steps
+
+    @property
+    def adapter_slots(self) -> int:
+        return self.inner.adapter_slots
+
+    @property
+    def model_intact(self) -> bool:
+        return self.inner.model_intact
 
     @property
     def max_request_tokens(self) -> int:
@@ -68,6 +86,15 @@ class MirroredDecoder:
 
     def can_admit(self, prompt_len: int, max_new_tokens: int) -> bool:
         return bool(self.inner.can_admit(prompt_len, max_new_tokens))
+
+    def can_admit_together(self, sizes: Sequence[tuple[int, int]]) -> bool:
+        return bool(self.inner.can_admit_together(sizes))
+
+    def take_prefill_failures(self) -> dict[int, BaseException]:
+        """Rank 0's failures; each follower takes its own after every call (``follow``)."""
+        return self.inner.take_prefill_failures()
+
+    # ---- calls that change state: sent to the followers first, then run here ----
 
     def admit(self, request: SlotRequest) -> int:
         request = _seeded(request)
@@ -110,6 +137,10 @@ class MirroredDecoder:
         self._send("retire_adapter", key)
         self.inner.retire_adapter(key)
 
+    def weights_changed(self) -> bool:
+        self._send("weights_changed")
+        return self.inner.weights_changed()
+
     def close(self) -> None:
         """Close this decoder and stop the followers (their ``follow`` returns)."""
         if self._closed:
@@ -119,16 +150,31 @@ class MirroredDecoder:
         self.inner.close()
         self.group.close()
 
-    def __getattr__(self, name: str) -> Any:  # inspection (kv_tokens, model, last_step_logits...): rank 0's
-        return getattr(self.inner, name)
+
+def _replayed(decoder: StaticSlotDecoder) -> dict[str, Callable[..., object]]:
+    """The follower's side of each mirrored call (``MIRRORED``), bound to its decoder."""
+    return {
+        "admit": decoder.admit,
+        "admit_many": decoder.admit_many,
+        "submit": decoder.submit,
+        "complete": decoder.complete,
+        "step": decoder.step,
+        "release": decoder.release,
+        "set_prefix_cache": decoder.set_prefix_cache,
+        "close": decoder.close,
+        "load_adapter": decoder.load_adapter,
+        "retire_adapter": decoder.retire_adapter,
+        "weights_changed": decoder.weights_changed,
+    }
 
 
-def follow(decoder: Any, group: Parallel) -> int:
+def follow(decoder: StaticSlotDecoder, group: Parallel) -> int:
     """Run rank 0's decoder calls on this rank's decoder until rank 0 closes; returns the number of calls run.
 
     A call that fails here failed on rank 0 too (the same state, the same inputs): it is logged and skipped, as
     rank 0's engine fails that request and goes on."""
     calls = 0
+    replay = _replayed(decoder)
     while True:
         name, args = group.recv_call()
         if name == _STOP:
@@ -136,13 +182,11 @@ def follow(decoder: Any, group: Parallel) -> int:
             group.close()
             _log.info("follower rank %d: leader closed after %d calls", group.rank, calls)
             return calls
-        if name not in MIRRORED:
+        if name not in replay:
             raise RuntimeError(f"follower got an unknown call {name!r}")
         calls += 1
         try:
-            getattr(decoder, name)(*args)
+            replay[name](*args)
         except Exception as exc:
             _log.warning("follower rank %d: %s failed as on rank 0 (%s)", group.rank, name, exc)
-        take = getattr(decoder, "take_prefill_failures", None)
-        if callable(take):
-            take()  # rank 0's engine ends those requests; here the slots are already free
+        decoder.take_prefill_failures()  # rank 0's engine ends those requests; here the slots are already free

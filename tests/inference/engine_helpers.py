@@ -12,7 +12,7 @@ import torch
 
 from bot.domain import ChatTurn, GenerationParams, GenerationRequest, QueuePosition, Role
 from bot.errors import BotError
-from inference.decoder import BatchDecoder, SlotRequest
+from inference.decoder import BatchDecoder, DecoderDefaults, SlotRequest
 from inference.demo_model import SYSTEM_PROMPT
 from inference.local_engine import LocalEngine
 
@@ -57,8 +57,9 @@ async def collect(engine: LocalEngine, req: GenerationRequest) -> Reply:
     return reply
 
 
-class WrappedDecoder:
-    """A BatchDecoder that forwards to a real one; subclasses change one behaviour."""
+class WrappedDecoder(DecoderDefaults):
+    """A BatchDecoder that forwards the core five to a real one (the optional capabilities are the defaults: prefill
+    at admission, no adapter pool); subclasses change one behaviour."""
 
     def __init__(self, inner: BatchDecoder) -> None:
         self.inner = inner

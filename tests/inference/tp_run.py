@@ -124,7 +124,7 @@ def main() -> None:
     leader = MirroredDecoder(decoder, group)
     tokens = schedule(leader)
     turns = conversation(leader)
-    hits = leader.prefix_hit_tokens
+    hits = leader.inner.prefix_hit_tokens
     if adapter_dir is not None:
         tokens.update(lora_schedule(leader, adapter_dir))
     leader.close()
