@@ -1,7 +1,8 @@
 """Next-token sampling for a batch of rows, each with its own generation parameters, in torch operations only.
 
-Per row, in the order transformers applies them: repetition penalty over every token the row has seen (prompt and
-generated), then greedy (``do_sample`` off or temperature 0) or temperature, top-p and a draw. The draw is the
+The rules are ``inference.sampling_spec``'s (the penalty and the greedy rule come from there): per row, repetition
+penalty over every token the row has seen (prompt and generated), then greedy (``do_sample`` off or temperature 0)
+or temperature, top-p and a draw (no top-k: that is the static decoder's setting). The draw is the
 exponential race, argmax(p / E) with E ~ Exp(1), which samples from p without a host round trip. Nothing here reads
 a value back to the host; the caller reads the sampled ids once per step.
 """
@@ -15,8 +16,21 @@ from dataclasses import dataclass
 import torch
 
 from bot.domain import GenerationParams
+from inference.sampling_spec import apply_repetition_penalty, is_greedy
 
 _log = logging.getLogger(__name__)
+
+__all__ = [
+    "RowParams",
+    "apply_repetition_penalty",
+    "exponential_noise",
+    "history_mask",
+    "is_greedy",
+    "mark_seen",
+    "sample_next",
+    "seeded_generator",
+    "top_p_filter",
+]
 
 
 @dataclass
@@ -70,23 +84,12 @@ class RowParams:
         return all(self.greedy_rows)
 
 
-def is_greedy(params: GenerationParams) -> bool:
-    return not params.do_sample or params.temperature <= 0.0
-
-
 def seeded_generator(params: GenerationParams, device: torch.device) -> torch.Generator | None:
     if params.seed is None or is_greedy(params):
         return None
     generator = torch.Generator(device=device)
     generator.manual_seed(params.seed)
     return generator
-
-
-def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
-    """Divide positive logits (multiply negative ones) of seen tokens by the row's penalty, as transformers does."""
-    factor = penalty[:, None]
-    penalised = torch.where(logits > 0, logits / factor, logits * factor)
-    return torch.where(seen, penalised, logits)
 
 
 def top_p_filter(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Token sampling on the device, per slot, with no host synchronisation: safe inside a captured CUDA graph.
 
-Per slot: repetition penalty (over the prompt and every generated token, as transformers applies it), temperature,
-top-k, top-p, greedy when ``do_sample`` is off or the temperature is 0. Randomness comes from a counter-based hash
+The rules are ``inference.sampling_spec``'s (the penalty and the greedy rule come from there): per slot, repetition
+penalty (over the prompt and every generated token), temperature, top-k, top-p, greedy when ``do_sample`` is off or
+the temperature is 0. Randomness comes from a counter-based hash
 of (slot seed, token index, token id) rather than from a generator, so a graph replays it correctly, a seeded
 request is reproducible whatever else shares its batch, and no generator state has to be captured.
 Sampling uses the exponential-race form: argmax(p / E) with E ~ Exp(1) draws from p.
@@ -15,6 +16,7 @@ import random
 import torch
 
 from bot.domain import GenerationParams
+from inference.sampling_spec import apply_repetition_penalty, is_greedy
 
 _log = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ class SlotSampler:
 
     def configure(self, slot: int, params: GenerationParams, prompt_ids: torch.Tensor) -> None:
         """Set one slot's parameters and history (host writes, done once per request at admission)."""
-        greedy = (not params.do_sample) or params.temperature <= 0.0
+        greedy = is_greedy(params)
         self.temperature[slot] = 1.0 if greedy else float(params.temperature)
         self.top_p[slot] = float(params.top_p)
         self.penalty[slot] = float(params.repetition_penalty)
@@ -66,9 +68,7 @@ class SlotSampler:
 
     def sample(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Next token for each row of ``logits`` [rows, vocab] (float32) from slot ``rows[i]``; updates history."""
-        pen = self.penalty[rows][:, None]
-        seen = self.seen[rows]
-        logits = torch.where(seen, torch.where(logits < 0, logits * pen, logits / pen), logits)
+        logits = apply_repetition_penalty(logits, self.seen[rows], self.penalty[rows])
         greedy_tok = logits.argmax(dim=-1)
         scaled = logits / self.temperature[rows][:, None]
         if self.top_k:
