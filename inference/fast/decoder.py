@@ -133,6 +133,38 @@ class StaticSlotDecoder(DecoderDefaults):
         if cache_dir is not None:
             use_cache_dir(cache_dir)
         self.parallel = parallel or SingleProcess()
+        self._take_weights(model, fp8=fp8, kv_fp8=kv_fp8)
+        spec = self._weights.spec
+        self._capacity = capacity
+        self.max_context = min(max_context or spec.max_positions, spec.max_positions)
+        self.prefill_chunk = prefill_chunk
+        if reserve_bytes is None:  # graph pool, prefill activations, sampler scratch, allocator churn
+            reserve_bytes = (
+                int(1.5 * GIB) + prefill_chunk * (6 * spec.hidden_size + 8 * spec.intermediate_size) // 2
+            )
+        self.lora_pool = self._make_lora_pool(lora_slots, lora_max_rank)
+        self._init_adapter_state()
+        self._init_slot_state(capacity, buckets, top_k)
+        if cuda_graphs is None:
+            cuda_graphs = self.device.type == "cuda"
+        plan_file = Path(cache_dir) / "gemm-plan.json" if cache_dir is not None else None
+        # 1. warm up on a scratch KV cache, so that the free memory measured next is what the KV cache can have
+        self._warm_up(block_size, LinearPlan(self.device, gemm, plan_file), kv_fp8)
+        # 2. the real KV cache, then the graphs, then one full prefill pass: all must fit, else shrink the cache
+        budget = self._plan_kv(block_size, kv_budget_bytes, reserve_bytes + keep_free_bytes, kv_fp8)
+        budget = self._allocate(budget, prefix_cache=prefix_cache, cuda_graphs=cuda_graphs)
+        self.row_slot.fill_(self._pad)
+        self.slot_len.zero_()
+        self.kv_tokens = budget.usable_tokens
+        # 3. a burst like the first real one, so the first conversations after a start pay nothing extra
+        if warm_burst if warm_burst is not None else self.device.type == "cuda":
+            self._warm_burst_or_go_on(prefix_cache)
+        self._log_ready(budget, prefix_cache)
+
+    # ---- construction, step by step --------------------------------------------------------------------------------
+
+    def _take_weights(self, model: Any, *, fp8: bool, kv_fp8: bool) -> None:
+        """The weights to serve (``decoder_weights``) and what they say about the model left behind."""
         self._weights = decoder_weights(model, fp8=fp8, parallel=self.parallel)
         # whether the transformers model still computes what this decoder serves (so the hf decoder can take over
         # for a LoRA): not after an FP8 build released its weights, nor for a tensor-parallel slice
@@ -141,30 +173,24 @@ class StaticSlotDecoder(DecoderDefaults):
         self.kv_fp8 = kv_fp8
         if self._weights.device.type == "cuda":
             torch.cuda.empty_cache()  # the fusion's freed blocks go back, so free memory is measured right
-        spec = self._weights.spec
         self.device = self._weights.device
-        self._capacity = capacity
-        self.max_context = min(max_context or spec.max_positions, spec.max_positions)
-        self.prefill_chunk = prefill_chunk
-        if reserve_bytes is None:  # graph pool, prefill activations, sampler scratch, allocator churn
-            reserve_bytes = (
-                int(1.5 * GIB) + prefill_chunk * (6 * spec.hidden_size + 8 * spec.intermediate_size) // 2
-            )
-        reserve_bytes += keep_free_bytes
-        self.lora_pool = (
-            LoraPool(
-                spec,
-                _rows(self._weights.lm_head),
-                slots=lora_slots,
-                max_rank=lora_max_rank,
-                device=self.device,
-                dtype=self._weights.dtype,
-                rank=self.parallel.rank,
-                world=self.parallel.world,
-            )
-            if lora_slots > 0
-            else None
+
+    def _make_lora_pool(self, slots: int, max_rank: int) -> LoraPool | None:
+        """The adapter pool (before the KV cache, which takes the memory left); None without adapter slots."""
+        if slots <= 0:
+            return None
+        return LoraPool(
+            self._weights.spec,
+            _rows(self._weights.lm_head),
+            slots=slots,
+            max_rank=max_rank,
+            device=self.device,
+            dtype=self._weights.dtype,
+            rank=self.parallel.rank,
+            world=self.parallel.world,
         )
+
+    def _init_adapter_state(self) -> None:
         self._adapters: dict[str, int] = {}  # adapter id (SlotRequest.lora) -> pool index
         self._adapter_loads: dict[str, int] = {}  # adapter id -> times loaded (part of the prefix-reuse key)
         self._retired: set[str] = set()  # ids dropped as soon as no request uses them
@@ -172,8 +198,10 @@ class StaticSlotDecoder(DecoderDefaults):
         self.graph_captures = (
             0  # CUDA graphs captured over this decoder's life (loading an adapter adds none)
         )
-        max_blocks = -(-self.max_context // block_size)
-        plan_file = Path(cache_dir) / "gemm-plan.json" if cache_dir is not None else None
+
+    def _init_slot_state(self, capacity: int, buckets: Sequence[int] | None, top_k: int) -> None:
+        """The per-slot device tensors the graphs read (one padding slot more), the buckets, the bookkeeping."""
+        spec = self._weights.spec
         self.sampler = SlotSampler(capacity + 1, spec.vocab_size, self.device, top_k=top_k)
         self._pad = capacity  # the padding rows' slot
         self.slot_len = torch.zeros(capacity + 1, dtype=torch.int64, device=self.device)
@@ -212,20 +240,18 @@ class StaticSlotDecoder(DecoderDefaults):
         self._prefill_logits: dict[int, torch.Tensor] = {}
         self._last_rows: list[int] = []
         self._last_bucket = 0
-        if cuda_graphs is None:
-            cuda_graphs = self.device.type == "cuda"
-        # 1. warm up on a scratch KV cache: kernels compiled and loaded, matrix-product plan chosen, workspaces made,
-        #    so that the free memory measured next is what the KV cache can really have
+
+    def _max_blocks(self, block_size: int) -> int:
+        return -(-self.max_context // block_size)
+
+    def _warm_up(self, block_size: int, plan: LinearPlan, kv_fp8: bool) -> None:
+        """The model on a scratch KV cache of two blocks: kernels compiled and loaded, the matrix-product plan
+        chosen, workspaces made (on a GPU: a full prefill pass and a decode step of every bucket), then the scratch
+        freed."""
         scratch = KVBudget(num_blocks=2, block_size=block_size)
-        self.pool = BlockPool(scratch, capacity, max_blocks, self.device)
+        self.pool = BlockPool(scratch, self._capacity, self._max_blocks(block_size), self.device)
         self.model = FastLlama(
-            self._weights,
-            2,
-            block_size,
-            self.max_context,
-            LinearPlan(self.device, gemm, plan_file),
-            self.parallel,
-            kv_fp8=kv_fp8,
+            self._weights, 2, block_size, self.max_context, plan, self.parallel, kv_fp8=kv_fp8
         )
         self.model.lora = self.lora_pool
         self.model.tune()
@@ -239,29 +265,38 @@ class StaticSlotDecoder(DecoderDefaults):
             torch.cuda.synchronize(self.device)
             self.model.free_kv()
             torch.cuda.empty_cache()
-        # 2. the real KV cache, then the graphs, then one full prefill pass: all must fit, else shrink the cache
+
+    def _plan_kv(
+        self, block_size: int, budget_bytes: int | None, reserve_bytes: int, kv_fp8: bool
+    ) -> KVBudget:
+        """The KV blocks the free memory allows, the same number on every rank (so every rank admits the same
+        requests)."""
         budget = plan_kv_budget(
-            spec,
+            self._weights.spec,
             self.device,
             block_size=block_size,
-            slots=capacity,
+            slots=self._capacity,
             max_context=self.max_context,
-            budget_bytes=kv_budget_bytes,
+            budget_bytes=budget_bytes,
             reserve_bytes=reserve_bytes,
             kv_fp8=kv_fp8,
         )
-        # every rank's pool the same size, so every rank admits the same requests
-        budget = KVBudget(num_blocks=self.parallel.agree_min(budget.num_blocks), block_size=block_size)
+        return KVBudget(num_blocks=self.parallel.agree_min(budget.num_blocks), block_size=block_size)
+
+    def _allocate(self, budget: KVBudget, *, prefix_cache: bool, cuda_graphs: bool) -> KVBudget:
+        """Allocate the KV cache, capture the graphs (which read its tables) and run a full prefill pass; out of
+        memory, try again with a tenth fewer blocks (alone only: with several ranks the error is raised). Returns
+        the budget that fitted."""
+        max_blocks = self._max_blocks(budget.block_size)
         for attempt in range(8):
             try:
                 self.model.allocate_kv(budget.num_blocks)
-                # the graphs read its tables
-                self.pool = BlockPool(budget, capacity, max_blocks, self.device, reuse=prefix_cache)
+                self.pool = BlockPool(budget, self._capacity, max_blocks, self.device, reuse=prefix_cache)
                 if cuda_graphs:
                     self._capture_graphs()
                 if self.device.type == "cuda":
                     self._dry_run_prefill()
-                break
+                return budget
             except (torch.OutOfMemoryError, torch.AcceleratorError) as exc:
                 if (
                     "out of memory" not in str(exc)
@@ -270,43 +305,50 @@ class StaticSlotDecoder(DecoderDefaults):
                     or self.parallel.world > 1  # the other ranks are inside collectives: no retry alone
                 ):
                     raise
-                self._graphs.clear()
-                self._lora_graphs.clear()
-                self.model.free_kv()
-                torch.cuda.synchronize(self.device)
-                torch.cuda.empty_cache()
-                budget = KVBudget(num_blocks=int(budget.num_blocks * 0.9), block_size=block_size)
+                self._free_allocation()
+                budget = KVBudget(num_blocks=int(budget.num_blocks * 0.9), block_size=budget.block_size)
                 _log.warning(
                     "KV cache, graphs and a prefill pass did not fit; retrying with %d blocks",
                     budget.num_blocks,
                 )
-        self.row_slot.fill_(self._pad)
-        self.slot_len.zero_()
-        self.kv_tokens = budget.usable_tokens
-        # 3. a burst like the first real one (several prompts per prefill pass, sampled, decoded, then the same
-        #    prompts again from their cached prefix), so the first conversations after a start pay nothing extra
-        if warm_burst if warm_burst is not None else self.device.type == "cuda":
-            try:
-                self._warm_burst()
-            except Exception as exc:  # the decoder serves without it; the first burst pays instead
-                if self.parallel.world > 1:  # the other ranks are inside the same calls: no going on alone
-                    raise
-                _log.warning("the warm-up burst failed (%s): serving without it", exc)
-                for slot in range(capacity):
-                    self.release(slot)
-                self.set_prefix_cache(prefix_cache)
+        raise AssertionError("unreachable: the last attempt raises")
+
+    def _free_allocation(self) -> None:
+        """Undo a failed ``_allocate`` attempt: graphs and KV cache dropped, their memory back to the driver."""
+        self._graphs.clear()
+        self._lora_graphs.clear()
+        self.model.free_kv()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
+
+    def _warm_burst_or_go_on(self, prefix_cache: bool) -> None:
+        """``_warm_burst``; alone, a failure is logged and the decoder serves without it (the first burst pays)."""
+        try:
+            self._warm_burst()
+        except Exception as exc:
+            if self.parallel.world > 1:  # the other ranks are inside the same calls: no going on alone
+                raise
+            _log.warning("the warm-up burst failed (%s): serving without it", exc)
+            for slot in range(self._capacity):
+                self.release(slot)
+            self.set_prefix_cache(prefix_cache)
+
+    def _log_ready(self, budget: KVBudget, prefix_cache: bool) -> None:
         _log.info(
             "fast decoder: %d slots, %d KV blocks of %d tokens (%d tokens, %.2f GiB), buckets %s, graphs %s, "
             "prefix reuse %s, KV %s",
-            capacity,
+            self._capacity,
             budget.num_blocks,
-            block_size,
+            budget.block_size,
             budget.usable_tokens,
-            budget.num_blocks * block_size * kv_bytes_per_token(spec, kv_fp8) / GIB,
+            budget.num_blocks * budget.block_size * kv_bytes_per_token(self._weights.spec, self.kv_fp8) / GIB,
             self.buckets,
             bool(self._graphs),
             prefix_cache,
-            "FP8 e4m3 with per-token scales" if kv_fp8 else str(self._weights.dtype).removeprefix("torch."),
+            "FP8 e4m3 with per-token scales"
+            if self.kv_fp8
+            else str(self._weights.dtype).removeprefix("torch."),
         )
 
     # ---- BatchDecoder ----------------------------------------------------------------------------------------------
