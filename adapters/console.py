@@ -1,6 +1,8 @@
 """The console chat: the prototype's terminal loop on the same core as Discord and Slack.
 
 ``사용자: `` prompts for a line; the reply streams after ``봇: ``; ``종료``, ``exit``, ``quit`` or end of input quits.
+At a terminal the line is read through ``readline`` (history with the arrow keys, editing, Hangul as whole
+characters); piped input is read as it comes.
 Lines starting with ``/`` are commands, written as Discord shows them (``/finetune action:status``,
 ``/forget-me delete:yes``) or bare (``/finetune status``).
 """
@@ -12,7 +14,7 @@ import logging
 import sys
 import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TextIO
 
 from bot.commands import CommandContext, CommandRegistry, parse_arguments
@@ -148,9 +150,12 @@ class ConsoleAdapter:
         return self._lang or "en"
 
     async def _read_line(self) -> str | None:
-        self._out.write(PROMPT)
-        self._out.flush()
-        line = await _read_in_daemon_thread(self._in)
+        if _at_terminal(self._in, self._out):
+            line = await _in_daemon_thread(lambda: _edited_line(PROMPT))
+        else:
+            self._out.write(PROMPT)
+            self._out.flush()
+            line = await _in_daemon_thread(self._in.readline)
         return line if line else None  # "" is end of input
 
     async def _run_command(self, text: str, commands: CommandRegistry, sink: ConsoleReplySink) -> None:
@@ -171,8 +176,29 @@ class ConsoleAdapter:
         await sink.send(reply.text)
 
 
-async def _read_in_daemon_thread(stream: TextIO) -> str:
-    """``stream.readline()`` in a daemon thread: a process stopping (SIGTERM) never waits for the next line."""
+def _at_terminal(stdin: TextIO, stdout: TextIO) -> bool:
+    """Whether the console talks to a person at a terminal through the process's own streams (readline works on
+    those only), and readline is there (not on Windows)."""
+    if stdin is not sys.stdin or stdout is not sys.stdout or not (stdin.isatty() and stdout.isatty()):
+        return False
+    try:
+        import readline  # noqa: F401  (importing it makes input() edit the line: history, arrows, Hangul)
+    except ImportError:
+        return False
+    return True
+
+
+def _edited_line(prompt: str) -> str:
+    """One line through readline, newline kept like ``readline()``; "" at end of input (Ctrl-D). The prompt goes
+    to ``input`` so that readline knows its width when it redraws the line."""
+    try:
+        return input(prompt) + "\n"
+    except EOFError:
+        return ""
+
+
+async def _in_daemon_thread(read: Callable[[], str]) -> str:
+    """``read()`` (one line) in a daemon thread: a process stopping (SIGTERM) never waits for the next line."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[str] = loop.create_future()
 
@@ -184,9 +210,9 @@ async def _read_in_daemon_thread(stream: TextIO) -> str:
         else:
             future.set_result(line or "")
 
-    def read() -> None:
+    def run() -> None:
         try:
-            line, error = stream.readline(), None
+            line, error = read(), None
         except Exception as exc:  # handed to the loop
             line, error = None, exc
         try:
@@ -194,5 +220,5 @@ async def _read_in_daemon_thread(stream: TextIO) -> str:
         except RuntimeError:  # the loop is closed: nobody waits any more
             pass
 
-    threading.Thread(target=read, name="console-stdin", daemon=True).start()
+    threading.Thread(target=run, name="console-stdin", daemon=True).start()
     return await future

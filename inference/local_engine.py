@@ -25,7 +25,6 @@ from bot.errors import EngineError, EnginePaused, EngineUnhealthy, GenerationFai
 from bot.settings import EngineSettings, GenerationSettings, ModelSettings, Settings
 from inference.decoder import BatchDecoder
 from inference.decoders import make_decoder
-from inference.detokenize import IncrementalDetokenizer
 from inference.hf_decoder import HFBatchDecoder
 from inference.loading import LoadedModel, load_model
 from inference.lora import LoraSwitch, PoolLoras
@@ -254,7 +253,7 @@ class LocalEngine:
             prompt_ids=prompt_ids,
             max_new_tokens=min(request.params.max_new_tokens, room),
             emit=emit,
-            detokenizer=IncrementalDetokenizer(self._tokenizer.decode),
+            detokenizer=self._tokenizer.detokenizer(),
         )
         return job, events
 

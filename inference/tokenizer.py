@@ -9,6 +9,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from bot.domain import ChatTurn
+from inference.detokenize import Detokenizer, detokenizer_for
 
 _log = logging.getLogger(__name__)
 
@@ -51,6 +52,10 @@ class HFChatTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return str(self._tokenizer.decode(list(ids), skip_special_tokens=True))
+
+    def detokenizer(self) -> Detokenizer:
+        """A new reply's text as its tokens come (``tokenizers.DecodeStream`` for a fast tokenizer)."""
+        return detokenizer_for(self._tokenizer, self.decode)
 
 
 def context_length_of(model_config: Any) -> int:

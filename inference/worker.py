@@ -28,7 +28,7 @@ import torch
 from bot.domain import GenerationParams, GenerationRequest, QueuePosition, StreamEvent
 from bot.errors import EngineError, GenerationCancelled, GenerationFailed
 from inference.decoder import BatchDecoder, SlotRequest
-from inference.detokenize import IncrementalDetokenizer
+from inference.detokenize import Detokenizer
 from inference.request_queue import FairQueue
 
 _log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class Job:
     prompt_ids: list[int]
     max_new_tokens: int
     emit: Callable[[JobEvent], None]  # thread-safe: hands an event to the asyncio side
-    detokenizer: IncrementalDetokenizer
+    detokenizer: Detokenizer
     cancelled: bool = False
     finished: bool = False
     slot: int | None = None
