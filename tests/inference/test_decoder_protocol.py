@@ -98,10 +98,10 @@ def test_the_mirror_writes_out_every_member_and_mirrors_every_state_change() -> 
 class Recording(StaticSlotDecoder):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.requests: list[SlotRequest] = []
+        self.submitted: list[SlotRequest] = []
 
     def submit(self, request: SlotRequest) -> None:
-        self.requests.append(request)
+        self.submitted.append(request)
         super().submit(request)
 
 
@@ -130,6 +130,6 @@ async def test_the_decoder_reserves_for_the_clipped_max_new_tokens(demo_loaded: 
         await engine.aclose()
     assert 0 < room < 256
     assert reply.error is None and reply.text
-    [seen] = decoders[0].requests
+    [seen] = decoders[0].submitted
     assert seen.params.max_new_tokens == room
     assert len(seen.prompt_ids) + seen.params.max_new_tokens <= decoders[0].max_request_tokens
