@@ -43,23 +43,21 @@ class ConsoleReplySink:
     async def send(self, text: str) -> None:
         self._write(f"{BOT_PREFIX}{text}\n")
 
-    async def stream(self, events: AsyncIterator[StreamEvent]) -> str:
-        parts: list[str] = []
+    async def stream(self, events: AsyncIterator[StreamEvent]) -> None:
+        started = said = False  # any text yet; any text that is not blank
         self._write(BOT_PREFIX)
         try:
             async for event in events:
                 if isinstance(event, QueuePosition):
-                    if not parts:
+                    if not started:
                         self._write(f"({say('chat.queued', self.lang, position=event.position)}) ")
                     continue
-                parts.append(event)
+                started, said = True, said or bool(event.strip())
                 self._write(event)
         except BaseException:
-            said = "".join(parts)
-            self._write(f" {say('chat.incomplete', self.lang)}\n" if said.strip() else "\n")
+            self._write(f" {say('chat.incomplete', self.lang)}\n" if said else "\n")
             raise
         self._write("\n")
-        return "".join(parts)
 
     def _write(self, text: str) -> None:
         self._out.write(text)
@@ -122,8 +120,8 @@ class ConsoleAdapter:
             text = line.strip()
             if text in QUIT_WORDS:
                 break
-            sink.lang = self._language(text)
             if text.startswith("/"):
+                sink.lang = self._language(text, language_of(text))
                 await self._run_command(text, commands, sink)
                 continue
             message = IncomingMessage(
@@ -134,6 +132,7 @@ class ConsoleAdapter:
                 text=text,
                 is_direct=True,
             )
+            sink.lang = self._language(text, message.lang)  # detected once: the chat service reads the same
             try:
                 await on_message(message, sink)
             except Exception:  # the boundary: log, tell, keep the loop alive
@@ -142,11 +141,11 @@ class ConsoleAdapter:
         self._out.write("\n")
         self._out.flush()
 
-    def _language(self, text: str) -> Lang:
+    def _language(self, text: str, detected: Lang) -> Lang:
         """The language of what the user just wrote; for a command or a blank line without Hangul, the language
         they last wrote in (a Korean user's ``/finetune status`` is answered in Korean)."""
-        if language_of(text) == "ko" or (text and not text.startswith("/")):
-            self._lang = language_of(text)
+        if detected == "ko" or (text and not text.startswith("/")):
+            self._lang = detected
         return self._lang or "en"
 
     async def _read_line(self) -> str | None:

@@ -8,6 +8,7 @@ with ids; the message bodies never reach the logs at INFO.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,7 +17,6 @@ from dataclasses import dataclass, field
 from sqlalchemy.exc import SQLAlchemyError
 
 from bot.domain import (
-    ChatTurn,
     ConversationKey,
     GenerationRequest,
     IncomingMessage,
@@ -31,7 +31,7 @@ from bot.ops.logs import log_context
 from bot.permissions import AdminPolicy
 from bot.ports import Engine, ReplySink
 from bot.prompt import BuiltPrompt, PromptTooLong, build_prompt, speaker_turn, turn_cost
-from bot.quoting import quote_block, with_quote
+from bot.quoting import quote_block
 from bot.reply_saver import StreamingReply
 from bot.settings import Settings
 from bot.store.conversations import ConversationStore, StoredMessage, storable
@@ -44,14 +44,11 @@ EMPTY_HINT_LOOKBACK = 20  # turns searched for the language of someone who sent 
 
 @dataclass
 class _Reply:
-    """What the model has said so far for one request, and when."""
+    """What the model has said so far for one request, and when: the one copy of the reply's text (the sink only
+    shows it)."""
 
-    parts: list[str]
     clock: ReplyClock
-
-    @property
-    def text(self) -> str:
-        return "".join(self.parts)
+    text: str = ""
 
 
 @dataclass
@@ -122,7 +119,7 @@ class ChatService:
                 self._metrics.message(msg.platform, tally.outcome)
 
     async def _handle(self, msg: IncomingMessage, sink: ReplySink, tally: _Tally) -> None:
-        lang = language_of(msg.text)
+        lang = msg.lang
         if not self._policy.serves(msg.platform, msg.conversation.workspace):
             _log.warning(
                 "refused message from a place the bot does not serve platform=%s workspace=%s channel=%s "
@@ -154,10 +151,11 @@ class ChatService:
         notice = unread_notice(msg.files, lang, limit=self._settings.chat.max_file_bytes)
         if notice:
             await sink.send(notice)
-        if not await self._count_user_turn(msg, user_turn, sink, lang):
+        tokens = await self._count_user_turn(msg, user_turn, sink, lang)
+        if tokens is None:
             tally.outcome = Outcome.REFUSED
             return
-        await self._answer_tracked(msg, user_turn, sink, lang, tally)
+        await self._answer_tracked(msg, dataclasses.replace(user_turn, token_count=tokens), sink, lang, tally)
 
     async def _answer_tracked(
         self, msg: IncomingMessage, user_turn: StoredMessage, sink: ReplySink, lang: Lang, tally: _Tally
@@ -241,9 +239,11 @@ class ChatService:
 
     async def _count_user_turn(
         self, msg: IncomingMessage, user_turn: StoredMessage, sink: ReplySink, lang: Lang
-    ) -> bool:
-        """Count the stored turn's tokens; text the tokenizer refuses gets a sentence (the turn stays, failed)."""
-        turn = ChatTurn(Role.USER, with_quote(user_turn.quoted, user_turn.content))
+    ) -> int | None:
+        """Count the stored turn's tokens once, as the model will see it (with the speaker's name in a shared
+        channel, and the quote), and store the count: every later prompt reads it from the store. Text the
+        tokenizer refuses gets a sentence (the turn stays, failed) and None."""
+        turn = speaker_turn(user_turn, show_names=not msg.is_direct)
         try:
             tokens = turn_cost(turn, self._engine.tokenizer)
         except Exception as exc:
@@ -255,9 +255,9 @@ class ChatService:
             )
             await asyncio.to_thread(self._store.update_message, user_turn.id, status=MessageStatus.FAILED)
             await sink.send(say("chat.unreadable", lang))
-            return False
+            return None
         await asyncio.to_thread(self._store.update_message, user_turn.id, token_count=tokens)
-        return True
+        return tokens
 
     def _quote_for(self, msg: IncomingMessage) -> str | None:
         """The messages this one replies to that the stored conversation lacks (none without a reply chain)."""
@@ -292,7 +292,7 @@ class ChatService:
             user=f"{msg.platform}:{msg.author.id}",
         )
         clock = tally.clock
-        reply = _Reply([], clock)
+        reply = _Reply(clock)
         saved = StreamingReply(
             self._store,
             msg.conversation,
@@ -301,7 +301,7 @@ class ChatService:
             interval_s=self._save_interval_s,
         )
         try:
-            text = await sink.stream(self._collect(request, reply, saved))
+            await sink.stream(self._collect(request, reply, saved))
         except asyncio.CancelledError:
             clock.finished(0)
             _log.info(
@@ -318,9 +318,9 @@ class ChatService:
             tally.outcome = Outcome.REFUSED if refused else Outcome.FAILED
             await self._reply_failed(msg, user_turn, reply, saved, exc, sink, lang)
             return
-        await self._store_reply(msg, saved, text, MessageStatus.COMPLETE, sink)
+        await self._store_reply(msg, saved, reply.text, MessageStatus.COMPLETE, sink)
         tally.outcome = Outcome.ANSWERED
-        tokens = turn_cost(ChatTurn(Role.ASSISTANT, text), self._engine.tokenizer)
+        tokens = saved.token_count
         clock.finished(tokens)
         _log.info(
             "reply done conversation=%s message=%s request=%s first_token_s=%.3f total_s=%.3f tokens=%d",
@@ -347,6 +347,7 @@ class ChatService:
                 tokenizer=self._engine.tokenizer,
                 max_new_tokens=self._settings.generation.max_new_tokens,
                 show_names=show_names,
+                current_cost=(user_turn.token_count or None) if quote else None,  # counted as it was stored
             )
 
         try:
@@ -373,7 +374,7 @@ class ChatService:
         try:
             async for event in stream:
                 if isinstance(event, str):
-                    reply.parts.append(event)
+                    reply.text += event
                     reply.clock.token()
                     await self._save_partial(request, saved, reply.text)
                 else:

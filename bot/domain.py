@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
+
+from bot.texts import Lang, language_of
 
 
 class Role(StrEnum):
@@ -92,6 +95,11 @@ class IncomingMessage:
     # those that are not already in the conversation's stored history.
     quoted: tuple[QuotedMessage, ...] = ()
     files: tuple[SharedFile, ...] = ()  # files shared with the message (bot.files reads the text ones)
+
+    @cached_property
+    def lang(self) -> Lang:
+        """The language the message is written in, detected once (the adapter's sink and the chat service ask)."""
+        return language_of(self.text)
 
 
 @dataclass(frozen=True)

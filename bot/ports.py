@@ -81,10 +81,10 @@ class ReplySink(Protocol):
         """Post a short, complete message (a hint, a notice, an error sentence)."""
         ...
 
-    async def stream(self, events: AsyncIterator[StreamEvent]) -> str:
+    async def stream(self, events: AsyncIterator[StreamEvent]) -> None:
         """Show a "thinking" state, the queue position while waiting, then the text as it grows.
 
-        Returns the full text. If ``events`` raises, the shown reply is finished with an "incomplete" marker and
+        The caller keeps the reply's text (it saves it as it grows); the sink only shows it. If ``events`` raises, the shown reply is finished with an "incomplete" marker and
         the exception propagates, so the caller can store the partial reply and tell the user.
         """
         ...

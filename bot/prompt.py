@@ -1,7 +1,9 @@
 """Prompt building: the system prompt, recent history, and the current message.
 
-Token counts come from the model's own tokenizer and chat template (``ChatTokenizer``). The budget is the context
-length minus ``max_new_tokens``. While the whole history fits, all of it is sent. When it does not, old turns are
+Token counts come from the model's own tokenizer and chat template (``ChatTokenizer``): each history turn's count is
+the one stored with it (counted once, when it was stored: ``turn_cost`` of the turn as the model sees it), the
+current message's is handed in by the caller, and the tokenizer renders the whole prompt once, as the truth the
+estimates are checked against. The budget is the context length minus ``max_new_tokens``. While the whole history fits, all of it is sent. When it does not, old turns are
 dropped in one large step, down to ``KEEP_AFTER_TRIM`` of the room, rather than one at a time: the prompt then starts
 with the same turns for the next several messages, so each next prompt extends the one before and the engine reuses
 its KV (prefix reuse, docs/gpu.md). Where the history starts is decided by replaying the conversation from its
@@ -79,25 +81,43 @@ def build_prompt(
     tokenizer: ChatTokenizer,
     max_new_tokens: int,
     show_names: bool,
+    current_cost: int | None = None,
 ) -> BuiltPrompt:
-    """The newest history that fits between the system prompt and the current message, trimmed in large steps."""
+    """The newest history that fits between the system prompt and the current message, trimmed in large steps.
+
+    ``current_cost``: the current turn's ``turn_cost`` when the caller has it (counted when it was stored)."""
     budget = tokenizer.context_length - max_new_tokens
     system = ChatTurn(Role.SYSTEM, system_prompt)
-    required = tokenizer.count_tokens([system, current])
-    if required > budget:
-        raise PromptTooLong(required, budget)
+    system_cost = _cached_count(cast(Hashable, tokenizer), (system,), True)  # with the reply's header
+    if current_cost is None:
+        current_cost = turn_cost(current, tokenizer)
+    if system_cost + current_cost > budget:  # an estimate: render the two to be sure before refusing
+        required = tokenizer.count_tokens([system, current])
+        if required > budget:
+            raise PromptTooLong(required, budget)
 
     past = [speaker_turn(message, show_names=show_names) for message in history]
-    costs = [turn_cost(turn, tokenizer) for turn in past]
-    room = budget - tokenizer.count_tokens([system])  # for the history and the current message
-    chosen = past[stable_start(costs, turn_cost(current, tokenizer), room) :]
+    costs = [stored_cost(message, turn, tokenizer) for message, turn in zip(history, past, strict=True)]
+    room = budget - system_cost  # for the history and the current message
+    chosen = past[stable_start(costs, current_cost, room) :]
     turns = alternating([system, *chosen, current])
     total = tokenizer.count_tokens(turns)
     while total > budget and chosen:  # per-turn counts are an estimate; the full render is the truth
         chosen.pop(0)
         turns = alternating([system, *chosen, current])
         total = tokenizer.count_tokens(turns)
+    if total > budget:
+        raise PromptTooLong(total, budget)
     return BuiltPrompt(tuple(turns), total, len(chosen), len(history) - len(chosen))
+
+
+def stored_cost(message: StoredMessage, turn: ChatTurn, tokenizer: ChatTokenizer) -> int:
+    """A history turn's tokens: the count stored with it (``turn_cost`` of the turn as the model sees it, counted
+    when it was stored), else counted now: a turn not counted yet (0), or a reply shown with the cut-off mark."""
+    cut_off = message.role is Role.ASSISTANT and message.status is MessageStatus.INCOMPLETE
+    if message.token_count > 0 and not cut_off:
+        return message.token_count
+    return turn_cost(turn, tokenizer)
 
 
 def stable_start(costs: Sequence[int], current: int, room: int) -> int:
@@ -124,13 +144,17 @@ def stable_start(costs: Sequence[int], current: int, room: int) -> int:
 
 def turn_cost(turn: ChatTurn, tokenizer: ChatTokenizer) -> int:
     """Tokens one turn adds to a rendered conversation (its header, content and end-of-turn marker)."""
+    return _cached_count(cast(Hashable, tokenizer), (turn,), False)
+
+
+def _cached_count(tokenizer: Hashable, turns: tuple[ChatTurn, ...], add_generation_prompt: bool) -> int:
     try:
-        return _cached_turn_cost(cast(Hashable, tokenizer), turn)
+        return _count(tokenizer, turns, add_generation_prompt)
     except TypeError:  # a tokenizer that cannot be a cache key
-        return tokenizer.count_tokens([turn], add_generation_prompt=False)
+        return cast(ChatTokenizer, tokenizer).count_tokens(turns, add_generation_prompt=add_generation_prompt)
 
 
 @lru_cache(maxsize=8192)
-def _cached_turn_cost(tokenizer: Hashable, turn: ChatTurn) -> int:
-    """Each prompt replays the loaded history (up to hundreds of turns): each turn is counted once."""
-    return cast(ChatTokenizer, tokenizer).count_tokens([turn], add_generation_prompt=False)
+def _count(tokenizer: Hashable, turns: tuple[ChatTurn, ...], add_generation_prompt: bool) -> int:
+    """A system prompt, or a turn stored without a count, is counted once however many prompts it is in."""
+    return cast(ChatTokenizer, tokenizer).count_tokens(turns, add_generation_prompt=add_generation_prompt)

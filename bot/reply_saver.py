@@ -2,7 +2,8 @@
 
 The assistant turn is stored with the first text, marked streaming, and its text is saved again as it grows (at most
 once per ``interval_s``, the platforms' edit pace: what people saw is stored). At the end it is marked complete, or
-incomplete with everything said so far. A process killed mid-reply leaves the last saved text, marked streaming, and
+incomplete with everything said so far, and its tokens are counted, once (a turn stored without a count, 0, is
+counted by the prompt that needs it). A process killed mid-reply leaves the last saved text, marked streaming, and
 the next start marks it incomplete (``ConversationStore.settle_interrupted``).
 """
 
@@ -41,6 +42,7 @@ class StreamingReply:
         self._id: int | None = None
         self._saved = ""
         self._saved_at = 0.0
+        self.token_count = 0  # the final text's tokens (``finish``)
 
     @property
     def message_id(self) -> int | None:
@@ -59,17 +61,17 @@ class StreamingReply:
         """The final text and status (an incomplete reply with no text at all is not stored)."""
         if self._id is None and not text:
             return
-        await self._save(text, status)
+        self.token_count = turn_cost(ChatTurn(Role.ASSISTANT, text), self._tokenizer)
+        await self._save(text, status, self.token_count)
 
-    async def _save(self, text: str, status: MessageStatus) -> None:
-        tokens = turn_cost(ChatTurn(Role.ASSISTANT, text), self._tokenizer)
+    async def _save(self, text: str, status: MessageStatus, tokens: int | None = None) -> None:
         if self._id is None:
             stored = await asyncio.to_thread(
                 self._store.add_message,
                 self._key,
                 Role.ASSISTANT,
                 text,
-                token_count=tokens,
+                token_count=tokens or 0,
                 status=status,
                 reply_to=self._answers,
             )

@@ -102,7 +102,7 @@ class RecordingSink:
     async def send(self, text: str) -> None:
         self.sent.append(text)
 
-    async def stream(self, events: AsyncIterator[StreamEvent]) -> str:
+    async def stream(self, events: AsyncIterator[StreamEvent]) -> None:
         parts: list[str] = []
         try:
             async for event in events:
@@ -114,6 +114,4 @@ class RecordingSink:
             self.incomplete = True
             self.streamed.append("".join(parts))
             raise
-        text = "".join(parts)
-        self.streamed.append(text)
-        return text
+        self.streamed.append("".join(parts))

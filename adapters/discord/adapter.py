@@ -32,7 +32,7 @@ from bot.metrics import Metrics, NullMetrics
 from bot.ports import HistoryError, MessageHandler, ReplySink
 from bot.settings import Settings
 from bot.store.conversations import ConversationStore
-from bot.texts import Lang, language_of
+from bot.texts import Lang
 
 _log = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ class DiscordAdapter:
             message.channel,
             channel_id=message.channel.id,
             pacer=self._pacer,
-            lang=language_of(incoming.text),
+            lang=incoming.lang,  # detected once: the chat service reads the same
             reply_to=message,
         )
         task = asyncio.current_task()

@@ -105,7 +105,7 @@ class DiscordReplySink:
             except DeliveryFailed:
                 return
 
-    async def stream(self, events: AsyncIterator[StreamEvent]) -> str:
+    async def stream(self, events: AsyncIterator[StreamEvent]) -> None:
         self._streaming = True
         self._typing = asyncio.create_task(self._keep_typing())
         pending: asyncio.Future[StreamEvent | _End] | None = None
@@ -136,7 +136,6 @@ class DiscordReplySink:
             raise
         await self._finish_safely(incomplete=False)
         self._streaming = False
-        return "".join(self._text)
 
     # what arrives
 

@@ -48,7 +48,7 @@ from bot.metrics import Metrics, NullMetrics
 from bot.ports import MessageHandler, ReplySink
 from bot.settings import Settings
 from bot.store.conversations import ConversationStore
-from bot.texts import Lang, language_of
+from bot.texts import Lang
 
 _log = logging.getLogger(__name__)
 
@@ -277,16 +277,16 @@ class SlackAdapter:
         assert self._on_message is not None, "start() sets the handler"
         try:
             user = await self._users.get(message.user_id)
+            incoming = message.incoming(user.author())
+            if message.files:
+                incoming = replace(incoming, files=await self._read_files(message))
             sink = SlackReplySink(
                 self._client,
                 message.target,
                 pacer=self._pacer,
                 native=self._native,
-                lang=language_of(message.text),
+                lang=incoming.lang,  # detected once: the chat service reads the same
             )
-            incoming = message.incoming(user.author())
-            if message.files:
-                incoming = replace(incoming, files=await self._read_files(message))
             await self._on_message(incoming, sink)
         except Exception:
             _log.exception(

@@ -84,7 +84,7 @@ class SlackReplySink:
                 channel=self._target.channel, thread_ts=self._target.thread_ts, text=piece
             )
 
-    async def stream(self, events: AsyncIterator[StreamEvent]) -> str:
+    async def stream(self, events: AsyncIterator[StreamEvent]) -> None:
         with self._budget:
             await self._open()
             done = asyncio.Event()
@@ -103,7 +103,6 @@ class SlackReplySink:
             await self._stop(ticker, done)
             await self._finish(self._text)
             _log.debug("streamed reply channel=%s chars=%d", self._target.channel, len(self._text))
-            return self._text
 
     # steps
 
