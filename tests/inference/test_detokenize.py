@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from inference.detokenize import Detokenizer, IncrementalDetokenizer, StreamDetokenizer, detokenizer_for
@@ -63,14 +61,3 @@ def test_the_engine_uses_the_stream_for_a_fast_tokenizer(demo_loaded: LoadedMode
     chosen = detokenizer_for(demo_loaded.tokenizer, lambda ids: "")
     assert isinstance(chosen, StreamDetokenizer)
     assert isinstance(detokenizer_for(object(), lambda ids: ""), IncrementalDetokenizer)
-
-
-def test_the_stream_is_faster(demo_loaded: LoadedModel) -> None:
-    ids = demo_loaded.tokenizer(TEXT * 20, add_special_tokens=False)["input_ids"]
-    took = {}
-    for kind in KINDS:
-        detokenizer = make(kind, demo_loaded)
-        start = time.perf_counter()
-        pieces_of(detokenizer, ids)
-        took[kind] = time.perf_counter() - start
-    assert took["stream"] < took["hand-written"], took
