@@ -326,9 +326,8 @@ class ModelWorker:
             lora = self.resolve_lora(job.request.lora) if self.resolve_lora is not None else None
             request = SlotRequest(slot, tuple(job.prompt_ids), job.params, lora=lora)
             if self._interleave and decoder.prefills_in_steps:
-                decoder.submit(
-                    request
-                )  # prefilled in the coming steps; the first token comes from one of them
+                # prefilled in the coming steps; the first token comes from one of them
+                decoder.submit(request)
                 return
             first = decoder.admit(request)
         except Exception as exc:
