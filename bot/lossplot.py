@@ -6,6 +6,7 @@ evaluation (orange line with dots) over one step axis, with the loss range on th
 
 from __future__ import annotations
 
+import itertools
 import math
 import struct
 import zlib
@@ -150,7 +151,7 @@ def _draw_axes(
 
 
 def _draw_series(canvas: Canvas, pixels: Sequence[tuple[int, int]], color: Color, *, dots: bool) -> None:
-    for (x0, y0), (x1, y1) in zip(pixels, pixels[1:], strict=False):
+    for (x0, y0), (x1, y1) in itertools.pairwise(pixels):
         canvas.line(x0, y0, x1, y1, color, 2)
     if dots or len(pixels) == 1:
         for x, y in pixels:
@@ -177,7 +178,9 @@ def _number(value: float, *, integer: bool = False) -> str:
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
 
 
 def png_size(data: bytes) -> tuple[int, int]:

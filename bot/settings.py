@@ -57,6 +57,11 @@ class ModelSettings(BaseModel):
     )
     system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, description="the prototype's bilingual prompt")
     is_demo: bool = Field(False, description="set by `hanbot chat --demo`: announced at start")
+    progress_bar: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="a progress bar of the download and loading on stderr (auto: when it is a terminal); "
+        "the logs get a status line every 10 s either way",
+    )
 
 
 class GenerationSettings(BaseModel):
@@ -282,8 +287,8 @@ class FinetuneSettings(BaseModel):
     timeout_s: float = Field(12 * 3600.0, gt=0, description="a run still training after this long is stopped")
     announce_channel: str | None = Field(
         None,
-        description="conversation key where the nightly run's end is posted, e.g. \"slack:T0123:C0456\" "
-        '(/finetune run posts where it was typed)',
+        description='conversation key where the nightly run\'s end is posted, e.g. "slack:T0123:C0456" '
+        "(/finetune run posts where it was typed)",
     )
 
     @field_validator("announce_channel")

@@ -17,7 +17,9 @@ _log = logging.getLogger(__name__)
 SCOPE = "files:write"  # in adapters/slack/manifest.yaml (tests/slack/test_manifest.py checks it)
 
 
-async def post_file(client: AsyncWebClient, conversation: ConversationKey, text: str, path: Path | None) -> bool:
+async def post_file(
+    client: AsyncWebClient, conversation: ConversationKey, text: str, path: Path | None
+) -> bool:
     """True when Slack took the message (and the file)."""
     thread = conversation.thread or None
     try:

@@ -29,7 +29,9 @@ CURVE_FILE = "loss-curve.png"
 def parse_conversation_key(key: str) -> ConversationKey:
     """``platform:workspace:channel[:thread]`` as the bot writes keys (``-``: no workspace)."""
     platform, workspace, channel, *thread = key.split(":")
-    return ConversationKey(platform, "" if workspace == "-" else workspace, channel, thread[0] if thread else "")
+    return ConversationKey(
+        platform, "" if workspace == "-" else workspace, channel, thread[0] if thread else ""
+    )
 
 
 def announcement(run: RunInfo, lang: Lang, *, curve: bool) -> str:

@@ -245,17 +245,21 @@ def _curve_line(run: RunInfo, lang: Lang) -> str:
 def _running_line(run: RunInfo, lang: Lang) -> str:
     progress = run.progress
     eta = progress.get("eta_s")
-    return say(
-        "finetune.status.running",
-        lang,
-        run=run.id,
-        phase=_phase(str(progress.get("phase", "starting")), lang),
-        step=progress.get("step", 0),
-        total=progress.get("total", "?"),
-        loss=_loss(progress.get("loss")),
-        eta=_duration(float(eta)) if isinstance(eta, int | float) else "?",
-        by=run.started_by,
-    ) + _sharing(run, lang) + _curve_line(run, lang)
+    return (
+        say(
+            "finetune.status.running",
+            lang,
+            run=run.id,
+            phase=_phase(str(progress.get("phase", "starting")), lang),
+            step=progress.get("step", 0),
+            total=progress.get("total", "?"),
+            loss=_loss(progress.get("loss")),
+            eta=_duration(float(eta)) if isinstance(eta, int | float) else "?",
+            by=run.started_by,
+        )
+        + _sharing(run, lang)
+        + _curve_line(run, lang)
+    )
 
 
 def _phase(phase: str, lang: Lang) -> str:

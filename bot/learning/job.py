@@ -54,7 +54,9 @@ class TrainJob:
     )
     system_prompt: str = ""  # the system prompt the general prompts are asked under
     curve_points: int = 10  # held-out evaluations during training, for the loss curve (0: none)
-    curve_examples: int = 32  # held-out examples each of those evaluations scores (a fixed subset: cheap, comparable)
+    curve_examples: int = (
+        32  # held-out examples each of those evaluations scores (a fixed subset: cheap, comparable)
+    )
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(dataclasses.asdict(self), indent=1), encoding="utf-8")

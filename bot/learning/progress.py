@@ -104,7 +104,9 @@ def sparkline(values: Sequence[float], width: int = SPARK_WIDTH) -> str:
     return "".join(SPARK[round((v - low) / (high - low) * top)] for v in finite)
 
 
-def expected_back(running: RunInfo | None, last: RunInfo | None, *, now: datetime | None = None) -> datetime | None:
+def expected_back(
+    running: RunInfo | None, last: RunInfo | None, *, now: datetime | None = None
+) -> datetime | None:
     """When a bot paused for this run should answer again: the trainer's ETA plus scoring the new LoRA (as long as
     scoring the base took), or, before training started, as long after its start as the last run took. None when
     nothing says."""
@@ -113,7 +115,11 @@ def expected_back(running: RunInfo | None, last: RunInfo | None, *, now: datetim
     now = now or datetime.now(UTC)
     progress = running.progress
     eta, updated = progress.get("eta_s"), progress.get("updated")
-    if progress.get("phase") == "training" and isinstance(eta, int | float) and isinstance(updated, int | float):
+    if (
+        progress.get("phase") == "training"
+        and isinstance(eta, int | float)
+        and isinstance(updated, int | float)
+    ):
         scoring = progress.get("scoring_s")
         after = float(scoring) if isinstance(scoring, int | float) else EVAL_AFTER_TRAINING_DEFAULT_S
         back = datetime.fromtimestamp(float(updated), UTC) + timedelta(seconds=float(eta) + after)
@@ -166,6 +172,10 @@ def _pairs(raw: object) -> list[tuple[float, float]]:
         return []
     found = []
     for item in raw:
-        if isinstance(item, list | tuple) and len(item) == 2 and all(isinstance(x, int | float) for x in item):
+        if (
+            isinstance(item, list | tuple)
+            and len(item) == 2
+            and all(isinstance(x, int | float) for x in item)
+        ):
             found.append((float(item[0]), float(item[1])))
     return found

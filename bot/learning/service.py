@@ -664,7 +664,9 @@ class FinetuneService:
                 if clock.scoring_s is not None:
                     progress["scoring_s"] = round(clock.scoring_s, 1)
             elif kind == "heldout":
-                _log.info("fine-tune run=%d step %s held-out loss=%s", run.id, event.get("step"), event.get("loss"))
+                _log.info(
+                    "fine-tune run=%d step %s held-out loss=%s", run.id, event.get("step"), event.get("loss")
+                )
             elif kind == "eval":
                 progress[f"loss_{event.get('split')}_{event.get('which')}"] = event.get("loss")
                 _log.info(

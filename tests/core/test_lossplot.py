@@ -21,7 +21,7 @@ def decode_png(data: bytes) -> tuple[int, int, list[bytes]]:
         assert crc == zlib.crc32(kind + body) & 0xFFFFFFFF, kind
         chunks.append((kind, body))
         pos += 12 + length
-    assert [k for k, _ in chunks][0] == b"IHDR" and chunks[-1][0] == b"IEND"
+    assert chunks[0][0] == b"IHDR" and chunks[-1][0] == b"IEND"
     width, height, depth, color, _, _, _ = struct.unpack(">IIBBBBB", chunks[0][1])
     assert (depth, color) == (8, 2)
     raw = zlib.decompress(b"".join(body for kind, body in chunks if kind == b"IDAT"))
@@ -34,7 +34,9 @@ def decode_png(data: bytes) -> tuple[int, int, list[bytes]]:
 
 def pixels_of(rows: list[bytes], color: tuple[int, int, int]) -> list[tuple[int, int]]:
     wanted = bytes(color)
-    return [(x, y) for y, row in enumerate(rows) for x in range(len(row) // 3) if row[3 * x : 3 * x + 3] == wanted]
+    return [
+        (x, y) for y, row in enumerate(rows) for x in range(len(row) // 3) if row[3 * x : 3 * x + 3] == wanted
+    ]
 
 
 def test_a_falling_training_loss_is_drawn_from_top_left_to_bottom_right() -> None:

@@ -78,7 +78,13 @@ def test_the_paused_bot_expects_to_be_back_after_the_eta_and_scoring() -> None:
     assert expected_back(training, None, now=NOW) == NOW + timedelta(seconds=-30 + 600 + 120)
 
     last = run_info(RunStatus.SUCCEEDED)
-    last = RunInfo(**{**vars(last), "started_at": NOW - timedelta(days=1, minutes=40), "finished_at": NOW - timedelta(days=1)})
+    last = RunInfo(
+        **{
+            **vars(last),
+            "started_at": NOW - timedelta(days=1, minutes=40),
+            "finished_at": NOW - timedelta(days=1),
+        }
+    )
     loading = run_info(phase="loading")
     assert expected_back(loading, last, now=NOW) == loading.started_at + timedelta(minutes=40)
     assert expected_back(loading, None, now=NOW) is None
@@ -92,7 +98,9 @@ def test_the_announcement_says_how_the_run_ended_in_the_askers_language() -> Non
         "(was 10.6500).",
         "Loss curve attached (blue: training loss, orange: held-out loss, across: steps).",
     ]
-    assert announcement(done, "ko", curve=False).startswith("학습 #7이(가) 끝났어요 (/finetune run, 시작: discord:42): ")
+    assert announcement(done, "ko", curve=False).startswith(
+        "학습 #7이(가) 끝났어요 (/finetune run, 시작: discord:42): "
+    )
 
 
 def test_conversation_keys_parse_as_the_bot_writes_them() -> None:
@@ -116,8 +124,12 @@ async def test_nightly_runs_post_in_the_admin_channel_in_both_languages(
 ) -> None:
     records = LearningRecords(sqlite_store)
     run = records.create_run(trigger="schedule", started_by="scheduler", owner="me")
-    records.update_progress(run.id, {"losses": {"train": [[1, 2.0], [2, 1.0]], "held_out": [[0, 2.5], [2, 1.2]]}})
-    finished = records.finish_run(run.id, RunStatus.REJECTED, RunOutcomeFields(error="gate", reason={"key": "gate"}))
+    records.update_progress(
+        run.id, {"losses": {"train": [[1, 2.0], [2, 1.0]], "held_out": [[0, 2.5], [2, 1.2]]}}
+    )
+    finished = records.finish_run(
+        run.id, RunStatus.REJECTED, RunOutcomeFields(error="gate", reason={"key": "gate"})
+    )
     slack = Poster("slack")
     announcer = RunAnnouncer([slack, Poster("discord")], admin_channel="slack:T1:CADMIN")
 

@@ -214,7 +214,11 @@ class FakeSlack:
             return {"ok": False, "error": "invalid_arguments"}
         file_id = f"F{next(self._counter):08d}"
         self.uploads.append(Upload(file_id, filename, length))
-        return {"ok": True, "upload_url": f"http://127.0.0.1:{self.port}/upload/{file_id}", "file_id": file_id}
+        return {
+            "ok": True,
+            "upload_url": f"http://127.0.0.1:{self.port}/upload/{file_id}",
+            "file_id": file_id,
+        }
 
     async def _file_upload(self, request: web.Request) -> web.Response:
         upload = next((u for u in self.uploads if u.file_id == request.match_info["id"]), None)
