@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from bot.domain import ConversationKey
+from bot.app import build_core
+from bot.domain import Author, ConversationKey, IncomingMessage
 from bot.learning.announce import RunAnnouncer, announcement, parse_conversation_key
 from bot.learning.commands import render_status
 from bot.learning.progress import MAX_POINTS, LossHistory, RunOrigin, expected_back, sparkline
 from bot.learning.records import LearningRecords, RunInfo, RunOutcomeFields, RunStatus
 from bot.learning.service import FinetuneStatus
 from bot.lossplot import png_size
+from bot.settings import load_settings
 from bot.store.conversations import ConversationStore
+from tests.fakes import RecordingSink, ScriptedEngine
 
 NOW = datetime(2026, 12, 5, 17, 0, tzinfo=UTC)
 
@@ -150,3 +154,45 @@ async def test_a_run_with_no_channel_or_cancelled_is_not_posted(tmp_path: Path) 
     await RunAnnouncer([poster])(run_info(RunStatus.FAILED), origin, tmp_path)
     [(_, text, picture)] = poster.posts
     assert text.startswith("학습 #7이(가) 끝났어요") and picture is None  # never trained: no curve
+
+
+async def test_a_paused_bot_says_when_it_expects_to_be_back(
+    sqlite_store: ConversationStore, tmp_path: Path
+) -> None:
+    """The whole core as bot.app builds it: a run training with 10 minutes left (and 1 of scoring after) pauses the
+    engine; a message gets the maintenance sentence with the time, in the writer's language."""
+    settings = load_settings(
+        data_dir=tmp_path / "data", scheduler={"enabled": False, "timezone": "Asia/Seoul"}
+    )
+    engine = ScriptedEngine()
+    core = build_core(settings, engine=engine, store=sqlite_store)
+    records = LearningRecords(sqlite_store)
+    sink = RecordingSink()
+
+    await engine.pause()
+    await core.chat.handle(message("안녕하세요"), sink)  # no run going: nothing to estimate from
+    run = records.create_run(trigger="manual", started_by="console:local", owner="me")
+    updated = time.time()
+    records.update_progress(
+        run.id, {"phase": "training", "eta_s": 600.0, "updated": updated, "scoring_s": 60.0}
+    )
+    await core.chat.handle(message("안녕하세요"), sink)
+    await core.chat.handle(message("hello there"), sink)
+
+    back = datetime.fromtimestamp(updated + 660, ZoneInfo("Asia/Seoul")).strftime("%H:%M")
+    assert sink.sent == [
+        "지금 점검(모델 학습) 중이에요. 잠시 후 다시 물어봐 주세요.",
+        f"지금 점검(모델 학습) 중이에요. {back}쯤(약 11분 뒤) 다시 답할 수 있을 거예요.",
+        f"I am down for maintenance (model training) and expect to be back around {back} (in about 11 min).",
+    ]
+
+
+def message(text: str) -> IncomingMessage:
+    return IncomingMessage(
+        platform="console",
+        conversation=ConversationKey("console", "", "progress"),
+        message_id=f"m-{time.monotonic_ns()}",
+        author=Author(id="local", display_name="local"),
+        text=text,
+        is_direct=True,
+    )
