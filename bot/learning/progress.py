@@ -107,19 +107,15 @@ def sparkline(values: Sequence[float], width: int = SPARK_WIDTH) -> str:
 def expected_back(
     running: RunInfo | None, last: RunInfo | None, *, now: datetime | None = None
 ) -> datetime | None:
-    """When a bot paused for this run should answer again: the trainer's ETA plus scoring the new LoRA (as long as
-    scoring the base took), or, before training started, as long after its start as the last run took. None when
-    nothing says."""
+    """When a bot paused for this run should answer again: once training started, the trainer's last ETA plus
+    scoring the new LoRA (as long as scoring the base took); before, as long after its start as the last run took.
+    None when nothing says."""
     if running is None or running.status is not RunStatus.RUNNING:
         return None
     now = now or datetime.now(UTC)
     progress = running.progress
     eta, updated = progress.get("eta_s"), progress.get("updated")
-    if (
-        progress.get("phase") == "training"
-        and isinstance(eta, int | float)
-        and isinstance(updated, int | float)
-    ):
+    if isinstance(eta, int | float) and isinstance(updated, int | float):  # training started (or is over)
         scoring = progress.get("scoring_s")
         after = float(scoring) if isinstance(scoring, int | float) else EVAL_AFTER_TRAINING_DEFAULT_S
         back = datetime.fromtimestamp(float(updated), UTC) + timedelta(seconds=float(eta) + after)

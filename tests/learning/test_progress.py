@@ -80,6 +80,10 @@ def test_the_paused_bot_expects_to_be_back_after_the_eta_and_scoring() -> None:
     updated = (NOW - timedelta(seconds=30)).timestamp()
     training = run_info(phase="training", eta_s=600.0, updated=updated, scoring_s=120.0)
     assert expected_back(training, None, now=NOW) == NOW + timedelta(seconds=-30 + 600 + 120)
+    scoring = run_info(phase="evaluating", eta_s=0.0, updated=updated, scoring_s=120.0)  # training is over
+    assert expected_back(scoring, None, now=NOW) == NOW + timedelta(seconds=90)
+    late = run_info(phase="evaluating", eta_s=0.0, updated=updated - 3600, scoring_s=120.0)
+    assert expected_back(late, None, now=NOW) == NOW + timedelta(minutes=1), "never in the past"
 
     last = run_info(RunStatus.SUCCEEDED)
     last = RunInfo(
