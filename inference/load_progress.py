@@ -65,6 +65,7 @@ class LoadProgress:
         self._started = clock()
         self._logged = self._started
         self._drawn = 0.0
+        self._bar_open = False  # the bar's line has no newline yet
         self._lock = threading.Lock()
 
     # counting
@@ -95,11 +96,9 @@ class LoadProgress:
         self._show()
 
     def finish(self) -> None:
-        """The last status line (always logged), and the bar's final state and newline."""
-        self._show(force=True)
-        if self._bar:
-            self._stream.write("\n")
-            self._stream.flush()
+        """The bar's final state, and the last status line (always logged)."""
+        self._draw()
+        self._log()
 
     # what is shown
 
@@ -140,17 +139,31 @@ class LoadProgress:
             parts.append(f"done in {_duration(self._clock() - self._started)}")
         return f"model {self.phase}: " + ", ".join(parts)
 
-    def _show(self, *, force: bool = False) -> None:
+    def _show(self) -> None:
         now = self._clock()
-        if force or now - self._logged >= self._log_interval_s:
-            self._logged = now
-            _log.info("%s", self.status())
-        if self._bar and (force or now - self._drawn >= BAR_INTERVAL_S):
-            self._drawn = now
-            filled = round(BAR_WIDTH * self.fraction)
-            line = f"\r[{'#' * filled}{'-' * (BAR_WIDTH - filled)}] {self.status()}"
-            self._stream.write(line.ljust(100))
+        if now - self._logged >= self._log_interval_s:
+            self._log()
+        if now - self._drawn >= BAR_INTERVAL_S:
+            self._draw()
+
+    def _log(self) -> None:
+        """The status line; a bar on the same terminal gets its newline first, so the two never share a line."""
+        self._logged = self._clock()
+        if self._bar_open:
+            self._stream.write("\n")
             self._stream.flush()
+            self._bar_open = False
+        _log.info("%s", self.status())
+
+    def _draw(self) -> None:
+        if not self._bar:
+            return
+        self._drawn = self._clock()
+        filled = round(BAR_WIDTH * self.fraction)
+        line = f"\r[{'#' * filled}{'-' * (BAR_WIDTH - filled)}] {self.status()}"
+        self._stream.write(line.ljust(100))
+        self._stream.flush()
+        self._bar_open = True
 
 
 def wants_bar(setting: str, stream: TextIO | None = None) -> bool:

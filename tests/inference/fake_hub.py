@@ -40,9 +40,10 @@ class FakeHub:
         self._server.server_close()
 
     def downloaded(self) -> list[str]:
+        """The files fetched (GET of their bytes), in order."""
         prefix = f"/{self.repo}/resolve/"
         return [
-            path.split("/", len(prefix.split("/")) - 1)[-1]
+            path.removeprefix(prefix).split("/", 1)[1]
             for method, path in self.requests
             if method == "GET" and path.startswith(prefix)
         ]

@@ -37,20 +37,19 @@ def test_download_from_the_hub_then_loading_show_progress(tmp_path: Path, demo_m
             PYTHONPATH=str(REPO),
         )
         done = subprocess.run(
-            [sys.executable, "-c", SCRIPT], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+            [sys.executable, "-c", SCRIPT], env=env, cwd=tmp_path, capture_output=True, timeout=300
         )
         downloaded = hub.downloaded()
+    stdout, stderr = done.stdout.decode(), done.stderr.decode()  # bytes: a bar's "\r" stays a "\r"
 
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.startswith("loaded hanbot-tests/demo ")
+    assert done.returncode == 0, stderr[-3000:]
+    assert stdout.startswith("loaded hanbot-tests/demo ")
     weights = [f for f in hub.files if f.endswith(".safetensors")]
     assert weights and set(weights) <= set(downloaded), downloaded
     assert len(downloaded) == len(set(downloaded)), "each file once"
     size = sum(hub.files[f].stat().st_size for f in hub.files if not f.startswith("."))
     logged = [
-        line.split(": ", 1)[1]
-        for line in done.stderr.splitlines()
-        if line.startswith("inference.load_progress")
+        line.split(": ", 1)[1] for line in stderr.splitlines() if line.startswith("inference.load_progress")
     ]
     download = [line for line in logged if line.startswith("model download:")]
     assert download and re.fullmatch(
@@ -58,7 +57,7 @@ def test_download_from_the_hub_then_loading_show_progress(tmp_path: Path, demo_m
         download[-1],
     ), download
     assert any(line.startswith("model loading:") and "(100%)" in line for line in logged), logged
-    bars = [part for part in done.stderr.split("\r") if part.startswith("[")]
+    bars = [part for part in re.split(r"[\r\n]", stderr) if part.startswith("[")]
     assert any(bar.startswith("[" + "#" * 24 + "] model download: ") for bar in bars)
     assert any(bar.startswith("[" + "#" * 24 + "] model loading: ") for bar in bars)
     assert size > 0
