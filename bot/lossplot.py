@@ -38,6 +38,20 @@ _GLYPHS = {
     ".": "000000000000010",
     "-": "000000111000000",
     "k": "100101110101101",
+    "A": "010101111101101",
+    "D": "110101101101110",
+    "E": "111100110100111",
+    "G": "011100101101011",
+    "H": "101101111101101",
+    "I": "111010010010111",
+    "L": "100100100100111",
+    "N": "110101101101101",
+    "O": "010101101101010",
+    "P": "110101110100100",
+    "R": "110101110101101",
+    "S": "011100010001110",
+    "T": "111010010010010",
+    "U": "101101101101111",
 }
 _SCALE = 2  # each glyph pixel is 2×2
 
@@ -78,7 +92,7 @@ class Canvas:
                 y0 += sy
 
     def text(self, x: int, y: int, text: str, color: Color = AXIS) -> None:
-        """Digits, '.', '-' and 'k' (the only characters the axes need); others are skipped."""
+        """Digits, '.', '-', 'k' and the capitals of the captions; others (a space) leave a gap."""
         for i, char in enumerate(text):
             glyph = _GLYPHS.get(char)
             if glyph is None:
@@ -148,6 +162,7 @@ def _draw_axes(
         canvas.text(x - text_width(step) // 2, bottom + 8, step)
     canvas.line(left, top, left, bottom, AXIS, 2)
     canvas.line(left, bottom, right, bottom, AXIS, 2)
+    canvas.text(right - text_width("STEPS"), bottom + 22, "STEPS")
 
 
 def _draw_series(canvas: Canvas, pixels: Sequence[tuple[int, int]], color: Color, *, dots: bool) -> None:
@@ -159,11 +174,14 @@ def _draw_series(canvas: Canvas, pixels: Sequence[tuple[int, int]], color: Color
 
 
 def _draw_legend(canvas: Canvas, left: int, top: int) -> None:
-    """Two colour keys above the plot: a line for training, a dotted line for held-out (the captions say which)."""
+    """Two colour keys above the plot: a line for training, a dotted line for held-out."""
     y = top - 22
     canvas.line(left, y, left + 30, y, TRAIN, 3)
-    canvas.line(left + 60, y, left + 90, y, HELD_OUT, 3)
-    canvas.box(left + 72, y - 3, left + 78, y + 3, HELD_OUT)
+    canvas.text(left + 38, y - 5, "TRAINING LOSS")
+    second = left + 38 + text_width("TRAINING LOSS") + 30
+    canvas.line(second, y, second + 30, y, HELD_OUT, 3)
+    canvas.box(second + 12, y - 3, second + 18, y + 3, HELD_OUT)
+    canvas.text(second + 38, y - 5, "HELD-OUT LOSS")
 
 
 def _number(value: float, *, integer: bool = False) -> str:
