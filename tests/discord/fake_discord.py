@@ -727,7 +727,8 @@ def _multipart(raw: bytes, content_type: str) -> dict[str, Any]:
     body: dict[str, Any] = {"_files": []}
     for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
-        data = part.get_payload(decode=True) or b""
+        payload = part.get_payload(decode=True)
+        data = payload if isinstance(payload, bytes) else b""
         if name == "payload_json":
             body.update(json.loads(data))
         elif isinstance(name, str) and name.startswith("files["):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from adapters.console import ConsoleAdapter
 from bot.app import build_core
 from bot.domain import Author, ConversationKey, IncomingMessage
 from bot.learning.announce import RunAnnouncer, announcement, parse_conversation_key
@@ -200,3 +202,16 @@ def message(text: str) -> IncomingMessage:
         text=text,
         is_direct=True,
     )
+
+
+async def test_the_console_prints_the_post_and_the_pictures_path(tmp_path: Path) -> None:
+    out = io.StringIO()
+    console = ConsoleAdapter(session="console", stdin=io.StringIO(), stdout=out)
+    picture = tmp_path / "loss-curve.png"
+
+    assert await console.post_file(
+        ConversationKey("console", "", "console"), "학습 #3이(가) 끝났어요", picture
+    )
+    assert not await console.post_file(ConversationKey("slack", "T1", "C1"), "elsewhere", picture)
+
+    assert out.getvalue() == f"봇: 학습 #3이(가) 끝났어요\n    {picture}\n"
