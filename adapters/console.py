@@ -15,6 +15,7 @@ import sys
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import TextIO
 
 from bot.commands import CommandContext, CommandRegistry, parse_arguments
@@ -105,6 +106,16 @@ class ConsoleAdapter:
     ) -> ReplySink | None:
         """Where a reply to an earlier message of this session goes (after a restart): this terminal."""
         return ConsoleReplySink(self._out, lang) if conversation == self.conversation else None
+
+    async def post_file(self, conversation: ConversationKey, text: str, path: Path | None = None) -> bool:
+        """A notice in this terminal (the end of a fine-tune run), with the file's path (a terminal shows no
+        pictures). Any console conversation is this terminal."""
+        if conversation.platform != "console":
+            return False
+        shown = f"{BOT_PREFIX}{text}\n" + (f"    {path}\n" if path is not None else "")
+        self._out.write(shown)
+        self._out.flush()
+        return True
 
     async def stop(self) -> None:
         if self._task is not None and not self._task.done():

@@ -21,7 +21,9 @@ from bot.chat import ChatService
 from bot.commands import CommandRegistry, CommandSpec
 from bot.domain import ConversationKey
 from bot.errors import ConfigError
+from bot.learning.announce import RunAnnouncer
 from bot.learning.commands import learning_commands
+from bot.learning.progress import back_estimate
 from bot.learning.service import FinetuneService
 from bot.masking import mask_text, mask_url
 from bot.ops.probes import database_check, engine_check, platform_check, register_refreshers
@@ -29,7 +31,7 @@ from bot.ops.prometheus import PrometheusMetrics
 from bot.ops.server import Check, OpsServer
 from bot.permissions import AdminPolicy
 from bot.persona import persona_command
-from bot.ports import Adapter, Engine, ReplySink
+from bot.ports import Adapter, ChannelPoster, Engine, ReplySink
 from bot.recovery import recover_unanswered
 from bot.scheduler import BotScheduler
 from bot.settings import Settings
@@ -148,7 +150,12 @@ def build_core(
     metrics = metrics or PrometheusMetrics()
     finetune = FinetuneService(settings, store, engine)
     chat = ChatService(
-        settings=settings, store=store, engine=engine, lora_for=finetune.lora_for, metrics=metrics
+        settings=settings,
+        store=store,
+        engine=engine,
+        lora_for=finetune.lora_for,
+        metrics=metrics,
+        back_at=back_estimate(finetune.records),
     )
     commands = build_commands(
         settings,
@@ -162,6 +169,12 @@ def build_core(
     )
     register_refreshers(metrics, engine, finetune)
     return Core(settings, store, engine, chat, commands, finetune, scheduler, metrics)
+
+
+def announce_runs(core: Core, adapters: Sequence[Adapter]) -> None:
+    """The end of each fine-tune run is posted through these adapters (bot.learning.announce)."""
+    posters = [adapter for adapter in adapters if isinstance(adapter, ChannelPoster)]
+    core.finetune.on_run_end(RunAnnouncer(posters, admin_channel=core.settings.finetune.announce_channel))
 
 
 async def start_background(core: Core) -> None:
@@ -235,6 +248,7 @@ async def serve(core: Core, adapters: Sequence[Adapter], ops: OpsServer | None =
         except (NotImplementedError, RuntimeError):  # not the main thread, or not supported here
             pass
     try:
+        announce_runs(core, adapters)
         await start_background(core)
         for adapter in adapters:
             await adapter.start(core.chat.handle, core.commands)

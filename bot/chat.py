@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -64,6 +67,9 @@ class _Tally:
 LoraRouter = Callable[[ConversationKey], str | None]
 """Which LoRA version answers in a conversation (``GenerationRequest.lora``): the learning loop's routes."""
 
+BackAt = Callable[[], Awaitable[datetime | None]]
+"""When a paused engine is expected to answer again (the learning loop's estimate), None when nothing says."""
+
 
 class ChatService:
     def __init__(
@@ -74,8 +80,10 @@ class ChatService:
         engine: Engine,
         lora_for: LoraRouter | None = None,
         metrics: Metrics | None = None,
+        back_at: BackAt | None = None,
     ) -> None:
         self._settings = settings
+        self._back_at = back_at
         self._store = store
         self._engine = engine
         self._lora_for = lora_for
@@ -424,12 +432,27 @@ class ChatService:
             await self._store_reply(msg, saved, reply.text, MessageStatus.INCOMPLETE, sink)
         else:  # never answered: kept, but out of the prompts (and not answered again after a restart)
             await asyncio.to_thread(self._store.update_message, user_turn.id, status=MessageStatus.FAILED)
+        text = await self._maintenance_text(lang) if isinstance(exc, EnginePaused) else say(key, lang)
         try:
-            await sink.send(say(key, lang))
+            await sink.send(text)
         except Exception:
             _log.exception(
                 "could not tell the user conversation=%s message=%s", msg.conversation, msg.message_id
             )
+
+    async def _maintenance_text(self, lang: Lang) -> str:
+        """The maintenance sentence, with when the bot expects to be back when the learning loop can tell."""
+        back = None
+        if self._back_at is not None:
+            try:
+                back = await self._back_at()
+            except Exception as exc:  # an estimate is a courtesy: never let it cost the sentence
+                _log.warning("no maintenance estimate: %s", type(exc).__name__)
+        if back is None:
+            return say("error.maintenance", lang)
+        minutes = max(1, math.ceil((back - datetime.now(UTC)).total_seconds() / 60))
+        shown = back.astimezone(ZoneInfo(self._settings.scheduler.timezone)).strftime("%H:%M")
+        return say("error.maintenance_until", lang, time=shown, minutes=minutes)
 
     async def _store_reply(
         self, msg: IncomingMessage, saved: StreamingReply, text: str, status: MessageStatus, sink: ReplySink

@@ -123,6 +123,7 @@ def _run_chat(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # loading bars would interleave with the chat
     from adapters.console import ConsoleAdapter
     from bot.app import (
+        announce_runs,
         build_core,
         follow_rank_0,
         readiness_checks,
@@ -151,6 +152,7 @@ def _run_chat(args: argparse.Namespace) -> int:
         console = ConsoleAdapter(session=args.session)
         stop_on_sigterm(console.stop)
         try:
+            announce_runs(core, [console])
             await start_background(core)
             await recover(core, [console])
             await console.start(core.chat.handle, core.commands)

@@ -6,6 +6,7 @@ Each is a Protocol of a few methods, so a fake satisfies it without inheritance.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from bot.domain import (
@@ -111,6 +112,18 @@ class ConversationHistory(Protocol):
     async def sink_for(
         self, conversation: ConversationKey, *, author_id: str, message_id: str | None, lang: Lang
     ) -> ReplySink | None: ...
+
+
+@runtime_checkable
+class ChannelPoster(Protocol):
+    """Posts a message, with a file when one is given, into a conversation outside any reply (the end of a fine-tune
+    run): Discord as an attachment, Slack as an uploaded file, the console as the file's path."""
+
+    name: str
+
+    async def post_file(self, conversation: ConversationKey, text: str, path: Path | None = None) -> bool:
+        """True when posted; False when the conversation cannot be reached (the adapter logs why)."""
+        ...
 
 
 MessageHandler = Callable[[IncomingMessage, ReplySink], Awaitable[None]]

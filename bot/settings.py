@@ -58,6 +58,11 @@ class ModelSettings(BaseModel):
     )
     system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, description="the prototype's bilingual prompt")
     is_demo: bool = Field(False, description="set by `hanbot chat --demo`: announced at start")
+    progress_bar: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="a progress bar of the download and loading on stderr (auto: when it is a terminal); "
+        "the logs get a status line every 10 s either way",
+    )
 
 
 _GENERATION_DEFAULTS = GenerationParams()  # the one definition of the defaults: bot.domain.GenerationParams
@@ -298,6 +303,21 @@ class FinetuneSettings(BaseModel):
     seed: int = Field(0, description="random seed of the data split and the training")
     python: str | None = Field(None, description="trainer interpreter")
     timeout_s: float = Field(12 * 3600.0, gt=0, description="a run still training after this long is stopped")
+    announce_channel: str | None = Field(
+        None,
+        description='conversation key where the nightly run\'s end is posted, e.g. "slack:T0123:C0456" '
+        "(/finetune run posts where it was typed)",
+    )
+
+    @field_validator("announce_channel")
+    @classmethod
+    def _check_announce_channel(cls, key: str | None) -> str | None:
+        if key is not None and (key.count(":") < 2 or not ROUTE_SCOPE.fullmatch(key)):
+            raise ValueError(
+                f"{key!r} is not a channel's conversation key: write platform:workspace:channel, e.g. "
+                '"discord:123456789:987654321", "slack:T0123:C0456" or "console:-:console"'
+            )
+        return key
 
     @field_validator("version_routes")
     @classmethod

@@ -73,6 +73,11 @@ TEXTS: dict[str, dict[Lang, str]] = {
         "ko": "지금 점검(모델 학습) 중이에요. 잠시 후 다시 물어봐 주세요.",
         "en": "I am down for maintenance (model training). Please ask again soon.",
     },
+    "error.maintenance_until": {
+        "ko": "지금 점검(모델 학습) 중이에요. {time}쯤(약 {minutes}분 뒤) 다시 답할 수 있을 거예요.",
+        "en": "I am down for maintenance (model training) and expect to be back around {time} (in about {minutes} "
+        "min).",
+    },
     "error.timeout": {
         "ko": "답변 시간이 너무 오래 걸려 멈췄어요. 질문을 짧게 해서 다시 시도해 주세요.",
         "en": "The answer took too long and was stopped. Please try a shorter question.",
@@ -258,6 +263,21 @@ TEXTS: dict[str, dict[Lang, str]] = {
         "ko": "학습 #{run}: {phase}, {step}/{total} 단계, loss {loss}, 남은 시간 약 {eta} (시작: {by}).",
         "en": "Run #{run}: {phase}, step {step}/{total}, loss {loss}, about {eta} left (started by {by}).",
     },
+    "finetune.status.curve": {
+        "ko": "손실 추이: {spark} {loss}{held_out}",
+        "en": "Loss so far: {spark} {loss}{held_out}",
+    },
+    "finetune.status.curve_held_out": {"ko": " (검증 {loss})", "en": " (held-out {loss})"},
+    "finetune.announce": {
+        "ko": "학습 #{run}이(가) 끝났어요 ({trigger}, 시작: {by}): {result}",
+        "en": "Fine-tune run #{run} has ended ({trigger}, started by {by}): {result}",
+    },
+    "finetune.announce.curve": {
+        "ko": "손실 곡선을 첨부했어요 (파랑: 학습 손실, 주황: 검증 손실, 가로축: 단계).",
+        "en": "Loss curve attached (blue: training loss, orange: held-out loss, across: steps).",
+    },
+    "finetune.trigger.manual": {"ko": "/finetune run", "en": "/finetune run"},
+    "finetune.trigger.schedule": {"ko": "야간 학습", "en": "nightly"},
     "finetune.phase.starting": {"ko": "시작하는 중", "en": "starting"},
     "finetune.phase.dataset": {"ko": "데이터 준비 중", "en": "building the dataset"},
     "finetune.phase.loading": {"ko": "모델 불러오는 중", "en": "loading the model"},

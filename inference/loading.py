@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from bot.errors import ModelLoadError
 from bot.settings import ModelSettings
+from inference.load_progress import checkpoint_files, download_files, loading_progress, wants_bar
 
 _log = logging.getLogger(__name__)
 
@@ -52,8 +53,11 @@ def load_model(settings: ModelSettings) -> LoadedModel:
         settings.device_map,
         settings.quantization,
     )
+    bar = wants_bar(settings.progress_bar)
+    folder = Path(name).expanduser() if _is_local(name) else _hub_folder(name, settings.revision, local, bar)
     tokenizer = _load_tokenizer(name, settings.revision, local)
-    model = _load_weights(name, kwargs, local)
+    with loading_progress(checkpoint_files(folder) if folder else [], bar=bar):
+        model = _load_weights(name, kwargs, local)
     model.eval()
     _log.info("model %s loaded: %d parameters", name, sum(p.numel() for p in model.parameters()))
     return LoadedModel(model=model, tokenizer=tokenizer, name=name)
@@ -67,17 +71,22 @@ def checkpoint_folder(settings: ModelSettings) -> Path:
     if local:
         return Path(name).expanduser()
     cached_only = hub_files_are_local(name, settings.revision)
-    try:
-        from huggingface_hub import snapshot_download
+    folder = _hub_folder(name, settings.revision, cached_only, wants_bar(settings.progress_bar))
+    if folder is None:
+        raise ModelLoadError(f"could not load model {name!r}: it is not in the local cache (offline)")
+    return folder
 
-        return Path(
-            snapshot_download(
-                name,
-                revision=settings.revision,
-                local_files_only=cached_only,
-                allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"],
-            )
-        )
+
+def _hub_folder(name: str, revision: str | None, cached_only: bool, bar: bool) -> Path | None:
+    """The hub model's snapshot folder: downloaded with progress (``inference.load_progress``) unless the cache
+    must do; None when the cache must do and does not hold it."""
+    if cached_only:
+        from huggingface_hub import try_to_load_from_cache
+
+        config = try_to_load_from_cache(name, "config.json", revision=revision)
+        return Path(config).parent if isinstance(config, str) else None
+    try:
+        return download_files(name, revision, bar=bar)
     except Exception as exc:
         raise _explain(name, exc) from exc
 

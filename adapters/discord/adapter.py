@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import discord
@@ -23,7 +24,7 @@ from adapters.discord.files import read_attachments
 from adapters.discord.history import recent_messages
 from adapters.discord.pacing import ChannelPacer
 from adapters.discord.replies import reply_chain
-from adapters.discord.sink import DiscordReplySink
+from adapters.discord.sink import MESSAGE_LIMIT, DiscordReplySink
 from bot.commands import CommandRegistry
 from bot.domain import ConversationKey, QuotedMessage
 from bot.errors import ConfigError
@@ -33,6 +34,7 @@ from bot.ports import HistoryError, MessageHandler, ReplySink
 from bot.settings import Settings
 from bot.store.conversations import ConversationStore
 from bot.texts import Lang
+from bot.textsplit import split_message
 
 _log = logging.getLogger(__name__)
 
@@ -160,8 +162,38 @@ class DiscordAdapter:
         self, conversation: ConversationKey, *, author_id: str, message_id: str | None, lang: Lang
     ) -> ReplySink | None:
         """A reply into a stored conversation (after a restart), as a reply to ``message_id`` when there is one."""
+        channel = await self._channel(conversation)
+        if channel is None:
+            return None
+        channel_id = int(conversation.channel)
+        reply_to = None
+        if message_id and message_id.isdigit() and hasattr(channel, "get_partial_message"):
+            reply_to = channel.get_partial_message(int(message_id))
+        return DiscordReplySink(
+            channel, channel_id=channel_id, pacer=self._pacer, lang=lang, reply_to=reply_to
+        )
+
+    async def post_file(self, conversation: ConversationKey, text: str, path: Path | None = None) -> bool:
+        """A message in the conversation's channel (the end of a fine-tune run), the file attached to its first
+        piece."""
+        channel = await self._channel(conversation)
+        if channel is None:
+            return False
+        pieces = split_message(text, MESSAGE_LIMIT) or [""]
+        try:
+            for n, piece in enumerate(pieces):
+                if n == 0 and path is not None:
+                    await channel.send(content=piece, file=discord.File(path, filename=path.name))
+                else:
+                    await channel.send(content=piece)
+        except (discord.HTTPException, OSError) as exc:
+            _log.warning("could not post in channel=%s: %s", conversation.channel, type(exc).__name__)
+            return False
+        return True
+
+    async def _channel(self, conversation: ConversationKey) -> discord.abc.Messageable | None:
         client = self._client
-        if client is None:
+        if client is None or not conversation.channel.isdigit():
             return None
         channel_id = int(conversation.channel)
         channel = client.get_channel(channel_id)
@@ -171,14 +203,7 @@ class DiscordAdapter:
             except (discord.HTTPException, discord.InvalidData) as exc:
                 _log.warning("channel %s unreachable: %s", channel_id, type(exc).__name__)
                 return None
-        if not isinstance(channel, discord.abc.Messageable):
-            return None
-        reply_to = None
-        if message_id and message_id.isdigit() and hasattr(channel, "get_partial_message"):
-            reply_to = channel.get_partial_message(int(message_id))
-        return DiscordReplySink(
-            channel, channel_id=channel_id, pacer=self._pacer, lang=lang, reply_to=reply_to
-        )
+        return channel if isinstance(channel, discord.abc.Messageable) else None
 
     async def connected(self) -> bool:
         """Whether the gateway connection is up and the bot ready (false while discord.py reconnects)."""

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -39,6 +40,7 @@ from adapters.slack.history import recent_messages
 from adapters.slack.native import NativeSupport
 from adapters.slack.pacing import UpdatePacer
 from adapters.slack.sink import SlackReplySink
+from adapters.slack.uploads import post_file
 from adapters.slack.users import UserDirectory
 from bot.commands import CommandRegistry
 from bot.domain import ConversationKey, QuotedMessage, SharedFile
@@ -156,6 +158,10 @@ class SlackAdapter:
             conversation.workspace, conversation.channel, conversation.thread or None, author_id
         )
         return SlackReplySink(self._client, target, pacer=self._pacer, native=self._native, lang=lang)
+
+    async def post_file(self, conversation: ConversationKey, text: str, path: Path | None = None) -> bool:
+        """A message in the conversation (its thread, or the channel), with the file uploaded to it."""
+        return await post_file(self._client, conversation, text, path)
 
     async def connected(self) -> bool:
         """Socket Mode: the websocket is up (false while it reconnects); HTTP: the server listens."""

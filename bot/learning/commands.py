@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 from bot.commands import CommandContext, CommandOption, CommandSpec, is_yes
 from bot.domain import CommandReply
 from bot.learning.gate import GateReport, describe
+from bot.learning.progress import LossHistory, RunOrigin, sparkline
 from bot.learning.records import RunInfo, RunStatus, TrialInfo, VersionInfo
 from bot.learning.routing import BadChannelList, channel_scope, parse_channels
 from bot.learning.service import FinetuneService, FinetuneStatus
@@ -74,7 +75,7 @@ def _finetune_command(service: FinetuneService, zone: ZoneInfo) -> CommandSpec:
 
 
 async def _run(service: FinetuneService, ctx: CommandContext) -> CommandReply:
-    outcome = await service.start(actor=_actor(ctx))
+    outcome = await service.start(actor=_actor(ctx), origin=RunOrigin(ctx.conversation, ctx.lang))
     run_id = outcome.run.id if outcome.run else "?"
     key = "cmd.finetune.started" if outcome.started else "cmd.finetune.already_running"
     return CommandReply(say(key, ctx.lang, run=run_id), ephemeral=False)
@@ -219,20 +220,46 @@ def _sharing(run: RunInfo, lang: Lang) -> str:
     return say("finetune.sharing", lang, mode=say(key, lang)) if key in TEXTS else ""
 
 
+def run_summary(run: RunInfo, lang: Lang) -> list[str]:
+    """How a finished run ended (one line), then the gate's checks (one line each): the end-of-run post."""
+    report = GateReport.from_json(run.gate)
+    return [_result_text(run, lang), *(describe(report, lang) if report is not None else [])]
+
+
+def _curve_line(run: RunInfo, lang: Lang) -> str:
+    """The training loss so far as a sparkline with its latest value (and the latest held-out loss)."""
+    history = LossHistory.of_run(run)
+    if not history.train:
+        return ""
+    held_out = (
+        say("finetune.status.curve_held_out", lang, loss=_loss(history.held_out[-1][1]))
+        if history.held_out
+        else ""
+    )
+    spark = sparkline([loss for _, loss in history.train])
+    return "\n" + say(
+        "finetune.status.curve", lang, spark=spark, loss=_loss(history.train[-1][1]), held_out=held_out
+    )
+
+
 def _running_line(run: RunInfo, lang: Lang) -> str:
     progress = run.progress
     eta = progress.get("eta_s")
-    return say(
-        "finetune.status.running",
-        lang,
-        run=run.id,
-        phase=_phase(str(progress.get("phase", "starting")), lang),
-        step=progress.get("step", 0),
-        total=progress.get("total", "?"),
-        loss=_loss(progress.get("loss")),
-        eta=_duration(float(eta)) if isinstance(eta, int | float) else "?",
-        by=run.started_by,
-    ) + _sharing(run, lang)
+    return (
+        say(
+            "finetune.status.running",
+            lang,
+            run=run.id,
+            phase=_phase(str(progress.get("phase", "starting")), lang),
+            step=progress.get("step", 0),
+            total=progress.get("total", "?"),
+            loss=_loss(progress.get("loss")),
+            eta=_duration(float(eta)) if isinstance(eta, int | float) else "?",
+            by=run.started_by,
+        )
+        + _sharing(run, lang)
+        + _curve_line(run, lang)
+    )
 
 
 def _phase(phase: str, lang: Lang) -> str:

@@ -6,6 +6,8 @@ imports torch. Progress lines on the trainer's stdout are JSON objects with an `
 - ``{"event": "progress", "step": 3, "total": 40, "loss": 1.92, "eta_s": 51.0}`` after each optimiser step;
 - ``{"event": "eval", "which": "base" | "current" | "new", "split": "eval" | "regression" | "pairs" | "general",
   "loss": 1.23}`` (for "pairs" the value is the share of pairs where the true answer is preferred);
+- ``{"event": "heldout", "step": 0, "loss": 2.31}`` the held-out loss (on up to ``curve_examples`` held-out
+  examples) before the first step, every ``total / curve_points`` steps and after the last: the loss curve;
 - ``{"event": "phase", "phase": "loading" | "evaluating" | "training" | "saving"}``;
 - ``{"event": "done", "result": "/path/result.json"}`` last.
 """
@@ -51,6 +53,10 @@ class TrainJob:
         None  # other prompts whose base answers are trained on too (no forgetting)
     )
     system_prompt: str = ""  # the system prompt the general prompts are asked under
+    curve_points: int = 10  # held-out evaluations during training, for the loss curve (0: none)
+    curve_examples: int = (
+        32  # held-out examples each of those evaluations scores (a fixed subset: cheap, comparable)
+    )
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(dataclasses.asdict(self), indent=1), encoding="utf-8")

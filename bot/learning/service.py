@@ -23,6 +23,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -44,6 +45,7 @@ from bot.learning.defaults import effective_settings
 from bot.learning.gate import ActiveVersion, GateDecision, GateRules, judge, refuse_small
 from bot.learning.job import TrainJob, TrainResult
 from bot.learning.leases import Clock, DbLease, is_dead_local_process, process_identity
+from bot.learning.progress import LossHistory, PhaseClock, RunOrigin
 from bot.learning.records import (
     DeletedTurns,
     LearningRecords,
@@ -71,6 +73,10 @@ REPLAY_PROMPTS = (
 )  # base answers trained on, against forgetting
 PROGRESS_SAVE_INTERVAL_S = 2.0
 PROGRESS_LOG_INTERVAL_S = 10.0
+
+
+# called when a run ends (not when the bot stops it): the run as recorded, where it was asked for, its folder
+RunListener = Callable[[RunInfo, RunOrigin | None, Path], Awaitable[None]]
 
 
 class TrainingFailed(Exception):
@@ -166,10 +172,15 @@ class FinetuneService:
         self._loaded: set[str] = set()
         self._serving: str | None = None  # what this service last made the engine serve
         self._routes = LoraRoutes(settings.finetune.version_routes)
+        self._listeners: list[RunListener] = []
 
     @property
     def records(self) -> LearningRecords:
         return self._records
+
+    def on_run_end(self, listener: RunListener) -> None:
+        """Call ``listener`` when a run this process started ends (trained, refused, failed; not cancelled)."""
+        self._listeners.append(listener)
 
     @property
     def routes(self) -> LoraRoutes:
@@ -293,8 +304,11 @@ class FinetuneService:
 
     # commands
 
-    async def start(self, *, actor: str, trigger: str = "manual") -> StartOutcome:
-        """Start a run in the background, or say which one is running already."""
+    async def start(
+        self, *, actor: str, trigger: str = "manual", origin: RunOrigin | None = None
+    ) -> StartOutcome:
+        """Start a run in the background, or say which one is running already. ``origin``: where its end is
+        posted (None: the admin channel of the settings, if any)."""
         async with self._start_lock:
             if self._task is not None and not self._task.done():
                 return StartOutcome(False, await asyncio.to_thread(self._latest_running))
@@ -305,12 +319,14 @@ class FinetuneService:
                 self._records.create_run, trigger=trigger, started_by=actor, owner=self._holder
             )
             _log.info("fine-tune run=%d started by=%s trigger=%s", run.id, actor, trigger)
-            self._task = asyncio.create_task(self._execute(run), name=f"finetune-run-{run.id}")
+            self._task = asyncio.create_task(self._execute(run, origin), name=f"finetune-run-{run.id}")
             return StartOutcome(True, run)
 
-    async def run(self, *, actor: str, trigger: str = "manual") -> RunInfo | None:
+    async def run(
+        self, *, actor: str, trigger: str = "manual", origin: RunOrigin | None = None
+    ) -> RunInfo | None:
         """Start a run and wait for its end (the nightly job). None when another run was already going."""
-        outcome = await self.start(actor=actor, trigger=trigger)
+        outcome = await self.start(actor=actor, trigger=trigger, origin=origin)
         if not outcome.started:
             return None
         return await self.wait()
@@ -434,18 +450,30 @@ class FinetuneService:
 
     # one run
 
-    async def _execute(self, run: RunInfo) -> RunInfo:
+    async def _execute(self, run: RunInfo, origin: RunOrigin | None = None) -> RunInfo:
         renewer = asyncio.create_task(self._renew_lease_while_running(), name=f"finetune-lease-{run.id}")
         try:
-            return await self._pipeline(run)
+            finished = await self._pipeline(run)
         finally:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
             await asyncio.to_thread(self._lease.release)
+        await self._tell_listeners(finished, origin)
+        return finished
+
+    async def _tell_listeners(self, run: RunInfo, origin: RunOrigin | None) -> None:
+        for listener in self._listeners:
+            try:
+                await listener(run, origin, self._run_dir(run))
+            except Exception:
+                _log.exception("fine-tune run=%d: a run-end listener failed", run.id)
+
+    def _run_dir(self, run: RunInfo) -> Path:
+        return self.lora_dir / "runs" / f"run-{run.id:04d}"
 
     async def _pipeline(self, run: RunInfo) -> RunInfo:
-        run_dir = self.lora_dir / "runs" / f"run-{run.id:04d}"
+        run_dir = self._run_dir(run)
         active = await asyncio.to_thread(self._records.active_version)
         settings = effective_settings(self._settings)
         rules = gate_rules(settings)
@@ -589,7 +617,7 @@ class FinetuneService:
         _log.info("fine-tune run=%d: trainer pid=%d", run.id, process.pid)
         try:
             async with asyncio.timeout(self._settings.finetune.timeout_s):
-                await self._follow_progress(run, process)
+                await self._follow_progress(run, process, run_dir)
                 code = await process.wait()
         except TimeoutError:
             await _kill(process)
@@ -612,19 +640,33 @@ class FinetuneService:
                 f"trainer left no readable result: {exc}", {"key": "no_result", "detail": str(exc)[:300]}
             ) from exc
 
-    async def _follow_progress(self, run: RunInfo, process: asyncio.subprocess.Process) -> None:
+    async def _follow_progress(
+        self, run: RunInfo, process: asyncio.subprocess.Process, run_dir: Path
+    ) -> None:
+        """Keep the run's progress (and its loss history, ``bot.learning.progress``) in its record as it goes."""
         assert process.stdout is not None
         progress: dict[str, Any] = {}
+        history, clock = LossHistory(), PhaseClock()
         saved = logged = 0.0
         async for raw in process.stdout:
             event = _parse_event(raw)
             if event is None:
                 continue
             kind = event.pop("event")
+            if history.add_event(kind, event):
+                progress["losses"] = history.as_json()
             if kind == "progress":
                 progress.update(phase="training", **event)
+                progress["updated"] = time.time()  # when eta_s was said (the maintenance estimate)
             elif kind == "phase":
                 progress["phase"] = event.get("phase")
+                clock.phase(event.get("phase"))
+                if clock.scoring_s is not None:
+                    progress["scoring_s"] = round(clock.scoring_s, 1)
+            elif kind == "heldout":
+                _log.info(
+                    "fine-tune run=%d step %s held-out loss=%s", run.id, event.get("step"), event.get("loss")
+                )
             elif kind == "eval":
                 progress[f"loss_{event.get('split')}_{event.get('which')}"] = event.get("loss")
                 _log.info(
@@ -649,6 +691,9 @@ class FinetuneService:
                     event.get("loss"),
                     event.get("eta_s"),
                 )
+        if history:
+            await asyncio.to_thread(self._records.update_progress, run.id, {"losses": history.as_json()})
+            await asyncio.to_thread(history.write, run_dir)
 
     async def _promote(
         self,

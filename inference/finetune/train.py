@@ -117,7 +117,8 @@ def run(job: TrainJob) -> TrainResult:
         model = with_new_lora(base, job)
 
     emit("phase", phase="training")
-    steps = train(model, [*train_set, *replay_set], job, pad_id, placement, parent)
+    curve = eval_set[: job.curve_examples] if job.curve_points > 0 else []
+    steps = train(model, [*train_set, *replay_set], job, pad_id, placement, parent, curve=curve)
 
     emit("phase", phase="evaluating")
     score(model, "new", job, pad_id, eval_set, held_out, regression_set, regression, pairs, ranking)
@@ -320,13 +321,19 @@ def train(
     pad_id: int,
     placement: Placement,
     parent: int,
+    *,
+    curve: Sequence[Encoded] = (),
 ) -> int:
+    """Train for the job's steps; ``curve``: held-out examples scored at ``curve_points`` evaluations."""
     total = total_steps(job, len(examples))
+    evaluate_at = curve_steps(total, job.curve_points) if curve else set()
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=job.learning_rate, weight_decay=0.0)
     model.train()
     started = time.monotonic()
     stream = batches(examples, job.batch_size, job.seed)
+    if 0 in evaluate_at:
+        emit("heldout", step=0, loss=round(heldout_loss(model, curve, job, pad_id), 5))
     for step in range(total):
         exit_if_orphaned(parent)
         for group in optimizer.param_groups:
@@ -338,7 +345,18 @@ def train(
         elapsed = time.monotonic() - started
         eta = elapsed / (step + 1) * (total - step - 1)
         emit("progress", step=step + 1, total=total, loss=round(loss, 5), eta_s=round(eta, 1))
+        if step + 1 in evaluate_at:
+            emit("heldout", step=step + 1, loss=round(heldout_loss(model, curve, job, pad_id), 5))
     return total
+
+
+def curve_steps(total: int, points: int) -> set[int]:
+    """The steps after which the held-out loss is measured: 0 (the starting point), every ``total / points`` steps,
+    and the last."""
+    if points <= 0:
+        return set()
+    every = max(1, math.ceil(total / points))
+    return {0, total, *range(every, total, every)}
 
 
 def accumulate_gradients(

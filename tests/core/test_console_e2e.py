@@ -98,3 +98,13 @@ def test_a_model_that_cannot_load_exits_non_zero_with_a_clear_message(tmp_path: 
     assert result.returncode != 0
     assert str(missing) in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_console_shows_the_model_loading_as_a_bar(data_dir: Path) -> None:
+    """On a terminal (here: asked for with HANBOT_MODEL__PROGRESS_BAR=on) the loading draws a bar on stderr."""
+    result = run_cli(["chat", "--demo"], "종료\n", data_dir, HANBOT_MODEL__PROGRESS_BAR="on")
+    assert result.returncode == 0, result.stderr
+    bars = [part.strip() for part in result.stderr.splitlines() if part.startswith("[")]  # "\r" reads as "\n"
+    assert bars and bars[-1].startswith("[" + "#" * 24 + "] model loading: "), result.stderr[-2000:]
+    assert "(100%)" in bars[-1] and "done in" in bars[-1]
+    assert "model loading" not in result.stdout, "the chat's own output stays clean"

@@ -13,7 +13,7 @@ import pytest
 import yarl
 
 from adapters.discord import DiscordAdapter
-from bot.app import build_commands, build_core
+from bot.app import announce_runs, build_commands, build_core
 from bot.chat import ChatService
 from bot.domain import ConversationKey
 from bot.learning.commands import learning_commands
@@ -77,22 +77,26 @@ async def start_bot(tmp_path: Path, fake_discord: FakeDiscord) -> AsyncIterator[
         *,
         learning: bool = False,
         metrics: Metrics | None = None,
+        overrides: dict[str, Any] | None = None,
         **discord_settings: Any,
     ) -> DiscordBot:
         """``handler`` replaces the chat service's (to see exactly what the adapter hands to the core);
-        ``learning``: the whole core as bot.app builds it (the learning loop's /finetune, LoRA routes)."""
+        ``learning``: the whole core as bot.app builds it (the learning loop's /finetune, LoRA routes);
+        ``overrides``: other sections of the settings (model, finetune...)."""
         discord_settings.setdefault("edit_interval_s", 0.2)
         settings = load_settings(
             data_dir=tmp_path / "data",
             scheduler={"enabled": False},
             discord=discord_settings,
             DISCORD_TOKEN="fake-token",
+            **(overrides or {}),
         )
         db = create_db_engine(settings.database_url)
         migrate(db)
         store = ConversationStore(db)
         engine = engine or ScriptedEngine()
         finetune: FinetuneService | None = None
+        core = None
         if learning:
             core = build_core(settings, engine=engine, store=store, metrics=metrics)
             chat, commands, finetune = core.chat, core.commands, core.finetune
@@ -106,6 +110,8 @@ async def start_bot(tmp_path: Path, fake_discord: FakeDiscord) -> AsyncIterator[
             ]
             commands = build_commands(settings, store, engine, chat=chat, extra=forget_me)
         adapter = DiscordAdapter(settings, store, guild_ready_timeout=0.05, metrics=metrics)
+        if core is not None:
+            announce_runs(core, [adapter])  # as bot.app.serve does
         await adapter.start(handler or chat.handle, commands)
         started.append((adapter, db))
         return DiscordBot(settings, store, engine, adapter, fake_discord, finetune)

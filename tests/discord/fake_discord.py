@@ -12,6 +12,8 @@ Pitfalls handled here (see shared/design/platforms.md): JSON content type exactl
 from __future__ import annotations
 
 import asyncio
+import email.parser
+import email.policy
 import itertools
 import json
 import re
@@ -457,7 +459,10 @@ class FakeDiscord:
         if request.can_read_body:
             raw = await request.read()
             try:
-                body = json.loads(raw) if raw else None
+                if request.content_type == "multipart/form-data":
+                    body = _multipart(raw, request.headers["Content-Type"])
+                else:
+                    body = json.loads(raw) if raw else None
             except ValueError:
                 body = raw.decode(errors="replace")
         entry = LoggedRequest(time.monotonic(), request.method, request.path, body)
@@ -520,6 +525,7 @@ class FakeDiscord:
             return problem
         message_id = snowflake()
         payload = self._message_payload(message_id, channel_id, self.bot, (body.get("content") or "").strip())
+        payload["attachments"] = [self._attachment_payload(*file) for file in body.get("_files", [])]
         reference = body.get("message_reference")
         if reference:
             payload["type"] = 19
@@ -710,6 +716,25 @@ class FakeDiscord:
         await ws.send_str(
             json.dumps({"op": 0, "t": "GUILD_CREATE", "s": self._seq, "d": self.guild_payload()})
         )
+
+
+def _multipart(raw: bytes, content_type: str) -> dict[str, Any]:
+    """A message with files, as discord.py sends it: ``payload_json`` (the message) and ``files[n]`` parts, which
+    come back under ``_files`` as (file name, contents, content type)."""
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + raw
+    )
+    body: dict[str, Any] = {"_files": []}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        data = payload if isinstance(payload, bytes) else b""
+        if name == "payload_json":
+            body.update(json.loads(data))
+        elif isinstance(name, str) and name.startswith("files["):
+            filename = part.get_filename() or "file"
+            body["_files"].append((filename, data, part.get_content_type()))
+    return body
 
 
 def _role(role_id: str, name: str, permissions: int, position: int) -> dict[str, Any]:

@@ -35,10 +35,15 @@ async def start_bot(tmp_path: Path, fake_slack: FakeSlack) -> AsyncIterator[Star
     bots: list[SlackBot] = []
 
     async def start(
-        engine: ScriptedEngine | None = None, *, learning: bool = False, **slack: Any
+        engine: ScriptedEngine | None = None,
+        *,
+        learning: bool = False,
+        overrides: dict[str, Any] | None = None,
+        **slack: Any,
     ) -> SlackBot:
-        """``learning``: the whole core as bot.app builds it (the learning loop's /finetune, LoRA routes)."""
-        settings = make_settings(tmp_path, fake_slack, **slack)
+        """``learning``: the whole core as bot.app builds it (the learning loop's /finetune, LoRA routes);
+        ``overrides``: other sections of the settings."""
+        settings = make_settings(tmp_path, fake_slack, overrides=overrides, **slack)
         bot = SlackBot(settings, fake_slack, engine or ScriptedEngine(), learning=learning)
         bots.append(bot)
         return await bot.start()

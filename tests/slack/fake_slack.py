@@ -51,6 +51,21 @@ class Message:
 
 
 @dataclass
+class Upload:
+    """A file the bot uploaded (``files.getUploadURLExternal``, its bytes, ``files.completeUploadExternal``)."""
+
+    file_id: str
+    filename: str
+    length: int
+    data: bytes = b""
+    channel: str | None = None
+    thread_ts: str | None = None
+    comment: str = ""
+    title: str = ""
+    completed: bool = False
+
+
+@dataclass
 class FakeSlack:
     status_allowed: bool = True  # assistant.threads.setStatus; False: "not an AI app"
     rate_limited_updates: int = 0  # the next N chat.update calls answer 429
@@ -61,6 +76,7 @@ class FakeSlack:
     responses: list[dict[str, Any]] = field(default_factory=list)  # posts to response URLs
     socket_acks: list[dict[str, Any]] = field(default_factory=list)
     files: dict[str, bytes] = field(default_factory=dict)  # file id → contents (url_private)
+    uploads: list[Upload] = field(default_factory=list)  # files the bot shared (files_upload_v2), in order
     downloads: list[str] = field(default_factory=list)  # file ids downloaded with the bot token
     said: list[dict[str, Any]] = field(default_factory=list)  # people's messages, served by conversations.*
     port: int = 0
@@ -80,6 +96,7 @@ class FakeSlack:
         app.router.add_post("/response/{name}", self._response_url)
         app.router.add_get("/socket", self._socket)
         app.router.add_get("/files/{id}/{name}", self._file_download)
+        app.router.add_post("/upload/{id}", self._file_upload)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -187,6 +204,46 @@ class FakeSlack:
             return web.Response(status=404)
         self.downloads.append(request.match_info["id"])
         return web.Response(body=data, content_type="application/octet-stream")
+
+    # files the bot shares: as Slack does, an upload URL per file, the bytes POSTed to it, then one call that shares
+    # the files in a channel (or thread) with an initial comment
+
+    def _files_getUploadURLExternal(self, args: dict[str, Any]) -> dict[str, Any]:
+        filename, length = str(args.get("filename") or ""), int(args.get("length") or 0)
+        if not filename or length <= 0:
+            return {"ok": False, "error": "invalid_arguments"}
+        file_id = f"F{next(self._counter):08d}"
+        self.uploads.append(Upload(file_id, filename, length))
+        return {
+            "ok": True,
+            "upload_url": f"http://127.0.0.1:{self.port}/upload/{file_id}",
+            "file_id": file_id,
+        }
+
+    async def _file_upload(self, request: web.Request) -> web.Response:
+        upload = next((u for u in self.uploads if u.file_id == request.match_info["id"]), None)
+        if upload is None:
+            return web.Response(status=404)
+        upload.data = await request.read()
+        if len(upload.data) != upload.length:
+            return web.Response(status=400, text="length mismatch")
+        return web.Response(text=f"OK - {len(upload.data)}")
+
+    def _files_completeUploadExternal(self, args: dict[str, Any]) -> dict[str, Any]:
+        listed = args.get("files") or "[]"
+        files = json.loads(listed) if isinstance(listed, str) else listed
+        done = []
+        for entry in files:
+            upload = next((u for u in self.uploads if u.file_id == entry.get("id")), None)
+            if upload is None or len(upload.data) != upload.length:
+                return {"ok": False, "error": "file_not_found"}
+            upload.channel = args.get("channel_id") or None
+            upload.thread_ts = args.get("thread_ts") or None
+            upload.comment = str(args.get("initial_comment") or "")
+            upload.title = str(entry.get("title") or upload.filename)
+            upload.completed = True
+            done.append({"id": upload.file_id, "title": upload.title, "name": upload.filename})
+        return {"ok": True, "files": done}
 
     # Socket Mode
 

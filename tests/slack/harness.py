@@ -16,7 +16,7 @@ import aiohttp
 from slack_sdk.signature import SignatureVerifier
 
 from adapters.slack import SlackAdapter
-from bot.app import build_commands, build_core
+from bot.app import announce_runs, build_commands, build_core
 from bot.chat import ChatService
 from bot.domain import ConversationKey
 from bot.learning.service import FinetuneService
@@ -35,7 +35,10 @@ ENV = {
 }
 
 
-def make_settings(tmp_path: Path, fake: FakeSlack, **slack: Any) -> Settings:
+def make_settings(
+    tmp_path: Path, fake: FakeSlack, *, overrides: dict[str, Any] | None = None, **slack: Any
+) -> Settings:
+    """``overrides``: other sections of the settings (model, finetune...)."""
     options = {
         "mode": "http",
         "http_host": "127.0.0.1",
@@ -46,7 +49,9 @@ def make_settings(tmp_path: Path, fake: FakeSlack, **slack: Any) -> Settings:
         "admin_user_ids": ["UADMIN"],
         **slack,
     }
-    return load_settings(data_dir=tmp_path / "data", scheduler={"enabled": False}, slack=options)
+    return load_settings(
+        data_dir=tmp_path / "data", scheduler={"enabled": False}, slack=options, **(overrides or {})
+    )
 
 
 @dataclass
@@ -64,6 +69,7 @@ class SlackBot:
         db = create_db_engine(self.settings.database_url)
         migrate(db)
         self.store = ConversationStore(db)
+        core = None
         if self.learning:
             core = build_core(self.settings, engine=self.engine, store=self.store, metrics=self.metrics)
             chat, commands, self.finetune = core.chat, core.commands, core.finetune
@@ -74,6 +80,8 @@ class SlackBot:
             )
             commands = build_commands(self.settings, self.store, self.engine, chat=chat)
         self.adapter = SlackAdapter(self.settings, self.store, metrics=self.metrics)
+        if core is not None:
+            announce_runs(core, [self.adapter])  # as bot.app.serve does
         await self.adapter.start(chat.handle, commands)
         return self
 

@@ -9,6 +9,7 @@ import pytest
 from adapters.slack.adapter import BOT_EVENTS, SlackAdapter
 from adapters.slack.files import SCOPE as FILES_SCOPE
 from adapters.slack.history import SCOPES as HISTORY_SCOPES
+from adapters.slack.uploads import SCOPE as UPLOAD_SCOPE
 from bot.app import build_core
 from bot.settings import load_settings
 from tests.fakes import ScriptedEngine
@@ -58,3 +59,4 @@ def test_the_manifest_subscribes_to_the_events_the_adapter_listens_to_with_their
     assert {"reaction_added", "reaction_removed"} <= set(BOT_EVENTS), "👍/👎 feedback"
     assert FILES_SCOPE in manifest["oauth_config"]["scopes"]["bot"], "shared text files are downloaded"
     assert set(HISTORY_SCOPES) <= set(manifest["oauth_config"]["scopes"]["bot"]), "/summarize reads history"
+    assert UPLOAD_SCOPE in manifest["oauth_config"]["scopes"]["bot"], "the end of a fine-tune posts a picture"
