@@ -12,11 +12,12 @@ column the R values of its own part (the column ranges of q, k and v).
 
 Per row the adapter is a pool index (-1: the base model), read on the device: in a decode step from the decoder's
 slot → index buffer (inside the CUDA graph, like the row → slot map), in a prefill pass per sequence. On CUDA two
-Triton kernels per projection (``lora_kernels``: a split-K shrink writing partial sums, an expand that sums them and
-adds into the base output in place; rows of the base model leave at once); the shrink runs on a side stream beside
-the base product (a fork and join in the graph: only the expand waits for the base product;
-``HANBOT_LORA_OVERLAP=0`` keeps both on one stream); the Q/K/V and gate/up expands are fused into the rotary and
-SiLU kernels that follow them. Elsewhere the same arithmetic in torch.
+Triton kernels per projection (``lora_kernels``: a split-K shrink whose last program per row sums the partials into
+the row's rank values, and an expand in which each program loads an adapter's B tile once for all the rows of its
+row block that use it and adds the product into the base output in place; rows of the base model are skipped);
+the Q/K/V and gate/up expands are fused into the rotary and SiLU kernels that follow them. ``HANBOT_LORA_OVERLAP=1``
+launches the shrink on a side stream beside the base product (a fork and join in the graph; off by default: on an
+H100 it did not help). Elsewhere the same arithmetic in torch.
 
 Tensor parallel: column-parallel projections (qkv, gate_up, lm_head) keep A whole and their rows of B; row-parallel
 ones (o, down) keep their columns of A and B whole, and each rank adds ``(x_r·A_r)·B`` to its partial output before
@@ -207,12 +208,17 @@ class LoraPool:
                 torch.zeros((slots, r, shape.n), dtype=dtype, device=device) for _ in range(count)
             ]
         self.kernels = _lora_kernels(device)
-        # the shrink of each projection on a side stream, beside the base product (captured as a fork in the graph)
+        # the shrinks' per-row counters (one stream of shrinks: the main stream or the side stream)
+        self.counters = (
+            self.kernels.new_counters(device, MAX_KERNEL_ROWS) if self.kernels is not None else None
+        )
+        # HANBOT_LORA_OVERLAP=1: the shrink of each projection on a side stream, beside the base product (a fork in
+        # the graph). Off by default: on an H100 it did not shorten the graph step (lora-profile-h100.json)
         self.side = (
             torch.cuda.Stream(device)
             if self.kernels is not None
             and device.type == "cuda"
-            and os.environ.get("HANBOT_LORA_OVERLAP", "1") != "0"
+            and os.environ.get("HANBOT_LORA_OVERLAP", "0") == "1"
             else None
         )
         self.block_n = {proj: _block_n(self.shapes[proj].outs) for proj in self.shapes}
@@ -293,18 +299,18 @@ class LoraPool:
 
     def shrink_rows(self, x: torch.Tensor, proj: str, layer: int, index: torch.Tensor) -> torch.Tensor | None:
         """Decode, first half: each row's ``x·A`` (the Triton path; None: the torch path does it all in
-        ``expand_rows``). With ``overlap`` it runs on a side stream, beside the base product that follows."""
+        ``expand_rows``). With ``HANBOT_LORA_OVERLAP=1`` it runs on a side stream, beside the base product."""
         if self.kernels is None or x.shape[0] > MAX_KERNEL_ROWS:
             return None
         x = x.contiguous()
         a = self.a[proj][layer]
         partial: torch.Tensor = self.kernels.new_partial(x, a)  # allocated on the main stream
         if self.side is None:
-            self.kernels.lora_shrink(x, a, index, partial)
+            self.kernels.lora_shrink(x, a, index, partial, self.counters)
             return partial
         self.side.wait_stream(torch.cuda.current_stream(x.device))
         with torch.cuda.stream(self.side):
-            self.kernels.lora_shrink(x, a, index, partial)
+            self.kernels.lora_shrink(x, a, index, partial, self.counters)
         return partial
 
     def expand_rows(

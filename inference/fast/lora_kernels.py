@@ -3,10 +3,18 @@
 projection whatever the mix of adapters in the batch (Punica's BGMV, vLLM's shrink/expand).
 
 ``shrink``: each (row, K-chunk) program reads its row's adapter index (-1: the base model, the program leaves at
-once), multiplies its chunk of x by that adapter's A stack [parts·R, K] and writes the partial sums [parts·R] in
-float32 (split-K without atomics: nothing to zero first). ``expand``: each (row, column tile) program sums the
-partials of its row, takes the R values of the part its columns belong to, multiplies by B [R, tile] and adds into
-the base output in place. The torch reference is ``lora.add_rows_ref``.
+once), multiplies its chunk of x by that adapter's A stack [parts·R, K] and writes its partial sums [parts·R] in
+float32 (split-K without float atomics). The last program of a row to finish (an integer counter per row says
+which; it sets it back to 0) sums the row's partials in a fixed order into the row's rank values, so the result
+does not depend on which program came last.
+
+``expand``: each program owns a column tile and a block of up to 16 rows. For every pool slot that one of its rows
+uses it loads that slot's B tile [R, tile] once and multiplies the rank values of all its rows by it (rows of other
+adapters contribute exact zeros), so a B tile is read once per adapter and row block, not once per row; then it
+adds the product into the base output in place (rows of the base model: untouched). The gate/up and Q/K/V expands
+are fused into SiLU·up and the rotary + KV write, which they compute for every row (base rows: the product is 0).
+Products of the rank values and B are float32 (``tl.dot`` in IEEE precision, no TF32), rounded where the expand
+alone would round them. The torch reference is ``lora.add_rows_ref``.
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ import triton.language as tl
 
 SHRINK_BLOCK_K = 128
 MAX_SPLIT = 64
+ROW_BLOCK = 16  # rows per expand program (a batch of one row: 1)
+MIN_PROGRAMS = 128  # the expand's column tile is halved (down to 32) until its grid has this many programs
 
 
 @triton.jit
@@ -25,16 +35,19 @@ def _lora_shrink_kernel(
     a_ptr,
     idx_ptr,
     part_ptr,
+    inter_ptr,
+    count_ptr,
     K,
     K_PER,
     stride_x,
     stride_as,
+    stride_p,
     J: tl.constexpr,
     JP: tl.constexpr,
     SPLIT: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)
     sp = tl.program_id(1)
     idx = tl.load(idx_ptr + row).to(tl.int64)
     if idx >= 0:
@@ -50,104 +63,131 @@ def _lora_shrink_kernel(
                 a_base + j[:, None] * K + offs[None, :], mask=(j[:, None] < J) & m[None, :], other=0.0
             )
             acc += tl.sum(av.to(tl.float32) * xv[None, :], axis=1)
-        tl.store(part_ptr + (row * SPLIT + sp) * JP + j, acc)
+        if SPLIT == 1:
+            tl.store(inter_ptr + row * stride_p + j, acc)
+        else:
+            tl.store(part_ptr + row * stride_p + sp * JP + j, acc)
+            tl.debug_barrier()  # every thread's partial is written before the counter moves (release below)
+            done = tl.atomic_add(count_ptr + row, 1, sem="acq_rel", scope="gpu")
+            if done == SPLIT - 1:  # the row's last program: the others' partials are visible (acquire above)
+                s = tl.arange(0, SPLIT)
+                parts = tl.load(
+                    part_ptr + row * stride_p + s[:, None] * JP + j[None, :], cache_modifier=".cg"
+                )
+                tl.store(inter_ptr + row * stride_p + j, tl.sum(parts, axis=0))
+                tl.store(count_ptr + row, 0)  # ready for the next launch
+
+
+@triton.jit
+def _slot_product(ip, bp, sel, part, cn, cmask, N, R: tl.constexpr, RP: tl.constexpr, BLOCK_M: tl.constexpr):
+    """[rows, len(cn)] float32: the rank values of part ``part`` of the rows in ``sel`` (``ip``: their rows of
+    rank values, [rows, 1] pointers; rows not in ``sel`` give exact zeros) times B at columns ``cn`` (``bp``: one
+    slot's B, rows of length N)."""
+    r = tl.arange(0, RP)  # the rank padded to 16 (the dot's least inner size): the padding reads nothing
+    rm = r < R
+    inter = tl.load(ip + part * R + r[None, :], mask=sel[:, None] & rm[None, :], other=0.0)
+    b = tl.load(bp + r[:, None] * N + cn[None, :], mask=rm[:, None] & cmask[None, :], other=0.0)
+    if BLOCK_M == 1:
+        return tl.sum(inter[:, :, None] * b.to(tl.float32)[None, :, :], axis=1)
+    else:
+        return tl.dot(inter, b.to(tl.float32), input_precision="ieee")
+
+
+@triton.jit
+def _any(mask):
+    return tl.max(mask.to(tl.int32), axis=0) > 0
 
 
 @triton.jit
 def _lora_expand_kernel(
     y_ptr,
-    part_ptr,
+    inter_ptr,
     b_ptr,
     idx_ptr,
+    rows,
     N,
     stride_y,
+    stride_i,
     stride_bs,
     B1,
     B2,
+    SLOTS: tl.constexpr,
     R: tl.constexpr,
-    JP: tl.constexpr,
-    SPLIT: tl.constexpr,
+    RP: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
 ):
-    row = tl.program_id(0)
-    pid = tl.program_id(1)
-    idx = tl.load(idx_ptr + row).to(tl.int64)
-    if idx >= 0:
-        n0 = pid * BLOCK_N
-        seg = (n0 >= B1).to(tl.int32) + (n0 >= B2).to(tl.int32)  # a tile lies inside one part
-        r = tl.arange(0, R)
-        s = tl.arange(0, SPLIT)
-        parts = tl.load(part_ptr + (row * SPLIT + s[:, None]) * JP + seg * R + r[None, :])
-        inter = tl.sum(parts, axis=0)  # [R]
-        n = n0 + tl.arange(0, BLOCK_N)
-        nm = n < N
-        bv = tl.load(b_ptr + idx * stride_bs + r[:, None] * N + n[None, :], mask=nm[None, :], other=0.0)
-        d = tl.sum(inter[:, None] * bv.to(tl.float32), axis=0)
-        yp = y_ptr + row * stride_y + n
-        yv = tl.load(yp, mask=nm, other=0.0).to(tl.float32)
-        tl.store(yp, (yv + d).to(y_ptr.dtype.element_ty), mask=nm)
+    n0 = tl.program_id(0) * BLOCK_N
+    m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    idx = tl.load(idx_ptr + m, mask=m < rows, other=-1)
+    has = idx >= 0
+    if _any(has):
+        rows64 = m.to(tl.int64)
+        part = (n0 >= B1).to(tl.int32) + (n0 >= B2).to(tl.int32)  # a tile lies inside one part
+        cols = tl.arange(0, BLOCK_N)
+        cm = n0 + cols < N
+        yp = y_ptr + rows64[:, None] * stride_y + n0 + cols[None, :]
+        ym = has[:, None] & cm[None, :]
+        yv = tl.load(yp, mask=ym, other=0.0).to(tl.float32)
+        ip = inter_ptr + rows64[:, None] * stride_i
+        d = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for slot in range(SLOTS):
+            sel = idx == slot
+            if _any(sel):
+                d += _slot_product(ip, b_ptr + slot * stride_bs, sel, part, n0 + cols, cm, N, R, RP, BLOCK_M)
+        tl.store(yp, (yv + d).to(y_ptr.dtype.element_ty), mask=ym)
 
 
 @triton.jit
 def _lora_expand_silu_kernel(
     y_ptr,
-    part_ptr,
+    inter_ptr,
     b_ptr,
     idx_ptr,
     out_ptr,
+    rows,
     FF,
     stride_y,
+    stride_i,
     stride_bs,
+    SLOTS: tl.constexpr,
     R: tl.constexpr,
-    JP: tl.constexpr,
-    SPLIT: tl.constexpr,
+    RP: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
 ):
     """gate/up: the expand of both parts and SiLU(gate)·up in one pass (every row: base rows add nothing)."""
-    row = tl.program_id(0).to(tl.int64)
-    idx = tl.load(idx_ptr + row).to(tl.int64)
-    has = idx >= 0
-    base = tl.maximum(idx, 0) * stride_bs
-    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    nm = n < FF
-    r = tl.arange(0, R)
-    s = tl.arange(0, SPLIT)
-    parts = part_ptr + (row * SPLIT + s[:, None]) * JP + r[None, :]
-    inter_g = tl.sum(tl.load(parts, mask=has, other=0.0), axis=0)
-    inter_u = tl.sum(tl.load(parts + R, mask=has, other=0.0), axis=0)
-    bm = nm[None, :] & has
-    b_g = tl.load(b_ptr + base + r[:, None] * (2 * FF) + n[None, :], mask=bm, other=0.0).to(tl.float32)
-    b_u = tl.load(b_ptr + base + r[:, None] * (2 * FF) + FF + n[None, :], mask=bm, other=0.0).to(tl.float32)
+    n0 = tl.program_id(0) * BLOCK_N
+    m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    mm = m < rows
+    idx = tl.load(idx_ptr + m, mask=mm, other=-1)
+    m = m.to(tl.int64)
+    cols = tl.arange(0, BLOCK_N)
+    cm = n0 + cols < FF
+    ym = mm[:, None] & cm[None, :]
+    yp = y_ptr + m[:, None] * stride_y + n0 + cols[None, :]
+    g = tl.load(yp, mask=ym, other=0.0).to(tl.float32)
+    u = tl.load(yp + FF, mask=ym, other=0.0).to(tl.float32)
+    ip = inter_ptr + m[:, None] * stride_i
+    for slot in range(SLOTS):
+        sel = idx == slot
+        if _any(sel):
+            bp = b_ptr + slot * stride_bs
+            g += _slot_product(ip, bp, sel, 0, n0 + cols, cm, 2 * FF, R, RP, BLOCK_M)
+            u += _slot_product(ip, bp, sel, 1, FF + n0 + cols, cm, 2 * FF, R, RP, BLOCK_M)
     dtype = y_ptr.dtype.element_ty
-    yp = y_ptr + row * stride_y + n
-    g = tl.load(yp, mask=nm, other=0.0).to(tl.float32) + tl.sum(inter_g[:, None] * b_g, axis=0)
-    u = tl.load(yp + FF, mask=nm, other=0.0).to(tl.float32) + tl.sum(inter_u[:, None] * b_u, axis=0)
     g = g.to(dtype).to(tl.float32)  # rounded as the product stored by the expand alone would be
     u = u.to(dtype).to(tl.float32)
     act = (
         (g / (1.0 + tl.exp(-g))).to(out_ptr.dtype.element_ty).to(tl.float32)
     )  # rounded like the eager act_fn
-    tl.store(out_ptr + row * FF + n, (act * u).to(out_ptr.dtype.element_ty), mask=nm)
-
-
-@triton.jit
-def _lora_head_delta(
-    part_ptr, b_ptr, row, base, has, col, N, seg, d, R: tl.constexpr, JP: tl.constexpr, SPLIT: tl.constexpr
-):
-    """The adapter product of part ``seg`` for columns col + d of one row (0 for a row of the base model)."""
-    r = tl.arange(0, R)
-    s = tl.arange(0, SPLIT)
-    inter = tl.sum(
-        tl.load(part_ptr + (row * SPLIT + s[:, None]) * JP + seg * R + r[None, :], mask=has, other=0.0), 0
-    )
-    bv = tl.load(b_ptr + base + r[:, None] * N + col + d[None, :], mask=has, other=0.0).to(tl.float32)
-    return tl.sum(inter[:, None] * bv, axis=0)
+    tl.store(out_ptr + m[:, None] * FF + n0 + cols[None, :], (act * u).to(out_ptr.dtype.element_ty), mask=ym)
 
 
 @triton.jit
 def _lora_rope_store_kernel(
     qkv_ptr,
-    part_ptr,
+    inter_ptr,
     b_ptr,
     idx_ptr,
     pos_ptr,
@@ -157,7 +197,9 @@ def _lora_rope_store_kernel(
     k_cache_ptr,
     v_cache_ptr,
     slot_ptr,
+    rows,
     stride_qkv,
+    stride_i,
     stride_bs,
     stride_cb,
     stride_ch,
@@ -166,58 +208,64 @@ def _lora_rope_store_kernel(
     N_KV: tl.constexpr,
     HALF: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
+    SLOTS: tl.constexpr,
     R: tl.constexpr,
-    JP: tl.constexpr,
-    SPLIT: tl.constexpr,
+    RP: tl.constexpr,
+    BLOCK_M: tl.constexpr,
 ):
     """``kernels._rope_store_kernel`` with each row's Q/K/V adapter product added to its head first (the expand
-    of the qkv projection fused into the rotary + KV write)."""
-    t = tl.program_id(0).to(tl.int64)
-    h = tl.program_id(1)
-    idx = tl.load(idx_ptr + t).to(tl.int64)
-    has = idx >= 0
-    base = tl.maximum(idx, 0) * stride_bs
+    of the qkv projection fused into the rotary + KV write); one program per head and block of rows."""
+    h = tl.program_id(0)
+    m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    mm = m < rows
+    idx = tl.load(idx_ptr + m, mask=mm, other=-1)
+    m = m.to(tl.int64)
     N = (N_HEADS + 2 * N_KV) * 2 * HALF
     d = tl.arange(0, HALF)
+    rm = mm[:, None] & (d < HALF)[None, :]
     dtype = qkv_ptr.dtype.element_ty
-    pos = tl.load(pos_ptr + t)
-    c = tl.load(cos_ptr + pos * HALF + d).to(tl.float32)
-    s = tl.load(sin_ptr + pos * HALF + d).to(tl.float32)
-    seg = (h >= N_HEADS).to(tl.int32)  # q heads: part 0; kv heads: k is part 1 (v, part 2, below)
+    is_kv = h >= N_HEADS
+    part = is_kv.to(tl.int32)  # q heads: part 0; kv heads: k is part 1 (v, part 2)
     col = h * (2 * HALF)
-    src = qkv_ptr + t * stride_qkv + col
-    x1 = tl.load(src + d).to(tl.float32) + _lora_head_delta(
-        part_ptr, b_ptr, t, base, has, col, N, seg, d, R, JP, SPLIT
-    )
-    x2 = tl.load(src + HALF + d).to(tl.float32) + _lora_head_delta(
-        part_ptr, b_ptr, t, base, has, col + HALF, N, seg, d, R, JP, SPLIT
-    )
+    vcol = (N_KV + h) * (2 * HALF)  # a kv head's v columns (N_HEADS + N_KV + kh)
+    pos = tl.load(pos_ptr + m, mask=mm, other=0)
+    c = tl.load(cos_ptr + pos[:, None] * HALF + d[None, :], mask=rm, other=0.0).to(tl.float32)
+    s = tl.load(sin_ptr + pos[:, None] * HALF + d[None, :], mask=rm, other=0.0).to(tl.float32)
+    src = qkv_ptr + m[:, None] * stride_qkv + d[None, :]
+    x1 = tl.load(src + col, mask=rm, other=0.0).to(tl.float32)
+    x2 = tl.load(src + col + HALF, mask=rm, other=0.0).to(tl.float32)
+    vm = rm & is_kv
+    v1 = tl.load(src + vcol, mask=vm, other=0.0).to(tl.float32)
+    v2 = tl.load(src + vcol + HALF, mask=vm, other=0.0).to(tl.float32)
+    dm = d < HALF
+    ip = inter_ptr + m[:, None] * stride_i
+    for slot in range(SLOTS):
+        sel = idx == slot
+        if _any(sel):
+            bp = b_ptr + slot * stride_bs
+            x1 += _slot_product(ip, bp, sel, part, col + d, dm, N, R, RP, BLOCK_M)
+            x2 += _slot_product(ip, bp, sel, part, col + HALF + d, dm, N, R, RP, BLOCK_M)
+            if is_kv:
+                v1 += _slot_product(ip, bp, sel, 2, vcol + d, dm, N, R, RP, BLOCK_M)
+                v2 += _slot_product(ip, bp, sel, 2, vcol + HALF + d, dm, N, R, RP, BLOCK_M)
     x1 = x1.to(dtype).to(tl.float32)  # rounded as the product stored by the expand alone would be
     x2 = x2.to(dtype).to(tl.float32)
     o1 = (x1 * c - x2 * s).to(q_out_ptr.dtype.element_ty)
     o2 = (x2 * c + x1 * s).to(q_out_ptr.dtype.element_ty)
     if h < N_HEADS:
-        qo = q_out_ptr + (t * N_HEADS + h) * (2 * HALF)
-        tl.store(qo + d, o1)
-        tl.store(qo + HALF + d, o2)
+        qo = q_out_ptr + (m[:, None] * N_HEADS + h) * (2 * HALF) + d[None, :]
+        tl.store(qo, o1, mask=rm)
+        tl.store(qo + HALF, o2, mask=rm)
     else:
         kh = h - N_HEADS
-        slot = tl.load(slot_ptr + t)
+        slot = tl.load(slot_ptr + m, mask=mm, other=0).to(tl.int64)
         blk = slot // BLOCK_SIZE
         off = slot % BLOCK_SIZE
-        dst = blk * stride_cb + kh * stride_ch + off * stride_ct
-        tl.store(k_cache_ptr + dst + d, o1)
-        tl.store(k_cache_ptr + dst + HALF + d, o2)
-        vcol = (N_HEADS + N_KV + kh) * (2 * HALF)
-        vsrc = qkv_ptr + t * stride_qkv + vcol
-        v1 = tl.load(vsrc + d).to(tl.float32) + _lora_head_delta(
-            part_ptr, b_ptr, t, base, has, vcol, N, 2, d, R, JP, SPLIT
-        )
-        v2 = tl.load(vsrc + HALF + d).to(tl.float32) + _lora_head_delta(
-            part_ptr, b_ptr, t, base, has, vcol + HALF, N, 2, d, R, JP, SPLIT
-        )
-        tl.store(v_cache_ptr + dst + d, v1.to(v_cache_ptr.dtype.element_ty))
-        tl.store(v_cache_ptr + dst + HALF + d, v2.to(v_cache_ptr.dtype.element_ty))
+        dst = (blk * stride_cb + kh * stride_ch + off * stride_ct)[:, None] + d[None, :]
+        tl.store(k_cache_ptr + dst, o1, mask=rm)
+        tl.store(k_cache_ptr + dst + HALF, o2, mask=rm)
+        tl.store(v_cache_ptr + dst, v1.to(v_cache_ptr.dtype.element_ty), mask=rm)
+        tl.store(v_cache_ptr + dst + HALF, v2.to(v_cache_ptr.dtype.element_ty), mask=rm)
 
 
 def split_of(k: int) -> tuple[int, int]:
@@ -231,33 +279,71 @@ def split_of(k: int) -> tuple[int, int]:
 
 
 def new_partial(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """The shrink's output for rows ``x`` and A stack ``a``: [rows, split, parts·R padded] float32 (uninitialised:
-    rows of the base model are neither written nor read)."""
+    """The shrink's output for rows ``x`` and A stack ``a``: [rows, split + 1, parts·R padded] float32 (one split:
+    [rows, 1, …]), the split-K partial sums then, last, each row's rank values (``rank_values``). Uninitialised:
+    rows of the base model are neither written nor read."""
     split, _per = split_of(x.shape[1])
     return torch.empty(
-        (x.shape[0], split, triton.next_power_of_2(a.shape[1])), dtype=torch.float32, device=x.device
+        (x.shape[0], split + 1 if split > 1 else 1, triton.next_power_of_2(a.shape[1])),
+        dtype=torch.float32,
+        device=x.device,
     )
 
 
-def lora_shrink(x: torch.Tensor, a: torch.Tensor, index: torch.Tensor, partial: torch.Tensor) -> None:
-    """``partial`` = the split-K partial sums of ``x[i]·A[index[i]]ᵀ`` (x [rows, K] contiguous; a [slots, J, K])."""
+def new_counters(device: torch.device, rows: int = 64) -> torch.Tensor:
+    """The shrink's per-row counters (zeros; every shrink leaves them at zero). One set per stream of shrinks:
+    two shrinks running at once must not share it."""
+    return torch.zeros(rows, dtype=torch.int32, device=device)
+
+
+def rank_values(partial: torch.Tensor) -> torch.Tensor:
+    """[rows, parts·R padded]: each row's x·A (a view of ``partial``, written by ``lora_shrink``)."""
+    return partial[:, -1]
+
+
+def lora_shrink(
+    x: torch.Tensor,
+    a: torch.Tensor,
+    index: torch.Tensor,
+    partial: torch.Tensor,
+    counters: torch.Tensor | None = None,
+) -> None:
+    """``rank_values(partial)[i]`` = ``x[i]·A[index[i]]ᵀ`` (x [rows, K] contiguous; a [slots, J, K]), through
+    split-K partial sums. ``counters``: ``new_counters`` of at least ``rows`` (None: fresh zeros)."""
     rows, k = x.shape
     split, per = split_of(k)
+    if counters is None:
+        counters = new_counters(x.device, rows)
+    assert counters.numel() >= rows and partial.shape[1] == (split + 1 if split > 1 else 1)
     _lora_shrink_kernel[(rows, split)](
         x,
         a,
         index,
         partial,
+        rank_values(partial),
+        counters,
         k,
         per,
         x.stride(0),
         a.stride(0),
+        partial.stride(0),
         J=a.shape[1],
         JP=partial.shape[2],
         SPLIT=split,
         BLOCK_K=SHRINK_BLOCK_K,
         num_warps=4,
     )
+
+
+def _row_block(rows: int) -> int:
+    return 1 if rows == 1 else ROW_BLOCK
+
+
+def _column_tile(block_n: int, n: int, row_blocks: int) -> int:
+    """``block_n`` halved (it still divides every part's width) while the grid has fewer than MIN_PROGRAMS."""
+    while block_n > 32 and triton.cdiv(n, block_n) * row_blocks < MIN_PROGRAMS:
+        block_n //= 2
+    return block_n
 
 
 def lora_expand(
@@ -269,24 +355,32 @@ def lora_expand(
     rank: int,
     block_n: int,
 ) -> None:
-    """``y[i] += (Σ partial[i])ₚ·B[index[i]]`` per part p (the columns of part p read its R values), in place."""
+    """``y[i] += (x[i]·A)ₚ·B[index[i]]`` per part p (the columns of part p read its R values), in place; rows with
+    index -1 are left alone. ``block_n``: the largest column tile (a power of two dividing every part's width)."""
     rows, n = y.shape
     b1 = outs[0] if len(outs) > 1 else n
     b2 = outs[0] + outs[1] if len(outs) > 2 else n
-    _lora_expand_kernel[(rows, triton.cdiv(n, block_n))](
+    inter = rank_values(partial)
+    block_m = _row_block(rows)
+    row_blocks = triton.cdiv(rows, block_m)
+    block = _column_tile(block_n, n, row_blocks)
+    _lora_expand_kernel[(triton.cdiv(n, block), row_blocks)](
         y,
-        partial,
+        inter,
         b,
         index,
+        rows,
         n,
         y.stride(0),
+        inter.stride(0),
         b.stride(0),
         b1,
         b2,
+        SLOTS=b.shape[0],
         R=rank,
-        JP=partial.shape[2],
-        SPLIT=partial.shape[1],
-        BLOCK_N=block_n,
+        RP=max(16, rank),
+        BLOCK_N=block,
+        BLOCK_M=block_m,
         num_warps=4,
     )
 
@@ -299,20 +393,26 @@ def lora_expand_silu(
     rows, two_ff = gate_up.shape
     ff = two_ff // 2
     out = torch.empty((rows, ff), dtype=gate_up.dtype, device=gate_up.device)
-    block = 128
-    _lora_expand_silu_kernel[(rows, triton.cdiv(ff, block))](
+    inter = rank_values(partial)
+    block_m = _row_block(rows)
+    row_blocks = triton.cdiv(rows, block_m)
+    block = _column_tile(128, ff, row_blocks)
+    _lora_expand_silu_kernel[(triton.cdiv(ff, block), row_blocks)](
         gate_up,
-        partial,
+        inter,
         b,
         index,
         out,
+        rows,
         ff,
         gate_up.stride(0),
+        inter.stride(0),
         b.stride(0),
+        SLOTS=b.shape[0],
         R=rank,
-        JP=partial.shape[2],
-        SPLIT=partial.shape[1],
+        RP=max(16, rank),
         BLOCK_N=block,
+        BLOCK_M=block_m,
         num_warps=4,
     )
     return out
@@ -337,9 +437,11 @@ def lora_rope_store(
     """``kernels.rope_store`` of ``qkv`` plus each row's adapter product (parts q, k, v), in one kernel."""
     tokens = qkv.shape[0]
     q = torch.empty((tokens, n_heads, head_dim), dtype=qkv.dtype, device=qkv.device)
-    _lora_rope_store_kernel[(tokens, n_heads + n_kv)](
+    inter = rank_values(partial)
+    block_m = _row_block(tokens)
+    _lora_rope_store_kernel[(n_heads + n_kv, triton.cdiv(tokens, block_m))](
         qkv,
-        partial,
+        inter,
         b,
         index,
         positions,
@@ -349,7 +451,9 @@ def lora_rope_store(
         k_cache,
         v_cache,
         slot_mapping,
+        tokens,
         qkv.stride(0),
+        inter.stride(0),
         b.stride(0),
         k_cache.stride(0),
         k_cache.stride(1),
@@ -358,10 +462,11 @@ def lora_rope_store(
         N_KV=n_kv,
         HALF=head_dim // 2,
         BLOCK_SIZE=k_cache.shape[2],
+        SLOTS=b.shape[0],
         R=rank,
-        JP=partial.shape[2],
-        SPLIT=partial.shape[1],
-        num_warps=1,
+        RP=max(16, rank),
+        BLOCK_M=block_m,
+        num_warps=1 if block_m == 1 else 4,
     )
     return q
 

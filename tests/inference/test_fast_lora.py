@@ -342,6 +342,159 @@ def test_kernels_fused_rope_store_equals_expand_then_rope(
     assert not torch.allclose(v_got, v_base)  # the adapters' product is in it
 
 
+def _mixed_index(rows: int, slots: int, pattern: str, device: torch.device) -> torch.Tensor:
+    """Each row's pool index: "mixed" (every slot and the base, shuffled), "one" (every row on the last slot), "base"
+    (no adapter at all)."""
+    if pattern == "base":
+        values = [-1] * rows
+    elif pattern == "one":
+        values = [slots - 1] * rows
+    else:
+        values = [(i % (slots + 1)) - 1 for i in range(rows)]
+        order = torch.randperm(rows, generator=torch.Generator().manual_seed(rows))
+        values = [values[i] for i in order.tolist()]
+    return torch.tensor(values, dtype=torch.int32, device=device)
+
+
+def _shrunk(x: torch.Tensor, a: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The shrink's output, its buffer filled with NaN first: an expand that read a base row's rank values or a
+    padding column would carry the NaN into its output."""
+    from inference.fast.lora_kernels import lora_shrink, new_partial
+
+    partial = new_partial(x, a).fill_(float("nan"))
+    lora_shrink(x, a, index, partial)
+    return partial
+
+
+@pytest.mark.skipif(
+    not (INTERPRET or CUDA), reason="runs under the Triton interpreter in the child test below"
+)
+@pytest.mark.parametrize(
+    ("rows", "pattern", "rank", "k"),
+    [
+        (64, "mixed", 16, 300),  # 4 row blocks of 16, 3 adapters and the base, rows > slots
+        (17, "mixed", 8, 300),  # a last row block of one row; rank padded to 16 in the kernels
+        (33, "one", 32, 600),  # every row on one adapter (the last slot), rank 32
+        (9, "base", 16, 600),  # no adapter: the expand leaves y alone, the fused kernels do their own part
+        (1, "base", 16, 300),
+        (1, "one", 4, 4096),  # one row (the kernels' one-row path), 8 K chunks
+    ],
+)
+def test_kernels_mixed_batch_equals_the_torch_reference(rows: int, pattern: str, rank: int, k: int) -> None:
+    """Expand, fused SiLU and fused rotary on batches mixing adapters and the base, against ``add_rows_ref``."""
+    from inference.fast.kernels import rope_store, silu_mul
+    from inference.fast.lora_kernels import lora_expand, lora_expand_silu, lora_rope_store
+    from inference.fast.ops import rope_store_ref, silu_mul_ref
+
+    if INTERPRET:
+        from tests.inference.test_fast_fp8 import _patch_interpreter
+
+        _patch_interpreter()
+    device = torch.device("cuda" if CUDA and not INTERPRET else "cpu")
+    heads, kv, head_dim, ff = 4, 2, 16, 96
+    g = torch.Generator().manual_seed(rows * 31 + rank)
+    slots = 3
+    index = _mixed_index(rows, slots, pattern, device)
+    adapted = index >= 0
+    x = torch.randn(rows, k, generator=g).to(device)
+
+    def stacks(outs: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        a = torch.randn(slots, len(outs) * rank, k, generator=g) * 0.05
+        return a.to(device), (torch.randn(slots, rank, sum(outs), generator=g) * 0.1).to(device)
+
+    # the plain expand, three parts (a column tile of 16: tiles never straddle two parts)
+    outs = (48, 16, 16)
+    a, b = stacks(outs)
+    y = torch.randn(rows, sum(outs), generator=g).to(device)
+    want = y.clone()
+    add_rows_ref(x, want, a, b, index, outs, rank)
+    got = y.clone()
+    lora_expand(_shrunk(x, a, index), got, b, index, outs, rank, 16)
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-4), float((got - want).abs().max())
+    assert torch.equal(got[~adapted], y[~adapted])  # rows of the base model untouched
+    assert not adapted.any() or not torch.allclose(got[adapted], y[adapted])  # the product is in the others
+    # gate/up + SiLU
+    a, b = stacks((ff, ff))
+    gate_up = torch.randn(rows, 2 * ff, generator=g).to(device)
+    want = gate_up.clone()
+    add_rows_ref(x, want, a, b, index, (ff, ff), rank)
+    got = lora_expand_silu(_shrunk(x, a, index), gate_up, b, index, rank)
+    assert torch.allclose(got, silu_mul_ref(want), rtol=1e-4, atol=1e-4), float(
+        (got - silu_mul_ref(want)).abs().max()
+    )
+    assert torch.equal(got[~adapted], silu_mul(gate_up)[~adapted])  # base rows: what the plain kernel gives
+    # Q/K/V + rotary + KV write
+    outs = (heads * head_dim, kv * head_dim, kv * head_dim)
+    a, b = stacks(outs)
+    qkv = torch.randn(rows, sum(outs), generator=g).to(device)
+    positions = torch.randint(0, 30, (rows,), generator=g).to(device)
+    angles = torch.arange(32)[:, None].float() * torch.rand(head_dim // 2, generator=g)[None, :]
+    cos, sin = angles.cos().to(device), angles.sin().to(device)
+    cache_slots = torch.randperm(8 * 16, generator=g)[:rows].to(device)
+
+    def caches() -> tuple[torch.Tensor, torch.Tensor]:
+        return tuple(torch.zeros(8, kv, 16, head_dim, device=device) for _ in range(2))  # type: ignore[return-value]
+
+    want_qkv = qkv.clone()
+    add_rows_ref(x, want_qkv, a, b, index, outs, rank)
+    k_want, v_want = caches()
+    q_want = rope_store_ref(want_qkv, positions, cos, sin, k_want, v_want, cache_slots, heads, kv, head_dim)
+    k_got, v_got = caches()
+    q_got = lora_rope_store(
+        _shrunk(x, a, index),
+        qkv,
+        b,
+        index,
+        rank,
+        positions,
+        cos,
+        sin,
+        k_got,
+        v_got,
+        cache_slots,
+        heads,
+        kv,
+        head_dim,
+    )
+    for got_t, want_t in ((q_got, q_want), (k_got, k_want), (v_got, v_want)):
+        assert torch.allclose(got_t, want_t, rtol=1e-4, atol=1e-4), float((got_t - want_t).abs().max())
+    k_base, v_base = caches()
+    q_base = rope_store(qkv.clone(), positions, cos, sin, k_base, v_base, cache_slots, heads, kv, head_dim)
+    assert torch.equal(q_got[~adapted], q_base[~adapted])  # base rows: what the plain kernel gives
+    for got_t, base_t in ((k_got, k_base), (v_got, v_base)):
+        at = cache_slots[~adapted]
+        assert torch.equal(got_t[at // 16, :, at % 16], base_t[at // 16, :, at % 16])
+
+
+@pytest.mark.skipif(
+    not (INTERPRET or CUDA), reason="runs under the Triton interpreter in the child test below"
+)
+def test_kernels_shrink_counters_return_to_zero() -> None:
+    """The split-K shrink's per-row counters (which program sums a row's partials) are back at zero after each
+    launch, so one set serves every projection: two launches in a row on the same counters give the same values."""
+    from inference.fast.lora_kernels import lora_shrink, new_counters, new_partial, rank_values, split_of
+
+    if INTERPRET:
+        from tests.inference.test_fast_fp8 import _patch_interpreter
+
+        _patch_interpreter()
+    device = torch.device("cuda" if CUDA and not INTERPRET else "cpu")
+    g = torch.Generator().manual_seed(3)
+    rows, k, rank = 5, 2048, 16
+    assert split_of(k)[0] == 8
+    x = torch.randn(rows, k, generator=g).to(device)
+    a = (torch.randn(2, 3 * rank, k, generator=g) * 0.05).to(device)
+    index = torch.tensor([1, -1, 0, 1, 0], dtype=torch.int32, device=device)
+    want = torch.bmm(a[index.clamp(min=0).long()], x[:, :, None])[:, :, 0]
+    counters = new_counters(device, 8)
+    for _ in range(2):
+        partial = new_partial(x, a).fill_(float("nan"))
+        lora_shrink(x, a, index, partial, counters)
+        got = rank_values(partial)[:, : 3 * rank]
+        assert torch.allclose(got[index >= 0], want[index >= 0], rtol=1e-4, atol=1e-4)
+        assert torch.equal(counters, torch.zeros_like(counters))
+
+
 @pytest.mark.skipif(
     not INTERPRET,
     reason="runs under the Triton interpreter in the child test below; on a GPU the tiny model's head size is "
@@ -373,11 +526,14 @@ def test_decoder_on_the_kernels_equals_peft(base: LlamaForCausalLM, tmp_path: Pa
 @pytest.mark.skipif(INTERPRET or CUDA, reason="the child of this test")
 def test_kernels_under_interpreter() -> None:
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", __file__]
-    cmd += ["-k", "kernels_equal or kernels_fused or decoder_on_the_kernels"]  # 4 + 2 + 2 + 1
+    cmd += [
+        "-k",
+        "kernels_equal or kernels_fused or kernels_mixed or kernels_shrink or decoder_on_the_kernels",
+    ]
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert "9 passed" in proc.stdout, proc.stdout[-2000:]
+    assert "16 passed" in proc.stdout, proc.stdout[-2000:]  # 4 + 2 + 2 + 6 + 1 + 1
 
 
 # ---- GPU ---------------------------------------------------------------------------------------------------------
