@@ -4,9 +4,10 @@ projection whatever the mix of adapters in the batch (Punica's BGMV, vLLM's shri
 
 ``shrink``: each (row, K-chunk) program reads its row's adapter index (-1: the base model, the program leaves at
 once), multiplies its chunk of x by that adapter's A stack [parts·R, K] and writes its partial sums [parts·R] in
-float32 (split-K without float atomics). The last program of a row to finish (an integer counter per row says
-which; it sets it back to 0) sums the row's partials in a fixed order into the row's rank values, so the result
-does not depend on which program came last.
+float32 (split-K without float atomics). From SHRINK_SUMS_FROM_ROWS rows on, the last program of a row to finish
+(an integer counter per row says which; it sets it back to 0) sums the row's partials in a fixed order into the
+row's rank values, so the result does not depend on which program came last; below, each expand program sums the
+partials of its rows itself (a one-row step saves the counter's round trip).
 
 ``expand``: each program owns a column tile and a block of up to 16 rows. For every pool slot that one of its rows
 uses it loads that slot's B tile [R, tile] once and multiplies the rank values of all its rows by it (rows of other
@@ -25,6 +26,9 @@ import triton.language as tl
 
 SHRINK_BLOCK_K = 128
 MAX_SPLIT = 64
+# batches of this many rows or more: the shrink's last program per row sums its partials, and the expand reads R
+# values per row; fewer: each expand program sums its rows' partials (no counter round trip in the shrink)
+SHRINK_SUMS_FROM_ROWS = 2
 ROW_BLOCK = 16  # rows per expand program (a batch of one row: 1)
 MIN_PROGRAMS = 128  # the expand's column tile is halved (down to 32) until its grid has this many programs
 
@@ -45,8 +49,10 @@ def _lora_shrink_kernel(
     J: tl.constexpr,
     JP: tl.constexpr,
     SPLIT: tl.constexpr,
+    SUM: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
+    """SUM: the row's last program sums the partials into ``inter_ptr`` (else the expand sums them)."""
     row = tl.program_id(0).to(tl.int64)
     sp = tl.program_id(1)
     idx = tl.load(idx_ptr + row).to(tl.int64)
@@ -63,10 +69,8 @@ def _lora_shrink_kernel(
                 a_base + j[:, None] * K + offs[None, :], mask=(j[:, None] < J) & m[None, :], other=0.0
             )
             acc += tl.sum(av.to(tl.float32) * xv[None, :], axis=1)
-        if SPLIT == 1:
-            tl.store(inter_ptr + row * stride_p + j, acc)
-        else:
-            tl.store(part_ptr + row * stride_p + sp * JP + j, acc)
+        tl.store(part_ptr + row * stride_p + sp * JP + j, acc)
+        if SUM:
             tl.debug_barrier()  # every thread's partial is written before the counter moves (release below)
             done = tl.atomic_add(count_ptr + row, 1, sem="acq_rel", scope="gpu")
             if done == SPLIT - 1:  # the row's last program: the others' partials are visible (acquire above)
@@ -79,13 +83,35 @@ def _lora_shrink_kernel(
 
 
 @triton.jit
-def _slot_product(ip, bp, sel, part, cn, cmask, N, R: tl.constexpr, RP: tl.constexpr, BLOCK_M: tl.constexpr):
-    """[rows, len(cn)] float32: the rank values of part ``part`` of the rows in ``sel`` (``ip``: their rows of
-    rank values, [rows, 1] pointers; rows not in ``sel`` give exact zeros) times B at columns ``cn`` (``bp``: one
-    slot's B, rows of length N)."""
+def _slot_product(
+    ip,
+    bp,
+    sel,
+    part,
+    cn,
+    cmask,
+    N,
+    R: tl.constexpr,
+    RP: tl.constexpr,
+    JP: tl.constexpr,
+    SPLIT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
+    """[rows, len(cn)] float32: the rank values of part ``part`` of the rows in ``sel`` (``ip``: their rows of the
+    shrink's output, [rows, 1] pointers; rows not in ``sel`` give exact zeros) times B at columns ``cn`` (``bp``:
+    one slot's B, rows of length N). SPLIT > 1: the rank values are the sum of that many partials, summed here."""
     r = tl.arange(0, RP)  # the rank padded to 16 (the dot's least inner size): the padding reads nothing
     rm = r < R
-    inter = tl.load(ip + part * R + r[None, :], mask=sel[:, None] & rm[None, :], other=0.0)
+    if SPLIT == 1:
+        inter = tl.load(ip + part * R + r[None, :], mask=sel[:, None] & rm[None, :], other=0.0)
+    else:
+        s = tl.arange(0, SPLIT)
+        parts = tl.load(
+            ip[:, :, None] + s[None, :, None] * JP + part * R + r[None, None, :],
+            mask=sel[:, None, None] & rm[None, None, :],
+            other=0.0,
+        )
+        inter = tl.sum(parts, axis=1)
     b = tl.load(bp + r[:, None] * N + cn[None, :], mask=rm[:, None] & cmask[None, :], other=0.0)
     if BLOCK_M == 1:
         return tl.sum(inter[:, :, None] * b.to(tl.float32)[None, :, :], axis=1)
@@ -94,8 +120,14 @@ def _slot_product(ip, bp, sel, part, cn, cmask, N, R: tl.constexpr, RP: tl.const
 
 
 @triton.jit
-def _any(mask):
-    return tl.max(mask.to(tl.int32), axis=0) > 0
+def _or(a, b):
+    return a | b
+
+
+@triton.jit
+def _slots_used(idx):
+    """Bit s set: a row of ``idx`` is on pool slot s (one reduction for all slots)."""
+    return tl.reduce(tl.where(idx >= 0, 1 << tl.maximum(idx, 0), 0), 0, _or)
 
 
 @triton.jit
@@ -114,6 +146,8 @@ def _lora_expand_kernel(
     SLOTS: tl.constexpr,
     R: tl.constexpr,
     RP: tl.constexpr,
+    JP: tl.constexpr,
+    SPLIT: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_M: tl.constexpr,
 ):
@@ -121,7 +155,8 @@ def _lora_expand_kernel(
     m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     idx = tl.load(idx_ptr + m, mask=m < rows, other=-1)
     has = idx >= 0
-    if _any(has):
+    used = _slots_used(idx)
+    if used != 0:
         rows64 = m.to(tl.int64)
         part = (n0 >= B1).to(tl.int32) + (n0 >= B2).to(tl.int32)  # a tile lies inside one part
         cols = tl.arange(0, BLOCK_N)
@@ -132,9 +167,9 @@ def _lora_expand_kernel(
         ip = inter_ptr + rows64[:, None] * stride_i
         d = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for slot in range(SLOTS):
-            sel = idx == slot
-            if _any(sel):
-                d += _slot_product(ip, b_ptr + slot * stride_bs, sel, part, n0 + cols, cm, N, R, RP, BLOCK_M)
+            if (used >> slot) & 1:
+                bp = b_ptr + slot * stride_bs
+                d += _slot_product(ip, bp, idx == slot, part, n0 + cols, cm, N, R, RP, JP, SPLIT, BLOCK_M)
         tl.store(yp, (yv + d).to(y_ptr.dtype.element_ty), mask=ym)
 
 
@@ -153,6 +188,8 @@ def _lora_expand_silu_kernel(
     SLOTS: tl.constexpr,
     R: tl.constexpr,
     RP: tl.constexpr,
+    JP: tl.constexpr,
+    SPLIT: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_M: tl.constexpr,
 ):
@@ -169,12 +206,13 @@ def _lora_expand_silu_kernel(
     g = tl.load(yp, mask=ym, other=0.0).to(tl.float32)
     u = tl.load(yp + FF, mask=ym, other=0.0).to(tl.float32)
     ip = inter_ptr + m[:, None] * stride_i
+    used = _slots_used(idx)
     for slot in range(SLOTS):
-        sel = idx == slot
-        if _any(sel):
+        if (used >> slot) & 1:
             bp = b_ptr + slot * stride_bs
-            g += _slot_product(ip, bp, sel, 0, n0 + cols, cm, 2 * FF, R, RP, BLOCK_M)
-            u += _slot_product(ip, bp, sel, 1, FF + n0 + cols, cm, 2 * FF, R, RP, BLOCK_M)
+            sel = idx == slot
+            g += _slot_product(ip, bp, sel, 0, n0 + cols, cm, 2 * FF, R, RP, JP, SPLIT, BLOCK_M)
+            u += _slot_product(ip, bp, sel, 1, FF + n0 + cols, cm, 2 * FF, R, RP, JP, SPLIT, BLOCK_M)
     dtype = y_ptr.dtype.element_ty
     g = g.to(dtype).to(tl.float32)  # rounded as the product stored by the expand alone would be
     u = u.to(dtype).to(tl.float32)
@@ -211,6 +249,8 @@ def _lora_rope_store_kernel(
     SLOTS: tl.constexpr,
     R: tl.constexpr,
     RP: tl.constexpr,
+    JP: tl.constexpr,
+    SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr,
 ):
     """``kernels._rope_store_kernel`` with each row's Q/K/V adapter product added to its head first (the expand
@@ -239,15 +279,16 @@ def _lora_rope_store_kernel(
     v2 = tl.load(src + vcol + HALF, mask=vm, other=0.0).to(tl.float32)
     dm = d < HALF
     ip = inter_ptr + m[:, None] * stride_i
+    used = _slots_used(idx)
     for slot in range(SLOTS):
-        sel = idx == slot
-        if _any(sel):
+        if (used >> slot) & 1:
             bp = b_ptr + slot * stride_bs
-            x1 += _slot_product(ip, bp, sel, part, col + d, dm, N, R, RP, BLOCK_M)
-            x2 += _slot_product(ip, bp, sel, part, col + HALF + d, dm, N, R, RP, BLOCK_M)
+            sel = idx == slot
+            x1 += _slot_product(ip, bp, sel, part, col + d, dm, N, R, RP, JP, SPLIT, BLOCK_M)
+            x2 += _slot_product(ip, bp, sel, part, col + HALF + d, dm, N, R, RP, JP, SPLIT, BLOCK_M)
             if is_kv:
-                v1 += _slot_product(ip, bp, sel, 2, vcol + d, dm, N, R, RP, BLOCK_M)
-                v2 += _slot_product(ip, bp, sel, 2, vcol + HALF + d, dm, N, R, RP, BLOCK_M)
+                v1 += _slot_product(ip, bp, sel, 2, vcol + d, dm, N, R, RP, JP, SPLIT, BLOCK_M)
+                v2 += _slot_product(ip, bp, sel, 2, vcol + HALF + d, dm, N, R, RP, JP, SPLIT, BLOCK_M)
     x1 = x1.to(dtype).to(tl.float32)  # rounded as the product stored by the expand alone would be
     x2 = x2.to(dtype).to(tl.float32)
     o1 = (x1 * c - x2 * s).to(q_out_ptr.dtype.element_ty)
@@ -279,15 +320,29 @@ def split_of(k: int) -> tuple[int, int]:
 
 
 def new_partial(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """The shrink's output for rows ``x`` and A stack ``a``: [rows, split + 1, parts·R padded] float32 (one split:
-    [rows, 1, …]), the split-K partial sums then, last, each row's rank values (``rank_values``). Uninitialised:
-    rows of the base model are neither written nor read."""
-    split, _per = split_of(x.shape[1])
+    """The shrink's output for rows ``x`` and A stack ``a``: [rows, depth, parts·R padded] float32, uninitialised
+    (rows of the base model are neither written nor read). Depth: the split-K partial sums, then, when the shrink sums
+    them (SHRINK_SUMS_FROM_ROWS), the rank values. One chunk: the partial is the rank values."""
+    rows, k = x.shape
+    split, _per = split_of(k)
+    depth = split + 1 if split > 1 and rows >= SHRINK_SUMS_FROM_ROWS else split
     return torch.empty(
-        (x.shape[0], split + 1 if split > 1 else 1, triton.next_power_of_2(a.shape[1])),
-        dtype=torch.float32,
-        device=x.device,
+        (rows, depth, triton.next_power_of_2(a.shape[1])), dtype=torch.float32, device=x.device
     )
+
+
+def _summed_by_expand(partial: torch.Tensor) -> int:
+    """How many partials the expand sums per row: the depth when it is the split (a power of two), else 1 (the
+    rank values are ready, last)."""
+    depth = partial.shape[1]
+    return depth if depth & (depth - 1) == 0 else 1
+
+
+def _expand_input(partial: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(what the expand reads: the first partial or the rank values, [rows, parts·R padded] with the row stride of
+    ``partial``; the number of partials it sums)."""
+    split = _summed_by_expand(partial)
+    return (partial[:, 0] if split > 1 else partial[:, -1]), split
 
 
 def new_counters(device: torch.device, rows: int = 64) -> torch.Tensor:
@@ -297,7 +352,8 @@ def new_counters(device: torch.device, rows: int = 64) -> torch.Tensor:
 
 
 def rank_values(partial: torch.Tensor) -> torch.Tensor:
-    """[rows, parts·R padded]: each row's x·A (a view of ``partial``, written by ``lora_shrink``)."""
+    """[rows, parts·R padded]: each row's x·A as ``lora_shrink`` left it summed (a view of ``partial``)."""
+    assert _summed_by_expand(partial) == 1, "the expand sums these partials"
     return partial[:, -1]
 
 
@@ -308,19 +364,22 @@ def lora_shrink(
     partial: torch.Tensor,
     counters: torch.Tensor | None = None,
 ) -> None:
-    """``rank_values(partial)[i]`` = ``x[i]·A[index[i]]ᵀ`` (x [rows, K] contiguous; a [slots, J, K]), through
-    split-K partial sums. ``counters``: ``new_counters`` of at least ``rows`` (None: fresh zeros)."""
+    """``partial`` (``new_partial``) = the split-K partial sums of ``x[i]·A[index[i]]ᵀ`` and, when it has room for
+    them, their sums (x [rows, K] contiguous; a [slots, J, K]). ``counters``: ``new_counters`` of at least ``rows``
+    (None: fresh zeros)."""
     rows, k = x.shape
     split, per = split_of(k)
+    assert partial.shape[1] in (split, split + 1)
+    total = split > 1 and partial.shape[1] == split + 1
     if counters is None:
         counters = new_counters(x.device, rows)
-    assert counters.numel() >= rows and partial.shape[1] == (split + 1 if split > 1 else 1)
+    assert counters.numel() >= rows
     _lora_shrink_kernel[(rows, split)](
         x,
         a,
         index,
         partial,
-        rank_values(partial),
+        partial[:, -1],
         counters,
         k,
         per,
@@ -330,9 +389,15 @@ def lora_shrink(
         J=a.shape[1],
         JP=partial.shape[2],
         SPLIT=split,
+        SUM=total,
         BLOCK_K=SHRINK_BLOCK_K,
         num_warps=4,
     )
+
+
+def _slots(b: torch.Tensor) -> int:
+    assert b.shape[0] <= 31, "the kernels keep the slots in use as bits of an int32"
+    return b.shape[0]
 
 
 def _row_block(rows: int) -> int:
@@ -360,7 +425,7 @@ def lora_expand(
     rows, n = y.shape
     b1 = outs[0] if len(outs) > 1 else n
     b2 = outs[0] + outs[1] if len(outs) > 2 else n
-    inter = rank_values(partial)
+    inter, split = _expand_input(partial)
     block_m = _row_block(rows)
     row_blocks = triton.cdiv(rows, block_m)
     block = _column_tile(block_n, n, row_blocks)
@@ -376,9 +441,11 @@ def lora_expand(
         b.stride(0),
         b1,
         b2,
-        SLOTS=b.shape[0],
+        SLOTS=_slots(b),
         R=rank,
         RP=max(16, rank),
+        JP=partial.shape[2],
+        SPLIT=split,
         BLOCK_N=block,
         BLOCK_M=block_m,
         num_warps=4,
@@ -393,7 +460,7 @@ def lora_expand_silu(
     rows, two_ff = gate_up.shape
     ff = two_ff // 2
     out = torch.empty((rows, ff), dtype=gate_up.dtype, device=gate_up.device)
-    inter = rank_values(partial)
+    inter, split = _expand_input(partial)
     block_m = _row_block(rows)
     row_blocks = triton.cdiv(rows, block_m)
     block = _column_tile(128, ff, row_blocks)
@@ -408,9 +475,11 @@ def lora_expand_silu(
         gate_up.stride(0),
         inter.stride(0),
         b.stride(0),
-        SLOTS=b.shape[0],
+        SLOTS=_slots(b),
         R=rank,
         RP=max(16, rank),
+        JP=partial.shape[2],
+        SPLIT=split,
         BLOCK_N=block,
         BLOCK_M=block_m,
         num_warps=4,
@@ -437,7 +506,7 @@ def lora_rope_store(
     """``kernels.rope_store`` of ``qkv`` plus each row's adapter product (parts q, k, v), in one kernel."""
     tokens = qkv.shape[0]
     q = torch.empty((tokens, n_heads, head_dim), dtype=qkv.dtype, device=qkv.device)
-    inter = rank_values(partial)
+    inter, split = _expand_input(partial)
     block_m = _row_block(tokens)
     _lora_rope_store_kernel[(n_heads + n_kv, triton.cdiv(tokens, block_m))](
         qkv,
@@ -462,9 +531,11 @@ def lora_rope_store(
         N_KV=n_kv,
         HALF=head_dim // 2,
         BLOCK_SIZE=k_cache.shape[2],
-        SLOTS=b.shape[0],
+        SLOTS=_slots(b),
         R=rank,
         RP=max(16, rank),
+        JP=partial.shape[2],
+        SPLIT=split,
         BLOCK_M=block_m,
         num_warps=1 if block_m == 1 else 4,
     )

@@ -370,18 +370,34 @@ def _shrunk(x: torch.Tensor, a: torch.Tensor, index: torch.Tensor) -> torch.Tens
     not (INTERPRET or CUDA), reason="runs under the Triton interpreter in the child test below"
 )
 @pytest.mark.parametrize(
-    ("rows", "pattern", "rank", "k"),
+    ("rows", "pattern", "rank", "k", "sums_from"),
     [
-        (64, "mixed", 16, 300),  # 4 row blocks of 16, 3 adapters and the base, rows > slots
-        (17, "mixed", 8, 300),  # a last row block of one row; rank padded to 16 in the kernels
-        (33, "one", 32, 600),  # every row on one adapter (the last slot), rank 32
-        (9, "base", 16, 600),  # no adapter: the expand leaves y alone, the fused kernels do their own part
-        (1, "base", 16, 300),
-        (1, "one", 4, 4096),  # one row (the kernels' one-row path), 8 K chunks
+        (64, "mixed", 16, 300, None),  # 4 row blocks of 16, 3 adapters and the base, rows > slots
+        (17, "mixed", 8, 600, None),  # a last row block of one row; rank padded to 16 in the kernels
+        (33, "one", 32, 600, None),  # every row on one adapter (the last slot), rank 32
+        (
+            9,
+            "base",
+            16,
+            600,
+            None,
+        ),  # no adapter: the expand leaves y alone, the fused kernels do their own part
+        (1, "base", 16, 300, None),
+        (
+            1,
+            "one",
+            4,
+            4096,
+            None,
+        ),  # one row (the kernels' one-row path, the expand sums the 8 K chunks' partials)
+        (6, "mixed", 16, 600, 65),  # the expand sums the partials of a block of rows (SHRINK_SUMS_FROM_ROWS)
     ],
 )
-def test_kernels_mixed_batch_equals_the_torch_reference(rows: int, pattern: str, rank: int, k: int) -> None:
+def test_kernels_mixed_batch_equals_the_torch_reference(
+    rows: int, pattern: str, rank: int, k: int, sums_from: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Expand, fused SiLU and fused rotary on batches mixing adapters and the base, against ``add_rows_ref``."""
+    from inference.fast import lora_kernels
     from inference.fast.kernels import rope_store, silu_mul
     from inference.fast.lora_kernels import lora_expand, lora_expand_silu, lora_rope_store
     from inference.fast.ops import rope_store_ref, silu_mul_ref
@@ -391,6 +407,8 @@ def test_kernels_mixed_batch_equals_the_torch_reference(rows: int, pattern: str,
 
         _patch_interpreter()
     device = torch.device("cuda" if CUDA and not INTERPRET else "cpu")
+    if sums_from is not None:
+        monkeypatch.setattr(lora_kernels, "SHRINK_SUMS_FROM_ROWS", sums_from)
     heads, kv, head_dim, ff = 4, 2, 16, 96
     g = torch.Generator().manual_seed(rows * 31 + rank)
     slots = 3
@@ -533,7 +551,7 @@ def test_kernels_under_interpreter() -> None:
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert "16 passed" in proc.stdout, proc.stdout[-2000:]  # 4 + 2 + 2 + 6 + 1 + 1
+    assert "17 passed" in proc.stdout, proc.stdout[-2000:]  # 4 + 2 + 2 + 7 + 1 + 1
 
 
 # ---- GPU ---------------------------------------------------------------------------------------------------------
