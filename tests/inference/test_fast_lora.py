@@ -561,6 +561,91 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm())
 
 
+@pytest.mark.skipif(not CUDA or INTERPRET, reason="needs a CUDA GPU")
+@pytest.mark.parametrize(
+    ("rows", "pattern"), [(1, "one"), (16, "one"), (16, "mixed"), (64, "mixed"), (5, "base")]
+)
+def test_gpu_kernels_at_70b_widths(rows: int, pattern: str) -> None:
+    """The decode kernels at the 70B's shapes in bf16 (4 pool slots): within a bf16 rounding of ``add_rows_ref``
+    (same float32 products, another summation order), and the same bits when run again (the shrink's counter
+    decides only which program sums the partials, not their order)."""
+    from inference.fast.kernels import rope_store
+    from inference.fast.lora import _block_n
+    from inference.fast.lora_kernels import (
+        lora_expand,
+        lora_expand_silu,
+        lora_rope_store,
+        lora_shrink,
+        new_partial,
+    )
+    from inference.fast.ops import silu_mul_ref
+
+    dev, dt, slots, rank = torch.device("cuda"), torch.bfloat16, 4, 16
+    g = torch.Generator(device=dev).manual_seed(rows)
+    index = _mixed_index(rows, slots, pattern, dev)
+    h, ff, heads, kv, hd = 8192, 28672, 64, 8, 128
+
+    def rand(*shape: int, std: float = 1.0) -> torch.Tensor:
+        return (torch.randn(*shape, generator=g, device=dev) * std).to(dt)
+
+    def shrunk(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        partial = new_partial(x, a).fill_(float("nan"))
+        lora_shrink(x, a, index, partial)
+        return partial
+
+    def close(got: torch.Tensor, want: torch.Tensor, atol: float = 2e-2) -> None:
+        """A bf16 rounding or two apart (the adapters' products here are ~0.2: one left out is far beyond)."""
+        err = (got.float() - want.float()).abs()
+        bound = want.float().abs() * 2.0**-6 + atol
+        assert bool((err <= bound).all()), float((err - bound).max())
+
+    cases = {"o": (h, (h,)), "down": (ff, (h,)), "lm_head": (h, (128256,))}
+    for name, (k, outs) in cases.items():
+        x, y = rand(rows, k), rand(rows, sum(outs))
+        a, b = rand(slots, rank, k, std=k**-0.5), rand(slots, rank, sum(outs), std=0.05)
+        want = y.clone()
+        add_rows_ref(x, want, a, b, index, outs, rank)
+        runs = []
+        for _ in range(2):
+            got = y.clone()
+            lora_expand(shrunk(x, a), got, b, index, outs, rank, _block_n(outs))
+            runs.append(got)
+        close(runs[0], want)
+        assert torch.equal(runs[0], runs[1]), name
+        assert torch.equal(runs[0][index < 0], y[index < 0]), name
+    x, gate_up = rand(rows, h), rand(rows, 2 * ff)
+    a, b = rand(slots, 2 * rank, h, std=h**-0.5), rand(slots, rank, 2 * ff, std=0.05)
+    want = gate_up.clone()
+    add_rows_ref(x, want, a, b, index, (ff, ff), rank)
+    partial = shrunk(x, a)
+    got = lora_expand_silu(partial, gate_up, b, index, rank)
+    close(got, silu_mul_ref(want))
+    assert torch.equal(got, lora_expand_silu(partial, gate_up, b, index, rank))
+    outs = (heads * hd, kv * hd, kv * hd)
+    qkv = rand(rows, sum(outs))
+    a, b = rand(slots, 3 * rank, h, std=h**-0.5), rand(slots, rank, sum(outs), std=0.05)
+    positions = torch.randint(0, 4096, (rows,), generator=g, device=dev)
+    angles = (
+        torch.arange(4096, device=dev)[:, None].float() * torch.rand(hd // 2, generator=g, device=dev) * 1e-3
+    )
+    cos, sin = angles.cos().to(dt), angles.sin().to(dt)
+    cache_slots = torch.randperm(64 * 64, generator=g, device=dev)[:rows]
+
+    def caches() -> tuple[torch.Tensor, torch.Tensor]:
+        return tuple(torch.zeros(64, kv, 64, hd, device=dev, dtype=dt) for _ in range(2))  # type: ignore[return-value]
+
+    want_qkv = qkv.clone()
+    add_rows_ref(x, want_qkv, a, b, index, outs, rank)
+    k_want, v_want = caches()
+    q_want = rope_store(want_qkv, positions, cos, sin, k_want, v_want, cache_slots, heads, kv, hd)
+    k_got, v_got = caches()
+    q_got = lora_rope_store(
+        shrunk(x, a), qkv, b, index, rank, positions, cos, sin, k_got, v_got, cache_slots, heads, kv, hd
+    )
+    for got_t, want_t in ((q_got, q_want), (k_got, k_want), (v_got, v_want)):
+        close(got_t, want_t, atol=5e-2)  # a rotated pair: a rounding of one half moves the other by as much
+
+
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (the 70B-width bf16 check runs there)")
 def test_gpu_lora_logits_match_eager_peft_70b_widths(tmp_path: Path) -> None:
     torch.manual_seed(0)
