@@ -299,9 +299,9 @@ def _lora_rope_store_kernel(
         tl.store(qo + HALF, o2, mask=rm)
     else:
         kh = h - N_HEADS
-        slot = tl.load(slot_ptr + m, mask=mm, other=0).to(tl.int64)
-        blk = slot // BLOCK_SIZE
-        off = slot % BLOCK_SIZE
+        at = tl.load(slot_ptr + m, mask=mm, other=0).to(tl.int64)  # each row's KV slot
+        blk = at // BLOCK_SIZE
+        off = at % BLOCK_SIZE
         dst = (blk * stride_cb + kh * stride_ch + off * stride_ct)[:, None] + d[None, :]
         tl.store(k_cache_ptr + dst, o1, mask=rm)
         tl.store(k_cache_ptr + dst + HALF, o2, mask=rm)

@@ -541,6 +541,77 @@ def test_decoder_on_the_kernels_equals_peft(base: LlamaForCausalLM, tmp_path: Pa
     assert run_mixed(dec, [(ps[0], "a"), (ps[1], None)], 6) == want
 
 
+def _hopper_compiler() -> object | None:
+    """``triton.compile`` for sm_90 where Triton's NVIDIA backend and its ptxas are here (no GPU needed)."""
+    try:
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.backends.nvidia.compiler import get_ptxas
+    except ImportError:
+        return None
+    try:
+        get_ptxas(90).path  # noqa: B018 (raises when the binary is missing)
+    except (RuntimeError, OSError, AttributeError):
+        return None
+    return triton, GPUTarget("cuda", 90, 32)
+
+
+@pytest.mark.skipif(INTERPRET, reason="compiles for the GPU, the interpreter's child need not")
+@pytest.mark.skipif(_hopper_compiler() is None, reason="Triton's NVIDIA backend (ptxas) is not installed")
+def test_kernels_compile_for_hopper() -> None:
+    """Every variant the decode path launches at the 70B's shapes compiles for sm_90 (the interpreter does not
+    type-check a kernel as the compiler does: a loop variable reused with another type passes there)."""
+    from triton.compiler import ASTSource
+
+    from inference.fast import lora_kernels as lk
+
+    triton_mod, target = _hopper_compiler()  # type: ignore[misc]
+
+    def build(fn: object, types: dict[str, str], consts: dict[str, object], warps: int) -> None:
+        names: list[str] = fn.arg_names  # type: ignore[attr-defined]
+        signature = {n: "constexpr" if n in consts else types[n] for n in names}
+        triton_mod.compile(
+            ASTSource(fn, signature, constexprs=consts), target=target, options={"num_warps": warps}
+        )
+
+    ptrs = {
+        "idx_ptr": "*i32",
+        "inter_ptr": "*fp32",
+        "part_ptr": "*fp32",
+        "count_ptr": "*i32",
+        "pos_ptr": "*i64",
+    }
+    ptrs |= {"slot_ptr": "*i64", "cos_ptr": "*bf16", "sin_ptr": "*bf16"}
+
+    def types(fn: object) -> dict[str, str]:
+        return {n: ptrs.get(n, "*bf16" if n.endswith("_ptr") else "i32") for n in fn.arg_names}  # type: ignore[attr-defined]
+
+    shrink = lk._lora_shrink_kernel
+    for split, total in ((32, True), (32, False), (64, True), (1, False)):
+        build(shrink, types(shrink), {"J": 48, "JP": 64, "SPLIT": split, "SUM": total, "BLOCK_K": 128}, 4)
+    rank = {"SLOTS": 4, "R": 16, "RP": 16}
+    for block_m, split, block_n in ((1, 32, 64), (16, 1, 128), (16, 1, 64), (1, 1, 128)):
+        consts = rank | {"JP": 64, "SPLIT": split, "BLOCK_N": block_n, "BLOCK_M": block_m}
+        build(lk._lora_expand_kernel, types(lk._lora_expand_kernel), consts, 4)
+    build(
+        lk._lora_expand_kernel,
+        types(lk._lora_expand_kernel),
+        rank | {"R": 8, "JP": 16, "SPLIT": 1, "BLOCK_N": 128, "BLOCK_M": 16},
+        4,
+    )
+    for block_m, split in ((1, 32), (16, 1)):
+        consts = rank | {"JP": 32, "SPLIT": split, "BLOCK_N": 128, "BLOCK_M": block_m}
+        build(lk._lora_expand_silu_kernel, types(lk._lora_expand_silu_kernel), consts, 4)
+    for block_m, split in ((1, 32), (16, 1)):
+        consts = rank | {"N_HEADS": 64, "N_KV": 8, "HALF": 64, "BLOCK_SIZE": 64, "JP": 64, "SPLIT": split}
+        build(
+            lk._lora_rope_store_kernel,
+            types(lk._lora_rope_store_kernel),
+            consts | {"BLOCK_M": block_m},
+            1 if block_m == 1 else 4,
+        )
+
+
 @pytest.mark.skipif(INTERPRET or CUDA, reason="the child of this test")
 def test_kernels_under_interpreter() -> None:
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", __file__]
