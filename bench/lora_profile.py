@@ -214,6 +214,9 @@ def main() -> None:
     )
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--skip-steps", action="store_true")
+    parser.add_argument(
+        "--name", default="", help="suffix of the results file (lora-profile-<gpu>-<name>.json)"
+    )
     parser.add_argument("--trace-only", action="store_true", help="only the per-kernel device times")
     parser.add_argument("--rows", default="1,16,64", help="batch sizes with every row on one adapter")
     parser.add_argument("--mixed-rows", default="16,64", help="batch sizes over 4 adapters and the base")
@@ -223,6 +226,12 @@ def main() -> None:
         type=int,
         default=None,
         help="lora_kernels.SHRINK_SUMS_FROM_ROWS for this run (where the split-K partials are summed)",
+    )
+    parser.add_argument(
+        "--min-k-per",
+        type=int,
+        default=None,
+        help="lora_kernels.MIN_K_PER for this run (the shrink's least K chunk: 128 gives K=8192 64 chunks)",
     )
     parser.add_argument(
         "--smoke", action="store_true", help="a tiny model on the CPU: checks the script only"
@@ -235,6 +244,8 @@ def main() -> None:
         args.skip_steps, args.bf16_only = True, True
     if args.shrink_sums_from is not None:
         lora_kernels.SHRINK_SUMS_FROM_ROWS = args.shrink_sums_from
+    if args.min_k_per is not None:
+        lora_kernels.MIN_K_PER = args.min_k_per
     batches = [(int(r), "one") for r in args.rows.split(",") if r] + [
         (int(r), "mixed") for r in args.mixed_rows.split(",") if r
     ]
@@ -243,6 +254,7 @@ def main() -> None:
         "gpu": gpu,
         "commit": _commit(),
         "shrink_sums_from_rows": lora_kernels.SHRINK_SUMS_FROM_ROWS,
+        "min_k_per": lora_kernels.MIN_K_PER,
         "command": "python bench/lora_profile.py " + " ".join(sys.argv[1:]),
     }
     trace: list[dict[str, Any]] = []
@@ -278,7 +290,8 @@ def main() -> None:
         )
     tag = "h200" if "H200" in gpu else "h100" if "H100" in gpu else "smoke" if args.smoke else "gpu"
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / f"lora-profile-{tag}.json").write_text(json.dumps(results, indent=2) + "\n")
+    name = f"lora-profile-{tag}{'-' + args.name if args.name else ''}.json"
+    (Path(args.out) / name).write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ import triton.language as tl
 
 SHRINK_BLOCK_K = 128
 MAX_SPLIT = 64
+MIN_K_PER = (
+    256  # the shrink splits K into chunks of at least this many (more chunks: more programs in flight)
+)
 # batches of this many rows or more: the shrink's last program per row sums its partials, and the expand reads R
 # values per row; fewer: each expand program sums its rows' partials (no counter round trip in the shrink)
 SHRINK_SUMS_FROM_ROWS = 2
@@ -83,36 +86,28 @@ def _lora_shrink_kernel(
 
 
 @triton.jit
-def _slot_product(
-    ip,
-    bp,
-    sel,
-    part,
-    cn,
-    cmask,
-    N,
-    R: tl.constexpr,
-    RP: tl.constexpr,
-    JP: tl.constexpr,
-    SPLIT: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-):
-    """[rows, len(cn)] float32: the rank values of part ``part`` of the rows in ``sel`` (``ip``: their rows of the
-    shrink's output, [rows, 1] pointers; rows not in ``sel`` give exact zeros) times B at columns ``cn`` (``bp``:
-    one slot's B, rows of length N). SPLIT > 1: the rank values are the sum of that many partials, summed here."""
+def _rank_values(ip, sel, part, R: tl.constexpr, RP: tl.constexpr, JP: tl.constexpr, SPLIT: tl.constexpr):
+    """[rows, RP] float32: the rank values of part ``part`` of the rows in ``sel`` (``ip``: their rows of the
+    shrink's output, [rows, 1] pointers; other rows and the padding of the rank to RP: zeros). SPLIT > 1: the sum
+    of that many partials, summed here."""
     r = tl.arange(0, RP)  # the rank padded to 16 (the dot's least inner size): the padding reads nothing
-    rm = r < R
     if SPLIT == 1:
-        inter = tl.load(ip + part * R + r[None, :], mask=sel[:, None] & rm[None, :], other=0.0)
+        return tl.load(ip + part * R + r[None, :], mask=sel[:, None] & (r < R)[None, :], other=0.0)
     else:
         s = tl.arange(0, SPLIT)
         parts = tl.load(
             ip[:, :, None] + s[None, :, None] * JP + part * R + r[None, None, :],
-            mask=sel[:, None, None] & rm[None, None, :],
+            mask=sel[:, None, None] & (r < R)[None, None, :],
             other=0.0,
         )
-        inter = tl.sum(parts, axis=1)
-    b = tl.load(bp + r[:, None] * N + cn[None, :], mask=rm[:, None] & cmask[None, :], other=0.0)
+        return tl.sum(parts, axis=1)
+
+
+@triton.jit
+def _times_b(inter, bp, cn, cmask, N, R: tl.constexpr, RP: tl.constexpr, BLOCK_M: tl.constexpr):
+    """[rows, len(cn)] float32: ``inter`` [rows, RP] times B at columns ``cn`` (``bp``: one slot's B, [R, N])."""
+    r = tl.arange(0, RP)
+    b = tl.load(bp + r[:, None] * N + cn[None, :], mask=(r < R)[:, None] & cmask[None, :], other=0.0)
     if BLOCK_M == 1:
         return tl.sum(inter[:, :, None] * b.to(tl.float32)[None, :, :], axis=1)
     else:
@@ -168,8 +163,8 @@ def _lora_expand_kernel(
         d = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for slot in range(SLOTS):
             if (used >> slot) & 1:
-                bp = b_ptr + slot * stride_bs
-                d += _slot_product(ip, bp, idx == slot, part, n0 + cols, cm, N, R, RP, JP, SPLIT, BLOCK_M)
+                inter = _rank_values(ip, idx == slot, part, R, RP, JP, SPLIT)
+                d += _times_b(inter, b_ptr + slot * stride_bs, n0 + cols, cm, N, R, RP, BLOCK_M)
         tl.store(yp, (yv + d).to(y_ptr.dtype.element_ty), mask=ym)
 
 
@@ -211,8 +206,10 @@ def _lora_expand_silu_kernel(
         if (used >> slot) & 1:
             bp = b_ptr + slot * stride_bs
             sel = idx == slot
-            g += _slot_product(ip, bp, sel, 0, n0 + cols, cm, 2 * FF, R, RP, JP, SPLIT, BLOCK_M)
-            u += _slot_product(ip, bp, sel, 1, FF + n0 + cols, cm, 2 * FF, R, RP, JP, SPLIT, BLOCK_M)
+            inter_g = _rank_values(ip, sel, 0, R, RP, JP, SPLIT)
+            g += _times_b(inter_g, bp, n0 + cols, cm, 2 * FF, R, RP, BLOCK_M)
+            inter_u = _rank_values(ip, sel, 1, R, RP, JP, SPLIT)
+            u += _times_b(inter_u, bp, FF + n0 + cols, cm, 2 * FF, R, RP, BLOCK_M)
     dtype = y_ptr.dtype.element_ty
     g = g.to(dtype).to(tl.float32)  # rounded as the product stored by the expand alone would be
     u = u.to(dtype).to(tl.float32)
@@ -284,11 +281,13 @@ def _lora_rope_store_kernel(
         if (used >> slot) & 1:
             bp = b_ptr + slot * stride_bs
             sel = idx == slot
-            x1 += _slot_product(ip, bp, sel, part, col + d, dm, N, R, RP, JP, SPLIT, BLOCK_M)
-            x2 += _slot_product(ip, bp, sel, part, col + HALF + d, dm, N, R, RP, JP, SPLIT, BLOCK_M)
+            inter = _rank_values(ip, sel, part, R, RP, JP, SPLIT)  # once for both halves of the head
+            x1 += _times_b(inter, bp, col + d, dm, N, R, RP, BLOCK_M)
+            x2 += _times_b(inter, bp, col + HALF + d, dm, N, R, RP, BLOCK_M)
             if is_kv:
-                v1 += _slot_product(ip, bp, sel, 2, vcol + d, dm, N, R, RP, JP, SPLIT, BLOCK_M)
-                v2 += _slot_product(ip, bp, sel, 2, vcol + HALF + d, dm, N, R, RP, JP, SPLIT, BLOCK_M)
+                inter_v = _rank_values(ip, sel, 2, R, RP, JP, SPLIT)
+                v1 += _times_b(inter_v, bp, vcol + d, dm, N, R, RP, BLOCK_M)
+                v2 += _times_b(inter_v, bp, vcol + HALF + d, dm, N, R, RP, BLOCK_M)
     x1 = x1.to(dtype).to(tl.float32)  # rounded as the product stored by the expand alone would be
     x2 = x2.to(dtype).to(tl.float32)
     o1 = (x1 * c - x2 * s).to(q_out_ptr.dtype.element_ty)
@@ -312,7 +311,7 @@ def _lora_rope_store_kernel(
 def split_of(k: int) -> tuple[int, int]:
     """(number of K chunks, a power of two; chunk length, a multiple of the block)."""
     split = 1
-    while split < MAX_SPLIT and k // (split * 2) >= 2 * SHRINK_BLOCK_K:
+    while split < MAX_SPLIT and k // (split * 2) >= MIN_K_PER:
         split *= 2
     per = -(-k // split)
     per = -(-per // SHRINK_BLOCK_K) * SHRINK_BLOCK_K
