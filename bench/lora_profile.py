@@ -236,6 +236,9 @@ def main() -> None:
     parser.add_argument(
         "--smoke", action="store_true", help="a tiny model on the CPU: checks the script only"
     )
+    parser.add_argument(
+        "--dot", default=None, help="lora_kernels.DOT_PRECISION for this run: ieee (the default) or tf32x3"
+    )
     args = parser.parse_args()
     from inference.fast import lora_kernels
 
@@ -246,6 +249,8 @@ def main() -> None:
         lora_kernels.SHRINK_SUMS_FROM_ROWS = args.shrink_sums_from
     if args.min_k_per is not None:
         lora_kernels.MIN_K_PER = args.min_k_per
+    if args.dot is not None:
+        lora_kernels.DOT_PRECISION = args.dot
     batches = [(int(r), "one") for r in args.rows.split(",") if r] + [
         (int(r), "mixed") for r in args.mixed_rows.split(",") if r
     ]
@@ -255,6 +260,7 @@ def main() -> None:
         "commit": _commit(),
         "shrink_sums_from_rows": lora_kernels.SHRINK_SUMS_FROM_ROWS,
         "min_k_per": lora_kernels.MIN_K_PER,
+        "dot_precision": lora_kernels.DOT_PRECISION,
         "command": "python bench/lora_profile.py " + " ".join(sys.argv[1:]),
     }
     trace: list[dict[str, Any]] = []

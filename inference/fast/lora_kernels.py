@@ -14,8 +14,8 @@ uses it loads that slot's B tile [R, tile] once and multiplies the rank values o
 adapters contribute exact zeros), so a B tile is read once per adapter and row block, not once per row; then it
 adds the product into the base output in place (rows of the base model: untouched). The gate/up and Q/K/V expands
 are fused into SiLU·up and the rotary + KV write, which they compute for every row (base rows: the product is 0).
-Products of the rank values and B are float32 (``tl.dot`` in IEEE precision, no TF32), rounded where the expand
-alone would round them. The torch reference is ``lora.add_rows_ref``.
+Products of the rank values and B are float32 (``tl.dot`` in IEEE precision, no TF32: DOT_PRECISION), rounded
+where the expand alone would round them. The torch reference is ``lora.add_rows_ref``.
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ MIN_K_PER = (
 # values per row; fewer: each expand program sums its rows' partials (no counter round trip in the shrink)
 SHRINK_SUMS_FROM_ROWS = 2
 ROW_BLOCK = 16  # rows per expand program (a batch of one row: 1)
+# the expand's rank values × B for a block of rows: "ieee" float32 (FMA); "tf32x3" (tensor cores, about float32's
+# accuracy) spends less when a block's rows spread over many adapters (each adapter's product covers every row)
+DOT_PRECISION = "ieee"
 MIN_PROGRAMS = 128  # the expand's column tile is halved (down to 32) until its grid has this many programs
 
 
@@ -104,14 +107,17 @@ def _rank_values(ip, sel, part, R: tl.constexpr, RP: tl.constexpr, JP: tl.conste
 
 
 @triton.jit
-def _times_b(inter, bp, cn, cmask, N, R: tl.constexpr, RP: tl.constexpr, BLOCK_M: tl.constexpr):
-    """[rows, len(cn)] float32: ``inter`` [rows, RP] times B at columns ``cn`` (``bp``: one slot's B, [R, N])."""
+def _times_b(
+    inter, bp, cn, cmask, N, R: tl.constexpr, RP: tl.constexpr, BLOCK_M: tl.constexpr, DOT: tl.constexpr
+):
+    """[rows, len(cn)] float32: ``inter`` [rows, RP] times B at columns ``cn`` (``bp``: one slot's B, [R, N]);
+    a block of rows in one ``tl.dot`` of precision DOT."""
     r = tl.arange(0, RP)
     b = tl.load(bp + r[:, None] * N + cn[None, :], mask=(r < R)[:, None] & cmask[None, :], other=0.0)
     if BLOCK_M == 1:
         return tl.sum(inter[:, :, None] * b.to(tl.float32)[None, :, :], axis=1)
     else:
-        return tl.dot(inter, b.to(tl.float32), input_precision="ieee")
+        return tl.dot(inter, b.to(tl.float32), input_precision=DOT)
 
 
 @triton.jit
@@ -145,6 +151,7 @@ def _lora_expand_kernel(
     SPLIT: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_M: tl.constexpr,
+    DOT: tl.constexpr,
 ):
     n0 = tl.program_id(0) * BLOCK_N
     m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -164,7 +171,7 @@ def _lora_expand_kernel(
         for slot in range(SLOTS):
             if (used >> slot) & 1:
                 inter = _rank_values(ip, idx == slot, part, R, RP, JP, SPLIT)
-                d += _times_b(inter, b_ptr + slot * stride_bs, n0 + cols, cm, N, R, RP, BLOCK_M)
+                d += _times_b(inter, b_ptr + slot * stride_bs, n0 + cols, cm, N, R, RP, BLOCK_M, DOT)
         tl.store(yp, (yv + d).to(y_ptr.dtype.element_ty), mask=ym)
 
 
@@ -187,6 +194,7 @@ def _lora_expand_silu_kernel(
     SPLIT: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_M: tl.constexpr,
+    DOT: tl.constexpr,
 ):
     """gate/up: the expand of both parts and SiLU(gate)·up in one pass (every row: base rows add nothing)."""
     n0 = tl.program_id(0) * BLOCK_N
@@ -207,9 +215,9 @@ def _lora_expand_silu_kernel(
             bp = b_ptr + slot * stride_bs
             sel = idx == slot
             inter_g = _rank_values(ip, sel, 0, R, RP, JP, SPLIT)
-            g += _times_b(inter_g, bp, n0 + cols, cm, 2 * FF, R, RP, BLOCK_M)
+            g += _times_b(inter_g, bp, n0 + cols, cm, 2 * FF, R, RP, BLOCK_M, DOT)
             inter_u = _rank_values(ip, sel, 1, R, RP, JP, SPLIT)
-            u += _times_b(inter_u, bp, FF + n0 + cols, cm, 2 * FF, R, RP, BLOCK_M)
+            u += _times_b(inter_u, bp, FF + n0 + cols, cm, 2 * FF, R, RP, BLOCK_M, DOT)
     dtype = y_ptr.dtype.element_ty
     g = g.to(dtype).to(tl.float32)  # rounded as the product stored by the expand alone would be
     u = u.to(dtype).to(tl.float32)
@@ -249,6 +257,7 @@ def _lora_rope_store_kernel(
     JP: tl.constexpr,
     SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr,
+    DOT: tl.constexpr,
 ):
     """``kernels._rope_store_kernel`` with each row's Q/K/V adapter product added to its head first (the expand
     of the qkv projection fused into the rotary + KV write); one program per head and block of rows."""
@@ -282,12 +291,12 @@ def _lora_rope_store_kernel(
             bp = b_ptr + slot * stride_bs
             sel = idx == slot
             inter = _rank_values(ip, sel, part, R, RP, JP, SPLIT)  # once for both halves of the head
-            x1 += _times_b(inter, bp, col + d, dm, N, R, RP, BLOCK_M)
-            x2 += _times_b(inter, bp, col + HALF + d, dm, N, R, RP, BLOCK_M)
+            x1 += _times_b(inter, bp, col + d, dm, N, R, RP, BLOCK_M, DOT)
+            x2 += _times_b(inter, bp, col + HALF + d, dm, N, R, RP, BLOCK_M, DOT)
             if is_kv:
                 inter_v = _rank_values(ip, sel, 2, R, RP, JP, SPLIT)
-                v1 += _times_b(inter_v, bp, vcol + d, dm, N, R, RP, BLOCK_M)
-                v2 += _times_b(inter_v, bp, vcol + HALF + d, dm, N, R, RP, BLOCK_M)
+                v1 += _times_b(inter_v, bp, vcol + d, dm, N, R, RP, BLOCK_M, DOT)
+                v2 += _times_b(inter_v, bp, vcol + HALF + d, dm, N, R, RP, BLOCK_M, DOT)
     x1 = x1.to(dtype).to(tl.float32)  # rounded as the product stored by the expand alone would be
     x2 = x2.to(dtype).to(tl.float32)
     o1 = (x1 * c - x2 * s).to(q_out_ptr.dtype.element_ty)
@@ -447,6 +456,7 @@ def lora_expand(
         SPLIT=split,
         BLOCK_N=block,
         BLOCK_M=block_m,
+        DOT=DOT_PRECISION,
         num_warps=4,
     )
 
@@ -481,6 +491,7 @@ def lora_expand_silu(
         SPLIT=split,
         BLOCK_N=block,
         BLOCK_M=block_m,
+        DOT=DOT_PRECISION,
         num_warps=4,
     )
     return out
@@ -536,6 +547,7 @@ def lora_rope_store(
         JP=partial.shape[2],
         SPLIT=split,
         BLOCK_M=block_m,
+        DOT=DOT_PRECISION,
         num_warps=1 if block_m == 1 else 4,
     )
     return q

@@ -589,7 +589,7 @@ def test_kernels_compile_for_hopper() -> None:
     shrink = lk._lora_shrink_kernel
     for split, total in ((32, True), (32, False), (64, True), (1, False)):
         build(shrink, types(shrink), {"J": 48, "JP": 64, "SPLIT": split, "SUM": total, "BLOCK_K": 128}, 4)
-    rank = {"SLOTS": 4, "R": 16, "RP": 16}
+    rank = {"SLOTS": 4, "R": 16, "RP": 16, "DOT": lk.DOT_PRECISION}
     for block_m, split, block_n in ((1, 32, 64), (16, 1, 128), (16, 1, 64), (1, 1, 128)):
         consts = rank | {"JP": 64, "SPLIT": split, "BLOCK_N": block_n, "BLOCK_M": block_m}
         build(lk._lora_expand_kernel, types(lk._lora_expand_kernel), consts, 4)
@@ -599,6 +599,8 @@ def test_kernels_compile_for_hopper() -> None:
         rank | {"R": 8, "JP": 16, "SPLIT": 1, "BLOCK_N": 128, "BLOCK_M": 16},
         4,
     )
+    tf32x3 = rank | {"JP": 64, "SPLIT": 1, "BLOCK_N": 128, "BLOCK_M": 16, "DOT": "tf32x3"}
+    build(lk._lora_expand_kernel, types(lk._lora_expand_kernel), tf32x3, 4)  # lora_profile.py --dot tf32x3
     for block_m, split in ((1, 32), (16, 1)):
         consts = rank | {"JP": 32, "SPLIT": split, "BLOCK_N": 128, "BLOCK_M": block_m}
         build(lk._lora_expand_silu_kernel, types(lk._lora_expand_silu_kernel), consts, 4)
@@ -634,12 +636,23 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.skipif(not CUDA or INTERPRET, reason="needs a CUDA GPU")
 @pytest.mark.parametrize(
-    ("rows", "pattern"), [(1, "one"), (16, "one"), (16, "mixed"), (64, "mixed"), (5, "base")]
+    ("rows", "pattern", "dot"),
+    [
+        (1, "one", None),
+        (16, "one", None),
+        (16, "mixed", None),
+        (64, "mixed", None),
+        (5, "base", None),
+        (16, "mixed", "tf32x3"),  # lora_profile.py --dot tf32x3: tensor cores, about float32's accuracy
+    ],
 )
-def test_gpu_kernels_at_70b_widths(rows: int, pattern: str) -> None:
+def test_gpu_kernels_at_70b_widths(
+    rows: int, pattern: str, dot: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The decode kernels at the 70B's shapes in bf16 (4 pool slots): within a bf16 rounding of ``add_rows_ref``
     (same float32 products, another summation order), and the same bits when run again (the shrink's counter
     decides only which program sums the partials, not their order)."""
+    from inference.fast import lora_kernels
     from inference.fast.kernels import rope_store
     from inference.fast.lora import _block_n
     from inference.fast.lora_kernels import (
@@ -651,6 +664,8 @@ def test_gpu_kernels_at_70b_widths(rows: int, pattern: str) -> None:
     )
     from inference.fast.ops import silu_mul_ref
 
+    if dot is not None:
+        monkeypatch.setattr(lora_kernels, "DOT_PRECISION", dot)
     dev, dt, slots, rank = torch.device("cuda"), torch.bfloat16, 4, 16
     g = torch.Generator(device=dev).manual_seed(rows)
     index = _mixed_index(rows, slots, pattern, dev)
