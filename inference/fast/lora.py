@@ -13,8 +13,9 @@ column the R values of its own part (the column ranges of q, k and v).
 Per row the adapter is a pool index (-1: the base model), read on the device: in a decode step from the decoder's
 slot → index buffer (inside the CUDA graph, like the row → slot map), in a prefill pass per sequence. On CUDA two
 Triton kernels per projection (``lora_kernels``: a split-K shrink whose last program per row sums the partials into
-the row's rank values, and an expand in which each program loads an adapter's B tile once for all the rows of its
-row block that use it and adds the product into the base output in place; rows of the base model are skipped);
+the row's rank values (from 2 rows on; one row: the expand sums them), and an expand in which each program loads an
+adapter's B tile once for all the rows of its row block that use it and adds the product into the base output in
+place; rows of the base model are skipped);
 the Q/K/V and gate/up expands are fused into the rotary and SiLU kernels that follow them. ``HANBOT_LORA_OVERLAP=1``
 launches the shrink on a side stream beside the base product (a fork and join in the graph; off by default: on an
 H100 it did not help). Elsewhere the same arithmetic in torch.
