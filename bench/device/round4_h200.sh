@@ -9,6 +9,7 @@
 # one finds the kernels the earlier ones compiled in $CACHE). Each step is bounded by `timeout` and writes its
 # figures as they come, so one cut short keeps what it measured. FP8 weights are drawn and quantised layer by layer
 # (bench/gpu_70b.py --fp8), so the FP8 steps also fit an H100; bf16 steps and the baseline need the H200's memory.
+# GPU_TAG=h100x1 labels the results of a run on an H100 (FP8 steps fit there).
 # Carry .whl (`bash bench/gpu_wheels.sh --train`: pydantic & co., peft, bitsandbytes for the trainer) and .gpu
 # (prototype_baseline_gpu.py, for the baseline step).
 # Files back: a: gpu-h200x1-fp8-engine-round4.json, train-while-serving.json, gpu-h200x1-fp8-engine-interleave.json
@@ -59,7 +60,7 @@ for step in "${STEPS[@]}"; do
   fp8) # the engine bench with FP8 weights, every phase (issue 12: 32 conversations, aggregate and p95 TTFT)
     # shellcheck disable=SC2086
     run 180 fp8-engine "$PY" bench/gpu_70b.py --fp8 --no-cold --cache-dir $CACHE \
-      --setup h200x1-fp8-engine-round4 --out "$OUT" $TINY $ENGINE_SMALL
+      --setup ${GPU_TAG:-h200x1}-fp8-engine-round4 --out "$OUT" $TINY $ENGINE_SMALL
     show fp8-engine "^single_stream|^concurrency|^ttft|^decode_step|^peak|\| " 40
     ;;
   tws) # training while serving: the FP8 engine idle, then beside a QLoRA step of the 70B in its own process
@@ -72,13 +73,13 @@ for step in "${STEPS[@]}"; do
   fp8-interleave) # the same at 16 and 32 conversations with the bot's default, engine.interleave_prefill
     # shellcheck disable=SC2086
     run 100 fp8-interleave "$PY" bench/gpu_70b.py --fp8 --interleave --no-cold --concurrency 16,32 \
-      --ttft-prompts 512 --cache-dir $CACHE --setup h200x1-fp8-engine-interleave --out "$OUT" $TINY $ENGINE_SMALL
+      --ttft-prompts 512 --cache-dir $CACHE --setup ${GPU_TAG:-h200x1}-fp8-engine-interleave --out "$OUT" $TINY $ENGINE_SMALL
     show fp8-interleave "^single_stream|^concurrency|^ttft|^peak" 12
     ;;
   lora-bf16) # the LoRA bench with 8 slots: base, one adapter, 4 adapters + base, 8 tenants (issue 19), switch
     # shellcheck disable=SC2086
     run 220 lora-bf16 "$PY" bench/gpu_70b.py --lora --lora-tenants 8 --no-cold --new 128 --concurrency 16 \
-      --cache-dir $CACHE --setup h200x1-bf16-lora-tenants8 --out "$OUT" $TINY $LORA_SMALL
+      --cache-dir $CACHE --setup ${GPU_TAG:-h200x1}-bf16-lora-tenants8 --out "$OUT" $TINY $LORA_SMALL
     show lora-bf16 "^lora\.(single|base|concurrency|mixed|switch|failed|decode_step|slots)|^peak" 30
     ;;
   baseline) # the prototype's way on the same machine (compare ratios within one call)
@@ -91,7 +92,7 @@ for step in "${STEPS[@]}"; do
   lora-fp8)
     # shellcheck disable=SC2086
     run 190 lora-fp8 "$PY" bench/gpu_70b.py --fp8 --lora --lora-tenants 8 --no-cold --new 128 --concurrency 16 \
-      --cache-dir $CACHE --setup h200x1-fp8-lora-tenants8 --out "$OUT" $TINY $LORA_SMALL
+      --cache-dir $CACHE --setup ${GPU_TAG:-h200x1}-fp8-lora-tenants8 --out "$OUT" $TINY $LORA_SMALL
     show lora-fp8 "^lora\.(single|base|concurrency|mixed|switch|failed|decode_step|slots)|^peak" 30
     ;;
   gpu-tests) # the GPU checks of the kernels of this round (prefill attention, LoRA) and of prefix reuse / FP8 KV
