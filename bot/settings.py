@@ -368,6 +368,16 @@ class TenantSettings(BaseModel):
                 )
         return mapping
 
+    @model_validator(mode="after")
+    def _extra_datasets_need_own_versions(self) -> TenantSettings:
+        for tenant in self.extra_datasets:
+            if self.versions.get(tenant, self.default) != "own":
+                raise ValueError(
+                    f"tenants.extra_datasets names {tenant!r}, which has no own version: set "
+                    f'tenants.versions["{tenant}"] = "own" (the shared version takes finetune.extra_datasets)'
+                )
+        return self
+
     @field_validator("discord_dm_users")
     @classmethod
     def _check_dm_users(cls, users: dict[str, str]) -> dict[str, str]:
