@@ -280,12 +280,25 @@ async def test_forget_me_purges_every_teams_kept_held_out_sets(
         ]
         path.write_text("".join(json.dumps(line) + "\n" for line in lines))
         kept[scope] = path
+    seed_teams(sqlite_store)  # today's conversations: what a purged kept set is topped up from
+    settings.finetune.eval_fraction = 0.85  # (nearly every example is held out: the top-up has some to add)
     service = FinetuneService(settings, sqlite_store, RecordingEngine(reply="ok"))
     outcome = await service.forget_user("discord", "7", delete=False)
     assert outcome.newly_opted_out
-    for path in kept.values():
+    own_answers = {
+        SHARED: {"Payday is the 25th.", "Ship small, ship often.", "Your locker is 12."},
+        "discord:111": set(),  # its only conversation is the opted-out user's
+        "slack:T1": {"The workspace's retro is in room Jade.", "Lunch in T1 is on Minji."},
+    }
+    for scope, path in kept.items():
         examples = read_examples(path)
-        assert len(examples) == 2 and all(author_tag("discord:7") not in e.authors for e in examples)
+        assert all(author_tag("discord:7") not in e.authors for e in examples)
+        kept_before = [e for e in examples if e.messages[-1].content == "a"]
+        assert len(kept_before) == 2  # the opted-out user's example is gone, the others stay
+        topped_up = {e.messages[-1].content for e in examples} - {"a"}
+        assert topped_up <= own_answers[scope], (scope, topped_up)  # from its own team's conversations only
+    workspace_kept = {e.messages[-1].content for e in read_examples(kept["slack:T1"])}
+    assert workspace_kept & own_answers["slack:T1"]  # it was topped up (from its own conversations)
 
 
 async def test_the_nightly_job_trains_each_team_whose_data_changed_one_at_a_time(
