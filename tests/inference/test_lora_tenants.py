@@ -6,6 +6,8 @@ waits for one of them to end, not for the pool to empty. Every reply is the one 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -20,8 +22,9 @@ from tests.inference.engine_helpers import Reply, collect, request
 from tests.inference.test_lora import save_random_lora
 from tests.inference.test_lora_fast_engine import static_engine
 
-TENANTS = {"va": 7, "vb": 8, "vc": 9}  # one version per team
+TENANTS = {"va": 7, "vb": 10, "vc": 11}  # one version per team (seeds whose replies to FAQ[17] are long)
 LONG = GenerationParams(do_sample=False, max_new_tokens=96)
+MEDIUM = GenerationParams(do_sample=False, max_new_tokens=24)
 SHORT = GenerationParams(do_sample=False, max_new_tokens=6)
 
 
@@ -34,6 +37,22 @@ async def ask(engine: LocalEngine, rid: str, lora: str | None, params: Generatio
     return await collect(engine, request(FAQ[17][0], channel=rid, request_id=rid, lora=lora, params=params))
 
 
+async def stream(
+    engine: LocalEngine, rid: str, lora: str | None, params: GenerationParams, streaming: asyncio.Event
+) -> Reply:
+    """Like ``collect``; ``streaming`` is set at the first piece of text."""
+    reply, parts = Reply(rid), []
+    async for event in engine.generate(
+        request(FAQ[17][0], channel=rid, request_id=rid, lora=lora, params=params)
+    ):
+        if isinstance(event, str):
+            reply.first_text_at = reply.first_text_at or time.monotonic()
+            parts.append(event)
+            streaming.set()
+    reply.text, reply.ended_at = "".join(parts), time.monotonic()
+    return reply
+
+
 async def replies_alone(demo_settings: ModelSettings, versions: dict[str, Path]) -> dict[str, Reply]:
     """What each version answers with a pool big enough for all of them, one request at a time."""
     engine = static_engine(load_model(demo_settings), lora_slots=len(versions))
@@ -42,6 +61,9 @@ async def replies_alone(demo_settings: ModelSettings, versions: dict[str, Path])
             await engine.load_lora(name, str(path))
         out = {name: await ask(engine, f"alone-{name}", name, LONG) for name in versions}
         out |= {f"{name}-short": await ask(engine, f"alone-short-{name}", name) for name in versions}
+        out |= {
+            f"{name}-medium": await ask(engine, f"alone-medium-{name}", name, MEDIUM) for name in versions
+        }
         out["base"] = await ask(engine, "alone-base", BASE_MODEL)
     finally:
         await engine.aclose()
@@ -50,8 +72,9 @@ async def replies_alone(demo_settings: ModelSettings, versions: dict[str, Path])
 
 
 async def test_a_pool_smaller_than_the_teams_serves_each_its_own_version(
-    demo_settings: ModelSettings, tenant_versions: dict[str, Path]
+    demo_settings: ModelSettings, tenant_versions: dict[str, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="inference.local_engine")
     alone = await replies_alone(demo_settings, tenant_versions)
     assert len({alone[name].text for name in TENANTS} | {alone["base"].text}) == 4  # each version differs
     engine = static_engine(load_model(demo_settings), lora_slots=2)
@@ -68,20 +91,26 @@ async def test_a_pool_smaller_than_the_teams_serves_each_its_own_version(
             assert reply.error is None and reply.text == alone[name].text, name
             assert len(decoder.adapters) <= 2
 
-        # va streams a long reply and vb a short one; vc's request finds both slots held by running replies: it
-        # waits for vb's to end (one slot), not for va's (the whole pool), and gets its own version's reply
-        assert alone["va"].chunks >= 3 * SHORT.max_new_tokens  # the long reply is much longer than the others
-        long_a = asyncio.create_task(ask(engine, "mix-va", "va", LONG))
-        await asyncio.sleep(0)
-        short_b = asyncio.create_task(ask(engine, "mix-vb", "vb"))
-        await asyncio.sleep(0.05)
+        # va streams a long reply and vb a medium one; vc's request comes while both stream, so both slots are held
+        # by running replies: it waits for vb's to end (one slot), not for va's (the whole pool), and gets its own
+        # version's reply
+        assert (
+            alone["va"].chunks >= 3 * MEDIUM.max_new_tokens
+        )  # the long reply is much longer than the others
+        a_streams, b_streams = asyncio.Event(), asyncio.Event()
+        long_a = asyncio.create_task(stream(engine, "mix-va", "va", LONG, a_streams))
+        await a_streams.wait()
+        medium_b = asyncio.create_task(stream(engine, "mix-vb", "vb", MEDIUM, b_streams))
+        await b_streams.wait()
         short_c = asyncio.create_task(ask(engine, "mix-vc", "vc"))
         base = asyncio.create_task(ask(engine, "mix-base", BASE_MODEL))
-        a, b, c, plain = await asyncio.gather(long_a, short_b, short_c, base)
+        a, b, c, plain = await asyncio.gather(long_a, medium_b, short_c, base)
         assert [r.error for r in (a, b, c, plain)] == [None] * 4
-        assert (a.text, b.text, c.text) == (alone["va"].text, alone["vb-short"].text, alone["vc-short"].text)
-        assert plain.text.startswith(alone["base"].text[: len(plain.text)])
-        assert c.ended_at < a.ended_at  # vc did not wait for the pool to empty
+        assert (a.text, b.text, c.text) == (alone["va"].text, alone["vb-medium"].text, alone["vc-short"].text)
+        assert plain.text == alone["base"].text
+        assert "request mix-vc: LoRA vc loaded after waiting for a free pool slot" in caplog.text
+        assert c.first_text_at is not None and c.first_text_at > b.ended_at  # it waited for vb's reply to end
+        assert c.ended_at < a.ended_at  # and not for va's: not for the pool to empty
         assert engine.stats.failed == 0 and isinstance(engine.decoder, StaticSlotDecoder)
     finally:
         await engine.aclose()
