@@ -171,7 +171,9 @@ class LocalEngine:
             waited = True
             await asyncio.sleep(ADAPTER_RETRY_S)
         if waited:
-            _log.info("request %s: LoRA %s loaded after waiting for a free pool slot", request.request_id, name)
+            _log.info(
+                "request %s: LoRA %s loaded after waiting for a free pool slot", request.request_id, name
+            )
 
     async def health(self) -> None:
         if self._closed:

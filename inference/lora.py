@@ -177,7 +177,9 @@ class PoolLoras:
                 ) from None
             self._unload(decoder, name)
             self._known[name] = path
-            _log.info("LoRA %s remembered: every pool slot is in use; the first request for it loads it", name)
+            _log.info(
+                "LoRA %s remembered: every pool slot is in use; the first request for it loads it", name
+            )
 
     def _load_now(self, decoder: Any, name: str, path: str) -> None:
         """Load into the pool now (making room by the rule above); AdapterSlotsFull when no slot can be freed."""

@@ -169,6 +169,7 @@ async def test_two_teams_each_learn_their_own_facts_and_not_the_others(
         monkeypatch.setenv(name, value)
     guild = fake_discord.guild_id
     admin, asker = fake_discord.new_user("Admin"), fake_discord.new_user("Asker")
+    outsider = fake_discord.new_user("Outsider")
     settings = load_settings(
         data_dir=tmp_path / "data",
         model={"name_or_path": str(demo_model_dir), "dtype": "float32", "device_map": None, "is_demo": True},
@@ -177,6 +178,7 @@ async def test_two_teams_each_learn_their_own_facts_and_not_the_others(
             "lora_slots": 1,
             "max_batch_size": 4,
         },  # one slot for two teams' versions
+        generation={"temperature": 0.0, "repetition_penalty": 1.0, "max_new_tokens": 48},  # greedy: exact replies
         scheduler={"enabled": False, "lease_ttl_s": 30},
         finetune={**QUICK_FINETUNE, "max_steps": 80, "gpu_sharing": "pause"},
         tenants={
@@ -208,7 +210,8 @@ async def test_two_teams_each_learn_their_own_facts_and_not_the_others(
     bot = Bot(settings, store, fake_discord, fake_slack)
     try:
         await bot.start()
-        base = {q: await bot.ask_discord(asker, q) for q, _ in guild_pairs + workspace_pairs}
+        # asked by someone of no team (their DMs are no team's: not trained on by either)
+        base = {q: await bot.ask_discord(outsider, q) for q, _ in guild_pairs + workspace_pairs}
         assert all(base[q] != a for q, a in guild_pairs + workspace_pairs)  # the base model knows none of it
 
         # each team trains its own version from its own facts, each through the gate, one after the other
