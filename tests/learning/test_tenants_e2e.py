@@ -178,7 +178,8 @@ async def test_two_teams_each_learn_their_own_facts_and_not_the_others(
             "lora_slots": 1,
             "max_batch_size": 4,
         },  # one slot for two teams' versions
-        generation={"temperature": 0.0, "repetition_penalty": 1.0, "max_new_tokens": 48},  # greedy: exact replies
+        # greedy: the exact trained replies
+        generation={"temperature": 0.0, "repetition_penalty": 1.0, "max_new_tokens": 48},
         scheduler={"enabled": False, "lease_ttl_s": 30},
         finetune={**QUICK_FINETUNE, "max_steps": 80, "gpu_sharing": "pause"},
         tenants={
