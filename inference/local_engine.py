@@ -36,8 +36,8 @@ _log = logging.getLogger(__name__)
 R = TypeVar("R")
 DecoderFactory = Callable[[PreTrainedModel, EngineSettings], BatchDecoder]
 SMALL_MODEL_PARAMETERS = 50_000_000
-STUCK_AFTER_S = 300.0
-ADAPTER_RETRY_S = 0.05  # a request whose version waits for a pool slot checks again this often  # a worker with work that has not finished a turn for this long is unhealthy
+STUCK_AFTER_S = 300.0  # a worker with work that has not finished a turn for this long is unhealthy
+ADAPTER_RETRY_S = 0.05  # a request whose version waits for a pool slot checks again this often
 
 
 class LocalEngine:
