@@ -64,8 +64,9 @@ class _Tally:
     )  # until a step says otherwise (a store error stays failed)
 
 
-LoraRouter = Callable[[ConversationKey], str | None]
-"""Which LoRA version answers in a conversation (``GenerationRequest.lora``): the learning loop's routes."""
+LoraRouter = Callable[[ConversationKey, str], str | None]
+"""Which LoRA version answers in a conversation (``GenerationRequest.lora``): the learning loop's routes, given the
+conversation and who speaks (a Discord DM belongs to the team its user is mapped to)."""
 
 BackAt = Callable[[], Awaitable[datetime | None]]
 """When a paused engine is expected to answer again (the learning loop's estimate), None when nothing says."""
@@ -296,7 +297,7 @@ class ChatService:
             turns=prompt.turns,
             params=self._settings.generation.params(),
             timeout_s=self._settings.generation.timeout_s,
-            lora=self._lora_for(msg.conversation) if self._lora_for else None,
+            lora=self._lora_for(msg.conversation, msg.author.id) if self._lora_for else None,
             user=f"{msg.platform}:{msg.author.id}",
         )
         clock = tally.clock

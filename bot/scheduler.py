@@ -49,7 +49,7 @@ LORA_SYNC_INTERVAL_S = 60.0
 class NightlyFinetune(Protocol):
     """What the scheduler needs from the learning loop (FinetuneService satisfies it)."""
 
-    async def run(self, *, actor: str, trigger: str = "manual") -> object: ...
+    async def run_nightly(self, *, actor: str, trigger: str) -> object: ...
 
     async def sync_active(self) -> None: ...
 
@@ -189,7 +189,7 @@ class BotScheduler:
             return None
 
         async def train() -> object:
-            return await finetune.run(actor="scheduler", trigger="schedule")
+            return await finetune.run_nightly(actor="scheduler", trigger="schedule")
 
         return await self._as_leader(FINETUNE_JOB_ID, train)
 

@@ -35,6 +35,7 @@ DEFAULT_SYSTEM_PROMPT = (
 # finetune.version_routes: "platform:workspace[:channel[:thread]]" (str(ConversationKey) or a prefix of it) -> "vN"
 ROUTE_SCOPE = re.compile(r"(discord|slack|console):[^:\s]+(:[^:\s]+){0,2}")
 ROUTE_VERSION = re.compile(r"v[0-9]+|base")
+TENANT_ID = re.compile(r"(discord|slack):[^:\s]+")  # a team: a Discord guild or a Slack workspace
 SECRET_FIELDS = (
     "discord_token",
     "slack_bot_token",
@@ -333,6 +334,59 @@ class FinetuneSettings(BaseModel):
         return routes
 
 
+class TenantSettings(BaseModel):
+    """Which fine-tuned version each team (a Discord guild, a Slack workspace) gets: docs/learning.md, "Tenants"."""
+
+    default: Literal["shared", "own", "base"] = Field(
+        "shared",
+        description="what a team not listed in tenants.versions gets: shared (one version trained on every shared "
+        "team), own (a version trained on its conversations only), base (no fine-tune, never trained on)",
+    )
+    versions: dict[str, Literal["shared", "own", "base"]] = Field(
+        default_factory=dict,
+        description='team -> shared, own or base, e.g. {"discord:GUILD": "own", "slack:T0123": "base"}',
+    )
+    discord_dm_users: dict[str, str] = Field(
+        default_factory=dict,
+        description="Discord user id -> guild id: that user's DMs belong to the guild's team (else to none)",
+    )
+    extra_datasets: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="team -> JSONL files trained with its own version (finetune.extra_datasets: the shared one)",
+    )
+    min_changed_examples: int = Field(
+        10, ge=1, description="the nightly job trains a team whose examples changed by at least this many"
+    )
+
+    @field_validator("versions", "extra_datasets")
+    @classmethod
+    def _check_tenant_ids(cls, mapping: dict[str, Any]) -> dict[str, Any]:
+        for tenant in mapping:
+            if not TENANT_ID.fullmatch(tenant):
+                raise ValueError(
+                    f'{tenant!r} is not a team: write discord:GUILD_ID or slack:TEAM_ID (e.g. "slack:T0123")'
+                )
+        return mapping
+
+    @model_validator(mode="after")
+    def _extra_datasets_need_own_versions(self) -> TenantSettings:
+        for tenant in self.extra_datasets:
+            if self.versions.get(tenant, self.default) != "own":
+                raise ValueError(
+                    f"tenants.extra_datasets names {tenant!r}, which has no own version: set "
+                    f'tenants.versions["{tenant}"] = "own" (the shared version takes finetune.extra_datasets)'
+                )
+        return self
+
+    @field_validator("discord_dm_users")
+    @classmethod
+    def _check_dm_users(cls, users: dict[str, str]) -> dict[str, str]:
+        for user, guild in users.items():
+            if not (user.isdigit() and guild.isdigit()):
+                raise ValueError(f"{user!r} -> {guild!r}: map a Discord user id to a guild id (digits)")
+        return users
+
+
 class OpsSettings(BaseModel):
     enabled: bool = Field(True, description="serve /metrics, /health and /ready (in every mode)")
     port: int = Field(9464, ge=0, le=65535, description="port of that endpoint; 0: any free port")
@@ -368,6 +422,7 @@ class Settings(BaseSettings):
     slack: SlackSettings = Field(default_factory=SlackSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
+    tenants: TenantSettings = Field(default_factory=TenantSettings)
     ops: OpsSettings = Field(default_factory=OpsSettings)
 
     # secrets: environment only, under their conventional names

@@ -259,6 +259,16 @@ TEXTS: dict[str, dict[Lang, str]] = {
     },
     "finetune.base_model": {"ko": "기본 모델", "en": "the base model"},
     "finetune.status.idle": {"ko": "진행 중인 학습은 없어요.", "en": "No fine-tune is running."},
+    "finetune.status.tenant": {
+        "ko": "이 팀({tenant})의 전용 버전이에요: 이 팀의 대화로만 학습하고 이 팀에만 적용돼요.",
+        "en": "This team ({tenant}) has its own version: trained on its conversations only, served to it alone.",
+    },
+    "cmd.finetune.base_tenant": {
+        "ko": "이 팀은 설정(tenants)에 따라 기본 모델로만 답하고, 대화는 학습에 쓰이지 않아요. 그래서 여기서는 "
+        "/finetune 으로 할 일이 없어요.",
+        "en": "This team is served the base model (the tenants settings) and its conversations are never trained "
+        "on, so /finetune has nothing to do here.",
+    },
     "finetune.status.running": {
         "ko": "학습 #{run}: {phase}, {step}/{total} 단계, loss {loss}, 남은 시간 약 {eta} (시작: {by}).",
         "en": "Run #{run}: {phase}, step {step}/{total}, loss {loss}, about {eta} left (started by {by}).",

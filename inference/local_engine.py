@@ -37,6 +37,7 @@ R = TypeVar("R")
 DecoderFactory = Callable[[PreTrainedModel, EngineSettings], BatchDecoder]
 SMALL_MODEL_PARAMETERS = 50_000_000
 STUCK_AFTER_S = 300.0  # a worker with work that has not finished a turn for this long is unhealthy
+ADAPTER_RETRY_S = 0.05  # a request whose version waits for a pool slot checks again this often
 
 
 class LocalEngine:
@@ -134,19 +135,45 @@ class LocalEngine:
     async def generate(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
         self._check_accepting()
         deadline = time.monotonic() + (request.timeout_s or self._generation.timeout_s)
-        async with self._submit_lock:  # FIFO: requests enter the queue in the order generate was called
-            job, events = await self._make_job(request)
-            self._worker.submit(job)  # QueueFull past the limit
+        adapter = self._pool.name_for(request.lora) if self._pool_mode else None
+        if adapter is not None:
+            self._pool.pin(adapter)  # not unloaded to make room while this request waits or runs
         try:
-            while True:
-                event = await _next_event(events, deadline, request)
-                if isinstance(event, End):
-                    if event.error is not None:
-                        raise event.error
-                    return
-                yield event
+            if adapter is not None:
+                await self._wait_for_adapter(adapter, deadline, request)
+            async with self._submit_lock:  # FIFO: requests enter the queue in the order generate was called
+                job, events = await self._make_job(request)
+                self._worker.submit(job)  # QueueFull past the limit
+            try:
+                while True:
+                    event = await _next_event(events, deadline, request)
+                    if isinstance(event, End):
+                        if event.error is not None:
+                            raise event.error
+                        return
+                    yield event
+            finally:
+                self._worker.cancel(job)
         finally:
-            self._worker.cancel(job)
+            if adapter is not None:
+                self._pool.unpin(adapter)
+
+    async def _wait_for_adapter(self, name: str, deadline: float, request: GenerationRequest) -> None:
+        """A version unloaded to make room (more versions than ``engine.lora_slots``) is loaded again between two
+        decode steps; the running replies go on. When every slot is held by running requests, this one waits for the
+        first of them to end (a slot), not for the pool to empty."""
+        waited = False
+        while self._pool.needs_load(name):
+            if await self._on_worker(lambda: self._pool.ensure(self._worker.decoder, name)):
+                break
+            if time.monotonic() >= deadline:
+                raise GenerationTimeout(f"request {request.request_id} timed out waiting for LoRA {name}")
+            waited = True
+            await asyncio.sleep(ADAPTER_RETRY_S)
+        if waited:
+            _log.info(
+                "request %s: LoRA %s loaded after waiting for a free pool slot", request.request_id, name
+            )
 
     async def health(self) -> None:
         if self._closed:

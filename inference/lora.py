@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -124,40 +125,78 @@ class PoolLoras:
 
     The model is not touched: each version is copied into a pool slot under a fresh id (a reload of a name gets a new
     id, so requests already running keep the weights they started with, and no KV reuse mixes the two), and every
-    request is decoded with the version it names (``resolve``). When the pool is full, the version least recently
-    loaded or asked for by a request, other than the default and the one being loaded, is unloaded to make room (it
-    stays in use until its running requests end): a trial or a routed version that gets traffic stays."""
+    request is decoded with the version it names (``resolve``).
+
+    More versions than slots (say, more teams with their own version than ``engine.lora_slots``): every version ever
+    loaded is remembered with its folder (``known``); the pool holds some of them (``loaded``). When a load finds the
+    pool full, the version least recently loaded or asked for by a request is unloaded, never the default, the one
+    being loaded, or one that a waiting or running request needs (``pin``). A request for a version that is not in
+    the pool waits for its load (``needs_load`` / ``ensure``, engine side): only for a slot whose requests end, never
+    for the whole pool to empty. With no slot free of requests at the moment, ``load`` remembers the version and the
+    first request for it loads it."""
 
     def __init__(self) -> None:
-        self._ids: dict[str, str] = {}  # public name -> the decoder's id, oldest load first
-        self._paths: dict[str, str] = {}
+        self._ids: dict[str, str] = {}  # public name -> the decoder's id, for versions in the pool
+        self._paths: dict[str, str] = {}  # versions in the pool -> folder
+        self._known: dict[str, str] = {}  # every version loaded, in the pool or not -> folder
         self._versions = itertools.count(1)
         self._uses = itertools.count(1)
         self._last_use: dict[str, int] = {}  # name -> when it was last loaded or resolved for a request
+        self._pins: dict[str, int] = {}  # name -> requests waiting for it or running with it
+        self._pin_lock = threading.Lock()
+        self._retiring: set[str] = set()  # decoder ids unloaded here whose slot is not free yet
         self.active: str | None = None
 
     @property
     def loaded(self) -> dict[str, str]:
+        """Versions in the pool (name -> folder)."""
         return dict(self._paths)
 
+    @property
+    def known(self) -> dict[str, str]:
+        """Every version loaded once, in the pool or unloaded to make room (name -> folder)."""
+        return dict(self._known)
+
     def load(self, decoder: Any | None, name: str, path: str) -> None:
-        """Copy version ``name`` into the decoder's pool; with no decoder (engine paused) it is loaded at resume."""
+        """Copy version ``name`` into the decoder's pool; with no decoder (engine paused) it is loaded at resume.
+        With every slot held by requests, it is remembered and loaded when a request asks for it."""
         if decoder is None:
             if not (Path(path) / "adapter_config.json").is_file():
                 raise EngineError(f"could not load LoRA {name!r} from {path}: no adapter_config.json there")
             self._ids.pop(name, None)
-            self._paths[name] = path
+            self._paths[name] = self._known[name] = path
             return
+        from inference.decoder import AdapterSlotsFull
+
+        try:
+            self._load_now(decoder, name, path)
+        except AdapterSlotsFull:
+            if not (Path(path) / "adapter_config.json").is_file():
+                raise EngineError(
+                    f"could not load LoRA {name!r} from {path}: no adapter_config.json there"
+                ) from None
+            self._unload(decoder, name)
+            self._known[name] = path
+            _log.info(
+                "LoRA %s remembered: every pool slot is in use; the first request for it loads it", name
+            )
+
+    def _load_now(self, decoder: Any, name: str, path: str) -> None:
+        """Load into the pool now (making room by the rule above); AdapterSlotsFull when no slot can be freed."""
+        from inference.decoder import AdapterSlotsFull
+
         key = f"{name}#{next(self._versions)}"
         try:
             self._load_with_room(decoder, name, key, path)
+        except AdapterSlotsFull:
+            raise
         except Exception as exc:
             raise EngineError(
                 f"could not load LoRA {name!r} from {path}: {type(exc).__name__}: {exc}"
             ) from exc
         previous = self._ids.pop(name, None)
         self._paths.pop(name, None)
-        self._ids[name], self._paths[name] = key, path
+        self._ids[name], self._paths[name], self._known[name] = key, path, path
         self._last_use[name] = next(self._uses)
         if previous is not None:
             decoder.retire_adapter(previous)  # freed once the replies that use it end
@@ -173,17 +212,35 @@ class PoolLoras:
                 decoder.load_adapter(key, path)
                 return
             except AdapterSlotsFull:
-                candidates = [n for n in self._ids if n not in (self.active, name)]
-                if not candidates:
+                # a version unloaded a moment ago whose last request is still being released frees its slot at
+                # once: wait for it rather than unload one more
+                self._retiring &= set(getattr(decoder, "adapters", ()))
+                if self._retiring:
                     raise
-                victim = min(candidates, key=lambda n: self._last_use.get(n, 0))
-                _log.info("LoRA pool full: unloading %s to load %s", victim, name)
-                decoder.retire_adapter(self._ids.pop(victim))
-                self._paths.pop(victim, None)
+                victim = self._least_recently_used(exclude={self.active, name})
+                if victim is None:
+                    raise
+                _log.info("LoRA pool full: unloading %s (least recently used) to load %s", victim, name)
+                self._unload(decoder, victim)
+
+    def _least_recently_used(self, exclude: set[str | None]) -> str | None:
+        with self._pin_lock:
+            pinned = {n for n, count in self._pins.items() if count > 0}
+        candidates = [n for n in self._ids if n not in exclude and n not in pinned]
+        return min(candidates, key=lambda n: self._last_use.get(n, 0)) if candidates else None
+
+    def _unload(self, decoder: Any, name: str) -> None:
+        """Out of the pool (still known: a request for it loads it again)."""
+        key = self._ids.pop(name, None)
+        self._paths.pop(name, None)
+        if key is not None:
+            decoder.retire_adapter(key)
+            if key in getattr(decoder, "adapters", ()):
+                self._retiring.add(key)  # still in use: its slot frees when those requests are released
 
     def use(self, name: str | None) -> None:
-        if name is not None and name not in self._paths:
-            raise EngineError(f"LoRA {name!r} is not loaded (loaded: {', '.join(self._paths) or 'none'})")
+        if name is not None and name not in self._known:
+            raise EngineError(f"LoRA {name!r} is not loaded (loaded: {', '.join(self._known) or 'none'})")
         self.active = name
         _log.info("serving with %s by default", f"LoRA {name}" if name else "the base model")
 
@@ -199,15 +256,54 @@ class PoolLoras:
         self._last_use[requested] = next(self._uses)
         return key
 
+    # ---- requests for versions out of the pool (the engine's side; pins from any thread) ----
+
+    def name_for(self, requested: str | None) -> str | None:
+        """The version a request's ``lora`` means (None: the default; "" and None out: the base model)."""
+        name = self.active if requested is None else requested
+        return name or None
+
+    def pin(self, name: str) -> None:
+        """A request needs ``name`` (waiting or running): it is not unloaded to make room until ``unpin``."""
+        with self._pin_lock:
+            self._pins[name] = self._pins.get(name, 0) + 1
+
+    def unpin(self, name: str) -> None:
+        with self._pin_lock:
+            left = self._pins.get(name, 0) - 1
+            if left > 0:
+                self._pins[name] = left
+            else:
+                self._pins.pop(name, None)
+
+    def needs_load(self, name: str) -> bool:
+        """Known but out of the pool: a request for it must wait for ``ensure``."""
+        return name in self._known and name not in self._ids
+
+    def ensure(self, decoder: Any | None, name: str) -> bool:
+        """Worker thread: load ``name`` into the pool if it is out of it. False when every slot is held by requests
+        right now (try again when one ends); raises EngineError when the version cannot be loaded at all."""
+        from inference.decoder import AdapterSlotsFull
+
+        path = self._known.get(name)
+        if decoder is None or path is None or name in self._ids:
+            return True
+        try:
+            self._load_now(decoder, name, path)
+        except AdapterSlotsFull:
+            return False
+        return True
+
     def attach(self, decoder: Any) -> None:
-        """A new decoder (after a pause): load every version into its pool again (one that fails is dropped, with
-        the reason logged; the others serve)."""
+        """A new decoder (after a pause): load the versions that were in the pool again (one that fails is dropped,
+        with the reason logged; the others serve)."""
         self._ids.clear()
         for name, path in list(self._paths.items()):
             try:
                 self.load(decoder, name, path)
             except EngineError as exc:
                 self._paths.pop(name, None)
+                self._known.pop(name, None)
                 if self.active == name:
                     self.active = None
                 _log.error("LoRA %s was not loaded again after the pause: %s", name, exc)

@@ -15,6 +15,7 @@ from bot.learning.progress import LossHistory, RunOrigin, sparkline
 from bot.learning.records import RunInfo, RunStatus, TrialInfo, VersionInfo
 from bot.learning.routing import BadChannelList, channel_scope, parse_channels
 from bot.learning.service import FinetuneService, FinetuneStatus
+from bot.learning.tenants import SHARED
 from bot.texts import TEXTS, Lang, say
 
 _log = logging.getLogger(__name__)
@@ -40,20 +41,29 @@ def _actor(ctx: CommandContext) -> str:
     return f"{ctx.platform}:{ctx.invoker.id}"
 
 
+def _tenant(service: FinetuneService, ctx: CommandContext) -> str | None:
+    """The learning scope /finetune acts on: the caller's team's (its own version, or the shared one), None when
+    the team is served the base model."""
+    return service.scope_for(ctx.conversation, ctx.invoker.id)
+
+
 def _finetune_command(service: FinetuneService, zone: ZoneInfo) -> CommandSpec:
     async def finetune(ctx: CommandContext) -> CommandReply:
         action = (ctx.args.get("action") or "status").strip().lower()
+        if action not in FINETUNE_ACTIONS:
+            return CommandReply(say("cmd.finetune.unknown_action", ctx.lang))
+        tenant = _tenant(service, ctx)
+        if tenant is None:
+            return CommandReply(say("cmd.finetune.base_tenant", ctx.lang))
         if action == "run":
-            return await _run(service, ctx)
+            return await _run(service, ctx, tenant)
         if action == "status":
-            return CommandReply(render_status(await service.status(), ctx.lang, zone))
+            return CommandReply(render_status(await service.status(tenant), ctx.lang, zone))
         if action == "try":
-            return await _try(service, ctx)
+            return await _try(service, ctx, tenant)
         if action == "promote":
-            return await _promote(service, ctx)
-        if action == "rollback":
-            return await _rollback(service, ctx)
-        return CommandReply(say("cmd.finetune.unknown_action", ctx.lang))
+            return await _promote(service, ctx, tenant)
+        return await _rollback(service, ctx, tenant)
 
     return CommandSpec(
         name="finetune",
@@ -74,21 +84,23 @@ def _finetune_command(service: FinetuneService, zone: ZoneInfo) -> CommandSpec:
     )
 
 
-async def _run(service: FinetuneService, ctx: CommandContext) -> CommandReply:
-    outcome = await service.start(actor=_actor(ctx), origin=RunOrigin(ctx.conversation, ctx.lang))
+async def _run(service: FinetuneService, ctx: CommandContext, tenant: str) -> CommandReply:
+    outcome = await service.start(
+        actor=_actor(ctx), origin=RunOrigin(ctx.conversation, ctx.lang), tenant=tenant
+    )
     run_id = outcome.run.id if outcome.run else "?"
     key = "cmd.finetune.started" if outcome.started else "cmd.finetune.already_running"
     return CommandReply(say(key, ctx.lang, run=run_id), ephemeral=False)
 
 
-async def _try(service: FinetuneService, ctx: CommandContext) -> CommandReply:
+async def _try(service: FinetuneService, ctx: CommandContext, tenant: str) -> CommandReply:
     """The newest candidate in the listed channels, or in the channel the command was given in."""
     try:
         scopes = parse_channels(ctx.args.get("channels") or "", ctx.conversation)
     except BadChannelList as exc:
         return CommandReply(say("cmd.finetune.bad_channels", ctx.lang, word=str(exc)[:100]))
     outcome = await service.try_candidate(
-        actor=_actor(ctx), scopes=scopes or (channel_scope(ctx.conversation),)
+        actor=_actor(ctx), scopes=scopes or (channel_scope(ctx.conversation),), tenant=tenant
     )
     if not outcome.started:
         return CommandReply(say("cmd.finetune.nothing_to_try", ctx.lang))
@@ -100,8 +112,8 @@ async def _try(service: FinetuneService, ctx: CommandContext) -> CommandReply:
     )
 
 
-async def _promote(service: FinetuneService, ctx: CommandContext) -> CommandReply:
-    outcome = await service.promote_candidate(actor=_actor(ctx))
+async def _promote(service: FinetuneService, ctx: CommandContext, tenant: str) -> CommandReply:
+    outcome = await service.promote_candidate(actor=_actor(ctx), tenant=tenant)
     if not outcome.promoted:
         return CommandReply(say("cmd.finetune.nothing_to_promote", ctx.lang))
     previous = outcome.previous or say("finetune.base_model", ctx.lang)
@@ -110,10 +122,10 @@ async def _promote(service: FinetuneService, ctx: CommandContext) -> CommandRepl
     )
 
 
-async def _rollback(service: FinetuneService, ctx: CommandContext) -> CommandReply:
-    outcome = await service.rollback(actor=_actor(ctx))
+async def _rollback(service: FinetuneService, ctx: CommandContext, tenant: str) -> CommandReply:
+    outcome = await service.rollback(actor=_actor(ctx), tenant=tenant)
     if outcome.ended_trial is not None:
-        active = (await service.status()).active
+        active = (await service.status(tenant)).active
         current = active.name if active else say("finetune.base_model", ctx.lang)
         return CommandReply(
             say("cmd.finetune.trial_ended", ctx.lang, version=outcome.ended_trial, active=current),
@@ -130,7 +142,8 @@ async def _rollback(service: FinetuneService, ctx: CommandContext) -> CommandRep
 def render_status(status: FinetuneStatus, lang: Lang, zone: ZoneInfo) -> str:
     """Running run (or idle), last finished run, LoRA in service, the trial or the candidate, last prune: one line
     each."""
-    lines = [_running_line(status.running, lang) if status.running else say("finetune.status.idle", lang)]
+    lines = [] if status.tenant == SHARED else [say("finetune.status.tenant", lang, tenant=status.tenant)]
+    lines.append(_running_line(status.running, lang) if status.running else say("finetune.status.idle", lang))
     if status.last is not None:
         lines.append(
             say(

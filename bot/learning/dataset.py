@@ -27,7 +27,7 @@ import hashlib
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,9 @@ class DatasetOptions:
     extra_datasets: tuple[Path, ...] = ()
     seed: int = 0
     min_eval_examples: int = 0  # the held-out split is topped up to this (at most half the examples)
+    # which stored conversations this dataset may hold: (conversation key, id of its first speaker or None) -> bool;
+    # None: all of them. A team with its own version gets only its own (bot.learning.tenants).
+    belongs: Callable[[ConversationKey, str | None], bool] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, *, opted_out: Iterable[str] = ()) -> DatasetOptions:
@@ -159,6 +162,11 @@ def held_out_examples(store: ConversationStore, options: DatasetOptions) -> list
     return [e for e in unique if _held_out_score(e, options.seed) < options.eval_fraction]
 
 
+def count_examples(store: ConversationStore, options: DatasetOptions) -> int:
+    """How many examples a run with these options would have (train and held out): whether enough changed."""
+    return len(_all_examples(store, options, Counter()))
+
+
 def top_up(path: Path, examples: Sequence[Example]) -> int:
     """Add to the JSONL file at ``path`` the examples it does not hold yet. Returns how many were added."""
     present = {e.identity for e in read_examples(path)}
@@ -184,6 +192,9 @@ def _examples_from_store(
 ) -> Iterator[Example]:
     for conv_id, key, system_prompt in _conversations(store):
         turns = _load_turns(store, conv_id, key.platform)
+        if options.belongs is not None and not options.belongs(key, _first_speaker(turns)):
+            counts["other_tenants_conversations"] += 1
+            continue
         if _is_excluded(key, options.excluded_channels):
             counts["excluded_conversations"] += 1
             counts["excluded_replies"] += sum(t.role is Role.ASSISTANT for t in turns)
@@ -197,6 +208,12 @@ def _conversations(store: ConversationStore) -> list[tuple[int, ConversationKey,
     with store.session() as session:
         rows = session.scalars(select(Conversation).order_by(Conversation.id)).all()
         return [(c.id, c.key, c.system_prompt) for c in rows]
+
+
+def _first_speaker(turns: Sequence[_Turn]) -> str | None:
+    """The user id (without its platform) of the first user turn: whose DM this is."""
+    author = next((t.author for t in turns if t.role is Role.USER and t.author), None)
+    return author.split(":", 1)[1] if author else None
 
 
 def _is_excluded(key: ConversationKey, patterns: Sequence[str]) -> bool:

@@ -133,7 +133,8 @@ def back_estimate(records: LearningRecords) -> Callable[[], Awaitable[datetime |
     ``back_at``."""
 
     def read() -> datetime | None:
-        running = records.running_runs()
+        # any team's run: a team's own run pauses the engine for everyone too
+        running = records.running_runs(every_tenant=True)
         return expected_back(running[-1] if running else None, records.last_finished_run())
 
     async def back_at() -> datetime | None:

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from bot.domain import Role
 from bot.learning.paths import from_stored, to_stored
+from bot.learning.tenants import SHARED
 from bot.store.conversations import ConversationStore
 from bot.store.models import (
     AuditEvent,
@@ -62,6 +63,7 @@ class RunInfo:
     error: str | None
     gpu_sharing: str | None = None  # finetune.gpu_sharing of its training (None: it never trained)
     gate: dict[str, Any] | None = None  # the gate's checks (bot.learning.gate.GateReport.as_json)
+    tenant: str = SHARED  # the learning scope it trains (bot.learning.tenants)
 
     @classmethod
     def of(cls, row: FinetuneRun, data_dir: Path | None = None) -> RunInfo:
@@ -81,6 +83,7 @@ class RunInfo:
             error=row.error,
             gpu_sharing=row.gpu_sharing,
             gate=dict(row.gate) if row.gate else None,
+            tenant=row.tenant or SHARED,
         )
 
 
@@ -155,11 +158,32 @@ class RunOutcomeFields:
 
 
 class LearningRecords:
-    """``data_dir``: version folders are stored relative to it and handed out absolute (None: as stored)."""
+    """One learning scope's rows (``tenant``: ``SHARED``, or a team with its own version; bot.learning.tenants):
+    its runs, versions, trial and fine-tune audit events. Opt-outs, deletions and prune records are everyone's.
 
-    def __init__(self, store: ConversationStore, *, data_dir: Path | None = None) -> None:
+    ``data_dir``: version folders are stored relative to it and handed out absolute (None: as stored)."""
+
+    def __init__(
+        self, store: ConversationStore, *, data_dir: Path | None = None, tenant: str = SHARED
+    ) -> None:
         self._store = store
         self._data_dir = data_dir
+        self._tenant = tenant
+
+    @property
+    def tenant(self) -> str:
+        return self._tenant
+
+    def for_tenant(self, tenant: str) -> LearningRecords:
+        """The same store and data directory, another learning scope."""
+        return LearningRecords(self._store, data_dir=self._data_dir, tenant=tenant)
+
+    def tenants(self) -> list[str]:
+        """The learning scopes that have runs or versions recorded."""
+        with self._store.session() as session:
+            found = set(session.scalars(select(FinetuneRun.tenant).distinct()))
+            found |= set(session.scalars(select(LoraVersion.tenant).distinct()))
+        return sorted(found)
 
     def _run(self, row: FinetuneRun) -> RunInfo:
         return RunInfo.of(row, self._data_dir)
@@ -186,6 +210,7 @@ class LearningRecords:
     def create_run(self, *, trigger: str, started_by: str, owner: str) -> RunInfo:
         with self._store.session() as session, session.begin():
             row = FinetuneRun(
+                tenant=self._tenant,
                 status=RunStatus.RUNNING.value,
                 trigger=trigger,
                 started_by=started_by,
@@ -196,7 +221,10 @@ class LearningRecords:
             session.flush()
             session.add(
                 AuditEvent(
-                    action="finetune.start", actor=started_by, detail={"run": row.id, "trigger": trigger}
+                    action="finetune.start",
+                    actor=started_by,
+                    detail={"run": row.id, "trigger": trigger},
+                    tenant=self._tenant,
                 )
             )
             return self._run(row)
@@ -245,6 +273,7 @@ class LearningRecords:
                         "eval_loss": fields.eval_loss,
                         "baseline_loss": fields.baseline_loss,
                     },
+                    tenant=self._tenant,
                 )
             )
             return self._run(row)
@@ -254,20 +283,20 @@ class LearningRecords:
             row = session.get(FinetuneRun, run_id)
             return self._run(row) if row else None
 
-    def running_runs(self) -> list[RunInfo]:
+    def running_runs(self, *, every_tenant: bool = False) -> list[RunInfo]:
+        """Runs marked running in this scope (``every_tenant``: in any scope: one run at a time trains)."""
         with self._store.session() as session:
-            rows = session.scalars(
-                select(FinetuneRun)
-                .where(FinetuneRun.status == RunStatus.RUNNING.value)
-                .order_by(FinetuneRun.id)
-            )
+            query = select(FinetuneRun).where(FinetuneRun.status == RunStatus.RUNNING.value)
+            if not every_tenant:
+                query = query.where(FinetuneRun.tenant == self._tenant)
+            rows = session.scalars(query.order_by(FinetuneRun.id))
             return [self._run(r) for r in rows]
 
     def last_finished_run(self) -> RunInfo | None:
         with self._store.session() as session:
             row = session.scalar(
                 select(FinetuneRun)
-                .where(FinetuneRun.status != RunStatus.RUNNING.value)
+                .where(FinetuneRun.status != RunStatus.RUNNING.value, FinetuneRun.tenant == self._tenant)
                 .order_by(FinetuneRun.id.desc())
                 .limit(1)
             )
@@ -277,12 +306,17 @@ class LearningRecords:
 
     def active_version(self) -> VersionInfo | None:
         with self._store.session() as session:
-            row = session.scalar(select(LoraVersion).where(LoraVersion.is_active.is_(True)).limit(1))
+            row = session.scalar(
+                select(LoraVersion)
+                .where(LoraVersion.is_active.is_(True), LoraVersion.tenant == self._tenant)
+                .limit(1)
+            )
             return self._version(row) if row else None
 
     def versions(self) -> list[VersionInfo]:
         with self._store.session() as session:
-            return [self._version(r) for r in session.scalars(select(LoraVersion).order_by(LoraVersion.id))]
+            query = select(LoraVersion).where(LoraVersion.tenant == self._tenant).order_by(LoraVersion.id)
+            return [self._version(r) for r in session.scalars(query)]
 
     def next_version_name(self) -> str:
         with self._store.session() as session:
@@ -305,11 +339,14 @@ class LearningRecords:
         for later gates.
         """
         with self._store.session() as session, session.begin():
-            previous = session.scalar(select(LoraVersion).where(LoraVersion.is_active.is_(True)))
+            previous = session.scalar(
+                select(LoraVersion).where(LoraVersion.is_active.is_(True), LoraVersion.tenant == self._tenant)
+            )
             if previous is not None:
                 previous.is_active = False
             now = utcnow()
             row = LoraVersion(
+                tenant=self._tenant,
                 name=name,
                 path=self._stored(path),
                 run_id=run_id,
@@ -331,6 +368,7 @@ class LearningRecords:
                         "previous": previous.name if previous else None,
                         "gate_passed": gate_passed,
                     },
+                    tenant=self._tenant,
                 )
             )
             return self._version(row)
@@ -338,12 +376,15 @@ class LearningRecords:
     def rollback_target(self) -> tuple[VersionInfo | None, VersionInfo | None]:
         """(the active version, the version a rollback returns to: the newest older one not retired, or None)."""
         with self._store.session() as session:
-            active = session.scalar(select(LoraVersion).where(LoraVersion.is_active.is_(True)))
+            active = session.scalar(
+                select(LoraVersion).where(LoraVersion.is_active.is_(True), LoraVersion.tenant == self._tenant)
+            )
             if active is None:
                 return None, None
             target = session.scalar(
                 select(LoraVersion)
                 .where(
+                    LoraVersion.tenant == self._tenant,
                     LoraVersion.id < active.id,
                     LoraVersion.retired_at.is_(None),
                     LoraVersion.promoted_at.is_not(None),  # candidates were never served to everyone
@@ -365,7 +406,7 @@ class LearningRecords:
             target = session.get(LoraVersion, to_id) if to_id is not None else None
             if target is not None:
                 target.is_active = True
-            trial = _end_open_trial(session, "rollback")
+            trial = _end_open_trial(session, self._tenant, "rollback")
             session.add(
                 AuditEvent(
                     action="finetune.rollback",
@@ -375,6 +416,7 @@ class LearningRecords:
                         "to": target.name if target else None,
                         "trial_ended": trial is not None,
                     },
+                    tenant=self._tenant,
                 )
             )
 
@@ -386,9 +428,10 @@ class LearningRecords:
         """Record a version that was not promoted. Older candidates that no trial serves are retired: returned, so
         their folders can go (only the newest candidate is kept for ``/finetune try``)."""
         with self._store.session() as session, session.begin():
-            trial = _open_trial(session)
+            trial = _open_trial(session, self._tenant)
             older = session.scalars(
                 select(LoraVersion).where(
+                    LoraVersion.tenant == self._tenant,
                     LoraVersion.promoted_at.is_(None),
                     LoraVersion.retired_at.is_(None),
                     LoraVersion.is_active.is_(False),
@@ -399,6 +442,7 @@ class LearningRecords:
             for version in superseded:
                 version.retired_at = now
             row = LoraVersion(
+                tenant=self._tenant,
                 name=name,
                 path=self._stored(path),
                 run_id=run_id,
@@ -413,6 +457,7 @@ class LearningRecords:
                     action="finetune.candidate",
                     actor=actor,
                     detail={"run": run_id, "version": name, "superseded": [v.name for v in superseded]},
+                    tenant=self._tenant,
                 )
             )
             return self._version(row), [self._version(v) for v in superseded]
@@ -423,6 +468,7 @@ class LearningRecords:
             row = session.scalar(
                 select(LoraVersion)
                 .where(
+                    LoraVersion.tenant == self._tenant,
                     LoraVersion.promoted_at.is_(None),
                     LoraVersion.retired_at.is_(None),
                     LoraVersion.is_active.is_(False),
@@ -439,14 +485,20 @@ class LearningRecords:
 
     def open_trial(self) -> TrialInfo | None:
         with self._store.session() as session:
-            trial = _open_trial(session)
+            trial = _open_trial(session, self._tenant)
             return self._trial(session, trial) if trial else None
 
     def start_trial(self, version_id: int, scopes: Iterable[str], *, actor: str) -> TrialInfo:
         """Open a trial of ``version_id`` in ``scopes``; an open trial is ended (replaced) in the same transaction."""
         with self._store.session() as session, session.begin():
-            replaced = _end_open_trial(session, "replaced")
-            row = LoraTrial(version_id=version_id, scopes=list(scopes), started_by=actor, started_at=utcnow())
+            replaced = _end_open_trial(session, self._tenant, "replaced")
+            row = LoraTrial(
+                tenant=self._tenant,
+                version_id=version_id,
+                scopes=list(scopes),
+                started_by=actor,
+                started_at=utcnow(),
+            )
             session.add(row)
             session.flush()
             info = self._trial(session, row)
@@ -459,6 +511,7 @@ class LearningRecords:
                         "scopes": list(info.scopes),
                         "replaced": replaced.id if replaced else None,
                     },
+                    tenant=self._tenant,
                 )
             )
             return info
@@ -466,7 +519,7 @@ class LearningRecords:
     def end_trial(self, *, reason: str, actor: str) -> TrialInfo | None:
         """End the open trial (if any) and return it."""
         with self._store.session() as session, session.begin():
-            trial = _end_open_trial(session, reason)
+            trial = _end_open_trial(session, self._tenant, reason)
             if trial is None:
                 return None
             info = self._trial(session, trial)
@@ -475,6 +528,7 @@ class LearningRecords:
                     action="finetune.trial_end",
                     actor=actor,
                     detail={"version": info.version.name, "reason": reason},
+                    tenant=self._tenant,
                 )
             )
             return info
@@ -485,9 +539,11 @@ class LearningRecords:
         Returns (the version now active, the one that was). Raises LookupError if the candidate is gone."""
         with self._store.session() as session, session.begin():
             row = session.get(LoraVersion, version_id)
-            if row is None or row.retired_at is not None:
+            if row is None or row.retired_at is not None or row.tenant != self._tenant:
                 raise LookupError("the candidate was retired meanwhile")
-            previous = session.scalar(select(LoraVersion).where(LoraVersion.is_active.is_(True)))
+            previous = session.scalar(
+                select(LoraVersion).where(LoraVersion.is_active.is_(True), LoraVersion.tenant == self._tenant)
+            )
             if previous is not None:
                 previous.is_active = False
             row.is_active = True
@@ -496,7 +552,7 @@ class LearningRecords:
             row.gate_passed = bool(
                 run is not None and (run.gate or {}).get("passed")
             )  # by hand: as its gate said
-            trial = _end_open_trial(session, "promoted")
+            trial = _end_open_trial(session, self._tenant, "promoted")
             session.add(
                 AuditEvent(
                     action="finetune.promote",
@@ -507,6 +563,7 @@ class LearningRecords:
                         "previous": previous.name if previous else None,
                         "trial_ended": trial is not None,
                     },
+                    tenant=self._tenant,
                 )
             )
             return self._version(row), self._version(previous) if previous else None
@@ -514,12 +571,17 @@ class LearningRecords:
     def deactivate(self, version_id: int, *, reason: str) -> None:
         """Serve the base instead of a version that cannot be loaded (its files are gone)."""
         with self._store.session() as session, session.begin():
-            session.execute(update(LoraVersion).where(LoraVersion.id == version_id).values(is_active=False))
+            session.execute(
+                update(LoraVersion)
+                .where(LoraVersion.id == version_id, LoraVersion.tenant == self._tenant)
+                .values(is_active=False)
+            )
             session.add(
                 AuditEvent(
                     action="finetune.deactivate",
                     actor="bot",
                     detail={"version": version_id, "reason": reason},
+                    tenant=self._tenant,
                 )
             )
 
@@ -582,12 +644,19 @@ class LearningRecords:
     # audit and prune records
 
     def audit(self, action: str, actor: str, detail: dict[str, object] | None = None) -> None:
+        """An event of this scope (``finetune.*``) or everyone's (any other action)."""
+        tenant = self._tenant if action.startswith("finetune.") else None
         with self._store.session() as session, session.begin():
-            session.add(AuditEvent(action=action, actor=actor, detail=detail))
+            session.add(AuditEvent(action=action, actor=actor, detail=detail, tenant=tenant))
 
-    def audit_events(self, actions: Iterable[str] | None = None) -> list[tuple[str, str, dict[str, Any]]]:
+    def audit_events(
+        self, actions: Iterable[str] | None = None, *, every_tenant: bool = True
+    ) -> list[tuple[str, str, dict[str, Any]]]:
+        """Audit events, oldest first (``every_tenant=False``: this scope's fine-tune events only)."""
         with self._store.session() as session:
             query = select(AuditEvent).order_by(AuditEvent.id)
+            if not every_tenant:
+                query = query.where(AuditEvent.tenant == self._tenant)
             if actions is not None:
                 query = query.where(AuditEvent.action.in_(list(actions)))
             return [(e.action, e.actor, dict(e.detail or {})) for e in session.scalars(query)]
@@ -619,14 +688,17 @@ def _resolved(stored: str | None, data_dir: Path | None) -> str | None:
     return str(from_stored(stored, data_dir))
 
 
-def _open_trial(session: Session) -> LoraTrial | None:
+def _open_trial(session: Session, tenant: str) -> LoraTrial | None:
     return session.scalar(
-        select(LoraTrial).where(LoraTrial.ended_at.is_(None)).order_by(LoraTrial.id.desc()).limit(1)
+        select(LoraTrial)
+        .where(LoraTrial.ended_at.is_(None), LoraTrial.tenant == tenant)
+        .order_by(LoraTrial.id.desc())
+        .limit(1)
     )
 
 
-def _end_open_trial(session: Session, reason: str) -> LoraTrial | None:
-    trial = _open_trial(session)
+def _end_open_trial(session: Session, tenant: str, reason: str) -> LoraTrial | None:
+    trial = _open_trial(session, tenant)
     if trial is not None:
         trial.ended_at = utcnow()
         trial.end_reason = reason

@@ -29,14 +29,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from bot.domain import ConversationKey
+from bot.domain import BASE_MODEL, ConversationKey
 from bot.errors import ConfigError, EngineError
 from bot.learning.dataset import (
     EVAL_FILE,
     TRAIN_FILE,
     DatasetFiles,
-    DatasetOptions,
     build_dataset,
+    count_examples,
     held_out_examples,
     purge_author,
     top_up,
@@ -56,7 +56,8 @@ from bot.learning.records import (
     TrialInfo,
     VersionInfo,
 )
-from bot.learning.routing import LoraRoutes
+from bot.learning.routing import LoraRoutes, scope_matches
+from bot.learning.tenants import SHARED, TenantPolicy, TenantRoutes, scope_dataset_options
 from bot.ports import Engine
 from bot.settings import Settings
 from bot.store.conversations import ConversationStore
@@ -141,6 +142,7 @@ class FinetuneStatus:
     serving: str | None  # what this process's engine says it serves (a version name, or None for the base)
     trial: TrialInfo | None = None  # the open /finetune try
     candidate: VersionInfo | None = None  # the newest candidate, when no trial serves it
+    tenant: str = SHARED  # the learning scope shown: the shared version, or a team's own
 
 
 class FinetuneService:
@@ -171,8 +173,12 @@ class FinetuneService:
         self._process: asyncio.subprocess.Process | None = None
         self._loaded: set[str] = set()
         self._serving: str | None = None  # what this service last made the engine serve
-        self._routes = LoraRoutes(settings.finetune.version_routes)
+        self._routes = LoraRoutes(
+            settings.finetune.version_routes
+        )  # the shared version's trial, configured routes
         self._listeners: list[RunListener] = []
+        self._policy = TenantPolicy.from_settings(settings)
+        self._tenant_routes = TenantRoutes()  # teams with their own versions
 
     @property
     def records(self) -> LearningRecords:
@@ -186,9 +192,39 @@ class FinetuneService:
     def routes(self) -> LoraRoutes:
         return self._routes
 
-    def lora_for(self, key: ConversationKey) -> str | None:
-        """``GenerationRequest.lora`` for a conversation (the chat service asks before each reply)."""
-        return self._routes.lora_for(key)
+    @property
+    def policy(self) -> TenantPolicy:
+        return self._policy
+
+    def records_for(self, tenant: str) -> LearningRecords:
+        """The rows of one learning scope (``SHARED`` or a team with its own version)."""
+        return self._records if tenant == SHARED else self._records.for_tenant(tenant)
+
+    def scope_for(self, key: ConversationKey, user_id: str | None = None) -> str | None:
+        """Whose versions serve a conversation and learn from it: SHARED, the team's own, or None (the base)."""
+        return self._policy.scope_for(key, user_id)
+
+    def lora_for(self, key: ConversationKey, user_id: str | None = None) -> str | None:
+        """``GenerationRequest.lora`` for a conversation (the chat service asks before each reply; ``user_id``: who
+        speaks, which places a Discord DM in a team). In order: the team's own trial, a shared trial and
+        ``finetune.version_routes``, then the team's own version (the base model until it has one), the base model
+        for a team served the base, else the engine's default (the shared version)."""
+        scope = self._policy.scope_for(key, user_id)
+        if scope is not None and scope != SHARED:
+            trial = self._tenant_routes.trial(scope)
+            if trial is not None and any(scope_matches(s, key) for s in trial[1]):
+                return trial[0]
+        routed = self._routes.lora_for(key)
+        if routed is not None or scope == SHARED:
+            return routed
+        return BASE_MODEL if scope is None else self._tenant_routes.lora_for(scope, key)
+
+    def _scopes(self) -> list[str]:
+        """The shared version first, then every team served a version of its own (listed in the settings, or
+        with rows recorded while ``tenants.default`` is "own")."""
+        recorded = [t for t in self._records.tenants() if t != SHARED]
+        own = [t for t in self._policy.own_tenants(recorded) if self._policy.mode_of(t) == "own"]
+        return [SHARED, *sorted(set(own))]
 
     @property
     def lora_dir(self) -> Path:
@@ -210,10 +246,40 @@ class FinetuneService:
         await self.sync_active()
 
     async def sync_active(self) -> None:
-        """Make this process's engine serve the active version and the open trial (another process may have
-        promoted one or started a trial)."""
-        await self._sync_default()
-        await self._sync_trial()
+        """Make this process's engine serve the active version and the open trial of every scope (another process
+        may have promoted one or started a trial)."""
+        for scope in await asyncio.to_thread(self._scopes):
+            if scope == SHARED:
+                await self._sync_default()
+            else:
+                await self._sync_own_default(scope)
+            await self._sync_trial(scope)
+
+    async def _sync_own_default(self, scope: str) -> None:
+        """A team's own active version: loaded into the engine and routed to its conversations (the base model
+        while it has none, or when its folder is missing or cannot be loaded)."""
+        active = await asyncio.to_thread(self.records_for(scope).active_version)
+        async with self._switch_lock:
+            wanted = active.name if active else None
+            if wanted == self._tenant_routes.active(scope) and (wanted is None or wanted in self._loaded):
+                return
+            if active is not None and not await asyncio.to_thread(Path(active.path).is_dir):
+                _log.error(
+                    "LoRA %s is active but its folder %s is missing: serving the base",
+                    active.name,
+                    active.path,
+                )
+                wanted = None
+            elif active is not None:
+                try:
+                    await self._ensure_loaded(active)
+                except EngineError as exc:
+                    _log.error(
+                        "LoRA %s is active but cannot be loaded (%s): serving the base", active.name, exc
+                    )
+                    wanted = None
+            self._tenant_routes.set_active(scope, wanted)
+            _log.info("tenant %s: serving LoRA %s", scope, wanted or "(base)")
 
     async def _sync_default(self) -> None:
         active = await asyncio.to_thread(self._records.active_version)
@@ -245,11 +311,21 @@ class FinetuneService:
             self._serving = wanted
             _log.info("serving LoRA %s", wanted or "(base)")
 
-    async def _sync_trial(self) -> None:
-        trial = await asyncio.to_thread(self._records.open_trial)
+    def _trial_served(self, scope: str) -> tuple[str, tuple[str, ...]] | None:
+        return self._routes.trial if scope == SHARED else self._tenant_routes.trial(scope)
+
+    def _set_trial(self, scope: str, version: str | None, scopes: tuple[str, ...] = ()) -> None:
+        if scope == SHARED:
+            self._routes.set_trial(version, scopes)
+        else:
+            self._tenant_routes.set_trial(scope, version, scopes)
+
+    async def _sync_trial(self, scope: str = SHARED) -> None:
+        records = self.records_for(scope)
+        trial = await asyncio.to_thread(records.open_trial)
         async with self._switch_lock:
             wanted = (trial.version.name, trial.scopes) if trial else None
-            if wanted == self._routes.trial:
+            if wanted == self._trial_served(scope):
                 return
             if trial is not None and not await asyncio.to_thread(Path(trial.version.path).is_dir):
                 _log.error(
@@ -257,14 +333,14 @@ class FinetuneService:
                     trial.version.name,
                     trial.version.path,
                 )
-                await asyncio.to_thread(self._records.end_trial, reason="missing", actor="bot")
-                self._routes.set_trial(None)
+                await asyncio.to_thread(records.end_trial, reason="missing", actor="bot")
+                self._set_trial(scope, None)
                 return
             if trial is not None:
                 await self._ensure_loaded(trial.version)
-                self._routes.set_trial(trial.version.name, trial.scopes)
+                self._set_trial(scope, trial.version.name, trial.scopes)
             else:
-                self._routes.set_trial(None)
+                self._set_trial(scope, None)
             _log.info(
                 "trial: %s", f"LoRA {trial.version.name} in {len(trial.scopes)} scopes" if trial else "none"
             )
@@ -305,10 +381,16 @@ class FinetuneService:
     # commands
 
     async def start(
-        self, *, actor: str, trigger: str = "manual", origin: RunOrigin | None = None
+        self,
+        *,
+        actor: str,
+        trigger: str = "manual",
+        origin: RunOrigin | None = None,
+        tenant: str = SHARED,
     ) -> StartOutcome:
-        """Start a run in the background, or say which one is running already. ``origin``: where its end is
-        posted (None: the admin channel of the settings, if any)."""
+        """Start a run of ``tenant``'s version in the background, or say which one is running already (one run at
+        a time, whatever its scope: they share the GPU). ``origin``: where its end is posted (None: the admin
+        channel of the settings, if any)."""
         async with self._start_lock:
             if self._task is not None and not self._task.done():
                 return StartOutcome(False, await asyncio.to_thread(self._latest_running))
@@ -316,20 +398,55 @@ class FinetuneService:
                 return StartOutcome(False, await asyncio.to_thread(self._latest_running))
             await asyncio.to_thread(self._fail_abandoned_runs)  # holding the lease: no other run is alive
             run = await asyncio.to_thread(
-                self._records.create_run, trigger=trigger, started_by=actor, owner=self._holder
+                self.records_for(tenant).create_run, trigger=trigger, started_by=actor, owner=self._holder
             )
-            _log.info("fine-tune run=%d started by=%s trigger=%s", run.id, actor, trigger)
+            _log.info("fine-tune run=%d tenant=%s started by=%s trigger=%s", run.id, tenant, actor, trigger)
             self._task = asyncio.create_task(self._execute(run, origin), name=f"finetune-run-{run.id}")
             return StartOutcome(True, run)
 
     async def run(
-        self, *, actor: str, trigger: str = "manual", origin: RunOrigin | None = None
+        self,
+        *,
+        actor: str,
+        trigger: str = "manual",
+        origin: RunOrigin | None = None,
+        tenant: str = SHARED,
     ) -> RunInfo | None:
-        """Start a run and wait for its end (the nightly job). None when another run was already going."""
-        outcome = await self.start(actor=actor, trigger=trigger, origin=origin)
+        """Start a run and wait for its end. None when another run was already going."""
+        outcome = await self.start(actor=actor, trigger=trigger, origin=origin, tenant=tenant)
         if not outcome.started:
             return None
         return await self.wait()
+
+    async def run_nightly(self, *, actor: str = "scheduler", trigger: str = "schedule") -> list[RunInfo]:
+        """The nightly job: train, one at a time, each scope whose data changed enough since its last run (the
+        shared version first), each through the same gate. Stops early if another process is running one."""
+        finished: list[RunInfo] = []
+        for scope in await asyncio.to_thread(self._scopes):
+            if not await asyncio.to_thread(self._due, scope):
+                continue
+            run = await self.run(actor=actor, trigger=trigger, tenant=scope)
+            if run is None:
+                break
+            finished.append(run)
+        return finished
+
+    def _due(self, scope: str) -> bool:
+        """Whether a scope's examples changed by ``tenants.min_changed_examples`` since its last finished run (or,
+        never trained, whether it has ``finetune.min_examples``)."""
+        settings = effective_settings(self._settings)
+        records = self.records_for(scope)
+        options = scope_dataset_options(settings, scope, opted_out=records.opted_out_users())
+        now = count_examples(self._store, options)
+        last = records.last_finished_run()
+        if last is None:
+            due = now >= settings.finetune.min_examples
+        else:
+            due = (
+                abs(now - (last.train_examples + last.eval_examples)) >= settings.tenants.min_changed_examples
+            )
+        _log.info("nightly: tenant=%s examples=%d due=%s", scope, now, due)
+        return due
 
     async def wait(self) -> RunInfo | None:
         """Wait for the run this process started (if any) and return its record."""
@@ -338,81 +455,95 @@ class FinetuneService:
             return None
         return await asyncio.shield(task)
 
-    async def status(self) -> FinetuneStatus:
+    async def status(self, tenant: str = SHARED) -> FinetuneStatus:
+        """The scope's running run, last run, active version, trial or candidate, and what this process serves it."""
+        records = self.records_for(tenant)
+
         def read() -> FinetuneStatus:
-            trial = self._records.open_trial()
-            candidate = self._records.newest_candidate()
+            trial = records.open_trial()
+            candidate = records.newest_candidate()
             if trial is not None and candidate is not None and candidate.id == trial.version.id:
                 candidate = None
+            running = records.running_runs()
             return FinetuneStatus(
-                running=self._latest_running(),
-                last=self._records.last_finished_run(),
-                active=self._records.active_version(),
-                last_prune=self._records.last_prune(),
-                serving=self._engine.active_lora,
+                running=running[-1] if running else None,
+                last=records.last_finished_run(),
+                active=records.active_version(),
+                last_prune=records.last_prune(),
+                serving=self._engine.active_lora if tenant == SHARED else self._tenant_routes.active(tenant),
                 trial=trial,
                 candidate=candidate,
+                tenant=tenant,
             )
 
         return await asyncio.to_thread(read)
 
-    async def try_candidate(self, *, actor: str, scopes: tuple[str, ...]) -> TrialOutcome:
+    async def try_candidate(
+        self, *, actor: str, scopes: tuple[str, ...], tenant: str = SHARED
+    ) -> TrialOutcome:
         """Serve the newest candidate in ``scopes`` only; every other conversation keeps the active version.
 
         Replaces an open trial. The trial is stored, so it survives a restart and every bot process serves it."""
+        records = self.records_for(tenant)
         async with self._switch_lock:
-            candidate = await asyncio.to_thread(self._records.newest_candidate)
+            candidate = await asyncio.to_thread(records.newest_candidate)
             if candidate is None or not await asyncio.to_thread(Path(candidate.path).is_dir):
                 return TrialOutcome(False)
             await self._ensure_loaded(candidate)
-            trial = await asyncio.to_thread(self._records.start_trial, candidate.id, scopes, actor=actor)
-            self._routes.set_trial(candidate.name, trial.scopes)
-            active = await asyncio.to_thread(self._records.active_version)
+            trial = await asyncio.to_thread(records.start_trial, candidate.id, scopes, actor=actor)
+            self._set_trial(tenant, candidate.name, trial.scopes)
+            active = await asyncio.to_thread(records.active_version)
         _log.info("trial of LoRA %s in %d scopes started by=%s", candidate.name, len(scopes), actor)
         return TrialOutcome(True, candidate.name, trial.scopes, active.name if active else None)
 
-    async def promote_candidate(self, *, actor: str) -> PromoteOutcome:
+    async def promote_candidate(self, *, actor: str, tenant: str = SHARED) -> PromoteOutcome:
         """Make the version on trial (or, with no trial, the newest candidate) the default, and end the trial."""
+        records = self.records_for(tenant)
         async with self._switch_lock:
-            trial = await asyncio.to_thread(self._records.open_trial)
-            candidate = trial.version if trial else await asyncio.to_thread(self._records.newest_candidate)
+            trial = await asyncio.to_thread(records.open_trial)
+            candidate = trial.version if trial else await asyncio.to_thread(records.newest_candidate)
             if candidate is None or not await asyncio.to_thread(Path(candidate.path).is_dir):
                 return PromoteOutcome(False)
-            active = await asyncio.to_thread(self._records.active_version)
+            active = await asyncio.to_thread(records.active_version)
             await self._ensure_loaded(candidate)
-            await self._engine.use_lora(candidate.name)
-            self._serving = candidate.name
+            await self._serve(tenant, candidate.name)
             try:
-                await asyncio.to_thread(self._records.promote_candidate, candidate.id, actor=actor)
+                await asyncio.to_thread(records.promote_candidate, candidate.id, actor=actor)
             except BaseException:
-                await self._serve_again(active)
+                await self._serve_again(active, tenant)
                 raise
-            self._routes.set_trial(None)
+            self._set_trial(tenant, None)
         _log.info(
             "LoRA %s promoted by=%s (was %s)", candidate.name, actor, active.name if active else "(base)"
         )
         return PromoteOutcome(True, candidate.name, active.name if active else None, trial is not None)
 
-    async def rollback(self, *, actor: str) -> RollbackOutcome:
+    async def rollback(self, *, actor: str, tenant: str = SHARED) -> RollbackOutcome:
         """Go back one step: end the open trial if there is one (everyone gets the active version again); else serve
         the version promoted before the active one (or the base), and retire the active one."""
+        records = self.records_for(tenant)
         async with self._switch_lock:
-            ended = await asyncio.to_thread(self._records.end_trial, reason="rollback", actor=actor)
+            ended = await asyncio.to_thread(records.end_trial, reason="rollback", actor=actor)
             if ended is not None:
-                self._routes.set_trial(None)
+                self._set_trial(tenant, None)
                 _log.info("trial of LoRA %s ended by=%s (rollback)", ended.version.name, actor)
                 return RollbackOutcome(False, ended_trial=ended.version.name)
-            active, target = await asyncio.to_thread(self._records.rollback_target)
+            active, target = await asyncio.to_thread(records.rollback_target)
             if active is None:
                 return RollbackOutcome(False)
             if target is not None:
                 await self._ensure_loaded(target)
-            await self._engine.use_lora(target.name if target else None)
-            self._serving = target.name if target else None
+            await self._serve(tenant, target.name if target else None)
             await asyncio.to_thread(
-                self._records.roll_back, from_id=active.id, to_id=target.id if target else None, actor=actor
+                records.roll_back, from_id=active.id, to_id=target.id if target else None, actor=actor
             )
-        _log.info("rolled back LoRA %s -> %s by=%s", active.name, target.name if target else "(base)", actor)
+        _log.info(
+            "tenant %s: rolled back LoRA %s -> %s by=%s",
+            tenant,
+            active.name,
+            target.name if target else "(base)",
+            actor,
+        )
         return RollbackOutcome(True, active.name, target.name if target else None)
 
     async def forget_user(self, platform: str, user_id: str, *, delete: bool) -> ForgetOutcome:
@@ -474,7 +605,7 @@ class FinetuneService:
 
     async def _pipeline(self, run: RunInfo) -> RunInfo:
         run_dir = self._run_dir(run)
-        active = await asyncio.to_thread(self._records.active_version)
+        active = await asyncio.to_thread(self.records_for(run.tenant).active_version)
         settings = effective_settings(self._settings)
         rules = gate_rules(settings)
         try:
@@ -543,7 +674,7 @@ class FinetuneService:
 
     async def _build_dataset(self, run: RunInfo, run_dir: Path, settings: Settings) -> DatasetFiles:
         opted_out = await asyncio.to_thread(self._records.opted_out_users)
-        options = DatasetOptions.from_settings(settings, opted_out=opted_out)
+        options = scope_dataset_options(settings, run.tenant, opted_out=opted_out)
         files = await asyncio.to_thread(build_dataset, self._store, options, run_dir)
         await asyncio.to_thread(
             self._records.set_examples, run.id, train=files.train_examples, eval=files.eval_examples
@@ -706,13 +837,14 @@ class FinetuneService:
         """Version the adapter on disk, switch the engine to it, and record it as active.
 
         None when a trial is open: then nothing is promoted automatically (the caller keeps it as a candidate)."""
+        records = self.records_for(run.tenant)
         async with self._switch_lock:
-            active = await asyncio.to_thread(self._records.active_version)
+            active = await asyncio.to_thread(records.active_version)
             if (active.id if active else None) != (compared_with.id if compared_with else None):
                 raise TrainingFailed(
                     "the active LoRA changed while this run trained; not promoting", {"key": "active_changed"}
                 )
-            trial = await asyncio.to_thread(self._records.open_trial)
+            trial = await asyncio.to_thread(records.open_trial)
             if trial is not None:
                 _log.info(
                     "fine-tune run=%d passed the gate; not promoted while LoRA %s is on trial",
@@ -727,11 +859,10 @@ class FinetuneService:
             )
             try:
                 await self._load(name, str(version_dir))
-                await self._engine.use_lora(name)
-                self._serving = name
+                await self._serve(run.tenant, name)
                 assert decision.candidate_loss is not None
                 version = await asyncio.to_thread(
-                    self._records.promote,
+                    records.promote,
                     name=name,
                     path=str(version_dir),
                     run_id=run.id,
@@ -740,10 +871,12 @@ class FinetuneService:
                     gate_passed=decision.promote,
                 )
             except BaseException:
-                await self._serve_again(active)
+                await self._serve_again(active, run.tenant)
                 await asyncio.to_thread(shutil.rmtree, version_dir, True)
                 raise
-        _log.info("fine-tune run=%d promoted as LoRA %s (%s)", run.id, name, decision.reason)
+        _log.info(
+            "fine-tune run=%d tenant=%s promoted as LoRA %s (%s)", run.id, run.tenant, name, decision.reason
+        )
         return version
 
     async def _keep_candidate(
@@ -760,7 +893,7 @@ class FinetuneService:
                     _store_version, Path(job.output_dir), Path(job.eval_file), result, version_dir
                 )
                 candidate, superseded = await asyncio.to_thread(
-                    self._records.add_candidate,
+                    self.records_for(run.tenant).add_candidate,
                     name=name,
                     path=str(version_dir),
                     run_id=run.id,
@@ -780,19 +913,27 @@ class FinetuneService:
         )
         return candidate
 
-    async def _serve_again(self, version: VersionInfo | None) -> None:
+    async def _serve(self, tenant: str, name: str | None) -> None:
+        """Make ``name`` (loaded; None: the base) what ``tenant``'s conversations get by default: the engine's default
+        for the shared version, the team's route for its own."""
+        if tenant == SHARED:
+            await self._engine.use_lora(name)
+            self._serving = name
+        else:
+            self._tenant_routes.set_active(tenant, name)
+
+    async def _serve_again(self, version: VersionInfo | None, tenant: str = SHARED) -> None:
         """After a failed switch, make sure the engine serves what it served before (best effort)."""
         name = version.name if version else None
         try:
-            await self._engine.use_lora(name)
-            self._serving = name
+            await self._serve(tenant, name)
         except Exception:
             _log.exception(
                 "could not switch the engine back to %s after a failed promotion", name or "the base"
             )
 
     async def _finish(self, run: RunInfo, status: RunStatus, fields: RunOutcomeFields) -> RunInfo:
-        finished = await asyncio.to_thread(self._records.finish_run, run.id, status, fields)
+        finished = await asyncio.to_thread(self.records_for(run.tenant).finish_run, run.id, status, fields)
         _log.info("fine-tune run=%d finished: %s", run.id, status.value)
         return finished
 
@@ -813,13 +954,18 @@ class FinetuneService:
         forgotten here, and loaded again when they are needed next (a rollback to them, say)."""
         await self._engine.load_lora(name, path)
         trial = self._routes.trial
-        needed = {self._serving, trial[0] if trial else None, *self._routes.ready_versions}
+        needed = {
+            self._serving,
+            trial[0] if trial else None,
+            *self._routes.ready_versions,
+            *self._tenant_routes.names(),
+        }
         self._loaded = {name} | (self._loaded & {n for n in needed if n})
 
     # helpers
 
     def _latest_running(self) -> RunInfo | None:
-        running = self._records.running_runs()
+        running = self._records.running_runs(every_tenant=True)
         return running[-1] if running else None
 
     def _fail_abandoned_runs(self) -> None:
@@ -832,9 +978,9 @@ class FinetuneService:
         if holder is not None and holder != self._holder and is_dead_local_process(holder):
             self._lease.break_if_held_by(holder)
             holder = None
-        for run in self._records.running_runs():
+        for run in self._records.running_runs(every_tenant=True):
             if holder is None or run.progress.get("owner") != holder:
-                self._records.finish_run(
+                self.records_for(run.tenant).finish_run(
                     run.id,
                     RunStatus.FAILED,
                     RunOutcomeFields(
@@ -844,14 +990,19 @@ class FinetuneService:
                 _log.warning("fine-tune run=%d was left running by a stopped bot: marked failed", run.id)
 
     def _refresh_active_held_out(self, purged: dict[Path, int]) -> int:
-        """The active version's kept held-out set lost examples to an opt-out: top it up with today's held-out
-        examples (never trained on by any run with these settings), so the next gate is not silently weaker."""
-        active = self._records.active_version()
-        kept = Path(active.path) / HELD_OUT_NAME if active is not None else None
-        if kept is None or not purged.get(kept):
-            return 0
-        options = DatasetOptions.from_settings(self._settings, opted_out=self._records.opted_out_users())
-        return top_up(kept, held_out_examples(self._store, options))
+        """An active version's kept held-out set lost examples to an opt-out: top it up with today's held-out
+        examples of its own scope (never trained on by any run with these settings), so the next gate is not
+        silently weaker. Every scope's active version, each from its own conversations only."""
+        added = 0
+        opted_out = self._records.opted_out_users()
+        for scope in self._scopes():
+            active = self.records_for(scope).active_version()
+            kept = Path(active.path) / HELD_OUT_NAME if active is not None else None
+            if kept is None or not purged.get(kept):
+                continue
+            options = scope_dataset_options(self._settings, scope, opted_out=opted_out)
+            added += top_up(kept, held_out_examples(self._store, options))
+        return added
 
     def _kept_held_out_sets(self) -> list[Path]:
         versions = self.lora_dir / "versions"

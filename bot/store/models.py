@@ -172,10 +172,12 @@ class FinetuneRun(Base):
     # finetune.gpu_sharing of its training: pause / separate / shared (None: it never trained)
     gpu_sharing: Mapped[str | None] = mapped_column(String(16), default=None)
     gate: Mapped[dict[str, object] | None] = mapped_column(JSON, default=None)  # bot.learning.gate.GateReport
+    # the learning scope (bot.learning.tenants): "shared", or the team with its own version ("discord:GUILD", "slack:T…")
+    tenant: Mapped[str] = mapped_column(String(64), default="shared", server_default="shared", index=True)
 
 
 class LoraVersion(Base):
-    """A trained LoRA. At most one is active; rollback activates the one promoted before it.
+    """A trained LoRA. At most one is active per tenant (learning scope); rollback activates the one promoted before it.
 
     ``promoted_at`` is None for a candidate: a version kept without being promoted (the quality gate refused it, or
     a trial was going), which ``/finetune try`` serves in some channels and ``/finetune promote`` makes the default.
@@ -196,11 +198,13 @@ class LoraVersion(Base):
     promoted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     # promoted by the gate and never rolled back: only then are its held-out examples a check for the next run
     gate_passed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # the learning scope (bot.learning.tenants): "shared", or the team with its own version ("discord:GUILD", "slack:T…")
+    tenant: Mapped[str] = mapped_column(String(64), default="shared", server_default="shared", index=True)
 
 
 class LoraTrial(Base):
     """``/finetune try``: a version served only in some channels (``scopes``: conversation keys or prefixes) while
-    every other conversation keeps the active one. At most one trial is open (``ended_at`` is None)."""
+    every other conversation keeps the active one. At most one trial per tenant is open (``ended_at`` is None)."""
 
     __tablename__ = "lora_trials"
 
@@ -213,6 +217,8 @@ class LoraTrial(Base):
     end_reason: Mapped[str | None] = mapped_column(
         String(32), default=None
     )  # promoted / rollback / replaced / …
+    # the learning scope (bot.learning.tenants): "shared", or the team with its own version ("discord:GUILD", "slack:T…")
+    tenant: Mapped[str] = mapped_column(String(64), default="shared", server_default="shared", index=True)
 
 
 class AuditEvent(Base):
@@ -225,6 +231,8 @@ class AuditEvent(Base):
     actor: Mapped[str] = mapped_column(String(128))
     detail: Mapped[dict[str, object] | None] = mapped_column(JSON, default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # the learning scope a fine-tune event belongs to (None: not about a version, e.g. an opt-out, which is everyone's)
+    tenant: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
 
 
 class PruneRecord(Base):

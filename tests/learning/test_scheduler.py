@@ -28,7 +28,7 @@ class CountingFinetune:
         self.runs: list[tuple[str, str]] = []
         self.synced = 0
 
-    async def run(self, *, actor: str, trigger: str = "manual") -> object:
+    async def run_nightly(self, *, actor: str, trigger: str) -> object:
         self.runs.append((actor, trigger))
         await asyncio.sleep(0.2)  # long enough for the other process's job to fire meanwhile
         return None
