@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bot.errors import ConfigError, ModelLoadError
+from bot.import_names import check_import_names
 from bot.masking import mask_text, mask_url
 from bot.ops.logs import setup_logging
 from bot.settings import Settings, load_settings
@@ -42,6 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)  # exits with EXIT_USAGE on a bad command line
     _setup_logging(args.log_level or ("WARNING" if args.command == "chat" else None))
     try:
+        check_import_names()  # another package named adapters or inference: say what to do, before importing it
         return int(args.run(args) or EXIT_OK)
     except (ConfigError, ModelLoadError) as exc:
         print(f"error: {mask_text(str(exc))}", file=sys.stderr)

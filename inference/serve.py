@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 from bot.domain import GenerationParams
 from bot.errors import ConfigError, ModelLoadError
+from bot.import_names import check_import_names
 from bot.masking import mask_text
 from bot.ops.logs import setup_logging
 from bot.settings import Settings, load_settings
@@ -36,6 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.log_level, "text")
     try:
+        check_import_names()
         return _serve(args)
     except (ConfigError, ModelLoadError) as exc:
         print(f"error: {mask_text(str(exc))}", file=sys.stderr)
