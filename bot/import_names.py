@@ -51,6 +51,6 @@ def _problem(name: str, home: Path) -> str | None:
 
 
 def _other_distributions(name: str) -> set[str]:
-    """Installed distributions, hanbot itself left out, that install the top-level package ``name``."""
+    """Installed distributions that install the top-level package ``name``, the project's own left out."""
     owners = importlib.metadata.packages_distributions().get(name, [])
     return {owner for owner in owners if owner.lower().replace("_", "-") != DISTRIBUTION}

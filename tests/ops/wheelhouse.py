@@ -61,7 +61,11 @@ def repack(dist: metadata.Distribution, out: Path) -> Path:
     info = Path(str(dist._path))  # type: ignore[attr-defined]
     site = info.parent
     wheel_meta = (info / "WHEEL").read_text(encoding="utf-8")
-    tags = [line.split(":", 1)[1].strip().split("-") for line in wheel_meta.splitlines() if line.startswith("Tag:")]
+    tags = [
+        line.split(":", 1)[1].strip().split("-")
+        for line in wheel_meta.splitlines()
+        if line.startswith("Tag:")
+    ]
     tag = "-".join(".".join(dict.fromkeys(parts)) for parts in zip(*tags, strict=True))  # py2.py3-none-any
     name = re.sub(r"[-_.]+", "_", dist.metadata["Name"])
     target = out / f"{name}-{dist.version}-{tag}.whl"
