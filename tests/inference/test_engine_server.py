@@ -19,7 +19,8 @@ import pytest
 
 from bot.domain import BASE_MODEL, ChatTurn, GenerationParams, GenerationRequest, Role
 from bot.errors import EngineUnhealthy, GenerationFailed, ModelLoadError
-from bot.settings import DEFAULT_SYSTEM_PROMPT, Settings
+from bot.settings import DEFAULT_SYSTEM_PROMPT, Settings, load_settings
+from bot.store.conversations import ConversationStore
 from inference.remote_engine import RemoteEngine, load_chat_tokenizer
 from tests.inference.remote_server import REPO, EngineServe, demo_engine_env
 
@@ -221,6 +222,41 @@ async def test_lora_adapters_loaded_at_run_time_and_chosen_by_model(
     await client.use_lora(None)
     with pytest.raises(ModelLoadError, match="never-loaded"):
         await client.use_lora("never-loaded")  # the client asks the server's model list first
+
+
+async def test_the_learning_loop_has_the_server_load_the_version_it_serves(
+    server: EngineServe,
+    client: RemoteEngine,
+    demo_model_dir: Path,
+    tmp_path: Path,
+    sqlite_store: ConversationStore,
+) -> None:
+    """Promotion (and restore at start) with a remote engine: load_lora + use_lora become vLLM's load call on the
+    server and the version's name as the requests' ``model``."""
+    from transformers import LlamaForCausalLM
+
+    from bot.learning.records import LearningRecords
+    from bot.learning.service import FinetuneService
+    from tests.inference.test_fast_lora import save_adapter
+
+    settings = load_settings(data_dir=tmp_path / "data", model={"name_or_path": str(demo_model_dir)})
+    version_dir = settings.lora_dir / "versions" / "v1"
+    base = LlamaForCausalLM.from_pretrained(demo_model_dir, dtype="float32").eval()
+    save_adapter(base, version_dir, seed=5, std=0.2)
+    records = LearningRecords(sqlite_store)
+    run = records.create_run(trigger="manual", started_by="test", owner="test")
+    records.promote(name="v1", path=str(version_dir), run_id=run.id, eval_loss=1.0, actor="test")
+    question = "What does /reset do?"
+    base_reply = "".join(await collect(client, request(question)))
+
+    await FinetuneService(settings, sqlite_store, client).restore()
+
+    assert "v1" in await model_ids(server)
+    assert client.active_lora == "v1"
+    served = "".join(await collect(client, request(question)))
+    assert served == "".join(await collect(client, dataclasses.replace(request(question), lora="v1")))
+    assert served != base_reply
+    await client.use_lora(None)
 
 
 def test_two_bot_processes_share_one_engine_server(
