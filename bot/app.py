@@ -118,14 +118,15 @@ def build_engine(settings: Settings) -> Engine:
     return LocalEngine.from_settings(settings)
 
 
+LOCAL_ENGINE_PACKAGES = ("torch", "transformers", "accelerate", "peft", "safetensors")  # the `local` extra
+
+
 def require_local_engine() -> None:
     """A ConfigError that says what to install when the local engine's libraries are missing."""
-    missing = [
-        name for name in ("torch", "transformers", "accelerate") if importlib.util.find_spec(name) is None
-    ]
+    missing = [name for name in LOCAL_ENGINE_PACKAGES if importlib.util.find_spec(name) is None]
     if missing:
         raise ConfigError(
-            f"the local engine needs {', '.join(missing)}, which is not installed: install the GPU extra "
+            f"the local engine needs {', '.join(missing)} (not installed here): install the local-engine extra "
             "(pip install 'hanbot[local]'), or use an engine server with HANBOT_ENGINE__KIND=remote and "
             "HANBOT_ENGINE__REMOTE_BASE_URL (python -m inference serve, or vLLM)"
         )

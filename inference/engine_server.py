@@ -101,6 +101,11 @@ class EngineServer:
         )
         return self
 
+    @property
+    def base_url(self) -> str:
+        """What a client sets as its base URL (``engine.remote_base_url``)."""
+        return f"http://{self._host}:{self.port}/v1"
+
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
@@ -119,6 +124,9 @@ class EngineServer:
             return _error(exc.reason, "invalid_request_error", exc.status)
         except BadRequest as exc:
             return _error(str(exc), "invalid_request_error", 400)
+        except Exception as exc:  # a bug: OpenAI error JSON all the same, and the traceback in the log
+            _log.exception("%s %s failed", request.method, request.path)
+            return _error(f"the server failed ({type(exc).__name__})", "internal_error", 500)
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -181,6 +189,13 @@ class EngineServer:
                 if response is None:
                     return _error(str(exc), kind, status)
                 await response.write(sse(error_body(str(exc), kind, status)))
+                return response
+            except Exception as exc:  # a bug in the engine: one request fails, the server goes on
+                _log.exception("request %s: the engine failed", call_id)
+                message = f"the engine failed ({type(exc).__name__})"
+                if response is None:
+                    return _error(message, "internal_error", 500)
+                await response.write(sse(error_body(message, "internal_error", 500)))
                 return response
         if response is None:  # an empty reply
             response = await _open_stream(request)

@@ -111,7 +111,7 @@ async def test_an_error_before_the_first_token_is_an_http_status_with_openai_err
         await collect(client, request())
     async with httpx.AsyncClient() as http:
         response = await http.post(
-            f"http://127.0.0.1:{server.port}/v1/chat/completions",
+            f"{server.base_url}/chat/completions",
             json={"model": "base", "messages": [{"role": "user", "content": "hi"}], "stream": True},
         )
     assert response.status_code == status
@@ -126,6 +126,19 @@ async def test_an_error_after_the_first_token_is_an_error_event(start: Start) ->
         async for chunk in client.generate(request()):
             received.append(str(chunk))
     assert received == ["ab", "cd"]
+
+
+async def test_an_engine_bug_is_a_500_with_error_json_and_the_server_goes_on(start: Start) -> None:
+    engine = ServedScript(reply="fine", fail_after=0, error=RuntimeError("a bug"))
+    server, client = await start(engine)
+    async with httpx.AsyncClient() as http:
+        body = {"model": "base", "messages": [{"role": "user", "content": "hi"}]}
+        streamed = await http.post(f"{server.base_url}/chat/completions", json={**body, "stream": True})
+        whole = await http.post(f"{server.base_url}/chat/completions", json=body)
+    assert streamed.status_code == whole.status_code == 500
+    assert whole.json()["error"]["message"] == "the server failed (RuntimeError)"
+    engine.fail_after = None
+    assert await collect(client, request()) == "fine"
 
 
 async def test_the_api_key_is_asked_for_when_set(start: Start) -> None:
