@@ -20,7 +20,6 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from bot.domain import GenerationParams
 from bot.errors import ConfigError, ModelLoadError
 from bot.import_names import check_import_names
 from bot.masking import mask_text
@@ -76,7 +75,7 @@ def _serve(args: argparse.Namespace) -> int:
     server = EngineServer(
         engine,
         model_name=args.served_model_name or settings.engine.remote_model or settings.model.name_or_path,
-        defaults=default_params(settings),
+        defaults=settings.generation.params(),  # what a request leaves out
         host=args.host,
         port=args.port,
         api_key=os.environ.get("HANBOT_ENGINE_API_KEY"),
@@ -92,18 +91,6 @@ def build_engine(settings: Settings) -> LocalEngine:
 
         return leader_engine(settings)
     return LocalEngine.from_settings(settings)
-
-
-def default_params(settings: Settings) -> GenerationParams:
-    """What a request leaves out: the settings' generation defaults."""
-    generation = settings.generation
-    return GenerationParams(
-        max_new_tokens=generation.max_new_tokens,
-        temperature=generation.temperature if generation.temperature > 0 else 0.6,
-        top_p=generation.top_p,
-        repetition_penalty=generation.repetition_penalty,
-        do_sample=generation.temperature > 0,
-    )
 
 
 async def _run(server: EngineServer) -> None:
