@@ -32,7 +32,7 @@ COPY bot ./bot
 COPY adapters ./adapters
 COPY inference ./inference
 COPY migrations ./migrations
-RUN pip install --no-cache-dir -c constraints.txt .
+RUN pip install --no-cache-dir -c constraints.txt ".[discord,slack,local]"
 
 USER hanbot
 VOLUME ["/data"]

@@ -1,18 +1,22 @@
-"""The composition root: builds the store, the engine, the chat service, the commands and the adapters.
+"""The composition root: builds the store, the engine, the chat service, the commands, the adapters (the console's
+too) and the trainer's launch.
 
-The only module in bot/ that imports adapters/ and inference/ (lazily, so `hanbot --help` stays fast and a Slack-only
-deployment never imports discord.py).
+The only module in bot/ that imports adapters/ and inference/ (lazily, so `hanbot --help` stays fast, a Slack-only
+deployment never imports discord.py, and a bot on a remote engine never imports torch). ``bot.cli`` parses the
+command line and calls it; ``tests/core/test_layering.py`` checks that no other module imports upward.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
-import os
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -23,6 +27,7 @@ from bot.domain import ConversationKey
 from bot.errors import ConfigError
 from bot.learning.announce import RunAnnouncer
 from bot.learning.commands import learning_commands
+from bot.learning.launch import TrainerLaunch
 from bot.learning.progress import back_estimate
 from bot.learning.service import FinetuneService
 from bot.masking import mask_text, mask_url
@@ -39,6 +44,9 @@ from bot.store.conversations import ConversationStore, StoredMessage
 from bot.store.db import create_db_engine, migrate
 from bot.summarize import summarize_command
 from bot.texts import language_of
+
+if TYPE_CHECKING:
+    from adapters.console import ConsoleAdapter
 
 _log = logging.getLogger(__name__)
 
@@ -96,26 +104,72 @@ def stop_on_sigterm(stop: Callable[[], Coroutine[Any, Any, None]]) -> None:
         pass
 
 
-def follow_rank_0(settings: Settings) -> bool:
-    """Under torchrun with engine.tensor_parallel > 1, a rank other than 0 talks to no platform and no database: it
-    serves its slice of the model, replaying rank 0's decoder calls, until rank 0 stops. True when it did."""
-    if settings.engine.tensor_parallel == 1 or os.environ.get("RANK", "0") == "0":
-        return False
-    from inference.tensor_parallel import follower_main
-
-    follower_main(settings)
-    return True
-
-
 def build_engine(settings: Settings) -> Engine:
-    """The local transformers engine, or a remote OpenAI-compatible server, as the settings say."""
+    """The local transformers engine, or a remote OpenAI-compatible server (vLLM, or this project's own engine
+    server, ``python -m inference serve``), as the settings say. torch is imported only here, only for the local
+    engine: a bot installed without it (``pip install hanbot[discord,slack]``) talks to a remote engine."""
     if settings.engine.kind == "remote":
         from inference.remote_engine import RemoteEngine
 
         return RemoteEngine.from_settings(settings)
+    require_local_engine()
     from inference.local_engine import LocalEngine
 
     return LocalEngine.from_settings(settings)
+
+
+LOCAL_ENGINE_PACKAGES = ("torch", "transformers", "accelerate", "peft", "safetensors")  # the `local` extra
+
+
+def require_local_engine() -> None:
+    """A ConfigError that says what to install when the local engine's libraries are missing."""
+    missing = [name for name in LOCAL_ENGINE_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(
+            f"the local engine needs {', '.join(missing)} (not installed here): install the local-engine extra "
+            "(pip install 'hanbot[local]'), or use an engine server with HANBOT_ENGINE__KIND=remote and "
+            "HANBOT_ENGINE__REMOTE_BASE_URL (python -m inference serve, or vLLM)"
+        )
+
+
+# ----- the trainer: a subprocess through its declared entry point
+
+TRAINER_MODULE = "inference.finetune.train"
+"""The fine-tune trainer, declared in pyproject.toml as the console script ``hanbot-train``."""
+
+
+def trainer_launch(python: str | None = None) -> TrainerLaunch:
+    """How the learning loop starts the trainer: ``python`` (``finetune.python``; default this interpreter) runs the
+    declared entry point, from the folder that holds the project's packages (a source checkout or site-packages).
+    """
+    import inference  # the package only (no torch): the folder above it holds the project's packages
+
+    packages_root = Path(inference.__file__).resolve().parents[1]
+    return TrainerLaunch(argv=(python or sys.executable, "-m", TRAINER_MODULE), cwd=packages_root)
+
+
+# ----- the console and the demo model
+
+
+def build_console(session: str) -> ConsoleAdapter:
+    from adapters.console import ConsoleAdapter
+
+    return ConsoleAdapter(session=session)
+
+
+def demo_overrides(data_dir: Path) -> dict[str, Any]:
+    """Settings that put the bot on the demo model: CPU, float32, greedy (the FAQ answers come out exactly)."""
+    require_local_engine()
+    from inference.demo_model import demo_overrides as overrides
+
+    return overrides(data_dir)
+
+
+def build_demo_model(out: Path) -> Path:
+    require_local_engine()
+    from inference.demo_model import build_demo_model as build
+
+    return build(out)
 
 
 def build_commands(
@@ -148,7 +202,7 @@ def build_core(
     store = store or build_store(settings)
     engine = engine or build_engine(settings)
     metrics = metrics or PrometheusMetrics()
-    finetune = FinetuneService(settings, store, engine)
+    finetune = FinetuneService(settings, store, engine, trainer=trainer_launch(settings.finetune.python))
     chat = ChatService(
         settings=settings,
         store=store,

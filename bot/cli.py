@@ -10,9 +10,9 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from bot.errors import ConfigError, ModelLoadError
+from bot.import_names import check_import_names
 from bot.masking import mask_text, mask_url
 from bot.ops.logs import setup_logging
 from bot.settings import Settings, load_settings
@@ -43,6 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)  # exits with EXIT_USAGE on a bad command line
     _setup_logging(args.log_level or ("WARNING" if args.command == "chat" else None))
     try:
+        check_import_names()  # another package named adapters or inference: say what to do, before importing it
         return int(args.run(args) or EXIT_OK)
     except (ConfigError, ModelLoadError) as exc:
         print(f"error: {mask_text(str(exc))}", file=sys.stderr)
@@ -101,31 +102,13 @@ def _setup_logging(level: str | None) -> None:
     setup_logging(level or settings_level, settings_format)
 
 
-def demo_overrides(data_dir: Path) -> dict[str, Any]:
-    """Settings that put the bot on the demo model: CPU, float32, greedy (the FAQ answers come out exactly)."""
-    from inference.demo_model import ensure_demo_model
-
-    model_dir = ensure_demo_model(data_dir / "demo-model")
-    return {
-        "model": {
-            "name_or_path": str(model_dir),
-            "dtype": "float32",
-            "device_map": None,
-            "is_demo": True,
-            "quantization": "none",
-        },
-        "generation": {"temperature": 0.0, "repetition_penalty": 1.0},
-        "engine": {"kind": "local", "decoder": "hf"},
-    }
-
-
 def _run_chat(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # loading bars would interleave with the chat
-    from adapters.console import ConsoleAdapter
     from bot.app import (
         announce_runs,
+        build_console,
         build_core,
-        follow_rank_0,
+        demo_overrides,
         readiness_checks,
         recover,
         shutdown,
@@ -138,8 +121,6 @@ def _run_chat(args: argparse.Namespace) -> int:
     settings = load_settings()
     if args.demo:
         settings = load_settings(**demo_overrides(settings.data_dir))
-    if follow_rank_0(settings):
-        return 0
     if args.demo:
         print(DEMO_ANNOUNCEMENT, flush=True)
     else:
@@ -149,7 +130,7 @@ def _run_chat(args: argparse.Namespace) -> int:
         metrics = PrometheusMetrics()
         ops = await start_ops(settings, metrics, required=False)
         core = build_core(settings, metrics=metrics)
-        console = ConsoleAdapter(session=args.session)
+        console = build_console(args.session)
         stop_on_sigterm(console.stop)
         try:
             announce_runs(core, [console])
@@ -167,12 +148,10 @@ def _run_chat(args: argparse.Namespace) -> int:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from bot.app import build_adapters, build_core, build_store, follow_rank_0, serve, start_ops
+    from bot.app import build_adapters, build_core, build_store, serve, start_ops
     from bot.ops.prometheus import PrometheusMetrics
 
     settings = load_settings()
-    if follow_rank_0(settings):
-        return 0
     platforms = args.platform or _configured_platforms(settings)
     if not platforms:
         raise ConfigError(
@@ -207,7 +186,7 @@ def _configured_platforms(settings: Settings) -> list[str]:
 
 
 def _run_build_demo(args: argparse.Namespace) -> int:
-    from inference.demo_model import build_demo_model
+    from bot.app import build_demo_model
 
     settings = load_settings()
     out = build_demo_model(args.out or settings.data_dir / "demo-model")

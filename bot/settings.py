@@ -123,7 +123,10 @@ class EngineSettings(BaseModel):
         description="static decoder: weights in FP8 (weight-only, from the bf16 checkpoint; Hopper GPU)",
     )
     tensor_parallel: int = Field(
-        1, ge=1, le=8, description="GPUs the model is split over; start with torchrun --nproc-per-node N"
+        1,
+        ge=1,
+        le=8,
+        description="GPUs the model is split over: the engine server only (torchrun --nproc-per-node N -m inference serve)",
     )
     interleave_prefill: bool = Field(
         True,

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -594,3 +595,20 @@ def _one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def demo_overrides(data_dir: Path) -> dict[str, Any]:
+    """Settings that put the bot (or the engine server) on the demo model: CPU, float32, greedy (the FAQ answers
+    come out exactly). Builds the model under ``data_dir`` on first use."""
+    model_dir = ensure_demo_model(data_dir / "demo-model")
+    return {
+        "model": {
+            "name_or_path": str(model_dir),
+            "dtype": "float32",
+            "device_map": None,
+            "is_demo": True,
+            "quantization": "none",
+        },
+        "generation": {"temperature": 0.0, "repetition_penalty": 1.0},
+        "engine": {"kind": "local", "decoder": "hf"},
+    }

@@ -21,7 +21,14 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from bot.domain import GenerationRequest, StreamEvent
-from bot.errors import EngineError, EnginePaused, EngineUnhealthy, GenerationFailed, GenerationTimeout
+from bot.errors import (
+    ConfigError,
+    EngineError,
+    EnginePaused,
+    EngineUnhealthy,
+    GenerationFailed,
+    GenerationTimeout,
+)
 from bot.settings import EngineSettings, GenerationSettings, ModelSettings, Settings
 from inference.decoder import BatchDecoder
 from inference.decoders import make_decoder
@@ -94,11 +101,14 @@ class LocalEngine:
     ) -> LocalEngine:
         """Load the model the settings name and build the engine around it (raises ModelLoadError).
 
-        With ``engine.tensor_parallel`` > 1 this is rank 0 of a torchrun launch (``inference.tensor_parallel``)."""
+        One process, one device map: a model split over GPUs with ``engine.tensor_parallel`` is served by the engine
+        server (``python -m inference serve`` under torchrun, ``inference.serve``), never in the bot's process."""
         if settings.engine.tensor_parallel > 1:
-            from inference.tensor_parallel import leader_engine
-
-            return leader_engine(settings)
+            raise ConfigError(
+                f"engine.tensor_parallel is {settings.engine.tensor_parallel}: a model split over GPUs is served by "
+                f"the engine server (torchrun --nproc-per-node {settings.engine.tensor_parallel} -m inference serve); "
+                "point the bot at it with HANBOT_ENGINE__KIND=remote and HANBOT_ENGINE__REMOTE_BASE_URL"
+            )
         loaded = load_model(settings.model)
         return cls(
             loaded.model,

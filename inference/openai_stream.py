@@ -47,6 +47,15 @@ def chat_body(request: GenerationRequest, model: str, *, send_extras: bool) -> d
     return body
 
 
+def fairness_headers(request: GenerationRequest) -> dict[str, str]:
+    """The channel and the user a request comes from (ids only), for a server that keeps its queue fair across the
+    bots that share it (``python -m inference serve``); other servers ignore unknown headers."""
+    headers = {"X-Hanbot-Channel": request.channel}
+    if request.user:
+        headers["X-Hanbot-User"] = request.user
+    return headers
+
+
 def has_extras(body: dict[str, Any]) -> bool:
     return any(name in body for name in EXTRA_FIELDS)
 

@@ -55,6 +55,7 @@ from inference.openai_stream import (
     ChunkDelta,
     chat_body,
     error_detail,
+    fairness_headers,
     has_extras,
     parse_chunk,
     parse_completion,
@@ -222,12 +223,14 @@ class RemoteEngine:
         timeout_s = request.timeout_s or self._generation_timeout_s
         deadline = loop.time() + timeout_s if timeout_s else None
         body = chat_body(request, self._model_for(request), send_extras=self._send_extras)
+        keys = fairness_headers(request)
         attempt = 0
         yielded = 0
         fallback = False  # True once the extra fields were dropped after a rejection
         while True:
             try:
-                async with aclosing(self._attempt(request.request_id, body, deadline, fallback)) as chunks:
+                attempt_chunks = self._attempt(request.request_id, body, keys, deadline, fallback)
+                async with aclosing(attempt_chunks) as chunks:
                     async for text in chunks:
                         yielded += 1
                         yield text
@@ -275,10 +278,15 @@ class RemoteEngine:
         return delay
 
     async def _attempt(
-        self, request_id: str, body: dict[str, Any], deadline: float | None, fallback: bool
+        self,
+        request_id: str,
+        body: dict[str, Any],
+        headers: dict[str, str],
+        deadline: float | None,
+        fallback: bool,
     ) -> AsyncGenerator[str, None]:
         """One POST: yields the text deltas; raises _Retryable / _ExtrasRejected / an EngineError."""
-        response = await self._open(body, deadline)
+        response = await self._open(body, headers, deadline)
         try:
             if response.status_code != 200:
                 await self._raise_for_status(response, body, deadline)
@@ -317,9 +325,11 @@ class RemoteEngine:
         finally:
             await response.aclose()
 
-    async def _open(self, body: dict[str, Any], deadline: float | None) -> httpx.Response:
+    async def _open(
+        self, body: dict[str, Any], headers: dict[str, str], deadline: float | None
+    ) -> httpx.Response:
         """Send the POST and return the response with its body still unread (a stream)."""
-        http_request = self._client.build_request("POST", "chat/completions", json=body)
+        http_request = self._client.build_request("POST", "chat/completions", json=body, headers=headers)
         try:
             async with asyncio.timeout_at(deadline):
                 return await self._client.send(http_request, stream=True)

@@ -1,11 +1,11 @@
-"""One model over several GPUs (tensor parallel), started by ``torchrun``: rank 0 runs the bot, the others follow.
+"""One model over several GPUs (tensor parallel), started by ``torchrun``: rank 0 serves, the others follow.
 
-    torchrun --nproc-per-node 2 -m bot serve        # with HANBOT_ENGINE__TENSOR_PARALLEL=2
+    torchrun --nproc-per-node 2 -m inference serve      # with HANBOT_ENGINE__TENSOR_PARALLEL=2
 
 Every rank reads its slice of the safetensors checkpoint (``inference.fast.checkpoint``) straight onto its GPU and
 builds a ``StaticSlotDecoder`` over it (``inference.fast.parallel``: heads and MLP columns split, two all-reduces a
-layer). Rank 0 builds the LocalEngine around its decoder wrapped in ``MirroredDecoder``, and only rank 0 talks to
-Discord, Slack, the database and the scheduler. The other ranks run ``follower_main`` and replay rank 0's decoder
+layer). Rank 0 builds the LocalEngine around its decoder wrapped in ``MirroredDecoder`` and serves it over HTTP
+(``inference.serve``); bots reach it as a remote engine. The other ranks run ``follower_main`` and replay rank 0's decoder
 calls until it closes. LoRA adapters are served from each rank's adapter pool (``inference.fast.lora``): rank 0's
 load calls are replayed on the other ranks, which read their slices of the adapter from the same folder.
 """
@@ -46,7 +46,7 @@ def check_launch(settings: Settings) -> None:
     if world != settings.engine.tensor_parallel:
         raise ModelLoadError(
             f"engine.tensor_parallel is {settings.engine.tensor_parallel} but {world} processes were started: "
-            f"start with `torchrun --nproc-per-node {settings.engine.tensor_parallel} -m bot ...`"
+            f"start with `torchrun --nproc-per-node {settings.engine.tensor_parallel} -m inference serve`"
         )
 
 

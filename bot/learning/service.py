@@ -18,10 +18,8 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import shutil
 import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -44,6 +42,7 @@ from bot.learning.dataset import (
 from bot.learning.defaults import effective_settings
 from bot.learning.gate import ActiveVersion, GateDecision, GateRules, judge, refuse_small
 from bot.learning.job import TrainJob, TrainResult
+from bot.learning.launch import TrainerLaunch
 from bot.learning.leases import Clock, DbLease, is_dead_local_process, process_identity
 from bot.learning.progress import LossHistory, PhaseClock, RunOrigin
 from bot.learning.records import (
@@ -154,8 +153,12 @@ class FinetuneService:
         *,
         clock: Clock = utcnow,
         holder: str | None = None,
+        trainer: TrainerLaunch | None = None,
     ) -> None:
+        """``trainer``: how to start the trainer (the composition root's ``trainer_launch``); without it a run
+        fails with "no trainer"."""
         self._settings = settings
+        self._trainer = trainer
         self._store = store
         self._engine = engine
         self._records = LearningRecords(store, data_dir=settings.data_dir)
@@ -734,15 +737,17 @@ class FinetuneService:
     async def _run_trainer(self, run: RunInfo, job: TrainJob, run_dir: Path) -> TrainResult:
         log_path = run_dir / "train.log"
         with log_path.open("ab") as log:
+            if self._trainer is None:
+                raise TrainingFailed(
+                    "no trainer: this bot was built without one (bot.app.trainer_launch)",
+                    {"key": "no_trainer"},
+                )
             process = await asyncio.create_subprocess_exec(
-                self._settings.finetune.python or sys.executable,
-                "-m",
-                "inference.finetune.train",
-                str(run_dir / "job.json"),
+                *self._trainer.command(run_dir / "job.json"),
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log,
-                cwd=str(PROJECT_ROOT),
-                env=_trainer_env(),
+                cwd=str(self._trainer.cwd),
+                env=self._trainer.env(),
             )
         self._process = process
         _log.info("fine-tune run=%d: trainer pid=%d", run.id, process.pid)
@@ -1044,13 +1049,6 @@ def _model_reference(name_or_path: str) -> str:
     in the project folder); a Hub id as it is."""
     local = Path(name_or_path).expanduser()
     return str(local.resolve()) if local.exists() else name_or_path
-
-
-def _trainer_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 def _parse_event(raw: bytes) -> dict[str, Any] | None:

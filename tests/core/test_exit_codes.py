@@ -29,6 +29,18 @@ def test_a_wrong_setting_is_a_configuration_error(monkeypatch, tmp_path, capsys)
     assert "HANBOT_ENGINE__REMOTE_BASE_URL" in capsys.readouterr().err
 
 
+def test_tensor_parallel_in_the_bot_s_process_is_a_configuration_error_that_names_the_server(
+    monkeypatch, tmp_path, capsys
+):
+    monkeypatch.setenv("HANBOT_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("HANBOT_OPS__ENABLED", "false")
+    monkeypatch.setenv("HANBOT_ENGINE__TENSOR_PARALLEL", "2")
+    monkeypatch.setenv("HANBOT_MODEL__NAME_OR_PATH", str(tmp_path / "never-loaded"))
+    assert main(["chat"]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "-m inference serve" in err and "HANBOT_ENGINE__KIND=remote" in err
+
+
 def test_serve_without_a_platform_token_is_a_configuration_error(monkeypatch, tmp_path, capsys):
     for name in ("DISCORD_TOKEN", "SLACK_BOT_TOKEN"):
         monkeypatch.delenv(name, raising=False)

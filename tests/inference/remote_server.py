@@ -277,3 +277,102 @@ class FakeOpenAI:
         body = await self._record(request)
         self.models.remove(body["lora_name"])
         return web.Response(text="Success")
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def demo_engine_env(model_dir: Path, data_dir: Path, **extra: str) -> dict[str, str]:
+    """Settings (as the environment) for an engine on the demo model: CPU, float32, greedy, the hf decoder."""
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
+        "HANBOT_DATA_DIR": str(data_dir),
+        "HANBOT_MODEL__NAME_OR_PATH": str(model_dir),
+        "HANBOT_MODEL__DTYPE": "float32",
+        "HANBOT_MODEL__DEVICE_MAP": "",
+        "HANBOT_ENGINE__DECODER": "hf",
+        "HANBOT_GENERATION__TEMPERATURE": "0",
+        "HANBOT_GENERATION__REPETITION_PENALTY": "1.0",
+        "HANBOT_SCHEDULER__ENABLED": "false",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+        **extra,
+    }
+
+
+class EngineServe:
+    """``python -m inference serve`` (this project's engine server) in a subprocess on 127.0.0.1."""
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        *,
+        model_name: str = "hanbot-demo",
+        python: str = sys.executable,
+        startup_timeout_s: float = 180.0,
+    ) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.model_name = model_name
+        self.command = [
+            python,
+            "-m",
+            "inference",
+            "serve",
+            "--port",
+            str(self.port),
+            "--served-model-name",
+            model_name,
+        ]
+        self._env = env
+        self._log_path = log_path
+        self._startup_timeout_s = startup_timeout_s
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> EngineServe:
+        log = self._log_path.open("wb")
+        self.process = subprocess.Popen(
+            self.command, stdout=log, stderr=subprocess.STDOUT, env=self._env, cwd=REPO
+        )
+        log.close()
+        deadline = time.monotonic() + self._startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"the engine server exited with {self.process.returncode}:\n{self.log_tail()}"
+                )
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2.0).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        self.stop()
+        raise RuntimeError(
+            f"the engine server did not answer within {self._startup_timeout_s} s:\n{self.log_tail()}"
+        )
+
+    def health(self) -> dict[str, Any]:
+        return dict(httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=5.0).json())
+
+    def stop(self) -> int | None:
+        """SIGTERM, as a service manager stops it; returns the exit code."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=15)
+        return self.process.returncode
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self._log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no log)"

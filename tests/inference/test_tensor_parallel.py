@@ -5,7 +5,7 @@ A tiny Llama (grouped-query attention, a vocabulary that does not split evenly) 
 processes read their slices of it, and rank 0 drives a schedule of requests that join and leave the batch through
 the MirroredDecoder while rank 1 follows. Greedy and seeded tokens equal the single-process decoder's token for
 token, and so do conversations of several turns served with prefix reuse (both ranks reuse the same KV blocks).
-The same goes for the bot itself: `python -m bot chat` started as two ranks answers like one process.
+The same goes for the engine server: `python -m inference serve` started as two ranks answers like one process.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from inference.fast import StaticSlotDecoder
 from inference.fast.parallel import SingleProcess, split
 from inference.fast.weights import LlamaSpec, RankSlices
-from tests.inference.remote_server import free_port
+from tests.inference.remote_server import demo_engine_env, free_port
 from tests.inference.test_fast_decoder import tiny_config as fast_decoder_config
 from tests.inference.test_fast_lora import save_adapter
 from tests.inference.tp_run import conversation, lora_schedule, schedule
@@ -134,31 +135,73 @@ def test_two_ranks_decode_what_one_process_decodes(checkpoint: Path, tmp_path: P
     assert result["prefix_hit_tokens"] == follower["prefix_hit_tokens"] == 4 * 64  # turns 2 and 3, 2 channels
 
 
-def test_bot_chat_on_two_ranks_answers_like_one(demo_model_dir: Path, tmp_path: Path) -> None:
-    """The console chat under a two-rank launch: rank 0 talks, rank 1 serves its slice; the same greedy reply."""
+def test_engine_server_on_two_ranks_answers_like_one(demo_model_dir: Path, tmp_path: Path) -> None:
+    """``python -m inference serve`` under a two-rank launch: rank 0 serves HTTP, rank 1 serves its slice of the
+    model; a client gets the same greedy reply as from one rank, and a SIGTERM to rank 0 stops both cleanly."""
+    import signal
+
+    import httpx
+
     from inference.demo_model import FAQ
 
     question, answer = next((q, a) for q, a in FAQ if q.startswith("What does /reset"))
-    settings_env = {
-        "HANBOT_MODEL__NAME_OR_PATH": str(demo_model_dir),
-        "HANBOT_MODEL__DTYPE": "float32",
-        "HANBOT_MODEL__DEVICE_MAP": "",
-        "HANBOT_ENGINE__DECODER": "static",
-        "HANBOT_GENERATION__TEMPERATURE": "0",
-        "HANBOT_GENERATION__REPETITION_PENALTY": "1.0",
-        "HANBOT_SCHEDULER__ENABLED": "false",
-        "HF_HUB_OFFLINE": "1",
+    body = {
+        "model": "demo",
+        "messages": [{"role": "user", "content": question}],
+        "temperature": 0,
+        "max_tokens": 64,
     }
     replies = {}
     for world in (1, 2):
-        env = {
-            **settings_env,
-            "HANBOT_DATA_DIR": str(tmp_path / f"data-{world}"),
-            "HANBOT_ENGINE__TENSOR_PARALLEL": str(world),
-        }
-        outs = run_ranks(["-m", "bot", "chat"], world, env, stdin=f"{question}\n종료\n")
-        lines = [line.split("봇: ", 1)[1].strip() for line in outs[0].splitlines() if "봇: " in line]
-        assert len(lines) == 1, outs[0]
-        assert "봇: " not in outs[-1] or world == 1  # only rank 0 talks
-        replies[world] = lines[0]
+        env = demo_engine_env(
+            demo_model_dir,
+            tmp_path / f"data-{world}",
+            HANBOT_ENGINE__DECODER="static",
+            HANBOT_ENGINE__TENSOR_PARALLEL=str(world),
+        )
+        http_port, group_port = free_port(), free_port()
+        ranks = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "inference",
+                    "serve",
+                    "--port",
+                    str(http_port),
+                    "--served-model-name",
+                    "demo",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env={**env, **rank_env(rank, world, group_port)},
+                cwd=REPO,
+            )
+            for rank in range(world)
+        ]
+        try:
+            replies[world] = _ask_when_up(f"http://127.0.0.1:{http_port}", body, ranks, httpx)
+        finally:
+            ranks[0].send_signal(signal.SIGTERM)
+            outs = [rank.communicate(timeout=120)[0] for rank in ranks]
+        for rank, (proc, out) in enumerate(zip(ranks, outs, strict=True)):
+            assert proc.returncode == 0, f"rank {rank} of {world}:\n{out[-3000:]}"
+        if world == 2:
+            assert "following rank 0" in outs[1]  # rank 1 served its slice, and only rank 0 listened
     assert replies[2] == replies[1] == answer
+
+
+def _ask_when_up(base: str, body: dict, ranks: list[subprocess.Popen[str]], httpx) -> str:
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        assert all(rank.poll() is None for rank in ranks), "a rank exited before serving"
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    response = httpx.post(f"{base}/v1/chat/completions", json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    return str(response.json()["choices"][0]["message"]["content"]).strip()

@@ -39,6 +39,7 @@ from bot.ports import Engine
 from bot.settings import Settings, load_settings
 from bot.store.conversations import ConversationStore
 from bot.store.db import create_db_engine, migrate
+from tests.learning.helpers import TRAINER
 from tests.learning.synthetic import FACTS, clear_messages, seed_facts
 
 pytestmark = pytest.mark.slow
@@ -194,13 +195,15 @@ async def chain(root: Path, model_dir: Path) -> dict[str, Step]:
     store = ConversationStore(db)
     settings = make_settings(root / "data", model_dir)
     engine = LocalEngine.from_settings(settings)
-    service = FinetuneService(settings, store, engine)
+    service = FinetuneService(settings, store, engine, trainer=TRAINER)
     steps: dict[str, Step] = {}
     try:
         await service.restore()
         seed_pairs(store, [(qs[0], a) for qs, a in FACTS[:6]] + [(qs[1], a) for qs, a in FACTS[:6]])
         steps["too_few_examples"] = await one_run(service, None, {})
-        small = FinetuneService(make_settings(root / "data", model_dir, min_examples=8), store, engine)
+        small = FinetuneService(
+            make_settings(root / "data", model_dir, min_examples=8), store, engine, trainer=TRAINER
+        )
         steps["held_out_too_small"] = await one_run(small, None, {})
 
         clear_messages(store)

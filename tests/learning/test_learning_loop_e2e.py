@@ -22,6 +22,7 @@ from bot.ports import Engine
 from bot.settings import Settings
 from bot.store.conversations import ConversationStore
 from tests.learning.conftest import SettingsFactory
+from tests.learning.helpers import TRAINER
 from tests.learning.synthetic import FACTS, clear_messages, seed_facts
 
 pytestmark = pytest.mark.slow
@@ -84,7 +85,7 @@ async def test_learning_loop_end_to_end(
     questions = [q for q, _ in pairs]
 
     engine = LocalEngine.from_settings(settings)
-    service = FinetuneService(settings, sqlite_store, engine)
+    service = FinetuneService(settings, sqlite_store, engine, trainer=TRAINER)
 
     def serving_decoder() -> str:
         return type(engine.decoder).__name__

@@ -26,6 +26,7 @@ from bot.settings import load_settings
 from bot.store.conversations import ConversationStore
 from bot.store.db import alembic_config, create_db_engine, migrate
 from tests.learning.conftest import RecordingEngine
+from tests.learning.helpers import TRAINER
 from tests.learning.synthetic import FACTS, seed_facts
 
 REPO = Path(__file__).resolve().parents[2]
@@ -258,7 +259,7 @@ async def test_the_trainer_runs_whatever_the_bots_working_folder(
     store = ConversationStore(create_db_engine(settings.database_url))
     migrate(store.engine, data_dir=settings.data_dir)
     seed_facts(store)
-    service = FinetuneService(settings, store, RecordingEngine())
+    service = FinetuneService(settings, store, RecordingEngine(), trainer=TRAINER)
     run = await service.run(actor="console:local")
     assert run is not None and run.status in (RunStatus.SUCCEEDED, RunStatus.REJECTED), run
     job = json.loads(

@@ -14,6 +14,7 @@ from bot.learning.records import LearningRecords, RunStatus
 from bot.learning.service import FinetuneService
 from bot.store.conversations import ConversationStore
 from tests.learning.conftest import RecordingEngine, SettingsFactory
+from tests.learning.helpers import TRAINER
 from tests.learning.synthetic import FACTS, seed_facts
 
 pytestmark = pytest.mark.slow
@@ -30,7 +31,7 @@ async def test_run_promotes_versions_and_rolls_back(
     settings = learning_settings()
     seed_facts(sqlite_store)
     engine = RecordingEngine()
-    service = FinetuneService(settings, sqlite_store, engine)
+    service = FinetuneService(settings, sqlite_store, engine, trainer=TRAINER)
 
     first = await service.run(actor="discord:admin-1")
     assert first is not None and first.status is RunStatus.SUCCEEDED, first
@@ -83,8 +84,10 @@ async def test_a_second_start_is_told_a_run_is_going(
     settings = learning_settings(gpu_sharing="separate", train_device="cpu")
     seed_facts(sqlite_store)
     engine = RecordingEngine()
-    service = FinetuneService(settings, sqlite_store, engine, holder="process-a")
-    other_process = FinetuneService(settings, sqlite_store, RecordingEngine(), holder="process-b")
+    service = FinetuneService(settings, sqlite_store, engine, holder="process-a", trainer=TRAINER)
+    other_process = FinetuneService(
+        settings, sqlite_store, RecordingEngine(), holder="process-b", trainer=TRAINER
+    )
 
     started = await service.start(actor="discord:a")
     assert started.started and started.run is not None
@@ -108,7 +111,7 @@ async def test_too_little_data_is_rejected_without_training(
 ) -> None:
     seed_facts(sqlite_store)
     engine = RecordingEngine()
-    service = FinetuneService(learning_settings(min_examples=500), sqlite_store, engine)
+    service = FinetuneService(learning_settings(min_examples=500), sqlite_store, engine, trainer=TRAINER)
     run = await service.run(actor="console:local")
     assert run is not None and run.status is RunStatus.REJECTED
     assert run.error is not None and "too few examples" in run.error
@@ -122,7 +125,7 @@ async def test_a_crashing_trainer_fails_the_run_and_keeps_the_engine_as_it_was(
     settings.model.name_or_path = str(tmp_path / "no-such-model")
     seed_facts(sqlite_store)
     engine = RecordingEngine()
-    run = await FinetuneService(settings, sqlite_store, engine).run(actor="console:local")
+    run = await FinetuneService(settings, sqlite_store, engine, trainer=TRAINER).run(actor="console:local")
     assert run is not None and run.status is RunStatus.FAILED
     assert run.error is not None and "exited with status 1" in run.error
     assert engine.calls == ["pause", "resume"]
@@ -140,7 +143,7 @@ async def test_restore_fails_abandoned_runs_and_serves_the_active_version(
     records.promote(name="v1", path=str(version_dir), run_id=abandoned.id, eval_loss=1.0, actor="test")
 
     engine = RecordingEngine()
-    service = FinetuneService(settings, sqlite_store, engine)
+    service = FinetuneService(settings, sqlite_store, engine, trainer=TRAINER)
     await service.restore()
 
     run = records.run(abandoned.id)
@@ -161,7 +164,7 @@ async def test_restore_serves_the_base_when_the_active_folder_is_gone(
         name="v1", path=str(settings.lora_dir / "missing"), run_id=run.id, eval_loss=1.0, actor="t"
     )
     engine = RecordingEngine()
-    await FinetuneService(settings, sqlite_store, engine).restore()
+    await FinetuneService(settings, sqlite_store, engine, trainer=TRAINER).restore()
     assert engine.calls == []
     assert engine.lora is None
 
@@ -171,7 +174,7 @@ async def test_aclose_cancels_a_run_and_kills_its_trainer(
 ) -> None:
     seed_facts(sqlite_store)
     engine = RecordingEngine()
-    service = FinetuneService(learning_settings(max_steps=100_000), sqlite_store, engine)
+    service = FinetuneService(learning_settings(max_steps=100_000), sqlite_store, engine, trainer=TRAINER)
     started = await service.start(actor="console:local")
     assert started.run is not None
     for _ in range(600):
@@ -203,7 +206,7 @@ async def test_an_engine_that_refuses_the_new_lora_keeps_serving_the_old_one(
     seed_facts(sqlite_store)
     engine = RefusingEngine()
     settings = learning_settings()
-    run = await FinetuneService(settings, sqlite_store, engine).run(actor="console:local")
+    run = await FinetuneService(settings, sqlite_store, engine, trainer=TRAINER).run(actor="console:local")
     assert run is not None and run.status is RunStatus.FAILED
     assert run.error is not None and "out of memory" in run.error
     assert engine.calls == ["pause", "resume", "load_lora:v1", "use_lora:None"]
@@ -230,7 +233,7 @@ async def test_a_bot_that_crashed_and_restarted_at_once_fails_its_old_run(
     alive = records.create_run(trigger="manual", started_by="x", owner="other-host:1:cafe")
 
     settings = learning_settings(min_examples=10_000)
-    service = FinetuneService(settings, sqlite_store, RecordingEngine())
+    service = FinetuneService(settings, sqlite_store, RecordingEngine(), trainer=TRAINER)
     await service.restore()
     assert records.run(orphan.id).status is RunStatus.FAILED  # type: ignore[union-attr]
     assert records.run(alive.id).status is RunStatus.FAILED  # its owner does not hold the lease either
@@ -250,7 +253,7 @@ async def test_during_a_trial_a_run_that_passes_the_gate_is_held_and_a_refused_o
     seed_facts(sqlite_store)
     records = LearningRecords(sqlite_store)
     engine = RecordingEngine()
-    service = FinetuneService(settings, sqlite_store, engine)
+    service = FinetuneService(settings, sqlite_store, engine, trainer=TRAINER)
     tried = settings.lora_dir / "versions" / "v1"
     tried.mkdir(parents=True)
     earlier = records.create_run(trigger="manual", started_by="t", owner="x")

@@ -27,7 +27,7 @@ from bot.settings import EngineSettings, Settings, load_settings
 from bot.store.conversations import ConversationStore
 from tests.fakes import RecordingSink
 from tests.learning.conftest import RecordingEngine
-from tests.learning.helpers import seed_versions
+from tests.learning.helpers import TRAINER, seed_versions
 
 ADMIN = Author(id="U-admin", display_name="Admin")
 MEMBER = Author(id="U-member", display_name="Member")
@@ -49,7 +49,7 @@ class Bot:
 
     def __init__(self, settings: Settings, store: ConversationStore) -> None:
         self.engine = RecordingEngine(reply="ok")
-        self.service = FinetuneService(settings, store, self.engine)
+        self.service = FinetuneService(settings, store, self.engine, trainer=TRAINER)
         self.chat = ChatService(
             settings=settings, store=store, engine=self.engine, lora_for=self.service.lora_for
         )
@@ -373,7 +373,7 @@ async def test_a_version_the_engine_unloaded_to_make_room_is_loaded_again_when_n
     seed_versions(sqlite_store, settings.lora_dir)
     bot = Bot(settings, sqlite_store)
     bot.engine = engine = PoolEngine(reply="ok")
-    bot.service = service = FinetuneService(settings, sqlite_store, engine)
+    bot.service = service = FinetuneService(settings, sqlite_store, engine, trainer=TRAINER)
     await service.restore()
     assert (await service.try_candidate(actor="t", scopes=("slack:T1:C1",))).started
     assert (await service.promote_candidate(actor="t")).version == "v2"

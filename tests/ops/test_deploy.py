@@ -84,7 +84,7 @@ def test_the_dockerfile_builds_cpu_and_cuda_variants_at_the_locked_versions():
     text = (REPO / "Dockerfile").read_text(encoding="utf-8")
     assert re.search(r"^ARG VARIANT=cuda$", text, re.M)
     assert '"$VARIANT" = "cpu"' in text and '"$VARIANT" = "cuda"' in text
-    assert "pip install --no-cache-dir -c constraints.txt ." in text
+    assert 'pip install --no-cache-dir -c constraints.txt ".[discord,slack,local]"' in text
     assert _entrypoint() == ["python", "-m", "bot"]
     for folder in ("bot", "adapters", "inference", "migrations"):
         assert f"COPY {folder} ./{folder}" in text
@@ -133,9 +133,16 @@ def test_the_lock_file_pins_every_dependency():
         for line in (REPO / "constraints.txt").read_text(encoding="utf-8").splitlines()
         if "==" in line and not line.startswith("#")
     }
-    wanted = project["dependencies"] + project["optional-dependencies"]["test"]
-    names = {_normal(re.split(r"[\[<>=;! ]", spec, maxsplit=1)[0]) for spec in wanted}
+    wanted = project["dependencies"] + [
+        spec for extra in project["optional-dependencies"].values() for spec in extra
+    ]
+    names = {_normal(re.split(r"[\[<>=;! ]", spec, maxsplit=1)[0]) for spec in wanted} - {
+        "hanbot"
+    }  # its extras
     assert names - pinned == set(), "run scripts/lock.sh and commit constraints.txt"
+    assert (
+        "hanbot[discord,slack,local]" in project["optional-dependencies"]["test"]
+    )  # the tests get every part
 
 
 def test_the_license_is_apache_2_and_the_package_says_so():
