@@ -20,18 +20,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+_OLD_KEYS = {"init_adapter": "init_lora"}  # job.json written before the LoRA fields were named lora
+
 
 @dataclass(frozen=True)
 class TrainJob:
     base_model: str
     train_file: str
     eval_file: str
-    output_dir: str  # the new adapter is saved here
+    output_dir: str  # the new LoRA is saved here
     result_file: str
     regression_file: str | None = (
         None  # the active version's held-out set: the new LoRA must not be worse on it
     )
-    init_adapter: str | None = (
+    init_lora: str | None = (
         None  # the active LoRA: evaluated as "current", and the starting point if continuing
     )
     continue_from_init: bool = True
@@ -65,7 +67,8 @@ class TrainJob:
     def read(cls, path: Path) -> TrainJob:
         data = json.loads(path.read_text(encoding="utf-8"))
         known = {f.name for f in dataclasses.fields(cls)}
-        fields = {k: v for k, v in data.items() if k in known}
+        renamed = {_OLD_KEYS.get(k, k): v for k, v in data.items()}
+        fields = {k: v for k, v in renamed.items() if k in known}
         fields["target_modules"] = tuple(fields.get("target_modules", ()))
         return cls(**fields)
 
@@ -124,7 +127,7 @@ class TrainResult:
     steps: int
     eval: SplitLosses
     regression: SplitLosses | None = None
-    adapter_dir: str = ""
+    lora_dir: str = ""
     duration_s: float = 0.0
     device: str = "cpu"
     quantized: bool = False
@@ -148,7 +151,7 @@ class TrainResult:
             steps=int(data["steps"]),
             eval=SplitLosses(**data["eval"]),
             regression=SplitLosses(**regression) if regression else None,
-            adapter_dir=str(data.get("adapter_dir", "")),
+            lora_dir=str(data.get("lora_dir", data.get("adapter_dir", ""))),  # adapter_dir: before the rename
             duration_s=float(data.get("duration_s", 0.0)),
             device=str(data.get("device", "cpu")),
             quantized=bool(data.get("quantized", False)),

@@ -59,7 +59,7 @@ class RunInfo:
     eval_examples: int
     eval_loss: float | None
     baseline_loss: float | None
-    adapter_path: str | None
+    lora_path: str | None
     error: str | None
     gpu_sharing: str | None = None  # finetune.gpu_sharing of its training (None: it never trained)
     gate: dict[str, Any] | None = None  # the gate's checks (bot.learning.gate.GateReport.as_json)
@@ -79,7 +79,7 @@ class RunInfo:
             eval_examples=row.eval_examples,
             eval_loss=row.eval_loss,
             baseline_loss=row.baseline_loss,
-            adapter_path=_resolved(row.adapter_path, data_dir),
+            lora_path=_resolved(row.lora_path, data_dir),
             error=row.error,
             gpu_sharing=row.gpu_sharing,
             gate=dict(row.gate) if row.gate else None,
@@ -150,7 +150,7 @@ class RunOutcomeFields:
     eval_examples: int = 0
     eval_loss: float | None = None
     baseline_loss: float | None = None
-    adapter_path: str | None = None
+    lora_path: str | None = None
     error: str | None = None  # an English phrase for the logs and the audit trail
     # the same reason for /finetune status in the reader's language: {"key": <finetune.reason.KEY in texts>, **fields}
     reason: dict[str, Any] | None = None
@@ -259,7 +259,7 @@ class LearningRecords:
             row.eval_examples = fields.eval_examples or row.eval_examples
             row.eval_loss = fields.eval_loss
             row.baseline_loss = fields.baseline_loss
-            row.adapter_path = self._stored(fields.adapter_path)
+            row.lora_path = self._stored(fields.lora_path)
             row.error = fields.error[:2000] if fields.error else None
             if fields.reason is not None:
                 row.progress = {**(row.progress or {}), "reason": fields.reason}

@@ -66,6 +66,8 @@ _log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 RUN_LEASE = "finetune-run"
+RUN_LORA_DIR = "lora"  # inside a run's folder: where the trainer saves the new LoRA
+_OLD_RUN_LORA_DIR = "adapter"  # the same, in run folders from before the LoRA fields were named lora
 HELD_OUT_NAME = "heldout.jsonl"  # kept beside each version: the next run's regression set
 GENERAL_PROMPTS = PROJECT_ROOT / "bot" / "data" / "general_prompts.json"  # the gate's "did it damage" set
 REPLAY_PROMPTS = (
@@ -647,15 +649,15 @@ class FinetuneService:
                     fields,
                     error=decision.reason,
                     reason={"key": "gate"},
-                    adapter_path=candidate.path if candidate else None,
+                    lora_path=candidate.path if candidate else None,
                 )
                 return await self._finish(run, RunStatus.REJECTED, fields)
             version = await self._promote(run, job, result, decision, active)
             if version is None:  # a trial is open: admins decide
                 candidate = await self._keep_candidate(run, job, result, decision.candidate_loss)
-                fields = replace(fields, adapter_path=candidate.path if candidate else None)
+                fields = replace(fields, lora_path=candidate.path if candidate else None)
                 return await self._finish(run, RunStatus.HELD, fields)
-            return await self._finish(run, RunStatus.SUCCEEDED, replace(fields, adapter_path=version.path))
+            return await self._finish(run, RunStatus.SUCCEEDED, replace(fields, lora_path=version.path))
         except asyncio.CancelledError:
             await self._finish(run, RunStatus.CANCELLED, RunOutcomeFields(error="the bot stopped"))
             raise
@@ -696,10 +698,10 @@ class FinetuneService:
             base_model=_model_reference(settings.model.name_or_path),
             train_file=str(files.train_path),
             eval_file=str(files.eval_path),
-            output_dir=str(run_dir / "adapter"),
+            output_dir=str(run_dir / RUN_LORA_DIR),
             result_file=str(run_dir / "result.json"),
             regression_file=str(regression) if regression and regression.is_file() else None,
-            init_adapter=active.path if active else None,
+            init_lora=active.path if active else None,
             continue_from_init=ft.continue_from_active and trusted,
             epochs=ft.epochs,
             max_steps=ft.max_steps,
@@ -839,7 +841,7 @@ class FinetuneService:
         decision: GateDecision,
         compared_with: VersionInfo | None,
     ) -> VersionInfo | None:
-        """Version the adapter on disk, switch the engine to it, and record it as active.
+        """Version the LoRA on disk, switch the engine to it, and record it as active.
 
         None when a trial is open: then nothing is promoted automatically (the caller keeps it as a candidate)."""
         records = self.records_for(run.tenant)
@@ -887,7 +889,7 @@ class FinetuneService:
     async def _keep_candidate(
         self, run: RunInfo, job: TrainJob, result: TrainResult, eval_loss: float | None
     ) -> VersionInfo | None:
-        """Keep a trained adapter that was not promoted as a candidate version (for /finetune try and promote).
+        """Keep a trained LoRA that was not promoted as a candidate version (for /finetune try and promote).
 
         Older candidates no trial serves are dropped, folders included. A failure here loses only the candidate."""
         try:
@@ -908,7 +910,7 @@ class FinetuneService:
             for old in superseded:
                 await asyncio.to_thread(shutil.rmtree, old.path, True)
         except Exception:
-            _log.exception("fine-tune run=%d: could not keep the adapter as a candidate", run.id)
+            _log.exception("fine-tune run=%d: could not keep the LoRA as a candidate", run.id)
             return None
         _log.info(
             "fine-tune run=%d kept as candidate LoRA %s (dropped: %s)",
@@ -1082,11 +1084,11 @@ def _tail(log_path: Path, lines: int = 3) -> str:
     return " | ".join(text[-lines:])[-600:] or "empty log"
 
 
-def _store_version(adapter_dir: Path, eval_file: Path, result: TrainResult, version_dir: Path) -> None:
+def _store_version(lora_dir: Path, eval_file: Path, result: TrainResult, version_dir: Path) -> None:
     version_dir.parent.mkdir(parents=True, exist_ok=True)
     if version_dir.exists():
         shutil.rmtree(version_dir)
-    shutil.move(str(adapter_dir), str(version_dir))
+    shutil.move(str(lora_dir), str(version_dir))
     shutil.copyfile(eval_file, version_dir / HELD_OUT_NAME)
     (version_dir / "metrics.json").write_text(
         json.dumps(
@@ -1109,4 +1111,5 @@ def _remove_datasets(run_dir: Path) -> None:
     for name in (TRAIN_FILE, EVAL_FILE):
         with contextlib.suppress(FileNotFoundError):
             (run_dir / name).unlink()
-    shutil.rmtree(run_dir / "adapter", ignore_errors=True)
+    for folder in (RUN_LORA_DIR, _OLD_RUN_LORA_DIR):
+        shutil.rmtree(run_dir / folder, ignore_errors=True)

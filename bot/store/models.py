@@ -167,7 +167,7 @@ class FinetuneRun(Base):
     eval_examples: Mapped[int] = mapped_column(Integer, default=0)
     eval_loss: Mapped[float | None] = mapped_column(Float, default=None)
     baseline_loss: Mapped[float | None] = mapped_column(Float, default=None)
-    adapter_path: Mapped[str | None] = mapped_column(Text, default=None)
+    lora_path: Mapped[str | None] = mapped_column(Text, default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     # finetune.gpu_sharing of its training: pause / separate / shared (None: it never trained)
     gpu_sharing: Mapped[str | None] = mapped_column(String(16), default=None)

@@ -109,7 +109,7 @@ def lora_config(job: TrainJob, model: torch.nn.Module) -> LoraConfig:
     )
 
 
-def with_adapter(base: PreTrainedModel, path: str, *, trainable: bool) -> PeftModel:
+def with_lora(base: PreTrainedModel, path: str, *, trainable: bool) -> PeftModel:
     return PeftModel.from_pretrained(base, path, is_trainable=trainable)
 
 

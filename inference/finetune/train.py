@@ -3,7 +3,7 @@
 load the base → encode the datasets → score the base (per-example held-out loss, pair ranking, its greedy answers to
 the general prompts and its loss on them; ``inference.finetune.measures``) → attach the active LoRA (if any) and
 score it → start the new LoRA (from the active one, or fresh) → train with the assistant-only loss → score the new
-LoRA → save the adapter → write result.json. Progress goes to stdout as JSON lines (``bot.learning.job`` describes
+LoRA → save the LoRA → write result.json. Progress goes to stdout as JSON lines (``bot.learning.job`` describes
 them); logs go to stderr. The bot reads the result and decides about promotion; nothing here touches the database
 or the serving engine, so a crash or a kill leaves the LoRA in service as it was.
 
@@ -44,7 +44,7 @@ from inference.finetune.modeling import (
     load_base,
     load_tokenizer,
     trainable_parameters,
-    with_adapter,
+    with_lora,
     with_new_lora,
 )
 
@@ -105,8 +105,8 @@ def run(job: TrainJob) -> TrainResult:
     score(base, "base", job, pad_id, eval_set, held_out, regression_set, regression, pairs, ranking)
     score_general(base, "base", job, pad_id, general_set, general)
     started_from = "base"
-    if job.init_adapter:
-        model = with_adapter(base, job.init_adapter, trainable=job.continue_from_init)
+    if job.init_lora:
+        model = with_lora(base, job.init_lora, trainable=job.continue_from_init)
         score(model, "current", job, pad_id, eval_set, held_out, regression_set, regression, pairs, ranking)
         score_general(model, "current", job, pad_id, general_set, general)
         if job.continue_from_init:
@@ -134,7 +134,7 @@ def run(job: TrainJob) -> TrainResult:
         steps=steps,
         eval=held_out.split_losses(eval_set),
         regression=regression.split_losses(regression_set) if regression_set else None,
-        adapter_dir=job.output_dir,
+        lora_dir=job.output_dir,
         duration_s=time.monotonic() - started,
         device=placement.device,
         quantized=placement.quantized,

@@ -151,7 +151,7 @@ def train_by_hand(store: ConversationStore, settings: Settings, out: Path) -> Pa
         base_model=settings.model.name_or_path,
         train_file=str(files.train_path),
         eval_file=str(files.eval_path),
-        output_dir=str(out / "adapter"),
+        output_dir=str(out / "lora"),
         result_file=str(out / "result.json"),
         learning_rate=1e-2,
         max_steps=80,
@@ -167,8 +167,8 @@ def train_by_hand(store: ConversationStore, settings: Settings, out: Path) -> Pa
         capture_output=True,
         timeout=600,
     )
-    shutil.copyfile(files.eval_path, out / "adapter" / HELD_OUT_NAME)
-    return out / "adapter"
+    shutil.copyfile(files.eval_path, out / "lora" / HELD_OUT_NAME)
+    return out / "lora"
 
 
 async def one_run(service: FinetuneService, engine: Engine | None, expected: dict[str, str]) -> Step:

@@ -52,7 +52,7 @@ def test_settings_hold_the_data_dir_absolute(tmp_path: Path, monkeypatch: pytest
 def promote(records: LearningRecords, name: str, path: str) -> None:
     """What a run's promotion records: the run, then the version as active."""
     run = records.create_run(trigger="manual", started_by="console:local", owner="test")
-    records.finish_run(run.id, RunStatus.SUCCEEDED, RunOutcomeFields(eval_loss=1.0, adapter_path=path))
+    records.finish_run(run.id, RunStatus.SUCCEEDED, RunOutcomeFields(eval_loss=1.0, lora_path=path))
     records.promote(name=name, path=path, run_id=run.id, eval_loss=1.0, actor="console:local")
 
 
@@ -105,11 +105,9 @@ def test_migration_0004_rewrites_old_rows(
 
     with store.engine.connect() as connection:
         paths = dict(connection.exec_driver_sql("SELECT name, path FROM lora_versions").all())
-        adapter = connection.exec_driver_sql(
-            "SELECT adapter_path FROM finetune_runs WHERE id = 1"
-        ).scalar_one()
+        lora = connection.exec_driver_sql("SELECT lora_path FROM finetune_runs WHERE id = 1").scalar_one()
     assert paths == {"v1": "lora/versions/v1", "v2": "lora/versions/v2", "v3": "/srv/elsewhere/v3"}
-    assert adapter == "lora/versions/v1"
+    assert lora == "lora/versions/v1"
     versions = {v.name: v.path for v in LearningRecords(store, data_dir=data).versions()}
     assert versions["v2"] == str(data.resolve() / "lora" / "versions" / "v2")
 
@@ -147,6 +145,55 @@ def test_migration_0004_without_a_data_dir_keeps_the_default_layout(tmp_path: Pa
         "v1": "lora/versions/v1",
         "v2": "/srv/hanbot/data/lora/versions/v2",
     }
+
+
+def test_migration_0009_renames_the_run_lora_column_and_keeps_its_values(tmp_path: Path, db_url: str) -> None:
+    """finetune_runs.adapter_path becomes lora_path (SQLite and PostgreSQL), and back on downgrade."""
+    data = tmp_path / "data"
+    store = _store_at_0003(db_url)
+    _promote_at_0003(store, "v1", str(data / "lora" / "versions" / "v1"), adapter_path="lora/versions/v1")
+    migrate(store.engine, "0008", data_dir=data)
+    assert "adapter_path" in _run_columns(store)
+
+    migrate(store.engine, data_dir=data)
+    assert "lora_path" in _run_columns(store) and "adapter_path" not in _run_columns(store)
+    run = LearningRecords(store, data_dir=data).run(1)
+    assert run is not None and run.lora_path == str(data.resolve() / "lora" / "versions" / "v1")
+
+    with store.engine.connect() as connection:
+        config = alembic_config(store.engine)
+        config.attributes.update(connection=connection, data_dir=data)
+        command.downgrade(config, "0008")
+        connection.commit()
+        assert (
+            connection.exec_driver_sql("SELECT adapter_path FROM finetune_runs").scalar_one()
+            == "lora/versions/v1"
+        )
+    assert "lora_path" not in _run_columns(store)
+
+
+def _run_columns(store: ConversationStore) -> set[str]:
+    return {column["name"] for column in sa.inspect(store.engine).get_columns("finetune_runs")}
+
+
+def test_run_files_written_before_the_rename_are_read(tmp_path: Path) -> None:
+    """job.json and result.json from before the LoRA fields were named lora (a run folder an upgrade finds)."""
+    from bot.learning.job import TrainJob, TrainResult
+
+    job = {"base_model": "m", "train_file": "t", "eval_file": "e", "output_dir": "o", "result_file": "r"}
+    (tmp_path / "job.json").write_text(
+        json.dumps({**job, "init_adapter": "lora/versions/v1"}), encoding="utf-8"
+    )
+    assert TrainJob.read(tmp_path / "job.json").init_lora == "lora/versions/v1"
+    result = {
+        "train_examples": 1,
+        "eval_examples": 1,
+        "steps": 1,
+        "eval": {},
+        "adapter_dir": "runs/1/adapter",
+    }
+    (tmp_path / "result.json").write_text(json.dumps(result), encoding="utf-8")
+    assert TrainResult.read(tmp_path / "result.json").lora_dir == "runs/1/adapter"
 
 
 # the restart scenario

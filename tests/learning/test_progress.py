@@ -37,7 +37,7 @@ def run_info(status: RunStatus = RunStatus.RUNNING, **progress: object) -> RunIn
         eval_examples=8,
         eval_loss=0.21 if status is RunStatus.SUCCEEDED else None,
         baseline_loss=10.65 if status is RunStatus.SUCCEEDED else None,
-        adapter_path=None,
+        lora_path=None,
         error=None,
     )
 

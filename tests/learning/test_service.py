@@ -269,7 +269,7 @@ async def test_during_a_trial_a_run_that_passes_the_gate_is_held_and_a_refused_o
     assert engine.calls == ["load_lora:v1"], "no pause (shared), and the engine's default did not move"
     assert records.active_version() is None
     v2 = settings.lora_dir / "versions" / "v2"
-    assert held.adapter_path == str(v2)
+    assert held.lora_path == str(v2)
     assert {"adapter_config.json", "adapter_model.safetensors", "heldout.jsonl"} <= {
         p.name for p in v2.iterdir()
     }
@@ -291,7 +291,7 @@ async def test_during_a_trial_a_run_that_passes_the_gate_is_held_and_a_refused_o
     settings.finetune.promote_margin = 0.99
     refused = await service.run(actor="scheduler", trigger="schedule")
     assert refused is not None and refused.status is RunStatus.REJECTED, refused
-    assert refused.adapter_path == str(settings.lora_dir / "versions" / "v3")
+    assert refused.lora_path == str(settings.lora_dir / "versions" / "v3")
     candidate = records.newest_candidate()
     assert candidate is not None and candidate.name == "v3"
     assert not tried.exists(), "v1, the old candidate, was dropped with its folder"

@@ -230,8 +230,8 @@ async def test_two_teams_each_learn_their_own_facts_and_not_the_others(
         guild_trained = answers_in(guild_files / TRAIN_FILE) | answers_in(guild_files / EVAL_FILE)
         workspace_trained = answers_in(workspace_files / TRAIN_FILE) | answers_in(workspace_files / EVAL_FILE)
         assert guild_trained == guild_answers and workspace_trained == workspace_answers
-        assert not answers_in(Path(workspace_run.adapter_path or "") / HELD_OUT_NAME) & guild_answers
-        assert not answers_in(Path(guild_run.adapter_path or "") / HELD_OUT_NAME) & workspace_answers
+        assert not answers_in(Path(workspace_run.lora_path or "") / HELD_OUT_NAME) & guild_answers
+        assert not answers_in(Path(guild_run.lora_path or "") / HELD_OUT_NAME) & workspace_answers
 
         # each answers its own facts, on its own platform, exactly as trained; and not the other's
         for question, answer in guild_pairs:
