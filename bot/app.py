@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from bot.builtin_commands import finetune_unavailable_command, help_command, reset_command
 from bot.chat import ChatService
 from bot.commands import CommandRegistry, CommandSpec
@@ -42,6 +40,7 @@ from bot.scheduler import BotScheduler
 from bot.settings import Settings
 from bot.store.conversations import ConversationStore, StoredMessage
 from bot.store.db import create_db_engine, migrate
+from bot.store.errors import StoreError
 from bot.summarize import summarize_command
 from bot.texts import language_of
 
@@ -70,11 +69,11 @@ def build_store(settings: Settings) -> ConversationStore:
     refuses) is one ConfigError that says where and what to check, never a traceback."""
     try:
         db = create_db_engine(settings.database_url, echo=settings.store.echo_sql)
-    except (OSError, SQLAlchemyError) as exc:
+    except (OSError, StoreError) as exc:
         raise _unusable_database(settings, exc) from None
     try:
         migrate(db, data_dir=settings.data_dir)
-    except (OSError, SQLAlchemyError) as exc:
+    except (OSError, StoreError) as exc:
         db.dispose()
         raise _unusable_database(settings, exc) from None
     return ConversationStore(db)
@@ -330,7 +329,7 @@ async def recover(core: Core, adapters: Sequence[Adapter]) -> int:
 
     try:
         return await recover_unanswered(core.chat, core.settings, sink_for, platforms=list(by_name))
-    except SQLAlchemyError as exc:
+    except StoreError as exc:
         _log.error("could not look for unanswered messages: %s", type(exc).__name__)
         return 0
 
@@ -350,6 +349,6 @@ async def shutdown(core: Core, adapters: Sequence[Adapter], ops: OpsServer | Non
             await step()
         except Exception:
             _log.exception("%s did not stop cleanly", name)
-    core.store.engine.dispose()
+    core.store.dispose()
     if ops is not None:
         await ops.stop()

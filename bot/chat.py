@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from bot.domain import (
     ConversationKey,
     GenerationRequest,
@@ -38,6 +36,7 @@ from bot.quoting import quote_block
 from bot.reply_saver import StreamingReply
 from bot.settings import Settings
 from bot.store.conversations import ConversationStore, StoredMessage, storable
+from bot.store.errors import StoreError
 from bot.texts import Lang, language_of, say, say_both
 
 _log = logging.getLogger(__name__)
@@ -194,7 +193,7 @@ class ChatService:
         """Run ``work``; a database error ends in one sentence and a log line with ids (no SQL, no text)."""
         try:
             await work
-        except SQLAlchemyError as exc:
+        except StoreError as exc:
             _log.error(
                 "store failed conversation=%s message=%s error=%s",
                 msg.conversation,
@@ -396,7 +395,7 @@ class ChatService:
         """A failed save does not stop the reply: the next one (or the final one) tries again."""
         try:
             await saved.grow(text)
-        except SQLAlchemyError as exc:
+        except StoreError as exc:
             _log.warning(
                 "could not save the reply so far request=%s error=%s", request.request_id, type(exc).__name__
             )

@@ -11,12 +11,10 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select
-
 from bot.permissions import AdminPolicy
 from bot.settings import Settings
 from bot.store.conversations import ConversationStore
-from bot.store.models import Feedback, utcnow
+from bot.store.feedback import FeedbackVotes
 
 _log = logging.getLogger(__name__)
 
@@ -39,6 +37,7 @@ class Reaction:
 class FeedbackBook:
     def __init__(self, settings: Settings, store: ConversationStore) -> None:
         self._store = store
+        self._votes = FeedbackVotes(store)
         self._policy = AdminPolicy(settings)
 
     async def take(self, reaction: Reaction) -> bool:
@@ -71,28 +70,7 @@ class FeedbackBook:
         return changed
 
     def _vote(self, reply_id: int, reaction: Reaction) -> bool:
-        user = reaction.user_id  # the platform's user id
-        with self._store.session() as session, session.begin():
-            row = session.scalar(
-                select(Feedback).where(Feedback.message_id == reply_id, Feedback.user_id == user)
-            )
-            if row is None:
-                session.add(
-                    Feedback(message_id=reply_id, user_id=user, value=reaction.value, created_at=utcnow())
-                )
-                return True
-            if row.value == reaction.value:
-                return False
-            row.value, row.created_at = reaction.value, utcnow()
-            return True
+        return self._votes.cast(reply_id, reaction.user_id, reaction.value)
 
     def _withdraw(self, reply_id: int, reaction: Reaction) -> bool:
-        with self._store.session() as session, session.begin():
-            result = session.execute(
-                delete(Feedback).where(
-                    Feedback.message_id == reply_id,
-                    Feedback.user_id == reaction.user_id,
-                    Feedback.value == reaction.value,
-                )
-            )
-            return bool(getattr(result, "rowcount", 0))
+        return self._votes.withdraw(reply_id, reaction.user_id, reaction.value)

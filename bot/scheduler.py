@@ -28,11 +28,11 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from bot.errors import ConfigError
-from bot.learning.leases import Clock, DbLease, process_identity
 from bot.learning.pruning import PruneLimits, PruneReport, prune_history
 from bot.metrics import Metrics, NullMetrics
 from bot.settings import Settings
 from bot.store.conversations import ConversationStore
+from bot.store.leases import Clock, DbLease, process_identity
 from bot.store.models import utcnow
 
 _log = logging.getLogger(__name__)

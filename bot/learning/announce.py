@@ -16,9 +16,9 @@ from pathlib import Path
 from bot.domain import ConversationKey
 from bot.learning.commands import run_summary
 from bot.learning.progress import LossHistory, RunOrigin
-from bot.learning.records import RunInfo, RunStatus
 from bot.lossplot import loss_curve_png
 from bot.ports import ChannelPoster
+from bot.store.learning_records import RunInfo, RunStatus
 from bot.texts import Lang, say
 
 _log = logging.getLogger(__name__)

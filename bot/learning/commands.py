@@ -12,10 +12,10 @@ from bot.commands import CommandContext, CommandOption, CommandSpec, is_yes
 from bot.domain import CommandReply
 from bot.learning.gate import GateReport, describe
 from bot.learning.progress import LossHistory, RunOrigin, sparkline
-from bot.learning.records import RunInfo, RunStatus, TrialInfo, VersionInfo
 from bot.learning.routing import BadChannelList, channel_scope, parse_channels
 from bot.learning.service import FinetuneService, FinetuneStatus
 from bot.learning.tenants import SHARED
+from bot.store.learning_records import RunInfo, RunStatus, TrialInfo, VersionInfo
 from bot.texts import TEXTS, Lang, say
 
 _log = logging.getLogger(__name__)

@@ -32,13 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
-
 from bot.domain import ConversationKey, MessageStatus, Role
 from bot.learning.redaction import redact
 from bot.settings import Settings
 from bot.store.conversations import ConversationStore
-from bot.store.models import Conversation, Feedback, Message
+from bot.store.learning_data import conversations, scored_turns
 
 _log = logging.getLogger(__name__)
 
@@ -190,7 +188,7 @@ def _all_examples(store: ConversationStore, options: DatasetOptions, counts: Cou
 def _examples_from_store(
     store: ConversationStore, options: DatasetOptions, counts: Counter[str]
 ) -> Iterator[Example]:
-    for conv_id, key, system_prompt in _conversations(store):
+    for conv_id, key, system_prompt in conversations(store):
         turns = _load_turns(store, conv_id, key.platform)
         if options.belongs is not None and not options.belongs(key, _first_speaker(turns)):
             counts["other_tenants_conversations"] += 1
@@ -202,12 +200,6 @@ def _examples_from_store(
         exchanges = _exchanges(turns)
         kept = _without_opted_out(exchanges, options.opted_out_users, counts)
         yield from _examples_from_exchanges(kept, system_prompt or options.system_prompt, options, counts)
-
-
-def _conversations(store: ConversationStore) -> list[tuple[int, ConversationKey, str | None]]:
-    with store.session() as session:
-        rows = session.scalars(select(Conversation).order_by(Conversation.id)).all()
-        return [(c.id, c.key, c.system_prompt) for c in rows]
 
 
 def _first_speaker(turns: Sequence[_Turn]) -> str | None:
@@ -222,28 +214,16 @@ def _is_excluded(key: ConversationKey, patterns: Sequence[str]) -> bool:
 
 
 def _load_turns(store: ConversationStore, conv_id: int, platform: str) -> list[_Turn]:
-    scores = (
-        select(Feedback.message_id, func.sum(Feedback.value).label("score"))
-        .group_by(Feedback.message_id)
-        .subquery()
-    )
-    with store.session() as session:
-        rows = session.execute(
-            select(Message.role, Message.content, Message.author_id, Message.status, scores.c.score)
-            .outerjoin(scores, scores.c.message_id == Message.id)
-            .where(Message.conversation_id == conv_id)
-            .order_by(Message.id)
-        ).all()
     return [
         _Turn(
-            role=Role(role),
-            content=content,
-            author=f"{platform}:{author_id}" if author_id else None,
-            status=MessageStatus(status),
-            score=int(score or 0),
+            role=Role(row.role),
+            content=row.content,
+            author=f"{platform}:{row.author_id}" if row.author_id else None,
+            status=MessageStatus(row.status),
+            score=row.score,
         )
-        for role, content, author_id, status, score in rows
-        if status != MessageStatus.FAILED.value and role != Role.SYSTEM.value
+        for row in scored_turns(store, conv_id)
+        if row.status != MessageStatus.FAILED.value and row.role != Role.SYSTEM.value
     ]
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.domain import ConversationKey
-from bot.learning.records import LearningRecords, RunInfo, RunStatus
+from bot.store.learning_records import LearningRecords, RunInfo, RunStatus
 from bot.texts import Lang
 
 LOSSES_FILE = "losses.json"

@@ -21,17 +21,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, or_, select
-
 from bot.domain import ConversationKey
-from bot.learning.records import PRUNE_TOTAL_LABEL
 from bot.settings import HistorySettings
 from bot.store.conversations import ConversationStore
-from bot.store.models import Conversation, Message, PruneRecord
+from bot.store.learning_data import (
+    TurnAge,
+    conversations_over_limits,
+    prune_conversation,
+    record_prune,
+)
+from bot.store.learning_records import PRUNE_TOTAL_LABEL
 
 _log = logging.getLogger(__name__)
-
-_DELETE_CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -49,15 +50,6 @@ class PruneLimits:
             keep_recent_messages=history.keep_recent_messages,
             keep_recent_tokens=history.keep_recent_tokens,
         )
-
-
-@dataclass(frozen=True)
-class TurnAge:
-    """What pruning needs to know about one stored turn."""
-
-    id: int
-    created_at: datetime
-    token_count: int
 
 
 @dataclass(frozen=True)
@@ -113,41 +105,14 @@ def _conversations_over_limits(
     store: ConversationStore, limits: PruneLimits, now: datetime
 ) -> list[tuple[int, ConversationKey]]:
     """Conversations with a turn older than the age limit, or more turns than the count limit."""
-    per_conversation = (
-        select(Message.conversation_id)
-        .group_by(Message.conversation_id)
-        .having(
-            or_(
-                func.min(Message.created_at) < now - limits.max_age,
-                func.count(Message.id) > limits.max_messages,
-            )
-        )
-    )
-    with store.session() as session:
-        rows = session.scalars(
-            select(Conversation).where(Conversation.id.in_(per_conversation)).order_by(Conversation.id)
-        ).all()
-        return [(c.id, c.key) for c in rows]
+    return conversations_over_limits(store, older_than=now - limits.max_age, max_messages=limits.max_messages)
 
 
 def _prune_conversation(store: ConversationStore, conv_id: int, limits: PruneLimits, now: datetime) -> int:
-    with store.session() as session, session.begin():
-        turns = [
-            TurnAge(id=row[0], created_at=row[1], token_count=row[2] or 0)
-            for row in session.execute(
-                select(Message.id, Message.created_at, Message.token_count)
-                .where(Message.conversation_id == conv_id)
-                .order_by(Message.id.desc())
-            )
-        ]
-        doomed = turns_outside_limits(turns, limits, now)
-        for start in range(0, len(doomed), _DELETE_CHUNK):
-            session.execute(delete(Message).where(Message.id.in_(doomed[start : start + _DELETE_CHUNK])))
-    return len(doomed)
+    return prune_conversation(
+        store, conv_id, lambda newest_first: turns_outside_limits(newest_first, limits, now)
+    )
 
 
 def _record(store: ConversationStore, now: datetime, conv_id: int | None, label: str, removed: int) -> None:
-    with store.session() as session, session.begin():
-        session.add(
-            PruneRecord(ran_at=now, conversation_id=conv_id, conversation_label=label[:255], removed=removed)
-        )
+    record_prune(store, now, conv_id, label, removed)

@@ -43,9 +43,13 @@ from bot.learning.defaults import effective_settings
 from bot.learning.gate import ActiveVersion, GateDecision, GateRules, judge, refuse_small
 from bot.learning.job import TrainJob, TrainResult
 from bot.learning.launch import TrainerLaunch
-from bot.learning.leases import Clock, DbLease, is_dead_local_process, process_identity
 from bot.learning.progress import LossHistory, PhaseClock, RunOrigin
-from bot.learning.records import (
+from bot.learning.routing import LoraRoutes, scope_matches
+from bot.learning.tenants import SHARED, TenantPolicy, TenantRoutes, scope_dataset_options
+from bot.ports import Engine
+from bot.settings import Settings
+from bot.store.conversations import ConversationStore
+from bot.store.learning_records import (
     DeletedTurns,
     LearningRecords,
     PruneSummary,
@@ -55,11 +59,7 @@ from bot.learning.records import (
     TrialInfo,
     VersionInfo,
 )
-from bot.learning.routing import LoraRoutes, scope_matches
-from bot.learning.tenants import SHARED, TenantPolicy, TenantRoutes, scope_dataset_options
-from bot.ports import Engine
-from bot.settings import Settings
-from bot.store.conversations import ConversationStore
+from bot.store.leases import Clock, DbLease, is_dead_local_process, process_identity
 from bot.store.models import utcnow
 
 _log = logging.getLogger(__name__)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from sqlalchemy import text
-
 from bot.learning.service import FinetuneService
 from bot.metrics import EngineLoad
 from bot.ops.prometheus import PrometheusMetrics
@@ -22,8 +20,7 @@ from bot.store.conversations import ConversationStore
 
 def database_check(store: ConversationStore) -> Check:
     def ping() -> bool:
-        with store.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
+        store.ping()
         return True
 
     async def run() -> bool:

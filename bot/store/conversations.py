@@ -317,6 +317,15 @@ class ConversationStore:
         except IntegrityError:
             return False
 
+    def ping(self) -> None:
+        """Return when the database answers a query (the readiness check); raise StoreError otherwise."""
+        with self.engine.connect() as connection:
+            connection.execute(select(1))
+
+    def dispose(self) -> None:
+        """Close the pooled connections (at shutdown)."""
+        self.engine.dispose()
+
     def session(self) -> Session:
         """A session for modules that own their own tables (learning loop, scheduler lock)."""
         return self._sessions()

@@ -4,6 +4,7 @@
   upward, into ``adapters/`` and ``inference/``;
 - adapters and engines never import each other;
 - no import circle anywhere (a graph over all modules of the three packages, of the imports that run);
+- SQL stays in the store: no module outside ``bot/store/`` imports SQLAlchemy;
 - the trainer, a subprocess, is started through its declared entry point (``[project.scripts]``), which the root
   names: no ``python -m inference...`` hidden in a string elsewhere, no PYTHONPATH tricks.
 """
@@ -21,6 +22,8 @@ OUTER = ("adapters", "inference")
 FORBIDDEN_IN_CORE = ("discord", "slack_bolt", "slack_sdk", "torch", "transformers", "peft", "accelerate")
 COMPOSITION_ROOT = "bot/app.py"
 TRAINER_SCRIPT = "hanbot-train"
+STORE = "bot/store"
+DATABASE_LIBRARIES = ("sqlalchemy", "alembic", "psycopg", "sqlite3")
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -162,6 +165,27 @@ def test_only_the_composition_root_imports_upward() -> None:
 
 def test_core_imports_no_platform_sdk_and_no_torch() -> None:
     assert offenders("bot", FORBIDDEN_IN_CORE) == []
+
+
+def test_only_the_store_speaks_sql() -> None:
+    """Persistence is behind the store's ports: every other module of the three packages imports no database
+    library (lazy imports included)."""
+    checked = [path for pkg in PACKAGES for path in sorted((REPO / pkg).rglob("*.py"))]
+    outside = [path for path in checked if not path.relative_to(REPO).as_posix().startswith(STORE + "/")]
+    print(f"\nmodules checked for database imports (outside {STORE}/): {len(outside)}")
+    for path in outside:
+        print("  " + path.relative_to(REPO).as_posix())
+    found = [
+        f"{path.relative_to(REPO).as_posix()} imports {module}"
+        for path in outside
+        for module in sorted(imported_modules(path))
+        if module.split(".")[0] in DATABASE_LIBRARIES
+    ]
+    assert len(outside) > 100 and found == []
+    inside = [path for path in checked if path not in outside]
+    assert any(
+        "sqlalchemy" in imported_modules(path) for path in inside
+    )  # the check sees an import where one is
 
 
 def test_adapters_do_not_import_inference_and_inference_does_not_import_adapters() -> None:

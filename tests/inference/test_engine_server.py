@@ -235,8 +235,8 @@ async def test_the_learning_loop_has_the_server_load_the_version_it_serves(
     server and the version's name as the requests' ``model``."""
     from transformers import LlamaForCausalLM
 
-    from bot.learning.records import LearningRecords
     from bot.learning.service import FinetuneService
+    from bot.store.learning_records import LearningRecords
     from tests.inference.test_fast_lora import save_adapter
 
     settings = load_settings(data_dir=tmp_path / "data", model={"name_or_path": str(demo_model_dir)})

@@ -10,8 +10,8 @@ from sqlalchemy import update
 
 from bot.app import trainer_launch
 from bot.domain import Author, ConversationKey, Role
-from bot.learning.records import LearningRecords, RunOutcomeFields, RunStatus, VersionInfo
 from bot.store.conversations import ConversationStore
+from bot.store.learning_records import LearningRecords, RunOutcomeFields, RunStatus, VersionInfo
 from bot.store.models import Message
 
 TRAINER = trainer_launch()  # the composition root's: the declared trainer entry point, this interpreter

@@ -11,9 +11,9 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from bot.learning.records import LearningRecords
 from bot.learning.service import FinetuneService
 from bot.store.conversations import ConversationStore
+from bot.store.learning_records import LearningRecords
 from tests.learning.conftest import QUICK_FINETUNE
 
 # settings sections for a bot on the demo model whose /finetune run takes seconds and gets past the (loosened) gate

@@ -7,11 +7,11 @@ from datetime import UTC, datetime, timedelta
 from bot.commands import CommandContext, CommandRegistry
 from bot.domain import Author, ConversationKey, Role
 from bot.learning.commands import learning_commands
-from bot.learning.leases import DbLease
-from bot.learning.records import LearningRecords, RunOutcomeFields, RunStatus
 from bot.learning.service import RUN_LEASE, FinetuneService
 from bot.permissions import AdminPolicy
 from bot.store.conversations import ConversationStore
+from bot.store.learning_records import LearningRecords, RunOutcomeFields, RunStatus
+from bot.store.leases import DbLease
 from bot.store.models import PruneRecord
 from tests.learning.conftest import RecordingEngine, SettingsFactory
 

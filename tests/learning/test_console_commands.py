@@ -26,9 +26,9 @@ from bot.learning.dataset import (
     held_out_examples,
     read_examples,
 )
-from bot.learning.records import LearningRecords, RunStatus
 from bot.learning.service import HELD_OUT_NAME
 from bot.settings import Settings, load_settings
+from bot.store.learning_records import LearningRecords, RunStatus
 from bot.store.models import Feedback
 from bot.texts import say, say_both
 from tests.fakes import ScriptedEngine

@@ -15,9 +15,9 @@ from bot.learning.dataset import (
     read_examples,
     split_held_out,
 )
-from bot.learning.records import LearningRecords
 from bot.settings import load_settings
 from bot.store.conversations import ConversationStore
+from bot.store.learning_records import LearningRecords
 from bot.store.models import Feedback
 
 ALICE = Author(id="U-alice", display_name="Alice")

@@ -33,12 +33,12 @@ from bot.learning.commands import render_status
 from bot.learning.dataset import DatasetOptions, build_dataset, read_examples
 from bot.learning.gate import GateReport
 from bot.learning.job import TrainJob
-from bot.learning.records import LearningRecords, RunInfo, RunStatus
 from bot.learning.service import HELD_OUT_NAME, PROJECT_ROOT, FinetuneService
 from bot.ports import Engine
 from bot.settings import Settings, load_settings
 from bot.store.conversations import ConversationStore
 from bot.store.db import create_db_engine, migrate
+from bot.store.learning_records import LearningRecords, RunInfo, RunStatus
 from tests.learning.helpers import TRAINER
 from tests.learning.synthetic import FACTS, clear_messages, seed_facts
 

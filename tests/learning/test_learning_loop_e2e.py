@@ -16,11 +16,11 @@ import pytest
 
 from bot.domain import ChatTurn, GenerationParams, GenerationRequest, Role
 from bot.learning.dataset import DatasetOptions, build_dataset, read_examples
-from bot.learning.records import LearningRecords, RunStatus
 from bot.learning.service import FinetuneService
 from bot.ports import Engine
 from bot.settings import Settings
 from bot.store.conversations import ConversationStore
+from bot.store.learning_records import LearningRecords, RunStatus
 from tests.learning.conftest import SettingsFactory
 from tests.learning.helpers import TRAINER
 from tests.learning.synthetic import FACTS, clear_messages, seed_facts

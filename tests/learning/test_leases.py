@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
-from bot.learning.leases import DbLease
 from bot.store.conversations import ConversationStore
+from bot.store.leases import DbLease
 from tests.learning.helpers import FixedClock
 
 

@@ -20,11 +20,11 @@ import sqlalchemy as sa
 from alembic import command
 
 from bot.learning.paths import from_stored, to_stored
-from bot.learning.records import LearningRecords, RunOutcomeFields, RunStatus
 from bot.learning.service import FinetuneService
 from bot.settings import load_settings
 from bot.store.conversations import ConversationStore
 from bot.store.db import alembic_config, create_db_engine, migrate
+from bot.store.learning_records import LearningRecords, RunOutcomeFields, RunStatus
 from tests.learning.conftest import RecordingEngine
 from tests.learning.helpers import TRAINER
 from tests.learning.synthetic import FACTS, seed_facts

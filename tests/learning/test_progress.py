@@ -14,11 +14,11 @@ from bot.domain import Author, ConversationKey, IncomingMessage
 from bot.learning.announce import RunAnnouncer, announcement, parse_conversation_key
 from bot.learning.commands import render_status
 from bot.learning.progress import MAX_POINTS, LossHistory, RunOrigin, expected_back, sparkline
-from bot.learning.records import LearningRecords, RunInfo, RunOutcomeFields, RunStatus
 from bot.learning.service import FinetuneStatus
 from bot.lossplot import png_size
 from bot.settings import load_settings
 from bot.store.conversations import ConversationStore
+from bot.store.learning_records import LearningRecords, RunInfo, RunOutcomeFields, RunStatus
 from tests.fakes import RecordingSink, ScriptedEngine
 
 NOW = datetime(2026, 12, 5, 17, 0, tzinfo=UTC)

@@ -8,8 +8,8 @@ from sqlalchemy import select
 
 from bot.domain import Author, ConversationKey, Role
 from bot.learning.pruning import PruneLimits, TurnAge, protected_tail, prune_history, turns_outside_limits
-from bot.learning.records import LearningRecords
 from bot.store.conversations import ConversationStore
+from bot.store.learning_records import LearningRecords
 from bot.store.models import Message, PruneRecord
 from tests.learning.helpers import FixedClock, add_turn
 

@@ -10,9 +10,9 @@ import pytest
 
 from bot.domain import ConversationKey
 from bot.learning.commands import render_status
-from bot.learning.records import LearningRecords, RunStatus
 from bot.learning.service import FinetuneService
 from bot.store.conversations import ConversationStore
+from bot.store.learning_records import LearningRecords, RunStatus
 from tests.learning.conftest import RecordingEngine, SettingsFactory
 from tests.learning.helpers import TRAINER
 from tests.learning.synthetic import FACTS, seed_facts
@@ -221,8 +221,8 @@ async def test_a_bot_that_crashed_and_restarted_at_once_fails_its_old_run(
     import socket
     from datetime import timedelta
 
-    from bot.learning.leases import DbLease
     from bot.learning.service import RUN_LEASE
+    from bot.store.leases import DbLease
 
     gone = await asyncio.create_subprocess_exec("true")
     await gone.wait()

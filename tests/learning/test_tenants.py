@@ -14,12 +14,12 @@ from bot.domain import BASE_MODEL, Author, ConversationKey, IncomingMessage, Rol
 from bot.errors import ConfigError
 from bot.learning.commands import learning_commands
 from bot.learning.dataset import EVAL_FILE, TRAIN_FILE, author_tag, build_dataset, read_examples
-from bot.learning.records import LearningRecords, RunOutcomeFields, RunStatus, VersionInfo
 from bot.learning.service import HELD_OUT_NAME, FinetuneService
 from bot.learning.tenants import SHARED, TenantPolicy, scope_dataset_options
 from bot.permissions import AdminPolicy
 from bot.settings import Settings, load_settings
 from bot.store.conversations import ConversationStore
+from bot.store.learning_records import LearningRecords, RunOutcomeFields, RunStatus, VersionInfo
 from tests.fakes import RecordingSink
 from tests.learning.conftest import RecordingEngine
 

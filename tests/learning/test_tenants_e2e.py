@@ -23,12 +23,12 @@ from bot.app import build_core
 from bot.domain import Author, ConversationKey, MessageStatus, Role
 from bot.learning import service as service_module
 from bot.learning.dataset import EVAL_FILE, TRAIN_FILE, build_dataset, read_examples
-from bot.learning.records import RunStatus
 from bot.learning.service import HELD_OUT_NAME
 from bot.learning.tenants import scope_dataset_options
 from bot.settings import Settings, load_settings
 from bot.store.conversations import ConversationStore
 from bot.store.db import create_db_engine, migrate
+from bot.store.learning_records import RunStatus
 from tests.discord.conftest import fake_discord  # noqa: F401  (the loopback Discord, a fixture)
 from tests.discord.fake_discord import FakeDiscord, FakeUser, iter_bot_texts
 from tests.discord.test_commands import run as discord_command

@@ -19,12 +19,12 @@ from bot.commands import CommandContext, CommandRegistry
 from bot.domain import BASE_MODEL, Author, ConversationKey, IncomingMessage
 from bot.errors import ConfigError, EngineError
 from bot.learning.commands import learning_commands
-from bot.learning.records import LearningRecords
 from bot.learning.routing import BadChannelList, parse_channels
 from bot.learning.service import FinetuneService
 from bot.permissions import AdminPolicy
 from bot.settings import EngineSettings, Settings, load_settings
 from bot.store.conversations import ConversationStore
+from bot.store.learning_records import LearningRecords
 from tests.fakes import RecordingSink
 from tests.learning.conftest import RecordingEngine
 from tests.learning.helpers import TRAINER, seed_versions
