@@ -23,12 +23,14 @@ from bot.chat import ChatService
 from bot.commands import CommandRegistry, CommandSpec
 from bot.domain import ConversationKey
 from bot.errors import ConfigError
+from bot.feedback import FeedbackBook
 from bot.learning.announce import RunAnnouncer
 from bot.learning.commands import learning_commands
 from bot.learning.launch import TrainerLaunch
 from bot.learning.progress import back_estimate
 from bot.learning.service import FinetuneService
 from bot.masking import mask_text, mask_url
+from bot.metrics import Metrics
 from bot.ops.probes import database_check, engine_check, platform_check, register_refreshers
 from bot.ops.prometheus import PrometheusMetrics
 from bot.ops.server import Check, OpsServer
@@ -38,6 +40,7 @@ from bot.ports import Adapter, ChannelPoster, Engine, ReplySink
 from bot.recovery import recover_unanswered
 from bot.scheduler import BotScheduler
 from bot.settings import Settings
+from bot.store.async_store import AsyncStore
 from bot.store.conversations import ConversationStore, StoredMessage
 from bot.store.db import create_db_engine, migrate
 from bot.store.errors import StoreError
@@ -46,6 +49,8 @@ from bot.texts import language_of
 
 if TYPE_CHECKING:
     from adapters.console import ConsoleAdapter
+    from adapters.discord.adapter import DiscordAdapter
+    from adapters.slack.adapter import SlackAdapter
 
 _log = logging.getLogger(__name__)
 
@@ -248,16 +253,32 @@ def build_adapters(
     adapters: list[Adapter] = []
     for platform in platforms:
         if platform == "discord":
-            from adapters.discord.adapter import DiscordAdapter
-
-            adapters.append(DiscordAdapter(settings, store, metrics=metrics))
+            adapters.append(discord_adapter(settings, store, metrics=metrics))
         elif platform == "slack":
-            from adapters.slack.adapter import SlackAdapter
-
-            adapters.append(SlackAdapter(settings, store, metrics=metrics))
+            adapters.append(slack_adapter(settings, store, metrics=metrics))
         else:
             raise ValueError(f"unknown platform {platform!r}")
     return adapters
+
+
+def discord_adapter(
+    settings: Settings, store: ConversationStore, *, metrics: Metrics | None = None, **options: Any
+) -> DiscordAdapter:
+    """Discord gets where reactions go, nothing else of the store."""
+    from adapters.discord.adapter import DiscordAdapter
+
+    return DiscordAdapter(settings, FeedbackBook(settings, store), metrics=metrics, **options)
+
+
+def slack_adapter(
+    settings: Settings, store: ConversationStore, *, metrics: Metrics | None = None, **options: Any
+) -> SlackAdapter:
+    """Slack gets its delivery log, whether the bot is in a thread, and where reactions go."""
+    from adapters.slack.adapter import SlackAdapter
+
+    db = AsyncStore(store)
+    feedback = FeedbackBook(settings, store)
+    return SlackAdapter(settings, deliveries=db, presence=db, feedback=feedback, metrics=metrics, **options)
 
 
 async def start_ops(

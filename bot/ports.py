@@ -1,4 +1,5 @@
-"""The small interfaces between the core and the outside: engines, reply sinks, adapters.
+"""The small interfaces between the core and the outside: engines, reply sinks, adapters, and the few parts of the
+store an adapter uses (a delivery log, whether the bot is in a conversation, where reactions go).
 
 Each is a Protocol of a few methods, so a fake satisfies it without inheritance.
 """
@@ -20,6 +21,7 @@ from bot.domain import (
 
 if TYPE_CHECKING:
     from bot.commands import CommandRegistry
+    from bot.feedback import Reaction
     from bot.texts import Lang
 
 
@@ -123,6 +125,29 @@ class ChannelPoster(Protocol):
 
     async def post_file(self, conversation: ConversationKey, text: str, path: Path | None = None) -> bool:
         """True when posted; False when the conversation cannot be reached (the adapter logs why)."""
+        ...
+
+
+class DeliveryLog(Protocol):
+    """Which platform deliveries were taken already (a platform that redelivers: Slack's retries). Durable and shared
+    by every process (``bot.store.async_store.AsyncStore``)."""
+
+    async def first_delivery(self, platform: str, delivery_id: str) -> bool:
+        """Record ``delivery_id``: True the first time, False for a repeat."""
+        ...
+
+
+class ConversationPresence(Protocol):
+    """Whether the bot takes part in a conversation already (it has stored turns there)."""
+
+    async def has_turns(self, key: ConversationKey) -> bool: ...
+
+
+class FeedbackRecorder(Protocol):
+    """Where 👍/👎 reactions on the bot's replies go (``bot.feedback.FeedbackBook``)."""
+
+    async def take(self, reaction: Reaction) -> bool:
+        """Record (or withdraw) the vote; whether a vote changed."""
         ...
 
 

@@ -28,11 +28,9 @@ from adapters.discord.sink import MESSAGE_LIMIT, DiscordReplySink
 from bot.commands import CommandRegistry
 from bot.domain import ConversationKey, QuotedMessage
 from bot.errors import ConfigError
-from bot.feedback import FeedbackBook
 from bot.metrics import Metrics, NullMetrics
-from bot.ports import HistoryError, MessageHandler, ReplySink
+from bot.ports import FeedbackRecorder, HistoryError, MessageHandler, ReplySink
 from bot.settings import Settings
-from bot.store.conversations import ConversationStore
 from bot.texts import Lang
 from bot.textsplit import split_message
 
@@ -79,13 +77,13 @@ class DiscordAdapter:
     def __init__(
         self,
         settings: Settings,
-        store: ConversationStore | None = None,
+        feedback: FeedbackRecorder | None = None,
         *,
         guild_ready_timeout: float = 2.0,
         metrics: Metrics | None = None,
     ) -> None:
-        """``store``: where 👍/👎 on the bot's replies are recorded (``bot.feedback``); without it they are ignored.
-        The core stores every turn.
+        """``feedback``: where 👍/👎 on the bot's replies are recorded (``bot.feedback.FeedbackBook``); without it they
+        are ignored. The adapter has no store: the core stores every turn.
 
         ``guild_ready_timeout``: how long discord.py waits for guilds after READY (tests shorten it).
         """
@@ -104,7 +102,7 @@ class DiscordAdapter:
         self._handler: MessageHandler | None = None
         self._connection: asyncio.Task[None] | None = None
         self._replies: set[asyncio.Task[Any]] = set()
-        self._feedback = FeedbackBook(settings, store) if store is not None else None
+        self._feedback = feedback
 
     @property
     def client(self) -> discord.Client:

@@ -45,11 +45,9 @@ from adapters.slack.users import UserDirectory
 from bot.commands import CommandRegistry
 from bot.domain import ConversationKey, QuotedMessage, SharedFile
 from bot.errors import ConfigError
-from bot.feedback import FeedbackBook
 from bot.metrics import Metrics, NullMetrics
-from bot.ports import MessageHandler, ReplySink
+from bot.ports import ConversationPresence, DeliveryLog, FeedbackRecorder, MessageHandler, ReplySink
 from bot.settings import Settings
-from bot.store.conversations import ConversationStore
 from bot.texts import Lang
 
 _log = logging.getLogger(__name__)
@@ -74,13 +72,17 @@ class SlackAdapter:
     def __init__(
         self,
         settings: Settings,
-        store: ConversationStore,
-        client: AsyncWebClient | None = None,
         *,
+        deliveries: DeliveryLog,
+        presence: ConversationPresence,
+        feedback: FeedbackRecorder,
+        client: AsyncWebClient | None = None,
         metrics: Metrics | None = None,
     ) -> None:
+        """``deliveries``: the delivery ids taken (exactly once across retries and processes); ``presence``: whether
+        the bot is in a thread already; ``feedback``: where 👍/👎 on its replies go. The core stores every turn."""
         self._settings = settings.slack
-        self._store = store
+        self._presence = presence
         self._app_token, self._signing_secret = _check_tokens(settings)
         if client is None:
             token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else ""
@@ -90,8 +92,8 @@ class SlackAdapter:
         self._metrics = metrics or NullMetrics()
         self._session: aiohttp.ClientSession | None = None  # ours, with the API-call trace
         self._users = UserDirectory(client)
-        self._dedupe = DeliveryDedupe(store)
-        self._feedback = FeedbackBook(settings, store)
+        self._dedupe = DeliveryDedupe(deliveries)
+        self._feedback = feedback
         self._max_file_bytes = settings.chat.max_file_bytes
         self._pacer = UpdatePacer(
             min_interval_s=self._settings.update_interval_s,
@@ -271,7 +273,7 @@ class SlackAdapter:
 
     async def _takes_part(self, message: SlackMessage) -> bool:
         """Whether the bot answers in this thread already (a conversation with turns in the store)."""
-        return await asyncio.to_thread(self._store.count_messages, message.conversation) > 0
+        return await self._presence.has_turns(message.conversation)
 
     async def _take(self, message: SlackMessage) -> None:
         if not await self._dedupe.first_time_message(message.message_id):

@@ -2,14 +2,13 @@
 as a channel ``message``, with two event ids). A slash command is run once per ``trigger_id`` (each invocation has
 its own), so a signed request replayed within its five minutes does nothing (a second rollback).
 
-Each delivery's ``event_id`` is recorded in the store (a unique key: it holds across restarts and processes) before
-any work; a repeat is answered 200 so Slack stops retrying. A retry of a delivery that never arrived is not a repeat,
+Each delivery's ``event_id`` is recorded in the delivery log (``bot.ports.DeliveryLog``: a unique key in the
+store, so it holds across restarts and processes) before any work; a repeat is answered 200 so Slack stops retrying. A retry of a delivery that never arrived is not a repeat,
 so it is taken. Messages are also taken once by ``(channel, ts)``, whichever event brings them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -18,14 +17,14 @@ from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.response import BoltResponse
 
 from adapters.slack.events import PLATFORM
-from bot.store.conversations import ConversationStore
+from bot.ports import DeliveryLog
 
 _log = logging.getLogger(__name__)
 
 
 class DeliveryDedupe:
-    def __init__(self, store: ConversationStore) -> None:
-        self._store = store
+    def __init__(self, deliveries: DeliveryLog) -> None:
+        self._deliveries = deliveries
 
     async def middleware(
         self,
@@ -63,7 +62,7 @@ class DeliveryDedupe:
         return await self._first(f"message:{message_id}")
 
     async def _first(self, key: str) -> bool:
-        return await asyncio.to_thread(self._store.record_event, PLATFORM, key)
+        return await self._deliveries.first_delivery(PLATFORM, key)
 
 
 def _header(request: AsyncBoltRequest, name: str) -> str:

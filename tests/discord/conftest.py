@@ -13,7 +13,7 @@ import pytest
 import yarl
 
 from adapters.discord import DiscordAdapter
-from bot.app import announce_runs, build_commands, build_core
+from bot.app import announce_runs, build_commands, build_core, discord_adapter
 from bot.chat import ChatService
 from bot.domain import ConversationKey
 from bot.learning.commands import learning_commands
@@ -109,7 +109,7 @@ async def start_bot(tmp_path: Path, fake_discord: FakeDiscord) -> AsyncIterator[
                 if spec.name == "forget-me"
             ]
             commands = build_commands(settings, store, engine, chat=chat, extra=forget_me)
-        adapter = DiscordAdapter(settings, store, guild_ready_timeout=0.05, metrics=metrics)
+        adapter = discord_adapter(settings, store, guild_ready_timeout=0.05, metrics=metrics)
         if core is not None:
             announce_runs(core, [adapter])  # as bot.app.serve does
         await adapter.start(handler or chat.handle, commands)

@@ -17,9 +17,7 @@ from typing import Any
 
 import pytest
 
-from adapters.discord import DiscordAdapter
-from adapters.slack import SlackAdapter
-from bot.app import build_core
+from bot.app import build_core, discord_adapter, slack_adapter
 from bot.domain import Author, ConversationKey, MessageStatus, Role
 from bot.learning import service as service_module
 from bot.learning.dataset import EVAL_FILE, TRAIN_FILE, build_dataset, read_examples
@@ -76,8 +74,8 @@ class Bot:
         self.settings, self.store, self.discord, self.slack = settings, store, discord, slack
         self.engine = LocalEngine.from_settings(settings)
         self.core = build_core(settings, engine=self.engine, store=store)
-        self.discord_adapter = DiscordAdapter(settings, store, guild_ready_timeout=0.05)
-        self.slack_adapter = SlackAdapter(settings, store)
+        self.discord_adapter = discord_adapter(settings, store, guild_ready_timeout=0.05)
+        self.slack_adapter = slack_adapter(settings, store)
         self.slack_poster = SlackBot(settings, slack, store=store, adapter=self.slack_adapter)
         self._asked = 0
 

@@ -16,7 +16,7 @@ import aiohttp
 from slack_sdk.signature import SignatureVerifier
 
 from adapters.slack import SlackAdapter
-from bot.app import announce_runs, build_commands, build_core
+from bot.app import announce_runs, build_commands, build_core, slack_adapter
 from bot.chat import ChatService
 from bot.domain import ConversationKey
 from bot.learning.service import FinetuneService
@@ -79,7 +79,7 @@ class SlackBot:
                 settings=self.settings, store=self.store, engine=self.engine, metrics=self.metrics
             )
             commands = build_commands(self.settings, self.store, self.engine, chat=chat)
-        self.adapter = SlackAdapter(self.settings, self.store, metrics=self.metrics)
+        self.adapter = slack_adapter(self.settings, self.store, metrics=self.metrics)
         if core is not None:
             announce_runs(core, [self.adapter])  # as bot.app.serve does
         await self.adapter.start(chat.handle, commands)

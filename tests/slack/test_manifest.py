@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from adapters.slack.adapter import BOT_EVENTS, SlackAdapter
+from adapters.slack.adapter import BOT_EVENTS
 from adapters.slack.files import SCOPE as FILES_SCOPE
 from adapters.slack.history import SCOPES as HISTORY_SCOPES
 from adapters.slack.uploads import SCOPE as UPLOAD_SCOPE
-from bot.app import build_core
+from bot.app import build_core, slack_adapter
 from bot.settings import load_settings
 from tests.fakes import ScriptedEngine
 
@@ -51,7 +51,7 @@ def test_the_manifest_subscribes_to_the_events_the_adapter_listens_to_with_their
 ):
     manifest = yaml.safe_load(MANIFEST.read_text(encoding="utf-8"))
     settings = load_settings(data_dir=tmp_path / "data", scheduler={"enabled": False})
-    listened = set(SlackAdapter(settings, sqlite_store).listeners())
+    listened = set(slack_adapter(settings, sqlite_store).listeners())
 
     assert {event.split(".")[0] for event in BOT_EVENTS} == listened, "every listener has its subscriptions"
     assert set(manifest["settings"]["event_subscriptions"]["bot_events"]) == set(BOT_EVENTS)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from adapters.slack import SlackAdapter
+from bot.app import slack_adapter
 from bot.domain import ConversationKey
 from bot.errors import ConfigError
 from bot.texts import say
@@ -74,4 +74,4 @@ def test_a_missing_token_is_named_at_construction(tmp_path, fake_slack, sqlite_s
     monkeypatch.delenv("SLACK_APP_TOKEN")
 
     with pytest.raises(ConfigError, match="SLACK_APP_TOKEN"):
-        SlackAdapter(make_settings(tmp_path, fake_slack, mode="socket"), sqlite_store)
+        slack_adapter(make_settings(tmp_path, fake_slack, mode="socket"), sqlite_store)
