@@ -35,6 +35,7 @@ from bot.prompt import BuiltPrompt, PromptTooLong, build_prompt, speaker_turn, t
 from bot.quoting import quote_block
 from bot.reply_saver import StreamingReply
 from bot.settings import Settings
+from bot.store.async_store import AsyncStore
 from bot.store.conversations import ConversationStore, StoredMessage, storable
 from bot.store.errors import StoreError
 from bot.texts import Lang, language_of, say, say_both
@@ -84,7 +85,8 @@ class ChatService:
     ) -> None:
         self._settings = settings
         self._back_at = back_at
-        self._store = store
+        self._store = store  # synchronous: for work already on a worker thread (building a prompt)
+        self._db = AsyncStore(store)  # everything the event loop asks of the store
         self._engine = engine
         self._lora_for = lora_for
         self._metrics = metrics or NullMetrics()
@@ -97,6 +99,11 @@ class ChatService:
     @property
     def store(self) -> ConversationStore:
         return self._store
+
+    @property
+    def db(self) -> AsyncStore:
+        """The store's async API (one thread hop per operation)."""
+        return self._db
 
     async def handle(self, msg: IncomingMessage, sink: ReplySink) -> None:
         """Answer one message. Never raises for expected failures: the user gets a sentence instead."""
@@ -183,7 +190,7 @@ class ChatService:
 
     async def _empty_message_hint(self, msg: IncomingMessage) -> str:
         """A bare mention says nothing of its writer's language: take it from their last turns here, else both."""
-        recent = await asyncio.to_thread(self._store.history, msg.conversation, limit=EMPTY_HINT_LOOKBACK)
+        recent = await self._db.history(msg.conversation, limit=EMPTY_HINT_LOOKBACK)
         own = [m.content for m in recent if m.role is Role.USER and m.author_id == msg.author.id]
         return say("chat.empty", language_of(own[-1])) if own else say_both("chat.empty")
 
@@ -211,7 +218,7 @@ class ChatService:
         """Stop any reply in progress in this conversation and delete its turns (the /reset command)."""
         await self.cancel(key)
         self._trim_noticed.discard(key)
-        return await asyncio.to_thread(self._store.reset, key, actor=actor)
+        return await self._db.reset(key, actor=actor)
 
     async def cancel(self, key: ConversationKey) -> None:
         tasks = [t for t in self._active.get(key, set()) if t is not asyncio.current_task()]
@@ -224,16 +231,19 @@ class ChatService:
 
     async def _store_user_turn(self, msg: IncomingMessage, text: str) -> StoredMessage | None:
         """Store the turn first, before the tokenizer or the model sees it (``_count_user_turn`` follows)."""
-        quote = await asyncio.to_thread(self._quote_for, msg)
-        stored = await asyncio.to_thread(
-            self._store.add_message,
-            msg.conversation,
-            Role.USER,
-            text,
-            author=msg.author,
-            platform_message_id=msg.message_id,
-            quoted=storable(quote) if quote else quote,
-        )
+
+        def store_turn(store: ConversationStore) -> StoredMessage | None:
+            quote = self._quote_for(msg)  # the earlier messages it replies to, from the history
+            return store.add_message(
+                msg.conversation,
+                Role.USER,
+                text,
+                author=msg.author,
+                platform_message_id=msg.message_id,
+                quoted=storable(quote) if quote else quote,
+            )
+
+        stored = await self._db.run(store_turn)  # one operation, one thread hop
         if stored is not None:
             _log.info(
                 "message stored conversation=%s message=%s author=%s chars=%d quoted=%d",
@@ -241,7 +251,7 @@ class ChatService:
                 msg.message_id,
                 msg.author.id,
                 len(text),
-                len(quote or ""),
+                len(stored.quoted or ""),
             )
         return stored
 
@@ -261,10 +271,10 @@ class ChatService:
                 msg.message_id,
                 type(exc).__name__,
             )
-            await asyncio.to_thread(self._store.update_message, user_turn.id, status=MessageStatus.FAILED)
+            await self._db.update_message(user_turn.id, status=MessageStatus.FAILED)
             await sink.send(say("chat.unreadable", lang))
             return None
-        await asyncio.to_thread(self._store.update_message, user_turn.id, token_count=tokens)
+        await self._db.update_message(user_turn.id, token_count=tokens)
         return tokens
 
     def _quote_for(self, msg: IncomingMessage) -> str | None:
@@ -279,7 +289,7 @@ class ChatService:
         try:
             prompt = await asyncio.to_thread(self._build_prompt, msg, user_turn)
         except PromptTooLong as exc:
-            await asyncio.to_thread(self._store.update_message, user_turn.id, status=MessageStatus.FAILED)
+            await self._db.update_message(user_turn.id, status=MessageStatus.FAILED)
             _log.info(
                 "message too long conversation=%s message=%s tokens=%d",
                 msg.conversation,
@@ -302,7 +312,7 @@ class ChatService:
         clock = tally.clock
         reply = _Reply(clock)
         saved = StreamingReply(
-            self._store,
+            self._db,
             msg.conversation,
             answers=user_turn.id,
             tokenizer=self._engine.tokenizer,
@@ -431,7 +441,7 @@ class ChatService:
         if reply.text:
             await self._store_reply(msg, saved, reply.text, MessageStatus.INCOMPLETE, sink)
         else:  # never answered: kept, but out of the prompts (and not answered again after a restart)
-            await asyncio.to_thread(self._store.update_message, user_turn.id, status=MessageStatus.FAILED)
+            await self._db.update_message(user_turn.id, status=MessageStatus.FAILED)
         text = await self._maintenance_text(lang) if isinstance(exc, EnginePaused) else say(key, lang)
         try:
             await sink.send(text)
@@ -461,7 +471,7 @@ class ChatService:
         platform messages that show it (👍/👎 on them are feedback, ``bot.feedback``)."""
         await saved.finish(text, status)
         if saved.message_id is not None and sink.posted:
-            await asyncio.to_thread(self._store.link_posts, saved.message_id, msg.platform, sink.posted)
+            await self._db.link_posts(saved.message_id, msg.platform, sink.posted)
         _log.info(
             "reply stored conversation=%s message=%s status=%s chars=%d",
             msg.conversation,

@@ -15,6 +15,7 @@ from bot.domain import ChatTurn, CommandReply, Role
 from bot.ports import Engine
 from bot.prompt import turn_cost
 from bot.settings import Settings
+from bot.store.async_store import AsyncStore
 from bot.store.conversations import ConversationStore
 from bot.texts import say
 
@@ -28,17 +29,18 @@ MAX_SHARE_OF_BUDGET = 0.5  # a persona may take at most this share of the prompt
 
 def persona_command(settings: Settings, store: ConversationStore, engine: Engine) -> CommandSpec:
     budget = _Budget(settings, engine)
+    db = AsyncStore(store)
 
     async def persona(ctx: CommandContext) -> CommandReply:
         action = (ctx.args.get("action") or "show").strip().lower()
         if action == "set":
-            return await _set(ctx, store, budget)
+            return await _set(ctx, db, budget)
         if action == "clear":
-            await asyncio.to_thread(store.set_system_prompt, ctx.conversation, None)
+            await db.set_system_prompt(ctx.conversation, None)
             tokens = await asyncio.to_thread(budget.cost, settings.model.system_prompt)
             return CommandReply(say("cmd.persona.cleared", ctx.lang, tokens=tokens))
         if action == "show":
-            return await _show(ctx, store, settings, budget)
+            return await _show(ctx, db, settings, budget)
         return CommandReply(say("cmd.persona.usage", ctx.lang))
 
     return CommandSpec(
@@ -72,21 +74,19 @@ class _Budget:
         return turn_cost(ChatTurn(Role.SYSTEM, prompt), self._engine.tokenizer)
 
 
-async def _set(ctx: CommandContext, store: ConversationStore, budget: _Budget) -> CommandReply:
+async def _set(ctx: CommandContext, store: AsyncStore, budget: _Budget) -> CommandReply:
     text = (ctx.args.get("text") or "").strip()
     if not text:
         return CommandReply(say("cmd.persona.empty", ctx.lang))
     tokens = await asyncio.to_thread(budget.cost, text)
     if tokens > budget.most:
         return CommandReply(say("cmd.persona.too_long", ctx.lang, tokens=tokens, most=budget.most))
-    await asyncio.to_thread(store.set_system_prompt, ctx.conversation, text)
+    await store.set_system_prompt(ctx.conversation, text)
     return CommandReply(say("cmd.persona.set", ctx.lang, tokens=tokens, budget=budget.total))
 
 
-async def _show(
-    ctx: CommandContext, store: ConversationStore, settings: Settings, budget: _Budget
-) -> CommandReply:
-    own = await asyncio.to_thread(store.system_prompt, ctx.conversation)
+async def _show(ctx: CommandContext, store: AsyncStore, settings: Settings, budget: _Budget) -> CommandReply:
+    own = await store.system_prompt(ctx.conversation)
     prompt = own or settings.model.system_prompt
     tokens = await asyncio.to_thread(budget.cost, prompt)
     key = "cmd.persona.show" if own else "cmd.persona.show_default"

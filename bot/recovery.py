@@ -10,7 +10,6 @@ repeat it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
@@ -35,12 +34,12 @@ async def recover_unanswered(
     """Answer or notify each conversation on ``platforms`` left with unanswered turns; returns how many.
 
     First, replies a stopped process left streaming are marked incomplete (they are shown as such from now on)."""
-    await asyncio.to_thread(chat.store.settle_interrupted)
+    await chat.db.settle_interrupted()
     window = settings.chat.recovery_window_min
     if window <= 0:
         return 0
     since = utcnow() - timedelta(minutes=window)
-    found = await asyncio.to_thread(chat.store.unanswered_since, since)
+    found = await chat.db.unanswered_since(since)
     handled = 0
     for key, group in groupby(found, key=lambda pair: pair[0]):
         if key.platform not in platforms:
@@ -67,10 +66,7 @@ async def recover_unanswered(
 
 
 async def _claim(chat: ChatService, key: ConversationKey, turns: list[StoredMessage]) -> bool:
-    claimed = [
-        await asyncio.to_thread(chat.store.record_event, key.platform, f"recovered:{turn.id}")
-        for turn in turns
-    ]
+    claimed = [await chat.db.first_delivery(key.platform, f"recovered:{turn.id}") for turn in turns]
     return claimed[-1]
 
 

@@ -9,7 +9,6 @@ the next start marks it incomplete (``ConversationStore.settle_interrupted``).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from collections.abc import Callable
 from bot.domain import ChatTurn, ConversationKey, MessageStatus, Role
 from bot.ports import ChatTokenizer
 from bot.prompt import turn_cost
-from bot.store.conversations import ConversationStore
+from bot.store.async_store import AsyncStore
 
 _log = logging.getLogger(__name__)
 
@@ -25,7 +24,7 @@ _log = logging.getLogger(__name__)
 class StreamingReply:
     def __init__(
         self,
-        store: ConversationStore,
+        store: AsyncStore,
         key: ConversationKey,
         *,
         answers: int,
@@ -66,8 +65,7 @@ class StreamingReply:
 
     async def _save(self, text: str, status: MessageStatus, tokens: int | None = None) -> None:
         if self._id is None:
-            stored = await asyncio.to_thread(
-                self._store.add_message,
+            stored = await self._store.add_message(
                 self._key,
                 Role.ASSISTANT,
                 text,
@@ -78,7 +76,5 @@ class StreamingReply:
             assert stored is not None, "a reply has no platform id, so it is never a duplicate"
             self._id = stored.id
         else:
-            await asyncio.to_thread(
-                self._store.update_message, self._id, content=text, status=status, token_count=tokens
-            )
+            await self._store.update_message(self._id, content=text, status=status, token_count=tokens)
         self._saved, self._saved_at = text, self._clock()

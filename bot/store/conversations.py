@@ -1,6 +1,7 @@
 """The conversation store: each channel's turns, with who said them and whether the reply finished.
 
-Synchronous and thread-safe (one short transaction per call); async callers use ``asyncio.to_thread``.
+Synchronous and thread-safe (one short transaction per call); async callers await ``bot.store.async_store.AsyncStore``
+(one thread hop per operation).
 """
 
 from __future__ import annotations
