@@ -48,6 +48,7 @@ from bot.learning.routing import LoraRoutes, scope_matches
 from bot.learning.tenants import SHARED, TenantPolicy, TenantRoutes, scope_dataset_options
 from bot.ports import Engine
 from bot.settings import Settings
+from bot.store.async_learning_records import AsyncLearningRecords
 from bot.store.conversations import ConversationStore
 from bot.store.learning_records import (
     DeletedTurns,
@@ -164,6 +165,7 @@ class FinetuneService:
         self._store = store
         self._engine = engine
         self._records = LearningRecords(store, data_dir=settings.data_dir)
+        self._db = AsyncLearningRecords(self._records)
         self._holder = holder or process_identity()
         self._lease = DbLease(
             store,
@@ -204,6 +206,10 @@ class FinetuneService:
     def records_for(self, tenant: str) -> LearningRecords:
         """The rows of one learning scope (``SHARED`` or a team with its own version)."""
         return self._records if tenant == SHARED else self._records.for_tenant(tenant)
+
+    def db_for(self, tenant: str) -> AsyncLearningRecords:
+        """The same rows' async API (one thread hop per operation)."""
+        return self._db if tenant == SHARED else AsyncLearningRecords(self.records_for(tenant))
 
     def scope_for(self, key: ConversationKey, user_id: str | None = None) -> str | None:
         """Whose versions serve a conversation and learn from it: SHARED, the team's own, or None (the base)."""
@@ -263,7 +269,7 @@ class FinetuneService:
     async def _sync_own_default(self, scope: str) -> None:
         """A team's own active version: loaded into the engine and routed to its conversations (the base model
         while it has none, or when its folder is missing or cannot be loaded)."""
-        active = await asyncio.to_thread(self.records_for(scope).active_version)
+        active = await self.db_for(scope).active_version()
         async with self._switch_lock:
             wanted = active.name if active else None
             if wanted == self._tenant_routes.active(scope) and (wanted is None or wanted in self._loaded):
@@ -287,7 +293,7 @@ class FinetuneService:
             _log.info("tenant %s: serving LoRA %s", scope, wanted or "(base)")
 
     async def _sync_default(self) -> None:
-        active = await asyncio.to_thread(self._records.active_version)
+        active = await self._db.active_version()
         present = active is not None and await asyncio.to_thread(Path(active.path).is_dir)
         async with self._switch_lock:
             wanted = active.name if active else None
@@ -326,8 +332,8 @@ class FinetuneService:
             self._tenant_routes.set_trial(scope, version, scopes)
 
     async def _sync_trial(self, scope: str = SHARED) -> None:
-        records = self.records_for(scope)
-        trial = await asyncio.to_thread(records.open_trial)
+        records = self.db_for(scope)
+        trial = await records.open_trial()
         async with self._switch_lock:
             wanted = (trial.version.name, trial.scopes) if trial else None
             if wanted == self._trial_served(scope):
@@ -338,7 +344,7 @@ class FinetuneService:
                     trial.version.name,
                     trial.version.path,
                 )
-                await asyncio.to_thread(records.end_trial, reason="missing", actor="bot")
+                await records.end_trial(reason="missing", actor="bot")
                 self._set_trial(scope, None)
                 return
             if trial is not None:
@@ -357,12 +363,12 @@ class FinetuneService:
         names = self._routes.configured_versions
         if not names:
             return
-        known = await asyncio.to_thread(self._records.versions_named, names)
+        known = await self._db.versions_named(names)
         unknown = sorted(names - set(known))
         if unknown:
             raise ConfigError(
                 f"finetune.version_routes names version(s) {', '.join(unknown)} that this bot never trained "
-                f"(known: {', '.join(v.name for v in await asyncio.to_thread(self._records.versions)) or 'none'})"
+                f"(known: {', '.join(v.name for v in await self._db.versions()) or 'none'})"
             )
         for version in known.values():
             if not await asyncio.to_thread(Path(version.path).is_dir):
@@ -402,9 +408,7 @@ class FinetuneService:
             if not await asyncio.to_thread(self._lease.acquire):
                 return StartOutcome(False, await asyncio.to_thread(self._latest_running))
             await asyncio.to_thread(self._fail_abandoned_runs)  # holding the lease: no other run is alive
-            run = await asyncio.to_thread(
-                self.records_for(tenant).create_run, trigger=trigger, started_by=actor, owner=self._holder
-            )
+            run = await self.db_for(tenant).create_run(trigger=trigger, started_by=actor, owner=self._holder)
             _log.info("fine-tune run=%d tenant=%s started by=%s trigger=%s", run.id, tenant, actor, trigger)
             self._task = asyncio.create_task(self._execute(run, origin), name=f"finetune-run-{run.id}")
             return StartOutcome(True, run)
@@ -489,31 +493,31 @@ class FinetuneService:
         """Serve the newest candidate in ``scopes`` only; every other conversation keeps the active version.
 
         Replaces an open trial. The trial is stored, so it survives a restart and every bot process serves it."""
-        records = self.records_for(tenant)
+        records = self.db_for(tenant)
         async with self._switch_lock:
-            candidate = await asyncio.to_thread(records.newest_candidate)
+            candidate = await records.newest_candidate()
             if candidate is None or not await asyncio.to_thread(Path(candidate.path).is_dir):
                 return TrialOutcome(False)
             await self._ensure_loaded(candidate)
-            trial = await asyncio.to_thread(records.start_trial, candidate.id, scopes, actor=actor)
+            trial = await records.start_trial(candidate.id, scopes, actor=actor)
             self._set_trial(tenant, candidate.name, trial.scopes)
-            active = await asyncio.to_thread(records.active_version)
+            active = await records.active_version()
         _log.info("trial of LoRA %s in %d scopes started by=%s", candidate.name, len(scopes), actor)
         return TrialOutcome(True, candidate.name, trial.scopes, active.name if active else None)
 
     async def promote_candidate(self, *, actor: str, tenant: str = SHARED) -> PromoteOutcome:
         """Make the version on trial (or, with no trial, the newest candidate) the default, and end the trial."""
-        records = self.records_for(tenant)
+        records = self.db_for(tenant)
         async with self._switch_lock:
-            trial = await asyncio.to_thread(records.open_trial)
-            candidate = trial.version if trial else await asyncio.to_thread(records.newest_candidate)
+            trial = await records.open_trial()
+            candidate = trial.version if trial else await records.newest_candidate()
             if candidate is None or not await asyncio.to_thread(Path(candidate.path).is_dir):
                 return PromoteOutcome(False)
-            active = await asyncio.to_thread(records.active_version)
+            active = await records.active_version()
             await self._ensure_loaded(candidate)
             await self._serve(tenant, candidate.name)
             try:
-                await asyncio.to_thread(records.promote_candidate, candidate.id, actor=actor)
+                await records.promote_candidate(candidate.id, actor=actor)
             except BaseException:
                 await self._serve_again(active, tenant)
                 raise
@@ -526,22 +530,20 @@ class FinetuneService:
     async def rollback(self, *, actor: str, tenant: str = SHARED) -> RollbackOutcome:
         """Go back one step: end the open trial if there is one (everyone gets the active version again); else serve
         the version promoted before the active one (or the base), and retire the active one."""
-        records = self.records_for(tenant)
+        records = self.db_for(tenant)
         async with self._switch_lock:
-            ended = await asyncio.to_thread(records.end_trial, reason="rollback", actor=actor)
+            ended = await records.end_trial(reason="rollback", actor=actor)
             if ended is not None:
                 self._set_trial(tenant, None)
                 _log.info("trial of LoRA %s ended by=%s (rollback)", ended.version.name, actor)
                 return RollbackOutcome(False, ended_trial=ended.version.name)
-            active, target = await asyncio.to_thread(records.rollback_target)
+            active, target = await records.rollback_target()
             if active is None:
                 return RollbackOutcome(False)
             if target is not None:
                 await self._ensure_loaded(target)
             await self._serve(tenant, target.name if target else None)
-            await asyncio.to_thread(
-                records.roll_back, from_id=active.id, to_id=target.id if target else None, actor=actor
-            )
+            await records.roll_back(from_id=active.id, to_id=target.id if target else None, actor=actor)
         _log.info(
             "tenant %s: rolled back LoRA %s -> %s by=%s",
             tenant,
@@ -577,7 +579,7 @@ class FinetuneService:
 
     async def opt_in(self, platform: str, user_id: str) -> OptInOutcome:
         """Undo ``forget_user``'s opt-out (deleted turns stay deleted)."""
-        opted_in = await asyncio.to_thread(self._records.opt_in, platform, user_id)
+        opted_in = await self._db.opt_in(platform, user_id)
         by_settings = f"{platform}:{user_id}" in self._settings.finetune.opted_out_users
         _log.info(
             "opt-in platform=%s user=%s undone=%s by_settings=%s", platform, user_id, opted_in, by_settings
@@ -610,7 +612,7 @@ class FinetuneService:
 
     async def _pipeline(self, run: RunInfo) -> RunInfo:
         run_dir = self._run_dir(run)
-        active = await asyncio.to_thread(self.records_for(run.tenant).active_version)
+        active = await self.db_for(run.tenant).active_version()
         settings = effective_settings(self._settings)
         rules = gate_rules(settings)
         try:
@@ -678,12 +680,10 @@ class FinetuneService:
             await asyncio.to_thread(_remove_datasets, run_dir)
 
     async def _build_dataset(self, run: RunInfo, run_dir: Path, settings: Settings) -> DatasetFiles:
-        opted_out = await asyncio.to_thread(self._records.opted_out_users)
+        opted_out = await self._db.opted_out_users()
         options = scope_dataset_options(settings, run.tenant, opted_out=opted_out)
         files = await asyncio.to_thread(build_dataset, self._store, options, run_dir)
-        await asyncio.to_thread(
-            self._records.set_examples, run.id, train=files.train_examples, eval=files.eval_examples
-        )
+        await self._db.set_examples(run.id, train=files.train_examples, eval=files.eval_examples)
         return files
 
     def _job(
@@ -724,7 +724,7 @@ class FinetuneService:
         """Train in a subprocess; in "pause" mode the engine gives the GPU up meanwhile ("separate" and "shared"
         keep it serving: on another device, or beside it on the same GPU)."""
         sharing = self._settings.finetune.gpu_sharing
-        await asyncio.to_thread(self._records.set_gpu_sharing, run.id, sharing)  # /finetune status shows it
+        await self._db.set_gpu_sharing(run.id, sharing)  # /finetune status shows it
         pause = sharing == "pause"
         if pause:
             _log.info("fine-tune run=%d: pausing the engine (maintenance) while training", run.id)
@@ -818,7 +818,7 @@ class FinetuneService:
             last_step = kind == "progress" and event.get("step") == event.get("total")
             if now - saved >= PROGRESS_SAVE_INTERVAL_S or kind != "progress" or last_step:
                 saved = now
-                await asyncio.to_thread(self._records.update_progress, run.id, dict(progress))
+                await self._db.update_progress(run.id, dict(progress))
             if kind == "progress" and (now - logged >= PROGRESS_LOG_INTERVAL_S or last_step):
                 logged = now
                 _log.info(
@@ -830,7 +830,7 @@ class FinetuneService:
                     event.get("eta_s"),
                 )
         if history:
-            await asyncio.to_thread(self._records.update_progress, run.id, {"losses": history.as_json()})
+            await self._db.update_progress(run.id, {"losses": history.as_json()})
             await asyncio.to_thread(history.write, run_dir)
 
     async def _promote(
@@ -844,14 +844,14 @@ class FinetuneService:
         """Version the LoRA on disk, switch the engine to it, and record it as active.
 
         None when a trial is open: then nothing is promoted automatically (the caller keeps it as a candidate)."""
-        records = self.records_for(run.tenant)
+        records = self.db_for(run.tenant)
         async with self._switch_lock:
-            active = await asyncio.to_thread(records.active_version)
+            active = await records.active_version()
             if (active.id if active else None) != (compared_with.id if compared_with else None):
                 raise TrainingFailed(
                     "the active LoRA changed while this run trained; not promoting", {"key": "active_changed"}
                 )
-            trial = await asyncio.to_thread(records.open_trial)
+            trial = await records.open_trial()
             if trial is not None:
                 _log.info(
                     "fine-tune run=%d passed the gate; not promoted while LoRA %s is on trial",
@@ -859,7 +859,7 @@ class FinetuneService:
                     trial.version.name,
                 )
                 return None
-            name = await asyncio.to_thread(self._records.next_version_name)
+            name = await self._db.next_version_name()
             version_dir = self.lora_dir / "versions" / name
             await asyncio.to_thread(
                 _store_version, Path(job.output_dir), Path(job.eval_file), result, version_dir
@@ -868,8 +868,7 @@ class FinetuneService:
                 await self._load(name, str(version_dir))
                 await self._serve(run.tenant, name)
                 assert decision.candidate_loss is not None
-                version = await asyncio.to_thread(
-                    records.promote,
+                version = await records.promote(
                     name=name,
                     path=str(version_dir),
                     run_id=run.id,
@@ -894,13 +893,12 @@ class FinetuneService:
         Older candidates no trial serves are dropped, folders included. A failure here loses only the candidate."""
         try:
             async with self._switch_lock:
-                name = await asyncio.to_thread(self._records.next_version_name)
+                name = await self._db.next_version_name()
                 version_dir = self.lora_dir / "versions" / name
                 await asyncio.to_thread(
                     _store_version, Path(job.output_dir), Path(job.eval_file), result, version_dir
                 )
-                candidate, superseded = await asyncio.to_thread(
-                    self.records_for(run.tenant).add_candidate,
+                candidate, superseded = await self.db_for(run.tenant).add_candidate(
                     name=name,
                     path=str(version_dir),
                     run_id=run.id,
@@ -940,7 +938,7 @@ class FinetuneService:
             )
 
     async def _finish(self, run: RunInfo, status: RunStatus, fields: RunOutcomeFields) -> RunInfo:
-        finished = await asyncio.to_thread(self.records_for(run.tenant).finish_run, run.id, status, fields)
+        finished = await self.db_for(run.tenant).finish_run(run.id, status, fields)
         _log.info("fine-tune run=%d finished: %s", run.id, status.value)
         return finished
 
