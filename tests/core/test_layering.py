@@ -188,6 +188,21 @@ def test_only_the_store_speaks_sql() -> None:
     )  # the check sees an import where one is
 
 
+def test_adapters_reach_the_store_only_through_ports() -> None:
+    """An adapter gets the narrow ports it uses (bot/ports.py: DeliveryLog, ConversationPresence, FeedbackRecorder),
+    never the store itself."""
+    found = [
+        f"{path.relative_to(REPO).as_posix()} imports {module}"
+        for path in sorted((REPO / "adapters").rglob("*.py"))
+        for module in sorted(imported_modules(path))
+        if module == "bot.store" or module.startswith("bot.store.")
+    ]
+    assert found == []
+    assert "bot.store.conversations" in imported_modules(
+        REPO / "bot" / "chat.py"
+    )  # the check sees such an import
+
+
 def test_adapters_do_not_import_inference_and_inference_does_not_import_adapters() -> None:
     assert offenders("adapters", ("inference", "torch", "transformers")) == []
     assert offenders("inference", ("adapters", "discord", "slack_bolt", "slack_sdk")) == []

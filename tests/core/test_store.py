@@ -9,6 +9,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import text
 
 from bot.domain import Author, ConversationKey, MessageStatus, Role
+from bot.store.async_store import AsyncStore
 from bot.store.conversations import ConversationStore
 from bot.store.db import create_db_engine, migrate
 from bot.store.models import Base
@@ -158,3 +159,38 @@ def test_per_channel_system_prompt(store: ConversationStore) -> None:
     assert store.system_prompt(KEY) is None
     store.set_system_prompt(KEY, "Answer in Korean only.")
     assert store.system_prompt(KEY) == "Answer in Korean only."
+
+
+async def test_the_async_store_runs_each_operation_off_the_event_loop_in_one_hop(
+    store: ConversationStore,
+) -> None:
+    """AsyncStore: the store's async API. Every operation runs on a worker thread, a composite one on one thread."""
+    db = AsyncStore(store)
+    loop_thread = threading.get_ident()
+    assert await db.has_turns(KEY) is False
+    turn = await db.add_message(KEY, Role.USER, "안녕", author=Author("U1", "민수"), platform_message_id="m1")
+    assert turn is not None and await db.has_turns(KEY) is True
+    assert await db.add_message(KEY, Role.USER, "안녕", platform_message_id="m1") is None  # a repeat delivery
+    await db.update_message(turn.id, token_count=7)
+    assert [(m.content, m.token_count) for m in await db.history(KEY)] == [("안녕", 7)]
+
+    threads: list[int] = []
+
+    def operation(sync: ConversationStore) -> int:
+        threads.append(threading.get_ident())
+        sync.set_system_prompt(KEY, "반말로")
+        threads.append(threading.get_ident())
+        return sync.count_messages(KEY)
+
+    assert await db.run(operation) == 1
+    assert len(set(threads)) == 1 and threads[0] != loop_thread
+    assert await db.system_prompt(KEY) == "반말로"
+    assert await db.reset(KEY, actor="test") == 1 and await db.has_turns(KEY) is False
+
+
+async def test_the_delivery_log_takes_a_delivery_once_across_facades(store: ConversationStore) -> None:
+    """The Slack adapter's DeliveryLog port: two processes (two facades over one database) take an id once."""
+    first, second = AsyncStore(store), AsyncStore(ConversationStore(store.engine))
+    assert await first.first_delivery("slack", "event:Ev1") is True
+    assert await second.first_delivery("slack", "event:Ev1") is False
+    assert await second.first_delivery("slack", "command:T1") is True
