@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 
 from bot.chat import ChatService
@@ -21,7 +20,7 @@ def reset_command(chat: ChatService) -> CommandSpec:
         if not ctx.thread_unknown:
             removed = await chat.forget(ctx.conversation, actor=actor)
             return CommandReply(say("cmd.reset.done", ctx.lang, count=removed))
-        thread = await asyncio.to_thread(_latest_thread, chat.store, ctx)
+        thread = await chat.db.run(lambda store: _latest_thread(store, ctx))
         if thread is None:
             return CommandReply(say("cmd.reset.no_thread", ctx.lang))
         key, opening = thread

@@ -111,7 +111,7 @@ class BotScheduler:
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
         if self._leader:
-            await asyncio.to_thread(self._lease.release)
+            await self._lease.give_up()
             self._leader = False
         _log.info("scheduler stopped")
 
@@ -160,7 +160,7 @@ class BotScheduler:
     async def check_lease(self) -> bool:
         """Take or renew the scheduler lease; remember whether this process runs the jobs."""
         try:
-            held = await asyncio.to_thread(self._lease.acquire)
+            held = await self._lease.take()
         except Exception:
             _log.exception("scheduler lease check failed")
             held = False

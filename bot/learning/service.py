@@ -405,7 +405,7 @@ class FinetuneService:
         async with self._start_lock:
             if self._task is not None and not self._task.done():
                 return StartOutcome(False, await asyncio.to_thread(self._latest_running))
-            if not await asyncio.to_thread(self._lease.acquire):
+            if not await self._lease.take():
                 return StartOutcome(False, await asyncio.to_thread(self._latest_running))
             await asyncio.to_thread(self._fail_abandoned_runs)  # holding the lease: no other run is alive
             run = await self.db_for(tenant).create_run(trigger=trigger, started_by=actor, owner=self._holder)
@@ -596,7 +596,7 @@ class FinetuneService:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
-            await asyncio.to_thread(self._lease.release)
+            await self._lease.give_up()
         await self._tell_listeners(finished, origin)
         return finished
 
@@ -946,7 +946,7 @@ class FinetuneService:
         interval = max(1.0, self._settings.scheduler.lease_ttl_s / 3)
         while True:
             await asyncio.sleep(interval)
-            if not await asyncio.to_thread(self._lease.acquire):
+            if not await self._lease.take():
                 _log.warning("fine-tune run lease was lost (database unreachable for too long?)")
 
     async def _ensure_loaded(self, version: VersionInfo) -> None:

@@ -7,7 +7,6 @@ lacks one is simply not measured that way.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from bot.learning.service import FinetuneService
@@ -15,16 +14,16 @@ from bot.metrics import EngineLoad
 from bot.ops.prometheus import PrometheusMetrics
 from bot.ops.server import Check
 from bot.ports import Engine
+from bot.store.async_store import AsyncStore
 from bot.store.conversations import ConversationStore
 
 
 def database_check(store: ConversationStore) -> Check:
-    def ping() -> bool:
-        store.ping()
-        return True
+    db = AsyncStore(store)
 
     async def run() -> bool:
-        return await asyncio.to_thread(ping)
+        await db.ping()
+        return True
 
     return Check("database", run)
 

@@ -28,6 +28,10 @@ class AsyncStore:
         """One operation of several store calls, in one thread hop."""
         return await asyncio.to_thread(operation, self.sync)
 
+    async def ping(self) -> None:
+        """Return when the database answers (the readiness check); raise StoreError otherwise."""
+        await asyncio.to_thread(self.sync.ping)
+
     # conversations
 
     async def history(self, key: ConversationKey, *, limit: int = 500) -> list[StoredMessage]:

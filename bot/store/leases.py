@@ -7,6 +7,7 @@ when the row does not exist yet), so two processes can never both believe they h
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -60,6 +61,14 @@ class DbLease:
         self.holder = holder
         self.ttl = ttl
         self._clock = clock
+
+    async def take(self) -> bool:
+        """``acquire`` off the event loop (one thread hop)."""
+        return await asyncio.to_thread(self.acquire)
+
+    async def give_up(self) -> None:
+        """``release`` off the event loop (one thread hop)."""
+        await asyncio.to_thread(self.release)
 
     def acquire(self) -> bool:
         """Take the lease, or renew it when this holder has it already. False when someone else holds it."""
