@@ -36,7 +36,8 @@ from bot.ops.prometheus import PrometheusMetrics
 from bot.ops.server import Check, OpsServer
 from bot.permissions import AdminPolicy
 from bot.persona import persona_command
-from bot.ports import Adapter, ChannelPoster, Engine, ReplySink
+from bot.platform import Adapter
+from bot.ports import ChannelPoster, Engine, ReplySink
 from bot.recovery import recover_unanswered
 from bot.scheduler import BotScheduler
 from bot.settings import Settings

@@ -20,7 +20,6 @@ from bot.domain import (
 )
 
 if TYPE_CHECKING:
-    from bot.commands import CommandRegistry
     from bot.feedback import Reaction
     from bot.texts import Lang
 
@@ -152,19 +151,3 @@ class FeedbackRecorder(Protocol):
 
 
 MessageHandler = Callable[[IncomingMessage, ReplySink], Awaitable[None]]
-
-
-class Adapter(Protocol):
-    """A platform: turns its events into IncomingMessage and command calls, and replies through ReplySinks."""
-
-    name: str
-
-    async def start(self, on_message: MessageHandler, commands: CommandRegistry) -> None: ...
-
-    async def stop(self) -> None: ...
-
-    async def sink_for(
-        self, conversation: ConversationKey, *, author_id: str, message_id: str | None, lang: Lang
-    ) -> ReplySink | None:
-        """Where a reply to a stored message goes when no event brought it (after a restart); None if unreachable."""
-        ...
