@@ -76,7 +76,7 @@ def _decoder(fp8: bool, layers: int, capacity: int, cuda_graphs: bool) -> Any:
     with tempfile.TemporaryDirectory() as tmp:
         for i, name in enumerate(ADAPTERS):
             write_random_adapter(Path(tmp) / name, config, 16, seed=1 + i)
-            dec.load_adapter(name, str(Path(tmp) / name))
+            dec.load_lora(name, str(Path(tmp) / name))
     return dec
 
 

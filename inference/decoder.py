@@ -50,7 +50,7 @@ class BatchDecoder(Protocol):
         ...
 
     @property
-    def adapter_slots(self) -> int:
+    def lora_slots(self) -> int:
         """How many LoRA adapters its own pool holds at once (0: none; the engine then swaps LoRAs in the model)."""
         ...
 
@@ -90,12 +90,12 @@ class BatchDecoder(Protocol):
         """Free the slot's KV memory (idempotent)."""
         ...
 
-    def load_adapter(self, key: str, path: str) -> None:
+    def load_lora(self, key: str, path: str) -> None:
         """Copy the PEFT LoRA in folder ``path`` into the adapter pool under id ``key`` (``SlotRequest.lora``);
         raises ValueError (``AdapterSlotsFull`` when the pool is full)."""
         ...
 
-    def retire_adapter(self, key: str) -> None:
+    def retire_lora(self, key: str) -> None:
         """No new request may name ``key``; its pool slot is freed once no running request uses it."""
         ...
 
@@ -121,7 +121,7 @@ class DecoderDefaults:
         return False
 
     @property
-    def adapter_slots(self) -> int:
+    def lora_slots(self) -> int:
         return 0
 
     def can_admit(self, prompt_len: int, max_new_tokens: int) -> bool:
@@ -137,10 +137,10 @@ class DecoderDefaults:
     def take_prefill_failures(self) -> dict[int, BaseException]:
         return {}
 
-    def load_adapter(self, key: str, path: str) -> None:
+    def load_lora(self, key: str, path: str) -> None:
         raise ValueError("this decoder has no adapter slots (engine.lora_slots is 0)")
 
-    def retire_adapter(self, key: str) -> None:
+    def retire_lora(self, key: str) -> None:
         return None
 
     def weights_changed(self) -> bool:

@@ -377,7 +377,7 @@ async def _next_event(
 
 def _serves_adapters(decoder: BatchDecoder | None) -> bool:
     """Whether the decoder serves LoRA versions from its own pool, one per request (the fast decoder)."""
-    return decoder is not None and decoder.adapter_slots > 0
+    return decoder is not None and decoder.lora_slots > 0
 
 
 def _worker_threads(model: PreTrainedModel) -> int | None:

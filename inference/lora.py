@@ -121,7 +121,7 @@ def _delete_adapter(model: PreTrainedModel, internal: str) -> None:
 
 
 class PoolLoras:
-    """LoRA versions served from the decoder's own adapter pool (the fast decoder, ``adapter_slots`` > 0).
+    """LoRA versions served from the decoder's own adapter pool (the fast decoder, ``lora_slots`` > 0).
 
     The model is not touched: each version is copied into a pool slot under a fresh id (a reload of a name gets a new
     id, so requests already running keep the weights they started with, and no KV reuse mixes the two), and every
@@ -199,7 +199,7 @@ class PoolLoras:
         self._ids[name], self._paths[name], self._known[name] = key, path, path
         self._last_use[name] = next(self._uses)
         if previous is not None:
-            decoder.retire_adapter(previous)  # freed once the replies that use it end
+            decoder.retire_lora(previous)  # freed once the replies that use it end
         _log.info(
             "LoRA %s loaded from %s into the decoder's pool (default: %s)", name, path, self.active or "base"
         )
@@ -209,7 +209,7 @@ class PoolLoras:
 
         while True:
             try:
-                decoder.load_adapter(key, path)
+                decoder.load_lora(key, path)
                 return
             except AdapterSlotsFull:
                 # a version unloaded a moment ago whose last request is still being released frees its slot at
@@ -234,7 +234,7 @@ class PoolLoras:
         key = self._ids.pop(name, None)
         self._paths.pop(name, None)
         if key is not None:
-            decoder.retire_adapter(key)
+            decoder.retire_lora(key)
             if key in getattr(decoder, "adapters", ()):
                 self._retiring.add(key)  # still in use: its slot frees when those requests are released
 

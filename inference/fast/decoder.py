@@ -102,7 +102,7 @@ class StaticSlotDecoder(DecoderDefaults):
     tensor-parallel rank's slice, FP8 matrices). ``fp8`` quantises the model's weights to FP8 (weight-only).
     ``parallel`` is this process's tensor-parallel group (``parallel.py``); rank 0's decoder is then wrapped in a
     ``mirror.MirroredDecoder`` and the others run ``mirror.follow``.
-    ``lora_slots`` adapters of rank ≤ ``lora_max_rank`` can be loaded (``load_adapter``) and named per request
+    ``lora_slots`` adapters of rank ≤ ``lora_max_rank`` can be loaded (``load_lora``) and named per request
     (``SlotRequest.lora``); their pool is allocated here, before the KV cache. ``keep_free_bytes`` of GPU memory are
     left out of the KV cache (for a fine-tune beside the engine)."""
 
@@ -506,7 +506,7 @@ class StaticSlotDecoder(DecoderDefaults):
     # ---- adapters --------------------------------------------------------------------------------------------------
 
     @property
-    def adapter_slots(self) -> int:
+    def lora_slots(self) -> int:
         """How many adapters the pool holds at once (0: this decoder serves the base model only)."""
         return self.lora_pool.slots if self.lora_pool is not None else 0
 
@@ -515,7 +515,7 @@ class StaticSlotDecoder(DecoderDefaults):
         """The ids of the adapters loaded (retired ones still in use included)."""
         return list(self._adapters)
 
-    def load_adapter(self, key: str, path: str) -> None:
+    def load_lora(self, key: str, path: str) -> None:
         """Copy the PEFT LoRA in folder ``path`` into a free pool slot under the id ``key`` (``SlotRequest.lora``).
 
         No graph is recaptured and nothing recompiles: the decode graphs read the pool. Raises ValueError
@@ -532,7 +532,7 @@ class StaticSlotDecoder(DecoderDefaults):
         self._adapter_loads[key] = self._adapter_loads.get(key, 0) + 1
         _log.info("adapter %s loaded into pool slot %d (rank %d)", key, index, adapter.rank)
 
-    def retire_adapter(self, key: str) -> None:
+    def retire_lora(self, key: str) -> None:
         """No new request may name ``key``; its slot is freed once the requests that use it are released."""
         if key in self._adapters:
             self._retired.add(key)

@@ -37,8 +37,8 @@ MIRRORED = (
     "release",
     "set_prefix_cache",
     "close",
-    "load_adapter",
-    "retire_adapter",
+    "load_lora",
+    "retire_lora",
     "weights_changed",
 )
 _STOP = "__stop__"
@@ -73,8 +73,8 @@ class MirroredDecoder:
         return self.inner.prefills_in_steps
 
     @property
-    def adapter_slots(self) -> int:
-        return self.inner.adapter_slots
+    def lora_slots(self) -> int:
+        return self.inner.lora_slots
 
     @property
     def model_intact(self) -> bool:
@@ -127,15 +127,15 @@ class MirroredDecoder:
         self._send("set_prefix_cache", on)
         self.inner.set_prefix_cache(on)
 
-    def load_adapter(self, key: str, path: str) -> None:
+    def load_lora(self, key: str, path: str) -> None:
         """Every rank reads its slice of the adapter in ``path`` into its pool (the same slot on every rank: the
         pools make the same choices)."""
-        self._send("load_adapter", key, path)
-        self.inner.load_adapter(key, path)
+        self._send("load_lora", key, path)
+        self.inner.load_lora(key, path)
 
-    def retire_adapter(self, key: str) -> None:
-        self._send("retire_adapter", key)
-        self.inner.retire_adapter(key)
+    def retire_lora(self, key: str) -> None:
+        self._send("retire_lora", key)
+        self.inner.retire_lora(key)
 
     def weights_changed(self) -> bool:
         self._send("weights_changed")
@@ -162,8 +162,8 @@ def _replayed(decoder: StaticSlotDecoder) -> dict[str, Callable[..., object]]:
         "release": decoder.release,
         "set_prefix_cache": decoder.set_prefix_cache,
         "close": decoder.close,
-        "load_adapter": decoder.load_adapter,
-        "retire_adapter": decoder.retire_adapter,
+        "load_lora": decoder.load_lora,
+        "retire_lora": decoder.retire_lora,
         "weights_changed": decoder.weights_changed,
     }
 

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 QUERIES = {
     "capacity",
     "prefills_in_steps",
-    "adapter_slots",
+    "lora_slots",
     "model_intact",
     "can_admit",
     "can_admit_together",

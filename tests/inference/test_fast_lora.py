@@ -109,7 +109,7 @@ def test_greedy_with_an_adapter_equals_peft_generate(
         lora_max_rank=8,
     )
     for name, (path, _) in adapters.items():
-        dec.load_adapter(name, str(path))
+        dec.load_lora(name, str(path))
     plain = [hf_greedy(base, p, GREEDY.max_new_tokens) for p in batch]
     for name, (_, peft) in adapters.items():
         want = [hf_greedy(peft, p, GREEDY.max_new_tokens) for p in batch]  # type: ignore[arg-type]
@@ -146,8 +146,8 @@ def test_a_mixed_batch_gives_each_request_its_tokens_alone(
     dec = StaticSlotDecoder(
         copy.deepcopy(base), capacity=5, block_size=16, max_context=256, lora_slots=2, lora_max_rank=8
     )
-    dec.load_adapter("a", str(adapters["a"][0]))
-    dec.load_adapter("b", str(adapters["b"][0]))
+    dec.load_lora("a", str(adapters["a"][0]))
+    dec.load_lora("b", str(adapters["b"][0]))
     alone = [decode_alone(dec, p, lora, 16) for p, lora in jobs]
     assert alone[0] != decode_alone(dec, ps[0], None, 16)
     assert run_mixed(dec, jobs, 16) == alone
@@ -171,7 +171,7 @@ def test_fp8_base_with_an_adapter_equals_peft_on_the_fp8_rounded_model(
     batch = prompts(3, (9, 40, 3), model.config.vocab_size, seed=13)
     want = [hf_greedy(reference, p, 16) for p in batch]  # type: ignore[arg-type]
     dec = StaticSlotDecoder(model, fp8=True, capacity=3, block_size=16, max_context=256, lora_slots=1)
-    dec.load_adapter("a", str(path))
+    dec.load_lora("a", str(path))
     assert [decode_alone(dec, p, "a", 16) for p in batch] == want
     jobs: list[tuple[list[int], str | None]] = [(batch[0], "a"), (batch[1], None), (batch[2], "a")]
     mixed = run_mixed(dec, jobs, 16)
@@ -188,21 +188,21 @@ def test_loading_copies_into_the_pool_without_capturing_or_reallocating(
     before = [t.data_ptr() for ts in (*pool.a.values(), *pool.b.values()) for t in ts]
     captures = dec.graph_captures
     p = prompts(1, (20,), base.config.vocab_size, seed=14)[0]
-    dec.load_adapter("a", str(adapters["a"][0]))
+    dec.load_lora("a", str(adapters["a"][0]))
     first = decode_alone(dec, p, "a", 10)
     # a reload of the same adapter under a new id while a request still uses the old one; then the old is retired
     params = GenerationParams(max_new_tokens=10, do_sample=False, repetition_penalty=1.0)
     dec.admit(SlotRequest(1, tuple(p), params, lora="a"))
-    dec.load_adapter("a#2", str(adapters["b"][0]))
-    dec.retire_adapter("a")
+    dec.load_lora("a#2", str(adapters["b"][0]))
+    dec.retire_lora("a")
     assert "a" in dec.adapters  # still in use by slot 1
     with pytest.raises(ValueError, match="not loaded"):
         dec.admit(SlotRequest(0, tuple(p), params, lora="a"))
     with pytest.raises(ValueError, match="adapter slots"):
-        dec.load_adapter("c", str(adapters["a"][0]))
+        dec.load_lora("c", str(adapters["a"][0]))
     dec.release(1)
     assert dec.adapters == ["a#2"]
-    dec.load_adapter("c", str(adapters["a"][0]))  # the retired slot is free again
+    dec.load_lora("c", str(adapters["a"][0]))  # the retired slot is free again
     assert decode_alone(dec, p, "c", 10) == first
     assert decode_alone(dec, p, "a#2", 10) != first
     after = [t.data_ptr() for ts in (*pool.a.values(), *pool.b.values()) for t in ts]
@@ -211,7 +211,7 @@ def test_loading_copies_into_the_pool_without_capturing_or_reallocating(
     high = save_adapter(base, tmp_path / "r32", seed=3, r=32)
     del high
     with pytest.raises(UnsupportedAdapter, match="rank 32"):
-        dec.load_adapter("high", str(tmp_path / "r32"))
+        dec.load_lora("high", str(tmp_path / "r32"))
     save_adapter(base, tmp_path / "emb", seed=4, modules=["embed_tokens", "q_proj"])
     with pytest.raises(UnsupportedAdapter, match="embed_tokens"):
         read_peft_adapter(tmp_path / "emb")
@@ -223,7 +223,7 @@ def test_loading_copies_into_the_pool_without_capturing_or_reallocating(
 def test_only_some_modules_adapted(base: LlamaForCausalLM, tmp_path: Path) -> None:
     peft = save_adapter(base, tmp_path / "attn", seed=5, modules=["q_proj", "v_proj", "down_proj"])
     dec = StaticSlotDecoder(copy.deepcopy(base), capacity=1, block_size=16, max_context=128, lora_slots=1)
-    dec.load_adapter("attn", str(tmp_path / "attn"))
+    dec.load_lora("attn", str(tmp_path / "attn"))
     p = prompts(1, (30,), base.config.vocab_size, seed=15)[0]
     assert decode_alone(dec, p, "attn", 16) == hf_greedy(peft, p, 16)  # type: ignore[arg-type]
 
@@ -537,7 +537,7 @@ def test_decoder_on_the_kernels_equals_peft(base: LlamaForCausalLM, tmp_path: Pa
         cuda_graphs=False,
     )
     assert dec.lora_pool is not None and dec.lora_pool.kernels is not None
-    dec.load_adapter("a", str(tmp_path / "a"))
+    dec.load_lora("a", str(tmp_path / "a"))
     assert run_mixed(dec, [(ps[0], "a"), (ps[1], None)], 6) == want
 
 
@@ -758,7 +758,7 @@ def test_gpu_lora_logits_match_eager_peft_70b_widths(tmp_path: Path) -> None:
         model16, capacity=4, max_context=2048, kv_budget_bytes=2 << 30, lora_slots=2, lora_max_rank=16
     )
     captures = dec.graph_captures
-    dec.load_adapter("a", str(tmp_path / "a"))
+    dec.load_lora("a", str(tmp_path / "a"))
     assert dec.graph_captures == captures  # loading added no graph
     params = GenerationParams(max_new_tokens=steps, do_sample=False, repetition_penalty=1.0)
     tokens: dict[int, list[int]] = {}

@@ -80,7 +80,7 @@ async def test_a_pool_smaller_than_the_teams_serves_each_its_own_version(
     engine = static_engine(load_model(demo_settings), lora_slots=2)
     try:
         decoder = engine.decoder
-        assert isinstance(decoder, StaticSlotDecoder) and decoder.adapter_slots == 2
+        assert isinstance(decoder, StaticSlotDecoder) and decoder.lora_slots == 2
         for name, path in tenant_versions.items():  # three versions, two slots: va is unloaded to load vc
             await engine.load_lora(name, str(path))
         assert len(decoder.adapters) == 2

@@ -210,8 +210,8 @@ def test_two_adapters_with_reuse_equal_two_adapters_without(
     with_reuse, without = decoders(tiny_model, lora_slots=2, kv_fp8=kv_fp8)
     runs: dict[bool, list[Conversation]] = {}
     for reuse, dec in ((True, with_reuse), (False, without)):
-        dec.load_adapter("a", str(tmp_path / "a"))
-        dec.load_adapter("b", str(tmp_path / "b"))
+        dec.load_lora("a", str(tmp_path / "a"))
+        dec.load_lora("b", str(tmp_path / "b"))
         base = make_conversations(channels=1, turns=3, first=40, follow=9, seed=51)[0]
         runs[reuse] = [Conversation(base.system, base.messages, lora=lora) for lora in (None, "a", "b")]
         for conv in runs[reuse]:  # one after the other: each finds the blocks the earlier ones left, if any
@@ -222,8 +222,8 @@ def test_two_adapters_with_reuse_equal_two_adapters_without(
         assert conv.hits[0] == 0, conv.lora  # the same first prompt under another adapter: nothing found
         assert all(h > 0 for h in conv.hits[1:]), conv.lora  # its own earlier turns are
     # an adapter unloaded and another loaded under the same id: the old KV is never found
-    with_reuse.retire_adapter("a")
-    with_reuse.load_adapter("a", str(tmp_path / "b"))
+    with_reuse.retire_lora("a")
+    with_reuse.load_lora("a", str(tmp_path / "b"))
     again = Conversation(runs[True][1].system, runs[True][1].messages, lora="a")
     converse(with_reuse, [again])
     assert again.hits[0] == 0

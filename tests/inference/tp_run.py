@@ -76,7 +76,7 @@ def conversation(decoder) -> dict[str, list[int]]:
 
 def lora_schedule(decoder, adapter_dir: str) -> dict[str, list[int]]:
     """Load the adapter (every rank its slice), then decode a batch mixing it with the base model, greedy."""
-    decoder.load_adapter("a", adapter_dir)
+    decoder.load_lora("a", adapter_dir)
     jobs = {
         0: ("lora-a", "a", PROMPTS[0]),
         1: ("lora-base", None, PROMPTS[1]),
