@@ -3,6 +3,8 @@ dropped, ready again once it resumed; the database and engine are checked beside
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from bot.app import readiness_checks
@@ -61,7 +63,12 @@ async def test_rest_attempts_are_counted_with_rate_limits_and_server_errors_as_r
     fake_discord.post_message(fake_discord.general, person, "hello", mention_bot=True)
     await bot.stored(fake_discord.general, 2)
 
-    page = (await metrics.exposition()).decode()
+    # the reply is stored before the message's outcome is counted: wait for the count, not for a fixed time
+    for _ in range(100):
+        page = (await metrics.exposition()).decode()
+        if total(page, "hanbot_messages_total", platform="discord", outcome="answered") >= 1:
+            break
+        await asyncio.sleep(0.05)
     rest = [r for r in fake_discord.requests if r.status]
     assert total(page, "hanbot_platform_api_calls_total", platform="discord", result="retry") == 2
     assert total(page, "hanbot_platform_api_calls_total", platform="discord") >= len(rest)
