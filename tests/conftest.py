@@ -5,6 +5,7 @@ The network is closed by pytest-socket except loopback (see pyproject's addopts)
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -16,6 +17,23 @@ from sqlalchemy import create_engine, text
 from bot.settings import Settings, load_settings
 from bot.store.conversations import ConversationStore
 from bot.store.db import create_db_engine, migrate
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """A test that runs the CLI in-process (``bot.cli.main``) gets the bot's log handler on the stream pytest gave
+    it as stderr; put the root logger back afterwards, so later tests do not log into that closed stream."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
+
 
 REPO = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get("HANBOT_TEST_PG_URL", "postgresql+psycopg://root@127.0.0.1:5432/test")
