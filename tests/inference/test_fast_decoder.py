@@ -68,15 +68,20 @@ def config_70b_widths() -> LlamaConfig:
     )
 
 
-@pytest.fixture(scope="module")
-def tiny_model() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(tiny_config()).eval()
-    with torch.no_grad():  # sharper logits than the default init, so greedy choices are not near-ties
+def sharp_tiny_llama(seed: int = 0, **kw: object) -> LlamaForCausalLM:
+    """The tiny Llama with sharper logits than the default init, so greedy choices are not near-ties."""
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(tiny_config(**kw)).eval()
+    with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0, 0.08)
     return model
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> LlamaForCausalLM:
+    return sharp_tiny_llama()
 
 
 def prompts(n: int, lengths: tuple[int, ...], vocab: int, seed: int = 1) -> list[list[int]]:

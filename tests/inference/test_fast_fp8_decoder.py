@@ -23,7 +23,13 @@ from bot.settings import EngineSettings
 from inference.fast import StaticSlotDecoder
 from inference.fast.fp8 import Fp8Weight, quantize_fp8
 from inference.local_engine import LocalEngine
-from tests.inference.test_fast_decoder import GREEDY, hf_greedy, prompts, run_decoder, tiny_config
+from tests.inference.test_fast_decoder import (
+    GREEDY,
+    hf_greedy,
+    prompts,
+    run_decoder,
+    sharp_tiny_llama,
+)
 
 
 def fp8_rounded(model: LlamaForCausalLM) -> LlamaForCausalLM:
@@ -38,13 +44,7 @@ def fp8_rounded(model: LlamaForCausalLM) -> LlamaForCausalLM:
 
 @pytest.fixture
 def model() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    m = LlamaForCausalLM(tiny_config()).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.08)
-    return m
+    return sharp_tiny_llama()
 
 
 def test_fp8_decoder_equals_generate_of_the_fp8_rounded_model(model: LlamaForCausalLM) -> None:

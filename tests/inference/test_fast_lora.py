@@ -25,7 +25,13 @@ from bot.domain import GenerationParams
 from inference.decoder import SlotRequest
 from inference.fast import StaticSlotDecoder
 from inference.fast.lora import UnsupportedAdapter, add_rows_ref, read_peft_adapter
-from tests.inference.test_fast_decoder import GREEDY, config_70b_widths, hf_greedy, prompts, tiny_config
+from tests.inference.test_fast_decoder import (
+    GREEDY,
+    config_70b_widths,
+    hf_greedy,
+    prompts,
+    sharp_tiny_llama,
+)
 from tests.inference.test_fast_fp8_decoder import fp8_rounded
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,14 +40,7 @@ CUDA = torch.cuda.is_available()
 ALL_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
 
 
-def tiny_model(seed: int = 0, **kw: object) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(tiny_config(**kw)).eval()
-    with torch.no_grad():  # sharper logits than the default init, so greedy choices are not near-ties
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.08)
-    return model
+tiny_model = sharp_tiny_llama
 
 
 def save_adapter(

@@ -27,7 +27,7 @@ from inference.decoder import SlotRequest
 from inference.fast import StaticSlotDecoder, ops
 from inference.fast.kv import kv_bytes_per_token
 from inference.fast.weights import LlamaSpec
-from tests.inference.test_fast_decoder import _rel, config_70b_widths, prompts, tiny_config
+from tests.inference.test_fast_decoder import _rel, config_70b_widths, prompts, sharp_tiny_llama, tiny_config
 from tests.inference.test_prefix_reuse import converse, make_conversations
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,13 +39,7 @@ GREEDY = GenerationParams(max_new_tokens=12, do_sample=False, repetition_penalty
 
 @pytest.fixture(scope="module")
 def tiny_model() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(tiny_config()).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.08)
-    return model
+    return sharp_tiny_llama()
 
 
 def test_quantize_round_trip_within_e4m3_precision() -> None:

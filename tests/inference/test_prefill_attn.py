@@ -20,11 +20,10 @@ from types import ModuleType
 
 import pytest
 import torch
-from transformers import LlamaForCausalLM
 
 from bot.domain import GenerationParams
 from inference.fast import ops
-from tests.inference.test_fast_decoder import tiny_config
+from tests.inference.test_fast_decoder import sharp_tiny_llama
 
 REPO = Path(__file__).resolve().parents[2]
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -196,13 +195,7 @@ def test_kernel_decoder_turns_equal_the_torch_path(monkeypatch: pytest.MonkeyPat
     from inference.fast import StaticSlotDecoder, prefill_attn
     from tests.inference.test_prefix_reuse import converse, make_conversations
 
-    torch.manual_seed(0)
-    cfg = tiny_config(num_attention_heads=4, num_key_value_heads=2)  # head_dim 16
-    model = LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.08)
+    model = sharp_tiny_llama(num_attention_heads=4, num_key_value_heads=2)  # head_dim 16
     launches: list[int] = []
     kernel = prefill_attn.prefill_attention
 

@@ -28,7 +28,7 @@ from inference.fast.kv import BlockPool, KVBudget
 from inference.loading import LoadedModel
 from inference.local_engine import LocalEngine
 from tests.inference import engine_helpers
-from tests.inference.test_fast_decoder import _rel, config_70b_widths, prompts, tiny_config
+from tests.inference.test_fast_decoder import _rel, config_70b_widths, prompts, sharp_tiny_llama, tiny_config
 
 GREEDY = GenerationParams(max_new_tokens=10, do_sample=False, repetition_penalty=1.0)
 PENALTY = GenerationParams(max_new_tokens=10, do_sample=False, repetition_penalty=1.3)
@@ -38,13 +38,7 @@ BS = 16
 @pytest.fixture(scope="module")
 def tiny_model() -> LlamaForCausalLM:
     """test_fast_decoder's tiny Llama: sharp logits, so greedy choices are not near-ties."""
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(tiny_config()).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.08)
-    return model
+    return sharp_tiny_llama()
 
 
 @dataclass
