@@ -344,20 +344,15 @@ class LearningRecords:
             )
             if previous is not None:
                 previous.is_active = False
-            now = utcnow()
-            row = LoraVersion(
-                tenant=self._tenant,
+            row = self._add_version(
+                session,
                 name=name,
-                path=self._stored(path),
+                path=path,
                 run_id=run_id,
                 eval_loss=eval_loss,
-                is_active=True,
-                created_at=now,
-                promoted_at=now,
+                promoted=True,
                 gate_passed=gate_passed,
             )
-            session.add(row)
-            session.flush()
             session.add(
                 AuditEvent(
                     action="finetune.promote",
@@ -372,6 +367,35 @@ class LearningRecords:
                 )
             )
             return self._version(row)
+
+    def _add_version(
+        self,
+        session: Session,
+        *,
+        name: str,
+        path: str,
+        run_id: int | None,
+        eval_loss: float | None,
+        promoted: bool,
+        gate_passed: bool = False,
+    ) -> LoraVersion:
+        """Add a version row (flushed, so it has its id): promoted, it is the active one from now on; else a
+        candidate, served to no one until a trial or a promotion."""
+        now = utcnow()
+        row = LoraVersion(
+            tenant=self._tenant,
+            name=name,
+            path=self._stored(path),
+            run_id=run_id,
+            eval_loss=eval_loss,
+            is_active=promoted,
+            created_at=now,
+            promoted_at=now if promoted else None,
+            gate_passed=gate_passed,
+        )
+        session.add(row)
+        session.flush()
+        return row
 
     def rollback_target(self) -> tuple[VersionInfo | None, VersionInfo | None]:
         """(the active version, the version a rollback returns to: the newest older one not retired, or None)."""
@@ -441,17 +465,9 @@ class LearningRecords:
             now = utcnow()
             for version in superseded:
                 version.retired_at = now
-            row = LoraVersion(
-                tenant=self._tenant,
-                name=name,
-                path=self._stored(path),
-                run_id=run_id,
-                eval_loss=eval_loss,
-                is_active=False,
-                created_at=now,
+            row = self._add_version(
+                session, name=name, path=path, run_id=run_id, eval_loss=eval_loss, promoted=False
             )
-            session.add(row)
-            session.flush()
             session.add(
                 AuditEvent(
                     action="finetune.candidate",
