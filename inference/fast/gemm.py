@@ -33,6 +33,9 @@ Choice = tuple[int, ...] | None  # a Triton config, or None for cuBLAS
 Matrix = torch.Tensor | Fp8Weight
 FP8_PREFILL_MODES = ("auto", "scaled_mm", "dequant")
 DEQUANT_CHUNK_ROWS = 4096
+# a folded product (``LinearPlan.linear_folded``) replaces cuBLAS + the adapters' shrink kernel (~4 µs on an H100 at
+# one row, launch-bound): a Triton config at most this much slower than cuBLAS still gains
+FOLD_SLACK_S = 4e-6
 
 
 def _row_class(m: int) -> int:
@@ -60,6 +63,9 @@ class LinearPlan:
         self.cache_file = cache_file
         self.choices: dict[tuple[int, int, int], Choice] = {}
         self.fp8_choices: dict[tuple[int, int, int], tuple[int, ...]] = {}
+        # where cuBLAS won by less than FOLD_SLACK_S: the fastest Triton config, for products that fold the
+        # adapters' shrink into the same launch (``linear_folded``: one launch less than cuBLAS + a shrink)
+        self.fold_choices: dict[tuple[int, int, int], tuple[int, ...]] = {}
         self.timings: dict[str, dict[str, object]] = {}
         self._kernels = ops.triton_kernels(device) if device.type == "cuda" and mode != "cublas" else None
         # FP8 matrices have no cuBLAS path for few rows: the FP8 kernel serves them whatever ``mode`` says.
@@ -94,15 +100,44 @@ class LinearPlan:
             return F.linear(x, w)
         return self._kernels.skinny_linear(x, w, choice)  # type: ignore[no-any-return]
 
+    def linear_folded(
+        self, x: torch.Tensor, w: Matrix, tail: torch.Tensor, index: torch.Tensor, group: int
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(x·wᵀ, x·tailᵀ in float32 [M, NT]) from one launch of a Triton skinny kernel (``kernels.Tail``: the
+        adapters' shrink folded into the base product; ``tail`` [NT, K] contiguous, its rows in groups of ``group``
+        per pool slot, a group no row's ``index`` names left unwritten). None where no Triton kernel serves this
+        product (cuBLAS chosen, more than 32 rows, no kernels here): the caller runs its own shrink then."""
+        m = x.shape[0]
+        if m > ROW_CLASSES[-1]:
+            return None
+        if isinstance(w, Fp8Weight):
+            kernels = self._fp8_kernels if w.device.type == "cuda" else None
+            config = self._fp8_config(w, m) if kernels is not None else None
+        else:
+            kernels = self._kernels
+            key = (w.shape[0], w.shape[1], _row_class(m))
+            config = self.choices.get(key) or self.fold_choices.get(key)
+        if kernels is None or config is None:
+            return None
+        out = torch.empty((m, tail.shape[0]), dtype=torch.float32, device=x.device)
+        folded = kernels.Tail(tail, index, group, out)
+        if isinstance(w, Fp8Weight):
+            return kernels.fp8_skinny_linear(x, w.data, w.scale, config, folded), out
+        return kernels.skinny_linear(x, w, config, folded), out
+
     # ---- FP8 ----------------------------------------------------------------------------------------------------
+
+    def _fp8_config(self, w: Fp8Weight, m: int) -> tuple[int, ...]:
+        assert self._fp8_kernels is not None
+        n, k = w.shape
+        return self.fp8_choices.get((n, k, _row_class(m)), self._fp8_kernels.FP8_DEFAULT_CONFIG)
 
     def _linear_fp8(self, x: torch.Tensor, w: Fp8Weight) -> torch.Tensor:
         if w.device.type != "cuda":
             return F.linear(x, w.dequantize(x.dtype))
         m = x.shape[0]
         if m <= ROW_CLASSES[-1] and self._fp8_kernels is not None:
-            n, k = w.shape
-            cfg = self.fp8_choices.get((n, k, _row_class(m)), self._fp8_kernels.FP8_DEFAULT_CONFIG)
+            cfg = self._fp8_config(w, m)
             return self._fp8_kernels.fp8_skinny_linear(x, w.data, w.scale, cfg)  # type: ignore[no-any-return]
         if self.fp8_prefill == "scaled_mm" and x.dtype == torch.bfloat16 and _scaled_mm_shape_ok(w):
             try:
@@ -200,10 +235,13 @@ class LinearPlan:
                     except Exception as exc:  # a config the compiler refuses here (resources): skip it
                         _log.warning("skinny GEMM config %s failed on %s: %s", cfg, name, exc)
                         continue
-                    times["cublas" if cfg is None else "triton" + "x".join(map(str, cfg))] = round(t * 1e3, 4)
+                    times["cublas" if cfg is None else "triton" + "x".join(map(str, cfg))] = t * 1e3
                     if t < best_t:
                         best, best_t = cfg, t
                 self.choices[(n, k, rows)] = best
+                fold = _fastest_triton(times)
+                if best is None and fold is not None and fold[1] - times["cublas"] <= FOLD_SLACK_S * 1e3:
+                    self.fold_choices[(n, k, rows)] = fold[0]
                 bytes_ = n * k * mats[0].element_size()
                 self.timings[f"{name}.{rows}"] = {
                     "best": "cublas" if best is None else "triton" + "x".join(map(str, best)),
@@ -211,6 +249,9 @@ class LinearPlan:
                     "cublas_TBps": round(bytes_ / (times["cublas"] / 1e3) / 1e12, 3)
                     if "cublas" in times
                     else 0.0,
+                    "fold": "x".join(map(str, self.fold_choices[(n, k, rows)]))
+                    if (n, k, rows) in self.fold_choices
+                    else None,
                 }
         _log.info("matrix-product plan: %s", self.timings)
         self._save(key)
@@ -247,7 +288,9 @@ class LinearPlan:
         shapes = sorted(f"{n}:{tuple(m[0].shape)}:{_dtype(m[0])}" for n, m in groups.items())
         key = f"{torch.cuda.get_device_name(self.device)}|{torch.__version__}|{self.mode}|{shapes}"
         if self._kernels is not None:
-            key += f"|bf16:{self._kernels.GEMM_CONFIGS}"  # new configurations are measured, not skipped
+            key += (
+                f"|bf16:{self._kernels.GEMM_CONFIGS}|fold:{FOLD_SLACK_S}"  # new configurations are measured
+            )
         if self._fp8_kernels is not None and any(isinstance(m[0], Fp8Weight) for m in groups.values()):
             key += f"|fp8:{self._fp8_kernels.FP8_GEMM_CONFIGS}"
         return key
@@ -269,6 +312,10 @@ class LinearPlan:
             tuple(json.loads(k)): tuple(v)  # type: ignore[misc]
             for k, v in data.get("fp8_choices", {}).items()
         }
+        self.fold_choices = {
+            tuple(json.loads(k)): tuple(v)  # type: ignore[misc]
+            for k, v in data.get("fold_choices", {}).items()
+        }
         self.timings = data.get("timings", {})
         _log.info("matrix-product plan loaded from %s", self.cache_file)
         return True
@@ -282,6 +329,7 @@ class LinearPlan:
                 json.dumps(list(k)): (list(v) if v is not None else None) for k, v in self.choices.items()
             },
             "fp8_choices": {json.dumps(list(k)): list(v) for k, v in self.fp8_choices.items()},
+            "fold_choices": {json.dumps(list(k)): list(v) for k, v in self.fold_choices.items()},
             "timings": self.timings,
         }
         try:
@@ -289,6 +337,15 @@ class LinearPlan:
             self.cache_file.write_text(json.dumps(data, indent=1))
         except OSError as exc:
             _log.warning("could not save the matrix-product plan to %s: %s", self.cache_file, exc)
+
+
+def _fastest_triton(times_ms: dict[str, float]) -> tuple[tuple[int, ...], float] | None:
+    """(config, ms) of the fastest Triton config in a shape's timings (labels "triton16x512x4x4"), if any."""
+    triton_times = {label: t for label, t in times_ms.items() if label.startswith("triton")}
+    if not triton_times:
+        return None
+    label = min(triton_times, key=triton_times.__getitem__)
+    return tuple(int(v) for v in label.removeprefix("triton").split("x")), triton_times[label]
 
 
 def _scaled_mm_shape_ok(w: Fp8Weight) -> bool:

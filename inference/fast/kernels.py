@@ -9,6 +9,7 @@ the plain torch versions of the same functions and chooses between the two.
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import torch
 import triton
@@ -338,43 +339,161 @@ def decode_attention(
     return out
 
 
+class Tail(NamedTuple):
+    """A second matrix multiplied in the same launch as the weights (the adapters' fold, ``lora.py``): ``out`` [M, NT]
+    (float32) = x · ``t``ᵀ, ``t`` [NT, K] contiguous in the activations' dtype. Its rows come in groups of ``group``
+    (one adapter's A stack each); a tile of groups that no row's ``row_group`` (int32 [M], -1: none) names is skipped,
+    its columns of ``out`` left unwritten."""
+
+    t: torch.Tensor
+    row_group: torch.Tensor
+    group: int
+    out: torch.Tensor
+
+
+def _tail_args(tail: Tail | None, x: torch.Tensor) -> tuple[object, ...]:
+    """The kernels' tail arguments (t, out, index, NT, group, t's and out's row strides); no tail: unread stand-ins."""
+    if tail is None:
+        return x, x, x, 0, 1, 0, 0
+    nt, k = tail.t.shape
+    if k != x.shape[1] or tail.t.stride(1) != 1 or tail.out.shape != (x.shape[0], nt):
+        raise ValueError(
+            f"tail {tuple(tail.t.shape)} / out {tuple(tail.out.shape)} do not fit x {tuple(x.shape)}"
+        )
+    return tail.t, tail.out, tail.row_group, nt, tail.group, tail.t.stride(0), tail.out.stride(0)
+
+
 @triton.jit
-def _skinny_gemm_kernel(
-    x_ptr,
+def _tail_tile_used(idx_ptr, rm, mmask, t0, GROUP, BLOCK_N: tl.constexpr):
+    """Whether a row of the batch uses a group (an adapter's rows of the tail) of the tile starting at row ``t0``."""
+    idx = tl.load(idx_ptr + rm, mask=mmask, other=-1)
+    lo = t0 // GROUP
+    hi = (t0 + BLOCK_N - 1) // GROUP
+    return tl.sum(((idx >= lo) & (idx <= hi)).to(tl.int32), axis=0) > 0
+
+
+@triton.jit
+def _skinny_tile(
+    x_rows,
+    mmask,
+    rm,
     w_ptr,
-    y_ptr,
-    M,
+    out_ptr,
+    n0,
     N,
     K,
-    stride_xm,
     stride_wn,
-    stride_ym,
+    stride_om,
     MP: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     STAGES: tl.constexpr,
 ):
-    """y[M, N] = x[M, K] @ w[N, K]^T for few rows M (<= MP): streams w once, the rows padded for the dot."""
-    pid = tl.program_id(0)
-    rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    rm = tl.arange(0, MP)
+    """out[:, n0:n0+BLOCK_N] = the rows ``x_rows`` ([MP, 1] pointers) times rows n0.. of w [N, K]."""
+    rn = n0 + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     nmask = rn < N
-    mmask = rm < M
     acc = tl.zeros((MP, BLOCK_N), dtype=tl.float32)
     w_rows = w_ptr + rn.to(tl.int64)[:, None] * stride_wn
-    x_rows = x_ptr + rm[:, None] * stride_xm
     for k in tl.range(0, K, BLOCK_K, num_stages=STAGES):
         kk = k + rk
         kmask = kk < K
         w = tl.load(w_rows + kk[None, :], mask=nmask[:, None] & kmask[None, :], other=0.0)
         x = tl.load(x_rows + kk[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0)
-        acc += tl.dot(x, tl.trans(w))
+        acc += tl.dot(x, tl.trans(w.to(x.dtype)))
     tl.store(
-        y_ptr + rm[:, None] * stride_ym + rn[None, :],
-        acc.to(y_ptr.dtype.element_ty),
+        out_ptr + rm[:, None] * stride_om + rn[None, :],
+        acc.to(out_ptr.dtype.element_ty),
         mask=mmask[:, None] & nmask[None, :],
     )
+
+
+@triton.jit
+def _skinny_gemm_kernel(
+    x_ptr,
+    w_ptr,
+    y_ptr,
+    t_ptr,
+    u_ptr,
+    idx_ptr,
+    M,
+    N,
+    K,
+    NT,
+    GROUP,
+    stride_xm,
+    stride_wn,
+    stride_ym,
+    stride_tn,
+    stride_um,
+    MP: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    STAGES: tl.constexpr,
+    TAIL: tl.constexpr,
+):
+    """y[M, N] = x[M, K] @ w[N, K]^T for few rows M (<= MP): streams w once, the rows padded for the dot.
+
+    TAIL (``Tail``): the first cdiv(NT, BLOCK_N) programs compute u[M, NT] = x @ t[NT, K]^T instead (first, so
+    they run in the first wave beside the weights' tiles, not after them), the others w's tiles as without it."""
+    pid = tl.program_id(0)
+    rm = tl.arange(0, MP)
+    mmask = rm < M
+    x_rows = x_ptr + rm[:, None] * stride_xm
+    if TAIL:
+        tiles = tl.cdiv(NT, BLOCK_N)
+        if pid < tiles:
+            if _tail_tile_used(idx_ptr, rm, mmask, pid * BLOCK_N, GROUP, BLOCK_N):
+                _skinny_tile(
+                    x_rows,
+                    mmask,
+                    rm,
+                    t_ptr,
+                    u_ptr,
+                    pid * BLOCK_N,
+                    NT,
+                    K,
+                    stride_tn,
+                    stride_um,
+                    MP,
+                    BLOCK_N,
+                    BLOCK_K,
+                    STAGES,
+                )
+        else:
+            _skinny_tile(
+                x_rows,
+                mmask,
+                rm,
+                w_ptr,
+                y_ptr,
+                (pid - tiles) * BLOCK_N,
+                N,
+                K,
+                stride_wn,
+                stride_ym,
+                MP,
+                BLOCK_N,
+                BLOCK_K,
+                STAGES,
+            )
+    else:
+        _skinny_tile(
+            x_rows,
+            mmask,
+            rm,
+            w_ptr,
+            y_ptr,
+            pid * BLOCK_N,
+            N,
+            K,
+            stride_wn,
+            stride_ym,
+            MP,
+            BLOCK_N,
+            BLOCK_K,
+            STAGES,
+        )
 
 
 GEMM_CONFIGS: tuple[tuple[int, int, int, int], ...] = (
@@ -392,27 +511,39 @@ GEMM_CONFIGS: tuple[tuple[int, int, int, int], ...] = (
 )
 
 
-def skinny_linear(x: torch.Tensor, w: torch.Tensor, config: tuple[int, int, int, int]) -> torch.Tensor:
-    """x [M, K] @ w [N, K]^T for M <= 32, with one of GEMM_CONFIGS."""
+def skinny_linear(
+    x: torch.Tensor, w: torch.Tensor, config: tuple[int, int, int, int], tail: Tail | None = None
+) -> torch.Tensor:
+    """x [M, K] @ w [N, K]^T for M <= 32, with one of GEMM_CONFIGS; with ``tail``, also ``tail.out`` = x @ tail.tᵀ
+    in the same launch."""
     m, k = x.shape
     n = w.shape[0]
     block_n, block_k, warps, stages = config
     mp = 16 if m <= 16 else 32
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    _skinny_gemm_kernel[(triton.cdiv(n, block_n),)](
+    t, u, index, nt, group, stride_t, stride_u = _tail_args(tail, x)
+    _skinny_gemm_kernel[(triton.cdiv(n, block_n) + triton.cdiv(nt, block_n),)](
         x,
         w,
         y,
+        t,
+        u,
+        index,
         m,
         n,
         k,
+        nt,
+        group,
         x.stride(0),
         w.stride(0),
         y.stride(0),
+        stride_t,
+        stride_u,
         MP=mp,
         BLOCK_N=block_n,
         BLOCK_K=block_k,
         STAGES=stages,
+        TAIL=tail is not None,
         num_warps=warps,
     )
     return y
@@ -473,15 +604,16 @@ def scale_to_f16(x: torch.Tensor) -> torch.Tensor:
 
 
 @triton.jit
-def _fp8_skinny_gemm_kernel(
-    x_ptr,
+def _fp8_tile(
+    x_rows,
+    mmask,
+    rm,
     w_ptr,
     s_ptr,
     y_ptr,
-    M,
+    n0,
     N,
     K,
-    stride_xm,
     stride_wn,
     stride_ym,
     MP: tl.constexpr,
@@ -493,23 +625,12 @@ def _fp8_skinny_gemm_kernel(
     EVEN_N: tl.constexpr,
     EVEN_K: tl.constexpr,
 ):
-    """y[M, N] = (x[M, K] @ w[N, K]^T) * s[N] for few rows M (<= MP), w in e4m3, fp32 accumulation.
-
-    The weight rows are the MMA's M dimension (acc[BLOCK_N, MP]), so Hopper can feed the converted weight tile from
-    registers; x is padded to MP rows. w_ptr points at the e4m3 bytes as uint8. CONVERT 0: Triton's own
-    fp8 → x.dtype conversion; CONVERT 1: the PTX bit trick above (x bf16, CUDA only); CONVERT 2: x is f16 holding
-    the activations times 2^-8 (``scale_to_f16``), the weights go to f16 by Triton's conversion (one native
-    instruction per two values on sm_89+) and the epilogue multiplies by 2^8.
-    """
-    pid = tl.program_id(0)
-    rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    rm = tl.arange(0, MP)
+    """y[:, n0:n0+BLOCK_N] of ``_fp8_skinny_gemm_kernel``: rows n0.. of the e4m3 w, dequantised in registers."""
+    rn = n0 + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     nmask = rn < N
-    mmask = rm < M
     acc = tl.zeros((BLOCK_N, MP), dtype=tl.float32)
     w_rows = w_ptr + rn.to(tl.int64)[:, None] * stride_wn
-    x_rows = x_ptr + rm[:, None] * stride_xm
     for k in tl.range(0, K, BLOCK_K, num_stages=STAGES):
         kk = k + rk
         if EVEN_K:
@@ -541,6 +662,161 @@ def _fp8_skinny_gemm_kernel(
         acc.to(y_ptr.dtype.element_ty),
         mask=nmask[:, None] & mmask[None, :],
     )
+
+
+@triton.jit
+def _fp8_tail_tile(
+    x_rows,
+    mmask,
+    rm,
+    t_ptr,
+    u_ptr,
+    n0,
+    NT,
+    K,
+    stride_tn,
+    stride_um,
+    MP: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    STAGES: tl.constexpr,
+    CONVERT: tl.constexpr,
+    IEEE: tl.constexpr,
+):
+    """u[:, n0:n0+BLOCK_N] = x · t[n0.., :]ᵀ for the tail (``Tail``): t in its own 16-bit or float32 dtype, converted
+    to the activations' (CONVERT 2: f16, exact for 2^-14 <= |t| <= 65504; the f16 x carries 2^-8, undone here),
+    scale 1."""
+    rn = n0 + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    nmask = rn < NT
+    acc = tl.zeros((BLOCK_N, MP), dtype=tl.float32)
+    t_rows = t_ptr + rn.to(tl.int64)[:, None] * stride_tn
+    for k in tl.range(0, K, BLOCK_K, num_stages=STAGES):
+        kk = k + rk
+        kmask = kk < K
+        x = tl.load(x_rows + kk[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0)
+        t = tl.load(t_rows + kk[None, :], mask=nmask[:, None] & kmask[None, :], other=0.0).to(x.dtype)
+        if IEEE:
+            acc += tl.dot(t, tl.trans(x), input_precision="ieee")
+        else:
+            acc += tl.dot(t, tl.trans(x))
+    if CONVERT >= 2:
+        acc = acc * 256.0
+    tl.store(
+        u_ptr + rm[None, :] * stride_um + rn[:, None],
+        acc.to(u_ptr.dtype.element_ty),
+        mask=nmask[:, None] & mmask[None, :],
+    )
+
+
+@triton.jit
+def _fp8_skinny_gemm_kernel(
+    x_ptr,
+    w_ptr,
+    s_ptr,
+    y_ptr,
+    t_ptr,
+    u_ptr,
+    idx_ptr,
+    M,
+    N,
+    K,
+    NT,
+    GROUP,
+    stride_xm,
+    stride_wn,
+    stride_ym,
+    stride_tn,
+    stride_um,
+    MP: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    STAGES: tl.constexpr,
+    CONVERT: tl.constexpr,
+    IEEE: tl.constexpr,
+    EVEN_N: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    TAIL: tl.constexpr,
+):
+    """y[M, N] = (x[M, K] @ w[N, K]^T) * s[N] for few rows M (<= MP), w in e4m3, fp32 accumulation.
+
+    The weight rows are the MMA's M dimension (acc[BLOCK_N, MP]), so Hopper can feed the converted weight tile from
+    registers; x is padded to MP rows. w_ptr points at the e4m3 bytes as uint8. CONVERT 0: Triton's own
+    fp8 → x.dtype conversion; CONVERT 1: the PTX bit trick above (x bf16, CUDA only); CONVERT 2: x is f16 holding
+    the activations times 2^-8 (``scale_to_f16``), the weights go to f16 by Triton's conversion (one native
+    instruction per two values on sm_89+) and the epilogue multiplies by 2^8.
+    TAIL (``Tail``): the first cdiv(NT, BLOCK_N) programs compute u[M, NT] = x @ t[NT, K]^T (``_fp8_tail_tile``).
+    """
+    pid = tl.program_id(0)
+    rm = tl.arange(0, MP)
+    mmask = rm < M
+    x_rows = x_ptr + rm[:, None] * stride_xm
+    if TAIL:
+        tiles = tl.cdiv(NT, BLOCK_N)
+        if pid < tiles:
+            if _tail_tile_used(idx_ptr, rm, mmask, pid * BLOCK_N, GROUP, BLOCK_N):
+                _fp8_tail_tile(
+                    x_rows,
+                    mmask,
+                    rm,
+                    t_ptr,
+                    u_ptr,
+                    pid * BLOCK_N,
+                    NT,
+                    K,
+                    stride_tn,
+                    stride_um,
+                    MP,
+                    BLOCK_N,
+                    BLOCK_K,
+                    STAGES,
+                    CONVERT,
+                    IEEE,
+                )
+        else:
+            _fp8_tile(
+                x_rows,
+                mmask,
+                rm,
+                w_ptr,
+                s_ptr,
+                y_ptr,
+                (pid - tiles) * BLOCK_N,
+                N,
+                K,
+                stride_wn,
+                stride_ym,
+                MP,
+                BLOCK_N,
+                BLOCK_K,
+                STAGES,
+                CONVERT,
+                IEEE,
+                EVEN_N,
+                EVEN_K,
+            )
+    else:
+        _fp8_tile(
+            x_rows,
+            mmask,
+            rm,
+            w_ptr,
+            s_ptr,
+            y_ptr,
+            pid * BLOCK_N,
+            N,
+            K,
+            stride_wn,
+            stride_ym,
+            MP,
+            BLOCK_N,
+            BLOCK_K,
+            STAGES,
+            CONVERT,
+            IEEE,
+            EVEN_N,
+            EVEN_K,
+        )
 
 
 FP8_GEMM_CONFIGS: tuple[tuple[int, int, int, int, int], ...] = (
@@ -576,13 +852,18 @@ FP8_DEFAULT_CONFIG = (64, 128, 4, 6, 0)  # untuned: Triton's own conversion, 64 
 
 
 def fp8_skinny_linear(
-    x: torch.Tensor, w_data: torch.Tensor, w_scale: torch.Tensor, config: tuple[int, ...]
+    x: torch.Tensor,
+    w_data: torch.Tensor,
+    w_scale: torch.Tensor,
+    config: tuple[int, ...],
+    tail: Tail | None = None,
 ) -> torch.Tensor:
     """(x [M, K] @ w_data [N, K]^T) * w_scale [N] for M <= 32, w_data float8_e4m3fn, with one of FP8_GEMM_CONFIGS.
 
     Returns [M, N] in x.dtype. CONVERT 1 needs bf16 activations (else Triton's conversion is used). CONVERT 2
     (bf16/f16 activations; fp32 ones use CONVERT 0) first rounds x * 2^-8 to f16 (``scale_to_f16``, one small
-    kernel) and multiplies in f16: see FP16_X_SHIFT for its precision.
+    kernel) and multiplies in f16: see FP16_X_SHIFT for its precision. With ``tail``, also ``tail.out`` = x @ tail.tᵀ
+    (t not FP8: scale 1) in the same launch.
     """
     m, k = x.shape
     n, kw = w_data.shape
@@ -602,17 +883,25 @@ def fp8_skinny_linear(
     mp = 16 if m <= 16 else 32
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     xk = scale_to_f16(x) if convert >= 2 else x
-    _fp8_skinny_gemm_kernel[(triton.cdiv(n, block_n),)](
+    t, u, index, nt, group, stride_t, stride_u = _tail_args(tail, x)
+    _fp8_skinny_gemm_kernel[(triton.cdiv(n, block_n) + triton.cdiv(nt, block_n),)](
         xk,
         w_data.view(torch.uint8),
         w_scale,
         y,
+        t,
+        u,
+        index,
         m,
         n,
         k,
+        nt,
+        group,
         xk.stride(0),
         w_data.stride(0),
         y.stride(0),
+        stride_t,
+        stride_u,
         MP=mp,
         BLOCK_N=block_n,
         BLOCK_K=block_k,
@@ -621,6 +910,7 @@ def fp8_skinny_linear(
         IEEE=x.dtype == torch.float32,
         EVEN_N=n % block_n == 0,
         EVEN_K=k % block_k == 0,
+        TAIL=tail is not None,
         num_warps=warps,
     )
     return y

@@ -35,12 +35,15 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from inference.fast import ops
 from inference.fast.weights import LlamaSpec, RankSlices
+
+if TYPE_CHECKING:
+    from inference.fast.gemm import LinearPlan, Matrix
 
 _log = logging.getLogger(__name__)
 
@@ -222,6 +225,9 @@ class LoraPool:
             and os.environ.get("HANBOT_LORA_OVERLAP", "0") == "1"
             else None
         )
+        # HANBOT_LORA_FOLD=0: the separate shrink kernel again (A/B on the GPU). On by default: each decode product
+        # served by a Triton skinny kernel computes every row's x·A in its own launch (``fold_rows``)
+        self.fold = self.kernels is not None and os.environ.get("HANBOT_LORA_FOLD", "1") != "0"
         self.block_n = {proj: _block_n(self.shapes[proj].outs) for proj in self.shapes}
         _log.info(
             "LoRA pool: %d slots of rank %d, %.2f GiB",
@@ -298,6 +304,17 @@ class LoraPool:
 
     # ---- the products -------------------------------------------------------------------------------------------
 
+    def fold_rows(
+        self, plan: LinearPlan, x: torch.Tensor, w: Matrix, proj: str, layer: int, index: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Decode: the base product ``x·wᵀ`` and, from the same launch, ``x·A`` of every pool slot that a row uses
+        (the A stack as extra output columns, [rows, slots·parts·R] float32), which the expands read at the row's
+        slot. None where the plan has no Triton kernel for this product (or the fold is off): ``shrink_rows``."""
+        if not self.fold or x.shape[0] > MAX_KERNEL_ROWS:
+            return None
+        a = self.a[proj][layer]
+        return plan.linear_folded(x, w, a.view(-1, a.shape[2]), index, a.shape[1])
+
     def shrink_rows(self, x: torch.Tensor, proj: str, layer: int, index: torch.Tensor) -> torch.Tensor | None:
         """Decode, first half: each row's ``x·A`` (the Triton path; None: the torch path does it all in
         ``expand_rows``). With ``HANBOT_LORA_OVERLAP=1`` it runs on a side stream, beside the base product."""
@@ -330,8 +347,7 @@ class LoraPool:
             add_rows_ref(x, y, self.a[proj][layer], b, index, outs, self.rank)
             return
         assert self.kernels is not None
-        if self.side is not None:
-            torch.cuda.current_stream(y.device).wait_stream(self.side)
+        self._join_shrink(partial)
         self.kernels.lora_expand(partial, y, b, index, outs, self.rank, self.block_n[proj])
 
     def expand_silu_rows(
@@ -342,8 +358,7 @@ class LoraPool:
             self.expand_rows(partial, x, y, "gate_up", layer, index)
             return ops.silu_mul(y)
         assert self.kernels is not None
-        if self.side is not None:
-            torch.cuda.current_stream(y.device).wait_stream(self.side)
+        self._join_shrink(partial)
         out: torch.Tensor = self.kernels.lora_expand_silu(
             partial, y, self.b["gate_up"][layer], index, self.rank
         )
@@ -366,12 +381,17 @@ class LoraPool:
             self.expand_rows(partial, x, qkv, "qkv", layer, index)
             return ops.rope_store(qkv, *rope)
         assert self.kernels is not None
-        if self.side is not None:
-            torch.cuda.current_stream(qkv.device).wait_stream(self.side)
+        self._join_shrink(partial)
         q: torch.Tensor = self.kernels.lora_rope_store(
             partial, qkv, self.b["qkv"][layer], index, self.rank, *rope[:9]
         )
         return q
+
+    def _join_shrink(self, partial: torch.Tensor) -> None:
+        """The main stream waits for a shrink launched on the side stream (``partial``, 3-D; the fold's rank values,
+        2-D, came from the main stream's own product)."""
+        if self.side is not None and partial.dim() == 3:
+            torch.cuda.current_stream(partial.device).wait_stream(self.side)
 
     def add_segments(
         self, x: torch.Tensor, y: torch.Tensor, proj: str, layer: int, segments: list[tuple[int, int, int]]
@@ -399,6 +419,13 @@ class LoraBatch:
     pool: LoraPool
     index: torch.Tensor | None = None
     segments: list[tuple[int, int, int]] | None = None
+
+    def fold(
+        self, plan: LinearPlan, x: torch.Tensor, w: Matrix, proj: str, layer: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Decode: (the base product, the rows' rank values) from one launch (``LoraPool.fold_rows``); None in a
+        prefill pass or where the product does not fold: then ``shrink`` and the base product, as before."""
+        return self.pool.fold_rows(plan, x, w, proj, layer, self.index) if self.index is not None else None
 
     def shrink(self, x: torch.Tensor, proj: str, layer: int = 0) -> torch.Tensor | None:
         """Called before the base product of ``x`` (decode: launches the shrink, maybe beside it)."""

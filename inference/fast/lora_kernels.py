@@ -20,6 +20,8 @@ where the expand alone would round them. The torch reference is ``lora.add_rows_
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -141,6 +143,7 @@ def _lora_expand_kernel(
     N,
     stride_y,
     stride_i,
+    stride_is,
     stride_bs,
     B1,
     B2,
@@ -170,7 +173,7 @@ def _lora_expand_kernel(
         d = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for slot in range(SLOTS):
             if (used >> slot) & 1:
-                inter = _rank_values(ip, idx == slot, part, R, RP, JP, SPLIT)
+                inter = _rank_values(ip + slot * stride_is, idx == slot, part, R, RP, JP, SPLIT)
                 d += _times_b(inter, b_ptr + slot * stride_bs, n0 + cols, cm, N, R, RP, BLOCK_M, DOT)
         tl.store(yp, (yv + d).to(y_ptr.dtype.element_ty), mask=ym)
 
@@ -186,6 +189,7 @@ def _lora_expand_silu_kernel(
     FF,
     stride_y,
     stride_i,
+    stride_is,
     stride_bs,
     SLOTS: tl.constexpr,
     R: tl.constexpr,
@@ -214,9 +218,9 @@ def _lora_expand_silu_kernel(
         if (used >> slot) & 1:
             bp = b_ptr + slot * stride_bs
             sel = idx == slot
-            inter_g = _rank_values(ip, sel, 0, R, RP, JP, SPLIT)
+            inter_g = _rank_values(ip + slot * stride_is, sel, 0, R, RP, JP, SPLIT)
             g += _times_b(inter_g, bp, n0 + cols, cm, 2 * FF, R, RP, BLOCK_M, DOT)
-            inter_u = _rank_values(ip, sel, 1, R, RP, JP, SPLIT)
+            inter_u = _rank_values(ip + slot * stride_is, sel, 1, R, RP, JP, SPLIT)
             u += _times_b(inter_u, bp, FF + n0 + cols, cm, 2 * FF, R, RP, BLOCK_M, DOT)
     dtype = y_ptr.dtype.element_ty
     g = g.to(dtype).to(tl.float32)  # rounded as the product stored by the expand alone would be
@@ -243,6 +247,7 @@ def _lora_rope_store_kernel(
     rows,
     stride_qkv,
     stride_i,
+    stride_is,
     stride_bs,
     stride_cb,
     stride_ch,
@@ -290,11 +295,13 @@ def _lora_rope_store_kernel(
         if (used >> slot) & 1:
             bp = b_ptr + slot * stride_bs
             sel = idx == slot
-            inter = _rank_values(ip, sel, part, R, RP, JP, SPLIT)  # once for both halves of the head
+            inter = _rank_values(
+                ip + slot * stride_is, sel, part, R, RP, JP, SPLIT
+            )  # once for both halves of the head
             x1 += _times_b(inter, bp, col + d, dm, N, R, RP, BLOCK_M, DOT)
             x2 += _times_b(inter, bp, col + HALF + d, dm, N, R, RP, BLOCK_M, DOT)
             if is_kv:
-                inter_v = _rank_values(ip, sel, 2, R, RP, JP, SPLIT)
+                inter_v = _rank_values(ip + slot * stride_is, sel, 2, R, RP, JP, SPLIT)
                 v1 += _times_b(inter_v, bp, vcol + d, dm, N, R, RP, BLOCK_M, DOT)
                 v2 += _times_b(inter_v, bp, vcol + HALF + d, dm, N, R, RP, BLOCK_M, DOT)
     x1 = x1.to(dtype).to(tl.float32)  # rounded as the product stored by the expand alone would be
@@ -346,11 +353,27 @@ def _summed_by_expand(partial: torch.Tensor) -> int:
     return depth if depth & (depth - 1) == 0 else 1
 
 
-def _expand_input(partial: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """(what the expand reads: the first partial or the rank values, [rows, parts·R padded] with the row stride of
-    ``partial``; the number of partials it sums)."""
+@dataclass(frozen=True)
+class _ExpandInput:
+    """What an expand reads: ``values`` (the first partial or the rank values of slot 0, [rows, ...] float32),
+    ``split`` (partials summed per value), ``jp`` (the partials' pitch), ``slot_stride`` (from one pool slot's values
+    to the next: 0 for the shrink's output, which holds the row's own slot only; parts·R for the fold's)."""
+
+    values: torch.Tensor
+    split: int
+    jp: int
+    slot_stride: int
+
+
+def _expand_input(partial: torch.Tensor, slots: int) -> _ExpandInput:
+    """``partial``: the shrink's output (``new_partial``, 3-D: [rows, depth, parts·R padded]) or the fold's rank
+    values (2-D: [rows, slots·parts·R] float32, every slot's, from ``kernels.Tail``)."""
+    if partial.dim() == 2:
+        assert partial.dtype == torch.float32 and partial.shape[1] % slots == 0
+        return _ExpandInput(partial, 1, 16, partial.shape[1] // slots)
     split = _summed_by_expand(partial)
-    return (partial[:, 0] if split > 1 else partial[:, -1]), split
+    values = partial[:, 0] if split > 1 else partial[:, -1]
+    return _ExpandInput(values, split, partial.shape[2], 0)
 
 
 def new_counters(device: torch.device, rows: int = 64) -> torch.Tensor:
@@ -433,27 +456,28 @@ def lora_expand(
     rows, n = y.shape
     b1 = outs[0] if len(outs) > 1 else n
     b2 = outs[0] + outs[1] if len(outs) > 2 else n
-    inter, split = _expand_input(partial)
+    inp = _expand_input(partial, _slots(b))
     block_m = _row_block(rows)
     row_blocks = triton.cdiv(rows, block_m)
     block = _column_tile(block_n, n, row_blocks)
     _lora_expand_kernel[(triton.cdiv(n, block), row_blocks)](
         y,
-        inter,
+        inp.values,
         b,
         index,
         rows,
         n,
         y.stride(0),
-        inter.stride(0),
+        inp.values.stride(0),
+        inp.slot_stride,
         b.stride(0),
         b1,
         b2,
         SLOTS=_slots(b),
         R=rank,
         RP=max(16, rank),
-        JP=partial.shape[2],
-        SPLIT=split,
+        JP=inp.jp,
+        SPLIT=inp.split,
         BLOCK_N=block,
         BLOCK_M=block_m,
         DOT=DOT_PRECISION,
@@ -469,26 +493,27 @@ def lora_expand_silu(
     rows, two_ff = gate_up.shape
     ff = two_ff // 2
     out = torch.empty((rows, ff), dtype=gate_up.dtype, device=gate_up.device)
-    inter, split = _expand_input(partial)
+    inp = _expand_input(partial, _slots(b))
     block_m = _row_block(rows)
     row_blocks = triton.cdiv(rows, block_m)
     block = _column_tile(128, ff, row_blocks)
     _lora_expand_silu_kernel[(triton.cdiv(ff, block), row_blocks)](
         gate_up,
-        inter,
+        inp.values,
         b,
         index,
         out,
         rows,
         ff,
         gate_up.stride(0),
-        inter.stride(0),
+        inp.values.stride(0),
+        inp.slot_stride,
         b.stride(0),
         SLOTS=_slots(b),
         R=rank,
         RP=max(16, rank),
-        JP=partial.shape[2],
-        SPLIT=split,
+        JP=inp.jp,
+        SPLIT=inp.split,
         BLOCK_N=block,
         BLOCK_M=block_m,
         DOT=DOT_PRECISION,
@@ -516,11 +541,11 @@ def lora_rope_store(
     """``kernels.rope_store`` of ``qkv`` plus each row's adapter product (parts q, k, v), in one kernel."""
     tokens = qkv.shape[0]
     q = torch.empty((tokens, n_heads, head_dim), dtype=qkv.dtype, device=qkv.device)
-    inter, split = _expand_input(partial)
+    inp = _expand_input(partial, _slots(b))
     block_m = _row_block(tokens)
     _lora_rope_store_kernel[(n_heads + n_kv, triton.cdiv(tokens, block_m))](
         qkv,
-        inter,
+        inp.values,
         b,
         index,
         positions,
@@ -532,7 +557,8 @@ def lora_rope_store(
         slot_mapping,
         tokens,
         qkv.stride(0),
-        inter.stride(0),
+        inp.values.stride(0),
+        inp.slot_stride,
         b.stride(0),
         k_cache.stride(0),
         k_cache.stride(1),
@@ -544,8 +570,8 @@ def lora_rope_store(
         SLOTS=_slots(b),
         R=rank,
         RP=max(16, rank),
-        JP=partial.shape[2],
-        SPLIT=split,
+        JP=inp.jp,
+        SPLIT=inp.split,
         BLOCK_M=block_m,
         DOT=DOT_PRECISION,
         num_warps=1 if block_m == 1 else 4,

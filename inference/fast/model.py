@@ -121,8 +121,21 @@ class FastLlama:
     ) -> torch.Tensor:
         if lora is None:
             return self.plan.linear(x, w)
-        partial = lora.shrink(x, proj, layer)  # decode: on a side stream, beside the base product
-        return lora.expand(partial, x, self.plan.linear(x, w), proj, layer)
+        y, partial = self._adapted_product(x, w, lora, proj, layer)
+        return lora.expand(partial, x, y, proj, layer)
+
+    def _adapted_product(
+        self, x: torch.Tensor, w: Matrix, lora: LoraBatch, proj: str, layer: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The base product of ``x`` and what the adapters' expand reads: in decode, the rows' rank values from the
+        product's own launch (the shrink folded into it) where a Triton kernel serves it; else the separate shrink's
+        output (launched first: with HANBOT_LORA_OVERLAP=1 on a side stream, beside the base product), or None (the
+        torch path, a prefill pass)."""
+        folded = lora.fold(self.plan, x, w, proj, layer)
+        if folded is not None:
+            return folded
+        partial = lora.shrink(x, proj, layer)
+        return self.plan.linear(x, w), partial
 
     def _qkv_rope(
         self,
@@ -151,15 +164,15 @@ class FastLlama:
         )
         if lora is None:
             return ops.rope_store(self.plan.linear(h, w), *rope)
-        partial = lora.shrink(h, "qkv", layer)
-        return lora.rope_store(partial, h, self.plan.linear(h, w), layer, *rope)
+        qkv, partial = self._adapted_product(h, w, lora, "qkv", layer)
+        return lora.rope_store(partial, h, qkv, layer, *rope)
 
     def _gate_up_silu(self, h: torch.Tensor, w: Matrix, lora: LoraBatch | None, layer: int) -> torch.Tensor:
         """SiLU(gate)·up; with adapters, their expand and the SiLU are one kernel in decode."""
         if lora is None:
             return ops.silu_mul(self.plan.linear(h, w))
-        partial = lora.shrink(h, "gate_up", layer)
-        return lora.expand_silu(partial, h, self.plan.linear(h, w), layer)
+        gate_up, partial = self._adapted_product(h, w, lora, "gate_up", layer)
+        return lora.expand_silu(partial, h, gate_up, layer)
 
     def logits(self, h: torch.Tensor, lora: LoraBatch | None = None) -> torch.Tensor:
         """[rows, vocab] float32: every rank's slice of the vocabulary gathered (identity on one rank)."""
