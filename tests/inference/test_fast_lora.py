@@ -365,37 +365,77 @@ def _shrunk(x: torch.Tensor, a: torch.Tensor, index: torch.Tensor) -> torch.Tens
     return partial
 
 
+def _folded(x: torch.Tensor, a: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The fold's output for A stack ``a`` [slots, J, k]: [rows, slots·J] float32 with each adapted row's x·A at its
+    own slot's columns and NaN everywhere else (the other slots' values, which the fold computes for the batch's
+    slots, are never to be read: a NaN read there reaches the output)."""
+    slots, j, _k = a.shape
+    out = torch.full((x.shape[0], slots * j), float("nan"), device=x.device)
+    for row, slot in enumerate(index.tolist()):
+        if slot >= 0:
+            out[row, slot * j : (slot + 1) * j] = a[slot].float() @ x[row].float()
+    return out
+
+
 @pytest.mark.skipif(
     not (INTERPRET or CUDA), reason="runs under the Triton interpreter in the child test below"
 )
 @pytest.mark.parametrize(
-    ("rows", "pattern", "rank", "k", "sums_from"),
+    ("rows", "pattern", "rank", "k", "sums_from", "source"),
     [
-        (64, "mixed", 16, 300, None),  # 4 row blocks of 16, 3 adapters and the base, rows > slots
-        (17, "mixed", 8, 600, None),  # a last row block of one row; rank padded to 16 in the kernels
-        (33, "one", 32, 600, None),  # every row on one adapter (the last slot), rank 32
+        (64, "mixed", 16, 300, None, "shrink"),  # 4 row blocks of 16, 3 adapters and the base, rows > slots
+        (
+            17,
+            "mixed",
+            8,
+            600,
+            None,
+            "shrink",
+        ),  # a last row block of one row; rank padded to 16 in the kernels
+        (33, "one", 32, 600, None, "shrink"),  # every row on one adapter (the last slot), rank 32
         (
             9,
             "base",
             16,
             600,
             None,
-        ),  # no adapter: the expand leaves y alone, the fused kernels do their own part
-        (1, "base", 16, 300, None),
+            "shrink",
+        ),  # no adapter: the expand leaves y alone, the fused kernels do theirs
+        (1, "base", 16, 300, None, "shrink"),
         (
             1,
             "one",
             4,
             4096,
             None,
-        ),  # one row (the kernels' one-row path, the expand sums the 8 K chunks' partials)
-        (6, "mixed", 16, 600, 65),  # the expand sums the partials of a block of rows (SHRINK_SUMS_FROM_ROWS)
+            "shrink",
+        ),  # one row (the one-row path: the expand sums the 8 K chunks' partials)
+        (
+            6,
+            "mixed",
+            16,
+            600,
+            65,
+            "shrink",
+        ),  # the expand sums the partials of a block of rows (SHRINK_SUMS_FROM_ROWS)
+        # the fold's rank values (every slot's, one slot stride apart), the expands in folded mode
+        (17, "mixed", 8, 300, None, "fold"),
+        (33, "one", 16, 300, None, "fold"),
+        (1, "one", 4, 300, None, "fold"),
+        (6, "mixed", 16, 300, None, "fold"),
     ],
 )
 def test_kernels_mixed_batch_equals_the_torch_reference(
-    rows: int, pattern: str, rank: int, k: int, sums_from: int | None, monkeypatch: pytest.MonkeyPatch
+    rows: int,
+    pattern: str,
+    rank: int,
+    k: int,
+    sums_from: int | None,
+    source: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Expand, fused SiLU and fused rotary on batches mixing adapters and the base, against ``add_rows_ref``."""
+    """Expand, fused SiLU and fused rotary on batches mixing adapters and the base, against ``add_rows_ref``: reading
+    the shrink's output, or the fold's rank values (``source``)."""
     from inference.fast import lora_kernels
     from inference.fast.kernels import rope_store, silu_mul
     from inference.fast.lora_kernels import lora_expand, lora_expand_silu, lora_rope_store
@@ -414,6 +454,7 @@ def test_kernels_mixed_batch_equals_the_torch_reference(
     index = _mixed_index(rows, slots, pattern, device)
     adapted = index >= 0
     x = torch.randn(rows, k, generator=g).to(device)
+    ranks = _shrunk if source == "shrink" else _folded
 
     def stacks(outs: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         a = torch.randn(slots, len(outs) * rank, k, generator=g) * 0.05
@@ -426,7 +467,7 @@ def test_kernels_mixed_batch_equals_the_torch_reference(
     want = y.clone()
     add_rows_ref(x, want, a, b, index, outs, rank)
     got = y.clone()
-    lora_expand(_shrunk(x, a, index), got, b, index, outs, rank, 16)
+    lora_expand(ranks(x, a, index), got, b, index, outs, rank, 16)
     assert torch.allclose(got, want, rtol=1e-4, atol=1e-4), float((got - want).abs().max())
     assert torch.equal(got[~adapted], y[~adapted])  # rows of the base model untouched
     assert not adapted.any() or not torch.allclose(got[adapted], y[adapted])  # the product is in the others
@@ -435,7 +476,7 @@ def test_kernels_mixed_batch_equals_the_torch_reference(
     gate_up = torch.randn(rows, 2 * ff, generator=g).to(device)
     want = gate_up.clone()
     add_rows_ref(x, want, a, b, index, (ff, ff), rank)
-    got = lora_expand_silu(_shrunk(x, a, index), gate_up, b, index, rank)
+    got = lora_expand_silu(ranks(x, a, index), gate_up, b, index, rank)
     assert torch.allclose(got, silu_mul_ref(want), rtol=1e-4, atol=1e-4), float(
         (got - silu_mul_ref(want)).abs().max()
     )
@@ -458,7 +499,7 @@ def test_kernels_mixed_batch_equals_the_torch_reference(
     q_want = rope_store_ref(want_qkv, positions, cos, sin, k_want, v_want, cache_slots, heads, kv, head_dim)
     k_got, v_got = caches()
     q_got = lora_rope_store(
-        _shrunk(x, a, index),
+        ranks(x, a, index),
         qkv,
         b,
         index,
@@ -540,6 +581,136 @@ def test_decoder_on_the_kernels_equals_peft(base: LlamaForCausalLM, tmp_path: Pa
     assert run_mixed(dec, [(ps[0], "a"), (ps[1], None)], 6) == want
 
 
+def _tail_case(
+    rows: int, k: int, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """x [rows, k]; a weight [97, k]; a tail of 4 groups of 32 rows (4 pool slots of parts·R = 32); the rows' slots
+    (slot 2 unused, so its group's tile must be skipped)."""
+    g = torch.Generator().manual_seed(rows * 13 + k)
+    x = torch.randn(rows, k, generator=g).to(device, dtype)
+    w = (torch.randn(97, k, generator=g) * 0.1).to(device, dtype)
+    t = (torch.randn(4 * 32, k, generator=g) * 0.05).to(device, dtype)
+    index = torch.tensor([[0, 3, -1, 1][i % 4] for i in range(rows)], dtype=torch.int32, device=device)
+    return x, w, t, index, 32
+
+
+def _check_tail(
+    out: torch.Tensor, x: torch.Tensor, t: torch.Tensor, index: torch.Tensor, group: int, block_n: int
+) -> None:
+    """The used groups' columns equal x·tᵀ (float32, products of the stored values); a column tile (``block_n``)
+    holding no used group is skipped: its columns stay NaN."""
+    want = x.float() @ t.float().t()
+    used = set(index[index >= 0].tolist())
+    for slot in sorted(used):
+        cols = slice(slot * group, (slot + 1) * group)
+        assert torch.allclose(out[:, cols], want[:, cols], rtol=1e-4, atol=1e-4), (
+            slot,
+            float((out[:, cols] - want[:, cols]).abs().max()),
+        )
+    skipped = 0
+    for t0 in range(0, t.shape[0], block_n):
+        if not used & set(range(t0 // group, (t0 + block_n - 1) // group + 1)):
+            assert bool(out[:, t0 : t0 + block_n].isnan().all()), t0
+            skipped += 1
+    assert skipped or block_n > group  # slot 2's tile at least, where a tile holds one group
+
+
+@pytest.mark.skipif(
+    not (INTERPRET or CUDA), reason="runs under the Triton interpreter in the child test below"
+)
+@pytest.mark.parametrize("config", [(16, 512, 4, 4), (32, 256, 2, 4)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kernels_fold_skinny_tail(config: tuple[int, int, int, int], dtype: torch.dtype) -> None:
+    """The bf16 skinny GEMM with a tail: the base product is the one without a tail (same bits), the tail's columns
+    are x·Tᵀ for the groups the rows use."""
+    from inference.fast.kernels import Tail, skinny_linear
+
+    if INTERPRET:
+        from tests.inference.test_fast_fp8 import _patch_interpreter
+
+        _patch_interpreter()
+    device = torch.device("cuda" if CUDA and not INTERPRET else "cpu")
+    for rows in (1, 5, 17):
+        x, w, t, index, group = _tail_case(rows, 300, dtype, device)
+        out = torch.full((rows, t.shape[0]), float("nan"), device=device)
+        y = skinny_linear(x, w, config, Tail(t, index, group, out))
+        assert torch.equal(y, skinny_linear(x, w, config))
+        _check_tail(out, x, t, index, group, config[0])
+
+
+@pytest.mark.skipif(
+    not (INTERPRET or CUDA), reason="runs under the Triton interpreter in the child test below"
+)
+@pytest.mark.parametrize("config", [(64, 128, 4, 6, 0), (32, 256, 2, 4, 2), (16, 512, 1, 4, 1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kernels_fold_fp8_tail(config: tuple[int, ...], dtype: torch.dtype) -> None:
+    """The FP8 skinny GEMM with a 16-bit (or float32) tail, scale 1: the base product is the one without a tail, the
+    tail's columns x·Tᵀ (CONVERT 2: x·2^-8 and T in f16, the 2^8 undone; exact for these magnitudes)."""
+    from inference.fast.fp8 import quantize_fp8
+    from inference.fast.kernels import Tail, fp8_skinny_linear
+
+    if INTERPRET:
+        from tests.inference.test_fast_fp8 import _patch_interpreter
+
+        _patch_interpreter()
+        if (
+            config[4] == 1
+        ):  # the PTX conversion does not run in the interpreter: this config's tiling, Triton's cvt
+            config = (*config[:4], 0)
+    device = torch.device("cuda" if CUDA and not INTERPRET else "cpu")
+    for rows in (1, 5, 17):
+        x, w, t, index, group = _tail_case(rows, 256, dtype, device)
+        q = quantize_fp8(w.float())
+        out = torch.full((rows, t.shape[0]), float("nan"), device=device)
+        y = fp8_skinny_linear(x, q.data, q.scale, config, Tail(t, index, group, out))
+        assert torch.equal(y, fp8_skinny_linear(x, q.data, q.scale, config))
+        _check_tail(out, x, t, index, group, config[0])
+
+
+@pytest.mark.skipif(
+    not INTERPRET,
+    reason="runs under the Triton interpreter in the child test below (the 70B-width GPU test covers the GPU)",
+)
+def test_decoder_on_the_kernels_with_the_fold_equals_peft(
+    base: LlamaForCausalLM, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decode path with every product on the skinny kernel (as a GPU plan may choose) and the adapters' shrink
+    folded into it: PEFT's tokens for a mixed batch, and the separate shrink kernel never launched."""
+    from inference.fast import kernels, lora_kernels
+    from tests.inference.test_fast_fp8 import _patch_interpreter
+
+    _patch_interpreter()
+    shrinks: list[int] = []
+    shrink = lora_kernels.lora_shrink
+    monkeypatch.setattr(lora_kernels, "lora_shrink", lambda *a, **kw: shrinks.append(1) or shrink(*a, **kw))
+    peft = save_adapter(base, tmp_path / "a", seed=21)
+    ps = prompts(2, (9, 20), base.config.vocab_size, seed=22)
+    want = [hf_greedy(peft, ps[0], 6), hf_greedy(base, ps[1], 6)]  # type: ignore[arg-type]
+    dec = StaticSlotDecoder(
+        copy.deepcopy(base), capacity=2, block_size=16, max_context=64, lora_slots=2, cuda_graphs=False
+    )
+    assert dec.lora_pool is not None and dec.lora_pool.fold
+    plan = dec.model.plan
+    plan._kernels = kernels  # the CPU plan has no kernels: every decode product on one skinny config
+    w = dec.model.w
+    shapes = {tuple(m.shape) for lw in w.layers for m in (lw.qkv, lw.o, lw.gate_up, lw.down)}
+    shapes.add(tuple(w.lm_head.shape))
+    plan.choices = {(n, k, rows): (16, 64, 4, 1) for n, k in shapes for rows in (1, 16, 32)}
+    folded: list[bool] = []
+    linear_folded = plan.linear_folded
+    monkeypatch.setattr(
+        plan,
+        "linear_folded",
+        lambda *a: folded.append(True) or linear_folded(*a),  # type: ignore[func-returns-value]
+    )
+    save_adapter(base, tmp_path / "z", seed=23)
+    dec.load_lora("z", str(tmp_path / "z"))  # slot 0, unused below: "a" is on slot 1, one slot stride in
+    dec.load_lora("a", str(tmp_path / "a"))
+    assert run_mixed(dec, [(ps[0], "a"), (ps[1], None)], 6) == want
+    assert len(folded) == 5 * (3 * 4 + 1)  # 5 decode steps × (3 layers × 4 products + the head)
+    assert not shrinks
+
+
 def _hopper_compiler() -> object | None:
     """``triton.compile`` for sm_90 where Triton's NVIDIA backend and its ptxas are here (no GPU needed)."""
     try:
@@ -618,12 +789,12 @@ def test_kernels_under_interpreter() -> None:
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", __file__]
     cmd += [
         "-k",
-        "kernels_equal or kernels_fused or kernels_mixed or kernels_shrink or decoder_on_the_kernels",
+        "kernels_equal or kernels_fused or kernels_mixed or kernels_shrink or kernels_fold or decoder_on_the_kernels",
     ]
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=560)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert "17 passed" in proc.stdout, proc.stdout[-2000:]  # 4 + 2 + 2 + 7 + 1 + 1
+    assert "32 passed" in proc.stdout, proc.stdout[-2000:]  # 4 + 2 + 2 + 11 + 1 + 4 + 6 + 2
 
 
 # ---- GPU ---------------------------------------------------------------------------------------------------------
