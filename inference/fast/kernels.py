@@ -737,6 +737,7 @@ def _fp8_skinny_gemm_kernel(
     EVEN_N: tl.constexpr,
     EVEN_K: tl.constexpr,
     TAIL: tl.constexpr,
+    TAIL_BLOCK_K: tl.constexpr,
 ):
     """y[M, N] = (x[M, K] @ w[N, K]^T) * s[N] for few rows M (<= MP), w in e4m3, fp32 accumulation.
 
@@ -745,7 +746,9 @@ def _fp8_skinny_gemm_kernel(
     fp8 → x.dtype conversion; CONVERT 1: the PTX bit trick above (x bf16, CUDA only); CONVERT 2: x is f16 holding
     the activations times 2^-8 (``scale_to_f16``), the weights go to f16 by Triton's conversion (one native
     instruction per two values on sm_89+) and the epilogue multiplies by 2^8.
-    TAIL (``Tail``): the first cdiv(NT, BLOCK_N) programs compute u[M, NT] = x @ t[NT, K]^T (``_fp8_tail_tile``).
+    TAIL (``Tail``): the first cdiv(NT, BLOCK_N) programs compute u[M, NT] = x @ t[NT, K]^T (``_fp8_tail_tile``),
+    TAIL_BLOCK_K columns at a time: BLOCK_K / t's element size, so a stage of the 16-bit tail takes no more shared
+    memory than one of the e4m3 weights (the kernel's shared memory, hence its programs per SM, stay as without).
     """
     pid = tl.program_id(0)
     rm = tl.arange(0, MP)
@@ -768,7 +771,7 @@ def _fp8_skinny_gemm_kernel(
                     stride_um,
                     MP,
                     BLOCK_N,
-                    BLOCK_K,
+                    TAIL_BLOCK_K,
                     STAGES,
                     CONVERT,
                     IEEE,
@@ -911,6 +914,7 @@ def fp8_skinny_linear(
         EVEN_N=n % block_n == 0,
         EVEN_K=k % block_k == 0,
         TAIL=tail is not None,
+        TAIL_BLOCK_K=max(16, block_k // tail.t.element_size()) if tail is not None else block_k,
         num_warps=warps,
     )
     return y

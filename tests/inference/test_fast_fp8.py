@@ -353,12 +353,29 @@ def test_fp8_configs_compile_for_hopper() -> None:
             "s_ptr": "*fp32",
             "y_ptr": "*bf16",
         }
-        sig |= {name: "i32" for name in ("M", "N", "K", "stride_xm", "stride_wn", "stride_ym")}
+        sig |= {"t_ptr": "*bf16", "u_ptr": "*fp32", "idx_ptr": "*i32"}  # the adapters' fold (``Tail``)
+        sig |= {
+            name: "i32"
+            for name in ("M", "N", "K", "NT", "GROUP", "stride_xm", "stride_wn", "stride_ym", "stride_tn")
+        }
+        sig |= {"stride_um": "i32"}
         sig |= {
             name: "constexpr"
-            for name in ("MP", "BLOCK_N", "BLOCK_K", "STAGES", "CONVERT", "IEEE", "EVEN_N", "EVEN_K")
+            for name in (
+                "MP",
+                "BLOCK_N",
+                "BLOCK_K",
+                "STAGES",
+                "CONVERT",
+                "IEEE",
+                "EVEN_N",
+                "EVEN_K",
+                "TAIL",
+                "TAIL_BLOCK_K",
+            )
         }
-        for mp in (16, 32):
+        shared: dict[tuple[int, bool], int] = {}
+        for mp, tail in ((16, False), (32, False), (16, True)):
             consts = dict(
                 MP=mp,
                 BLOCK_N=bn,
@@ -368,16 +385,22 @@ def test_fp8_configs_compile_for_hopper() -> None:
                 IEEE=False,
                 EVEN_N=True,
                 EVEN_K=True,
+                TAIL=tail,
+                TAIL_BLOCK_K=bk // 2,
             )
             src = ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=attrs)
             compiled = triton.compile(
                 src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages}
             )
-            assert compiled.metadata.shared <= 227 * 1024, (bn, bk, warps, stages, convert, mp)
+            assert compiled.metadata.shared <= 227 * 1024, (bn, bk, warps, stages, convert, mp, tail)
+            shared[(mp, tail)] = compiled.metadata.shared
             ptx = compiled.asm["ptx"]
             assert ("mul.rn.bf16x2" in ptx) == (convert == 1)
             if convert == 2:  # one native e4m3x2 → f16x2 per two weights, no f16 → bf16 step
                 assert "cvt.rn.f16x2.e4m3x2" in ptx and "cvt.bf16.f16" not in ptx
+        # the adapters' fold (a 16-bit tail, half the K block) leaves as many programs per SM as without it
+        per_sm = {tail: 228 * 1024 // shared[(16, tail)] for tail in (False, True)}
+        assert per_sm[True] == per_sm[False], (bn, bk, warps, stages, convert, shared)
     src = ASTSource(
         fn=kernels._scale_to_f16_kernel,
         signature={"x_ptr": "*bf16", "out_ptr": "*fp16", "K": "i32", "stride_xm": "i32", "MUL": "constexpr"}

@@ -756,6 +756,14 @@ def test_kernels_compile_for_hopper() -> None:
     def types(fn: object) -> dict[str, str]:
         return {n: ptrs.get(n, "*bf16" if n.endswith("_ptr") else "i32") for n in fn.arg_names}  # type: ignore[attr-defined]
 
+    from inference.fast import kernels
+
+    skinny = (
+        kernels._skinny_gemm_kernel
+    )  # with the fold's tail (``kernels.Tail``); the FP8 one: test_fast_fp8.py
+    for block_n, block_k, warps, stages in kernels.GEMM_CONFIGS[:3]:
+        consts = {"MP": 16, "BLOCK_N": block_n, "BLOCK_K": block_k, "STAGES": stages, "TAIL": True}
+        build(skinny, types(skinny) | {"u_ptr": "*fp32"}, consts, warps)
     shrink = lk._lora_shrink_kernel
     for split, total in ((32, True), (32, False), (64, True), (1, False)):
         build(shrink, types(shrink), {"J": 48, "JP": 64, "SPLIT": split, "SUM": total, "BLOCK_K": 128}, 4)
