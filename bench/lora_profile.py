@@ -1,16 +1,23 @@
 """Where a decode step with adapters spends its time, on a 2-layer model at the 70B widths, bf16 and FP8: the device
 time of every kernel of an eager decode step (base and with adapters), and the replay time of the decode step's CUDA
-graphs (base and with adapters; the shrink on a side stream or not).
+graphs (base and with adapters) for three ways of computing the adapters' x·A: a separate shrink kernel
+(HANBOT_LORA_FOLD=0), the same on a side stream (HANBOT_LORA_OVERLAP=1), and folded into the base product's own
+launch (the default: ``lora.LoraPool.fold_rows``).
 
 Batches: ``one`` (every row on one adapter) at 1, 16 and 64 rows, and ``mixed`` (rows spread over 4 adapters and
 the base, as ``lora.mixed.concurrency.16`` of the GPU benchmark) at 16 and 64 rows. The summary lines
-(``LORA_PROFILE …``) give per batch the device µs per step of the adapters' kernels (``_lora_*``) and of the whole
-step, base and with adapters, and the graph step ms; the rows of ``trace`` give every kernel.
+(``LORA_PROFILE …``) give per batch the device µs per step of the adapters' kernels (``_lora_*``; folded, the x·A
+work is inside ``_skinny_gemm_kernel``/``_fp8_skinny_gemm_kernel``) and of the whole step, base and with adapters,
+the kernel launches per step, and the graph step ms (``graph_step_ms``: separate shrink, ``graph_step_ms_fold``:
+folded); the rows of ``trace`` give every kernel. The trace runs with the environment's HANBOT_LORA_FOLD (default
+on); the steps measure all three ways in one run.
 
 GPU only; prints a table and writes ``lora-profile-<gpu>.json`` under ``--out``. It measures no target: it is the
 diagnosis behind the LoRA figures of ``gpu-<setup>-lora.json`` (which kernels the adapters add and what each costs).
 
     python bench/lora_profile.py --out bench/results
+    python bench/lora_profile.py --out bench/results --skip-trace --rows 1,16 --mixed-rows 16   # the A/B only
+    HANBOT_LORA_FOLD=0 python bench/lora_profile.py --out bench/results --trace-only --name nofold
 """
 
 from __future__ import annotations
@@ -153,6 +160,8 @@ def trace_summary(trace: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "lora_kernels_us": round(sum(kernels.values()), 1),
                 "step_us_lora": round(sum(r["us_per_step"] for r in lora), 1),
                 "step_us_base": round(sum(r["us_per_step"] for r in mine if not r["lora"]), 1),
+                "launches_lora": round(sum(r["calls_per_step"] for r in lora), 1),
+                "launches_base": round(sum(r["calls_per_step"] for r in mine if not r["lora"]), 1),
                 "kernels": kernels,
             }
         )
@@ -184,19 +193,47 @@ def step_times(dec: Any, rows: int, mix: str) -> dict[str, float]:
     return out
 
 
-def step_table(fp8: bool, overlap: bool, batches: list[tuple[int, str]], layers: int = 2) -> dict[str, Any]:
-    """Graph replay ms of one decode step per batch, base and with adapters."""
+# (HANBOT_LORA_OVERLAP, HANBOT_LORA_FOLD) of the graph-step A/B: the separate shrink, on a side stream, folded
+STEP_MODES = ((False, False), (True, False), (False, True))
+
+
+def step_table(
+    fp8: bool, overlap: bool, batches: list[tuple[int, str]], layers: int = 2, fold: bool = False
+) -> dict[str, Any]:
+    """Graph replay ms of one decode step per batch, base and with adapters (``fold``: the shrink folded into the
+    base products where a Triton skinny kernel serves them)."""
     os.environ["HANBOT_LORA_OVERLAP"] = "1" if overlap else "0"
+    os.environ["HANBOT_LORA_FOLD"] = "1" if fold else "0"
     capacity = max(rows for rows, _ in batches)
     dec = _decoder(fp8, layers, capacity, cuda_graphs=True)
     side = dec.lora_pool is not None and dec.lora_pool.side is not None
+    folds = dec.lora_pool is not None and dec.lora_pool.fold
     times = {f"{rows}-{mix}": step_times(dec, rows, mix) for rows, mix in batches}
     dec.close()
     del dec
     torch.cuda.empty_cache()
-    result = {"fp8": fp8, "overlap": overlap, "side_stream": side, "layers": layers, "step_ms": times}
+    result = {
+        "fp8": fp8,
+        "overlap": overlap,
+        "side_stream": side,
+        "fold": folds,
+        "layers": layers,
+        "step_ms": times,
+    }
     print(json.dumps(result), flush=True)
     return result
+
+
+def _graph_ms(steps: list[dict[str, Any]], fp8: bool, batch: str, fold: bool) -> dict[str, float] | None:
+    """The graph step ms of ``batch`` without the side stream, the shrink folded or not."""
+    return next(
+        (
+            st["step_ms"].get(batch)
+            for st in steps
+            if st["fp8"] == fp8 and not st["overlap"] and st.get("fold", False) == fold
+        ),
+        None,
+    )
 
 
 def _commit() -> str:
@@ -218,6 +255,7 @@ def main() -> None:
         "--name", default="", help="suffix of the results file (lora-profile-<gpu>-<name>.json)"
     )
     parser.add_argument("--trace-only", action="store_true", help="only the per-kernel device times")
+    parser.add_argument("--skip-trace", action="store_true", help="only the graph steps (the fold A/B)")
     parser.add_argument("--rows", default="1,16,64", help="batch sizes with every row on one adapter")
     parser.add_argument("--mixed-rows", default="16,64", help="batch sizes over 4 adapters and the base")
     parser.add_argument("--bf16-only", action="store_true")
@@ -261,10 +299,11 @@ def main() -> None:
         "shrink_sums_from_rows": lora_kernels.SHRINK_SUMS_FROM_ROWS,
         "min_k_per": lora_kernels.MIN_K_PER,
         "dot_precision": lora_kernels.DOT_PRECISION,
+        "trace_fold": os.environ.get("HANBOT_LORA_FOLD", "1") != "0",
         "command": "python bench/lora_profile.py " + " ".join(sys.argv[1:]),
     }
     trace: list[dict[str, Any]] = []
-    for fp8 in (False,) if args.bf16_only else (False, True):
+    for fp8 in () if args.skip_trace else (False,) if args.bf16_only else (False, True):
         dec = _decoder(fp8, 2, max(r for r, _ in batches), cuda_graphs=False)
         for rows, mix in batches:
             trace += kernel_trace(dec, fp8, rows, mix)
@@ -275,25 +314,30 @@ def main() -> None:
     results["trace"] = trace
     if not args.skip_steps and not args.trace_only:
         results["steps"] = [
-            step_table(fp8, overlap, batches)
+            step_table(fp8, overlap, batches, fold=fold)
             for fp8 in ((False,) if args.bf16_only else (False, True))
-            for overlap in (False, True)
+            for overlap, fold in STEP_MODES
         ]
     for s in results["summary"]:
-        graph = next(
-            (
-                st["step_ms"].get(f"{s['rows']}-{s['mix']}")
-                for st in results.get("steps", [])
-                if st["fp8"] == s["fp8"] and not st["overlap"]
-            ),
-            None,
+        graph, graph_fold = (
+            _graph_ms(results.get("steps", []), s["fp8"], f"{s['rows']}-{s['mix']}", fold)
+            for fold in (False, True)
         )
         print(
             f"LORA_PROFILE fp8={s['fp8']} rows={s['rows']} mix={s['mix']} lora_kernels_us={s['lora_kernels_us']} "
             f"eager_step_us base={s['step_us_base']} lora={s['step_us_lora']} graph_step_ms={graph} "
+            f"graph_step_ms_fold={graph_fold} launches base={s['launches_base']} lora={s['launches_lora']} "
             f"kernels={json.dumps(s['kernels'])}",
             flush=True,
         )
+    for st in results.get("steps", []):
+        for batch, ms in st["step_ms"].items():
+            ratio = round(ms["base"] / ms["lora"], 3) if ms.get("base") and ms.get("lora") else None
+            print(
+                f"LORA_STEP fp8={st['fp8']} overlap={st['overlap']} fold={st['fold']} batch={batch} "
+                f"base_ms={ms.get('base')} lora_ms={ms.get('lora')} base_over_lora={ratio}",
+                flush=True,
+            )
     tag = "h200" if "H200" in gpu else "h100" if "H100" in gpu else "smoke" if args.smoke else "gpu"
     Path(args.out).mkdir(parents=True, exist_ok=True)
     name = f"lora-profile-{tag}{'-' + args.name if args.name else ''}.json"
