@@ -10,6 +10,10 @@ FP8 weights (``fp8.Fp8Weight``): up to 32 rows go to the Triton FP8 skinny kerne
 ``torch._scaled_mm`` with the activations quantised per token (W8A8 on Hopper's FP8 tensor cores), or, where that
 is unavailable or fails, to a row-chunked dequantisation and cuBLAS (``fp8_prefill``). On CPU an FP8 product is
 ``F.linear(x, w.dequantize(x.dtype))``, the reference the kernels are tested against.
+
+``linear_folded``: the same Triton product with a second, small matrix in the same launch (``kernels.Tail``: the LoRA
+pool's A stack, so a decode step with adapters needs no shrink kernel of its own, ``lora.py``). bf16 shapes where
+cuBLAS won by less than FOLD_SLACK_S keep their fastest Triton config for it (``fold_choices``).
 """
 
 from __future__ import annotations

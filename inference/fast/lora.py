@@ -11,14 +11,28 @@ shrink ``x·A`` runs all parts at once (A_q, A_k, A_v stacked: parts·R values p
 column the R values of its own part (the column ranges of q, k and v).
 
 Per row the adapter is a pool index (-1: the base model), read on the device: in a decode step from the decoder's
-slot → index buffer (inside the CUDA graph, like the row → slot map), in a prefill pass per sequence. On CUDA two
-Triton kernels per projection (``lora_kernels``: a split-K shrink whose last program per row sums the partials into
-the row's rank values (from 2 rows on; one row: the expand sums them), and an expand in which each program loads an
-adapter's B tile once for all the rows of its row block that use it and adds the product into the base output in
-place; rows of the base model are skipped);
-the Q/K/V and gate/up expands are fused into the rotary and SiLU kernels that follow them. ``HANBOT_LORA_OVERLAP=1``
-launches the shrink on a side stream beside the base product (a fork and join in the graph; off by default: on an
-H100 it did not help). Elsewhere the same arithmetic in torch.
+slot → index buffer (inside the CUDA graph, like the row → slot map), in a prefill pass per sequence.
+
+On CUDA, a decode step folds the shrink into the base product (``fold_rows``): where the matrix-product plan serves
+the product with a Triton skinny kernel (``gemm.LinearPlan.linear_folded``: FP8 weights always, bf16 ones where a
+Triton config won or came within a shrink launch of cuBLAS), that kernel's launch also multiplies the rows by the
+projection's whole A stack, viewed as extra weight rows [slots·parts·R, in] (``kernels.Tail``; the base weights are
+neither copied nor moved). Those programs run first and write every row's x·A of every slot a row of the batch uses
+into a float32 buffer [rows, slots·parts·R] beside the base output (which stays a contiguous [rows, out] tensor, so
+the attention, the norms and the all-reduce take it as before); tiles of slots no row uses are skipped. The expand
+reads row m's values at its slot's columns (a slot stride). So an adapted decode layer launches 4 kernels more than
+the base one (the expands: plain for o and down, fused into the rotary and SiLU kernels for Q/K/V and gate/up),
+where the separate shrink made it 8. The rank values are float32 sums of the same products as the shrink's (x and
+A in the activations' dtype; the FP8 kernel's f16 mode takes A in f16, exact for |a| ≥ 2^-14).
+
+Where the plan chose cuBLAS (or more than 32 rows, or ``HANBOT_LORA_FOLD=0``, read when the pool is made) the
+shrink is a kernel of its own (``lora_kernels``: a split-K shrink whose last program per row sums the partials into
+the row's rank values (from 2 rows on; one row: the expand sums them)); ``HANBOT_LORA_OVERLAP=1`` launches it on a
+side stream beside the base product (a fork and join in the graph; off by default: on an H100 it did not help).
+Either way the expand is one kernel per projection in which each program loads an adapter's B tile once for all the
+rows of its row block that use it and adds the product into the base output in place (rows of the base model are
+skipped); the Q/K/V and gate/up expands are fused into the rotary and SiLU kernels that follow them. Prefill passes
+(several tokens per sequence) and machines without Triton do the same arithmetic in torch.
 
 Tensor parallel: column-parallel projections (qkv, gate_up, lm_head) keep A whole and their rows of B; row-parallel
 ones (o, down) keep their columns of A and B whole, and each rank adds ``(x_r·A_r)·B`` to its partial output before

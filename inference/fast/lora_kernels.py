@@ -1,13 +1,20 @@
 # mypy: disable-error-code="no-untyped-def"
 """Triton kernels of the adapters' decode path (``lora.py``): gathered LoRA products, one pair of launches per
-projection whatever the mix of adapters in the batch (Punica's BGMV, vLLM's shrink/expand).
+projection whatever the mix of adapters in the batch (Punica's BGMV, vLLM's shrink/expand), or one launch per
+projection where the shrink is folded into the base product.
 
-``shrink``: each (row, K-chunk) program reads its row's adapter index (-1: the base model, the program leaves at
-once), multiplies its chunk of x by that adapter's A stack [parts·R, K] and writes its partial sums [parts·R] in
-float32 (split-K without float atomics). From SHRINK_SUMS_FROM_ROWS rows on, the last program of a row to finish
-(an integer counter per row says which; it sets it back to 0) sums the row's partials in a fixed order into the
-row's rank values, so the result does not depend on which program came last; below, each expand program sums the
-partials of its rows itself (a one-row step saves the counter's round trip).
+Rank values (x·A per row), two sources, and every expand reads either:
+
+* the fold (the default where the base product runs on a Triton skinny kernel): ``kernels.Tail`` makes the base
+  product's own launch compute x·A for every pool slot the batch uses, a float32 [rows, slots·parts·R] buffer; row
+  m's values are at columns slot·(parts·R).., so the expands step ``slot_stride`` = parts·R per slot (2-D input).
+* ``shrink``: each (row, K-chunk) program reads its row's adapter index (-1: the base model, the program leaves at
+  once), multiplies its chunk of x by that adapter's A stack [parts·R, K] and writes its partial sums [parts·R] in
+  float32 (split-K without float atomics). From SHRINK_SUMS_FROM_ROWS rows on, the last program of a row to finish
+  (an integer counter per row says which; it sets it back to 0) sums the row's partials in a fixed order into the
+  row's rank values, so the result does not depend on which program came last; below, each expand program sums the
+  partials of its rows itself (a one-row step saves the counter's round trip). The output (``new_partial``, 3-D)
+  holds the row's own slot only: slot stride 0.
 
 ``expand``: each program owns a column tile and a block of up to 16 rows. For every pool slot that one of its rows
 uses it loads that slot's B tile [R, tile] once and multiplies the rank values of all its rows by it (rows of other
