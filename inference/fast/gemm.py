@@ -244,7 +244,11 @@ class LinearPlan:
                         best, best_t = cfg, t
                 self.choices[(n, k, rows)] = best
                 fold = _fastest_triton(times)
-                if best is None and fold is not None and fold[1] - times["cublas"] <= FOLD_SLACK_S * 1e3:
+                if (
+                    best is None
+                    and fold is not None
+                    and fold[1] - times.get("cublas", 0.0) <= FOLD_SLACK_S * 1e3
+                ):
                     self.fold_choices[(n, k, rows)] = fold[0]
                 bytes_ = n * k * mats[0].element_size()
                 self.timings[f"{name}.{rows}"] = {
