@@ -940,6 +940,16 @@ def test_gpu_kernels_at_70b_widths(
         close(got_t, want_t, atol=5e-2)  # a rotated pair: a rounding of one half moves the other by as much
 
 
+def _skinny(x: torch.Tensor, w: object, cfg: tuple[int, ...], tail: object = None) -> torch.Tensor:
+    """The skinny kernel of ``w`` (bf16, or an ``Fp8Weight``) with config ``cfg`` and maybe a ``kernels.Tail``."""
+    from inference.fast import kernels
+    from inference.fast.fp8 import Fp8Weight
+
+    if isinstance(w, Fp8Weight):
+        return kernels.fp8_skinny_linear(x, w.data, w.scale, cfg, tail)  # type: ignore[arg-type]
+    return kernels.skinny_linear(x, w, cfg, tail)  # type: ignore[arg-type]
+
+
 @pytest.mark.skipif(not CUDA or INTERPRET, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("fp8", [False, True])
 def test_gpu_fold_at_70b_widths(fp8: bool) -> None:
@@ -962,17 +972,11 @@ def test_gpu_fold_at_70b_widths(fp8: bool) -> None:
             index = _mixed_index(rows, slots, "mixed" if rows > 1 else "one", dev)
             x = torch.randn(rows, k, generator=g, device=dev).to(dt)
             for cfg in configs:
-
-                def product(
-                    tail: object = None, cfg: tuple[int, ...] = cfg, x: torch.Tensor = x
-                ) -> torch.Tensor:
-                    if q is not None:
-                        return kernels.fp8_skinny_linear(x, q.data, q.scale, cfg, tail)  # type: ignore[arg-type]
-                    return kernels.skinny_linear(x, w, cfg, tail)  # type: ignore[arg-type]
-
                 out = torch.full((rows, slots * parts * rank), float("nan"), device=dev)
-                y = product(kernels.Tail(a.view(-1, k), index, parts * rank, out))
-                assert torch.equal(y, product()), (name, rows, cfg)
+                y = _skinny(
+                    x, q if q is not None else w, cfg, kernels.Tail(a.view(-1, k), index, parts * rank, out)
+                )
+                assert torch.equal(y, _skinny(x, q if q is not None else w, cfg)), (name, rows, cfg)
                 for m, slot in enumerate(index.tolist()):
                     if slot >= 0:
                         got = out[m, slot * parts * rank : (slot + 1) * parts * rank]
