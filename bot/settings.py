@@ -285,6 +285,20 @@ class FinetuneSettings(BaseModel):
         "shared: train on the serving GPU while the bot answers (needs engine.reserve_training_gib)",
     )
     train_device: str | None = Field(None, description='with gpu_sharing="separate", e.g. "cuda:1"')
+    trainer_mps_sm_percent: int | None = Field(
+        None,
+        ge=1,
+        le=100,
+        description='with gpu_sharing="shared": the share of the GPU\'s SMs the trainer may use '
+        "(CUDA_MPS_ACTIVE_THREAD_PERCENTAGE); takes effect only when an MPS control daemon serves this GPU and the "
+        'bot was started after it as its client (docs/learning.md, "Sharing one GPU: MPS"); unset: no limit',
+    )
+    trainer_mps_priority: Literal["normal", "below_normal"] | None = Field(
+        None,
+        description='with gpu_sharing="shared": the trainer\'s MPS client priority (CUDA_MPS_CLIENT_PRIORITY; '
+        "below_normal lets the engine's kernels go first, a hint to the driver), under an MPS control daemon only "
+        '(docs/learning.md, "Sharing one GPU: MPS"); unset: the daemon\'s default',
+    )
     version_routes: dict[str, str] = Field(
         default_factory=dict,
         description='conversation key or prefix -> version served there, e.g. {"discord:GUILD": "v3"}; '
@@ -312,6 +326,27 @@ class FinetuneSettings(BaseModel):
         description='conversation key where the nightly run\'s end is posted, e.g. "slack:T0123:C0456" '
         "(/finetune run posts where it was typed)",
     )
+
+    @model_validator(mode="after")
+    def _check_trainer_mps(self) -> FinetuneSettings:
+        """The MPS limits shape how the trainer shares the serving GPU; in another mode they would do nothing, so a
+        setting that looks applied but is not is refused rather than ignored."""
+        if self.gpu_sharing == "shared":
+            return self
+        named = [
+            name
+            for name in ("trainer_mps_sm_percent", "trainer_mps_priority")
+            if getattr(self, name) is not None
+        ]
+        if named:
+            which = " and ".join(f"finetune.{name}" for name in named)
+            verb, them = ("takes", "it") if len(named) == 1 else ("take", "them")
+            raise ValueError(
+                f"{which} {verb} effect only when the trainer shares the serving GPU: set "
+                f'finetune.gpu_sharing="shared" (HANBOT_FINETUNE__GPU_SHARING=shared), or unset {them} '
+                f'(gpu_sharing is "{self.gpu_sharing}")'
+            )
+        return self
 
     @field_validator("announce_channel")
     @classmethod

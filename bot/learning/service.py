@@ -42,7 +42,7 @@ from bot.learning.dataset import (
 from bot.learning.defaults import effective_settings
 from bot.learning.gate import ActiveVersion, GateDecision, GateRules, judge, refuse_small
 from bot.learning.job import TrainJob, TrainResult
-from bot.learning.launch import TrainerLaunch
+from bot.learning.launch import TrainerLaunch, mps_client_env, mps_daemon
 from bot.learning.progress import LossHistory, PhaseClock, RunOrigin
 from bot.learning.routing import LoraRoutes, scope_matches
 from bot.learning.tenants import SHARED, TenantPolicy, TenantRoutes, scope_dataset_options
@@ -729,6 +729,8 @@ class FinetuneService:
         if pause:
             _log.info("fine-tune run=%d: pausing the engine (maintenance) while training", run.id)
             await self._engine.pause()
+        elif sharing == "shared":
+            _log_gpu_sharing(run.id, self._settings)
         try:
             return await self._run_trainer(run, job, run_dir)
         finally:
@@ -749,7 +751,7 @@ class FinetuneService:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log,
                 cwd=str(self._trainer.cwd),
-                env=self._trainer.env(),
+                env=self._trainer.env(self._settings.finetune),
             )
         self._process = process
         _log.info("fine-tune run=%d: trainer pid=%d", run.id, process.pid)
@@ -1064,6 +1066,30 @@ async def _kill(process: asyncio.subprocess.Process) -> None:
         with contextlib.suppress(ProcessLookupError):
             process.kill()
         await process.wait()
+
+
+def _log_gpu_sharing(run_id: int, settings: Settings) -> None:
+    """One line at the start of a shared training: whether an MPS daemon serves this GPU (the trainer's kernels then
+    run beside the engine's, within its limits) or not (the two processes time-slice the GPU)."""
+    daemon = mps_daemon()
+    limits = " ".join(f"{k}={v}" for k, v in mps_client_env(settings.finetune).items())
+    if daemon.serving:
+        _log.info(
+            "fine-tune run=%d: training beside the engine on its GPU under MPS (control daemon pid=%d, pipe "
+            "directory %s; %s); the engine is its client too if the bot started after the daemon",
+            run_id,
+            daemon.pid,
+            daemon.pipe_directory,
+            limits or "no trainer limits",
+        )
+    else:
+        _log.info(
+            "fine-tune run=%d: training beside the engine on its GPU without MPS (no control daemon at %s): the two "
+            "processes time-slice the GPU%s",
+            run_id,
+            daemon.pipe_directory,
+            f"; {limits} take effect only under MPS" if limits else "",
+        )
 
 
 def _describe_exit(code: int) -> str:
