@@ -88,3 +88,29 @@ def test_fp8_and_tensor_parallel_settings(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("HANBOT_ENGINE__TENSOR_PARALLEL", "2")
     settings = load_settings()
     assert settings.engine.fp8_weights and settings.engine.tensor_parallel == 2
+
+
+def test_trainer_mps_limits_are_checked_and_apply_only_when_sharing_the_gpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """finetune.trainer_mps_*: 1..100 percent and two priority levels (all MPS has), and only with
+    gpu_sharing="shared": in another mode they would do nothing, so they are refused, naming what to change."""
+    shared = {"gpu_sharing": "shared"}
+    engine = {"reserve_training_gib": 46}
+    s = load_settings(
+        finetune={**shared, "trainer_mps_sm_percent": 40, "trainer_mps_priority": "below_normal"}, engine=engine
+    )
+    assert (s.finetune.trainer_mps_sm_percent, s.finetune.trainer_mps_priority) == (40, "below_normal")
+    unset = load_settings()
+    assert (unset.finetune.trainer_mps_sm_percent, unset.finetune.trainer_mps_priority) == (None, None)
+    for bad in (0, 101):
+        with pytest.raises(ConfigError, match="HANBOT_FINETUNE__TRAINER_MPS_SM_PERCENT"):
+            load_settings(finetune={**shared, "trainer_mps_sm_percent": bad}, engine=engine)
+    with pytest.raises(ConfigError, match="HANBOT_FINETUNE__TRAINER_MPS_PRIORITY"):
+        load_settings(finetune={**shared, "trainer_mps_priority": "high"}, engine=engine)
+    with pytest.raises(ConfigError, match=r'finetune.trainer_mps_sm_percent takes effect only .*"pause"'):
+        load_settings(finetune={"trainer_mps_sm_percent": 40})
+    monkeypatch.setenv("HANBOT_FINETUNE__GPU_SHARING", "separate")
+    monkeypatch.setenv("HANBOT_FINETUNE__TRAINER_MPS_PRIORITY", "normal")
+    with pytest.raises(ConfigError, match=r"trainer_mps_priority takes effect only .*GPU_SHARING=shared"):
+        load_settings()
