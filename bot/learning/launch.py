@@ -26,7 +26,8 @@ MPS_DEFAULT_PIPE_DIRECTORY = "/tmp/nvidia-mps"  # the daemon's and the clients' 
 MPS_CONTROL_PID_FILE = "nvidia-cuda-mps-control.pid"  # the daemon writes it in its pipe directory
 MPS_SM_PERCENT = "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"
 MPS_CLIENT_PRIORITY = "CUDA_MPS_CLIENT_PRIORITY"
-MPS_PRIORITY_LEVELS = {"normal": "0", "below_normal": "1"}  # the only levels MPS accepts: 0 NORMAL, 1 BELOW NORMAL
+# the levels MPS accepts (NVIDIA's MPS guide): 0 NORMAL, 1 BELOW NORMAL; a hint to the driver, not a guarantee
+MPS_PRIORITY_LEVELS = {"normal": "0", "below_normal": "1"}
 MPS_CLIENT_LIMITS = (MPS_SM_PERCENT, MPS_CLIENT_PRIORITY)
 
 

@@ -98,7 +98,8 @@ def test_trainer_mps_limits_are_checked_and_apply_only_when_sharing_the_gpu(
     shared = {"gpu_sharing": "shared"}
     engine = {"reserve_training_gib": 46}
     s = load_settings(
-        finetune={**shared, "trainer_mps_sm_percent": 40, "trainer_mps_priority": "below_normal"}, engine=engine
+        finetune={**shared, "trainer_mps_sm_percent": 40, "trainer_mps_priority": "below_normal"},
+        engine=engine,
     )
     assert (s.finetune.trainer_mps_sm_percent, s.finetune.trainer_mps_priority) == (40, "below_normal")
     unset = load_settings()

@@ -74,7 +74,9 @@ def test_the_bots_own_mps_limits_are_not_the_trainers(monkeypatch: pytest.Monkey
 
 def dead_pid() -> int:
     """The pid of a process that has exited (and been reaped)."""
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     return int(done.stdout)
 
 
@@ -134,7 +136,10 @@ async def test_a_shared_run_starts_the_trainer_with_its_limits_and_says_whether_
     assert engine.calls == [], "shared: the engine was not paused"
     lines = [r.getMessage() for r in caplog.records if "MPS" in r.getMessage()]
     assert len(lines) == 1 and "without MPS (no control daemon at " + str(pipe) in lines[0], lines
-    assert "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=30 CUDA_MPS_CLIENT_PRIORITY=1 take effect only under MPS" in lines[0]
+    assert (
+        "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=30 CUDA_MPS_CLIENT_PRIORITY=1 take effect only under MPS"
+        in lines[0]
+    )
 
     # a daemon serving that pipe directory (its pid file naming a live process: this one)
     pipe.mkdir()
@@ -142,7 +147,9 @@ async def test_a_shared_run_starts_the_trainer_with_its_limits_and_says_whether_
     caplog.clear()
     await FinetuneService(settings, sqlite_store, engine, trainer=trainer).run(actor="console:local")
     lines = [r.getMessage() for r in caplog.records if "MPS" in r.getMessage()]
-    assert len(lines) == 1 and f"under MPS (control daemon pid={os.getpid()}, pipe directory {pipe}" in lines[0]
+    assert (
+        len(lines) == 1 and f"under MPS (control daemon pid={os.getpid()}, pipe directory {pipe}" in lines[0]
+    )
 
     # pause mode: no line, no limits
     settings.finetune.gpu_sharing = "pause"
