@@ -23,7 +23,19 @@ maintenance (``EnginePaused``; target 0), memory (the engine's KV cache, free GP
 trainer's peak), the trainer's own figures under ``trainer``, and the command. The trainer's output goes to
 ``train-while-serving-trainer.log`` beside it.
 
+Without MPS the two CUDA processes time-slice the GPU. ``--mps`` measures the same under NVIDIA MPS (docs/learning.md,
+"Sharing one GPU: MPS"): this process starts an MPS control daemon for the run (pipe and log folders in a temporary
+folder), runs the measurement in a child process started after it with those folders in its environment (so the
+engine and the trainer are both its clients), and quits the daemon at the end, also when the run fails or is
+stopped (SIGTERM, Ctrl-C). ``--mps-trainer-sm-percent`` and ``--mps-trainer-priority`` give the trainer the limits
+of ``finetune.trainer_mps_sm_percent`` / ``trainer_mps_priority`` (through the product's
+``bot.learning.launch.mps_client_env``). The results go to ``train-while-serving-mps.json`` (``--out-name``), with
+the MPS setup under ``setup.mps`` and what the daemon saw (its clients, their priority, its log's errors) under
+``mps``. If ``nvidia-cuda-mps-control`` is missing or the daemon does not start, the results say so under
+``errors.mps`` and the command exits with status 3.
+
   python3 bench/train_while_serving.py --out $OUT        # one H200 (bitsandbytes' wheel carried: docs/learning.md)
+  python3 bench/train_while_serving.py --mps --mps-trainer-priority below_normal --out $OUT   # the same under MPS
   .venv/bin/python bench/train_while_serving.py --shape tiny --device cpu --new 8 --concurrency 2 --seq-len 64 \\
       --out /tmp/tws-smoke                               # CPU smoke run: the same code, the trainer without NF4
 """
@@ -35,12 +47,16 @@ import asyncio
 import itertools
 import json
 import os
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +68,19 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench import gpu_70b as g  # noqa: E402
+from bot.learning.launch import (  # noqa: E402
+    MPS_CLIENT_LIMITS,
+    MPS_CONTROL_PID_FILE,
+    MPS_PIPE_DIRECTORY,
+    mps_client_env,
+)
 
 TARGET_RATIO = 0.6  # serving keeps at least this share of its idle aggregate (issue 11)
+RESULTS_NAME = "train-while-serving.json"
+MPS_RESULTS_NAME = "train-while-serving-mps.json"
+MPS_CONTROL = "nvidia-cuda-mps-control"
+MPS_LOG_DIRECTORY = "CUDA_MPS_LOG_DIRECTORY"
+MPS_UNAVAILABLE_EXIT = 3
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -90,9 +117,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="engine.interleave_prefill off (the whole prompt prefilled at admission); default: on, the bot's default",
     )
+    ap.add_argument(
+        "--mps",
+        action="store_true",
+        help="run under an NVIDIA MPS control daemon started for this run (the engine and the trainer its clients)",
+    )
+    ap.add_argument(
+        "--mps-trainer-sm-percent",
+        type=sm_percent,
+        default=None,
+        help="with --mps: the trainer's share of the SMs, 1..100 (finetune.trainer_mps_sm_percent)",
+    )
+    ap.add_argument(
+        "--mps-trainer-priority",
+        choices=("normal", "below_normal"),
+        default=None,
+        help="with --mps: the trainer's MPS client priority (finetune.trainer_mps_priority)",
+    )
+    ap.add_argument("--mps-child", action="store_true", help=argparse.SUPPRESS)  # the run inside the daemon
+    ap.add_argument(
+        "--out-name",
+        default=None,
+        help=f"results file in --out (default {RESULTS_NAME}; with --mps, {MPS_RESULTS_NAME})",
+    )
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--out", default=os.environ.get("RESULTS_DIR", "bench/results"))
     args = ap.parse_args(argv)
+    if not args.mps and (args.mps_trainer_sm_percent is not None or args.mps_trainer_priority is not None):
+        ap.error("--mps-trainer-sm-percent and --mps-trainer-priority take effect only with --mps")
+    args.out_name = args.out_name or (MPS_RESULTS_NAME if args.mps else RESULTS_NAME)
+    if Path(args.out_name).name != args.out_name or not args.out_name.endswith(".json"):
+        ap.error(f"--out-name is a file name ending in .json, not {args.out_name!r}")
     from bot.settings import EngineSettings
 
     defaults = EngineSettings()
@@ -103,6 +158,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.lora_slots, args.lora_rank = defaults.lora_slots, defaults.lora_max_rank
     args.train_quant = args.train_quant or ("nf4" if args.device == "cuda" else "none")
     return args
+
+
+def sm_percent(text: str) -> int:
+    """An SM share, 1..100, as CUDA_MPS_ACTIVE_THREAD_PERCENTAGE takes it."""
+    value = int(text)
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"an SM share is 1..100, not {value}")
+    return value
+
+
+def trainer_log_name(args: argparse.Namespace) -> str:
+    """train-while-serving-trainer.log beside train-while-serving.json, and so on for another results name."""
+    return args.out_name.removesuffix(".json") + "-trainer.log"
+
+
+def trainer_mps_env(args: argparse.Namespace) -> dict[str, str]:
+    """The trainer's MPS limits, as the learning loop gives them (finetune.gpu_sharing="shared")."""
+    if not args.mps:
+        return {}
+    from bot.settings import FinetuneSettings
+
+    finetune = FinetuneSettings(
+        gpu_sharing="shared",
+        trainer_mps_sm_percent=args.mps_trainer_sm_percent,
+        trainer_mps_priority=args.mps_trainer_priority,
+    )
+    return mps_client_env(finetune)
 
 
 # ---------------------------------------------------------------- serving figures
@@ -171,24 +253,32 @@ def gpu_free_gib(on_cuda: bool) -> float | None:
 # ---------------------------------------------------------------- the trainer beside it
 
 
+def trainer_env(args: argparse.Namespace, results_dir: Path, stop_file: Path) -> dict[str, str]:
+    """bench/finetune_gpu.py's settings; with --mps, the trainer's MPS limits as the learning loop gives them (the
+    ones this process may have been started with are the engine's, not passed on)."""
+    env = {k: v for k, v in os.environ.items() if not (args.mps and k in MPS_CLIENT_LIMITS)}
+    env.update(
+        RESULTS_DIR=str(results_dir),
+        STEPS="100000",  # until the stop file
+        STOP_FILE=str(stop_file),
+        SEQ_LEN=str(args.seq_len),
+        DEVICE="cuda:0" if args.device == "cuda" else args.device,
+        QUANT=args.train_quant,
+        PYTHONUNBUFFERED="1",
+    )
+    if args.shape == "tiny":
+        env["SHAPE"] = "tiny"
+    env.update(trainer_mps_env(args))
+    return env
+
+
 class Trainer:
     """bench/finetune_gpu.py in a child process, stepping until ``stop``; its figures are read from its JSON."""
 
     def __init__(self, args: argparse.Namespace, log_path: Path) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="hanbot-tws-trainer-"))
         self.stop_file = self.dir / "stop"
-        env = dict(os.environ)
-        env.update(
-            RESULTS_DIR=str(self.dir),
-            STEPS="100000",  # until the stop file
-            STOP_FILE=str(self.stop_file),
-            SEQ_LEN=str(args.seq_len),
-            DEVICE="cuda:0" if args.device == "cuda" else args.device,
-            QUANT=args.train_quant,
-            PYTHONUNBUFFERED="1",
-        )
-        if args.shape == "tiny":
-            env["SHAPE"] = "tiny"
+        env = trainer_env(args, self.dir, self.stop_file)
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
@@ -355,7 +445,7 @@ def summarise(
 def record_setup(args: argparse.Namespace, on_cuda: bool) -> g.Results:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = g.Results(out / "train-while-serving.json")
+    results = g.Results(out / args.out_name)
     results.log(
         "setup.gpus",
         f"1 x {torch.cuda.get_device_name(0)}" if on_cuda else f"none (CPU smoke run, shape {args.shape})",
@@ -375,6 +465,21 @@ def record_setup(args: argparse.Namespace, on_cuda: bool) -> g.Results:
         "inference.finetune code), as finetune.gpu_sharing='shared' runs the trainer: the engine is not paused",
     )
     results.log("setup.shape", {"name": args.shape, **g.SHAPES[args.shape], "layers_override": args.layers})
+    if args.mps:
+        results.log(
+            "setup.mps",
+            {
+                "daemon": f"{MPS_CONTROL} -d started for this run before any CUDA context; quit at its end",
+                "pipe_directory": os.environ.get(MPS_PIPE_DIRECTORY),
+                "log_directory": os.environ.get(MPS_LOG_DIRECTORY),
+                "engine_env": {k: os.environ[k] for k in MPS_CLIENT_LIMITS if k in os.environ},
+                "trainer_env": trainer_mps_env(args),
+                "trainer_sm_percent": args.mps_trainer_sm_percent,
+                "trainer_priority": args.mps_trainer_priority,
+            },
+        )
+    else:
+        results.log("setup.mps", None)
     results.log(
         "setup.versions",
         {"torch": torch.__version__, "PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF")},
@@ -385,8 +490,245 @@ def record_setup(args: argparse.Namespace, on_cuda: bool) -> g.Results:
     return results
 
 
+# ---------------------------------------------------------------- MPS: a control daemon for this run
+
+
+class MpsUnavailable(RuntimeError):
+    """No MPS for this run: the control program is missing, or its daemon did not start."""
+
+
+@dataclass
+class MpsControl:
+    """An MPS control daemon of this run, its pipe and log folders under ``root`` (so it neither meets nor disturbs
+    a daemon the machine may already run at /tmp/nvidia-mps)."""
+
+    root: Path
+    program: str | None = None  # nvidia-cuda-mps-control; default: the one on PATH
+    pid: int | None = None
+    started: bool = False
+    seen: dict[str, list[str]] = field(default_factory=dict)  # what the daemon answered while the run went
+
+    @property
+    def pipe(self) -> Path:
+        return self.root / "pipe"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "log"
+
+    def env(self) -> dict[str, str]:
+        """What a client needs to find this daemon (the daemon itself is started with the same)."""
+        return {MPS_PIPE_DIRECTORY: str(self.pipe), MPS_LOG_DIRECTORY: str(self.logs)}
+
+    def start(self) -> None:
+        """``nvidia-cuda-mps-control -d``, then its pid file and an answer to ``get_server_list``; raises
+        MpsUnavailable saying what went wrong."""
+        program = self.program or shutil.which(MPS_CONTROL)
+        if program is None:
+            raise MpsUnavailable(
+                f"{MPS_CONTROL} is not on PATH: MPS comes with the NVIDIA driver's utilities (e.g. Ubuntu's "
+                "nvidia-compute-utils-<version> package); install them, or run without --mps (the time-sliced figures)"
+            )
+        self.program = program
+        self.pipe.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        try:
+            done = subprocess.run(
+                [program, "-d"], env={**os.environ, **self.env()}, capture_output=True, text=True, timeout=30
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise MpsUnavailable(f"{program} -d failed: {exc!r}") from exc
+        if done.returncode != 0:
+            said = (done.stderr or done.stdout).strip()[-500:]
+            raise MpsUnavailable(
+                f"{program} -d exited with status {done.returncode}: {said} {self.log_tail()}"
+            )
+        self.started = True
+        self.pid = self._wait_pid(10.0)
+        if self.pid is None:
+            raise MpsUnavailable(
+                f"{program} -d wrote no live {MPS_CONTROL_PID_FILE} in {self.pipe} within 10 s. {self.log_tail()}"
+            )
+        if self.ask("get_server_list") is None:
+            raise MpsUnavailable(f"the MPS control daemon (pid {self.pid}) did not answer. {self.log_tail()}")
+
+    def _wait_pid(self, timeout_s: float) -> int | None:
+        from bot.learning.launch import mps_daemon  # the product's own check: pid file, process alive
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if (pid := mps_daemon(self.env()).pid) is not None or time.monotonic() > deadline:
+                return pid
+            time.sleep(0.1)
+
+    def ask(self, command: str, timeout_s: float = 10.0) -> str | None:
+        """One command to the daemon (``echo COMMAND | nvidia-cuda-mps-control``): its answer, or None."""
+        if self.program is None:
+            return None
+        try:
+            done = subprocess.run(
+                [self.program],
+                input=command + "\n",
+                env={**os.environ, **self.env()},
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    def watch(self, stop: threading.Event, every_s: float = 5.0) -> None:
+        """Until ``stop``: the daemon's clients (``ps``) and servers, each distinct line kept (the proof that the
+        engine and the trainer both ran as its clients)."""
+        while True:
+            for command in ("ps", "get_server_list"):
+                kept = self.seen.setdefault(command, [])
+                for line in (self.ask(command) or "").splitlines():
+                    if line.strip() and line not in kept and len(kept) < 40:
+                        kept.append(line)
+            if stop.wait(every_s):
+                return
+
+    def stop(self) -> str | None:
+        """``quit``, then the daemon gone (SIGTERM to it after 10 s); what went wrong, or None."""
+        if not self.started:
+            return None
+        answered = self.ask("quit", timeout_s=10.0)
+        deadline = time.monotonic() + 10.0
+        while self.pid is not None and _alive(self.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.started = False
+        if self.pid is not None and _alive(self.pid):
+            os.kill(self.pid, signal.SIGTERM)  # the daemon this run started, by its pid
+            return f"the MPS control daemon (pid {self.pid}) did not quit in 10 s: sent SIGTERM"
+        return None if answered is not None else "quit got no answer (the daemon had gone already?)"
+
+    def log_tail(self) -> str:
+        try:
+            text = (self.logs / "control.log").read_text(errors="replace").strip()
+        except OSError:
+            return f"(no control.log in {self.logs})"
+        return f"control.log: ...{text[-600:]}" if text else "(control.log empty)"
+
+    def server_log(self) -> list[str]:
+        """The server log's lines about clients, priorities and errors (the last 40)."""
+        try:
+            lines = (self.logs / "server.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+        keep = ("client", "priority", "error", "fault", "fail", "percentage")
+        return [line[:240] for line in lines if any(k in line.lower() for k in keep)][-40:]
+
+
+def _alive(pid: int) -> bool:
+    """The process runs (a zombie, exited but not yet reaped by its new parent, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
+
+
+def _exit_on_sigterm(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)  # so the daemon is quit on the way out (timeout sends SIGTERM)
+
+
+def run_under_mps(
+    args: argparse.Namespace,
+    argv: Sequence[str],
+    *,
+    program: str | None = None,
+    child: Sequence[str] | None = None,
+) -> int:
+    """Start this run's MPS daemon, measure in a child process that is its client from its first CUDA call, quit the
+    daemon, add what it saw to the results; the exit status (MPS_UNAVAILABLE_EXIT: no daemon).
+
+    A child, not this process: the engine's CUDA context lives until its process exits, and the daemon should be
+    quit after its last client is gone. ``program`` and ``child`` are for the CPU tests (a stand-in daemon)."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / args.out_name
+    daemon = MpsControl(Path(tempfile.mkdtemp(prefix="hanbot-tws-mps-")), program)
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    code: int | None = None
+    try:
+        try:
+            daemon.start()
+        except MpsUnavailable as exc:
+            results = g.Results(path)
+            results.log("errors.mps", str(exc))
+            results.log("setup.mps", {"requested": True, "daemon": "not started"})
+            print(f"error: --mps, but no MPS daemon for this run: {exc}", file=sys.stderr, flush=True)
+            return MPS_UNAVAILABLE_EXIT
+        print(f"MPS control daemon pid {daemon.pid}, pipe directory {daemon.pipe}", flush=True)
+        command = list(child) if child is not None else [sys.executable, __file__, *argv, "--mps-child"]
+        code = run_child(command, daemon)
+    finally:
+        quit_error = daemon.stop()
+        signal.signal(signal.SIGTERM, previous)
+        if daemon.pid is not None:
+            record_mps(path, daemon, code, quit_error)
+    return code or (1 if quit_error else 0)
+
+
+def run_child(command: list[str], daemon: MpsControl) -> int:
+    """The measurement as the daemon's client, watched; stopped (SIGTERM, then SIGKILL) if this process is."""
+    stop = threading.Event()
+    watcher = threading.Thread(target=daemon.watch, args=(stop,), daemon=True)
+    process = subprocess.Popen(command, env={**os.environ, **daemon.env()}, cwd=REPO)
+    watcher.start()
+    try:
+        return process.wait()
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        stop.set()
+        watcher.join(timeout=15)
+
+
+def record_mps(path: Path, daemon: MpsControl, code: int | None, quit_error: str | None) -> None:
+    """What the daemon saw, added to the measurement's results (or to a file of its own if it wrote none)."""
+    results = g.Results(path)
+    try:
+        results.data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        pass
+    results.log(
+        "mps",
+        {
+            "daemon_pid": daemon.pid,
+            "clients_seen": daemon.seen.get("ps", []),
+            "servers_seen": daemon.seen.get("get_server_list", []),
+            "server_log": daemon.server_log(),
+            "measurement_exit_code": code,
+            "quit": quit_error or "ok",
+        },
+    )
+    if quit_error:
+        results.log("errors.mps_quit", quit_error)
+
+
 def main() -> None:
     args = parse_args()
+    if args.mps and not args.mps_child:
+        sys.exit(run_under_mps(args, sys.argv[1:]))
+    measure(args)
+
+
+def measure(args: argparse.Namespace) -> None:
+    """The measurement (under MPS: in the child process, a client of the daemon)."""
     on_cuda = args.device == "cuda"
     results = record_setup(args, on_cuda)
     cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="hanbot-fast-cache-")
@@ -398,7 +740,7 @@ def main() -> None:
     results.log("memory.kv_cache_tokens", getattr(inner, "kv_tokens", None))
     results.log("memory.gpu_free_with_engine_GiB", gpu_free_gib(on_cuda))
     tally = Tally()
-    log_path = Path(args.out) / "train-while-serving-trainer.log"
+    log_path = Path(args.out) / trainer_log_name(args)
 
     async def run_all() -> None:
         trainer: Trainer | None = None
