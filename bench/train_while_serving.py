@@ -591,17 +591,18 @@ class MpsControl:
                 return
 
     def stop(self) -> str | None:
-        """``quit``, then the daemon gone (SIGTERM to it after 10 s); what went wrong, or None."""
+        """``quit``, then the daemon gone (SIGTERM to it after 5 s: a stopped step has 15 s before SIGKILL); what
+        went wrong, or None."""
         if not self.started:
             return None
-        answered = self.ask("quit", timeout_s=10.0)
-        deadline = time.monotonic() + 10.0
+        answered = self.ask("quit", timeout_s=5.0)
+        deadline = time.monotonic() + 5.0
         while self.pid is not None and _alive(self.pid) and time.monotonic() < deadline:
             time.sleep(0.1)
         self.started = False
         if self.pid is not None and _alive(self.pid):
             os.kill(self.pid, signal.SIGTERM)  # the daemon this run started, by its pid
-            return f"the MPS control daemon (pid {self.pid}) did not quit in 10 s: sent SIGTERM"
+            return f"the MPS control daemon (pid {self.pid}) did not quit in 5 s: sent SIGTERM"
         return None if answered is not None else "quit got no answer (the daemon had gone already?)"
 
     def log_tail(self) -> str:
@@ -687,10 +688,10 @@ def run_child(command: list[str], daemon: MpsControl) -> int:
     try:
         return process.wait()
     finally:
-        if process.poll() is None:
+        if process.poll() is None:  # this process was stopped: so is the measurement, quickly (timeout -k 15)
             process.terminate()
             try:
-                process.wait(timeout=20)
+                process.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()

@@ -6,14 +6,19 @@
 #   bash bench/device/round4_h200.sh b   # LoRA (~6.5 min): 8 tenants' adapters over 16 conversations in bf16 (issue
 #                                        # 19), the prototype baseline, the same LoRA bench in FP8
 # Or name the steps: fp8 tws fp8-interleave lora-bf16 baseline lora-fp8, gpu-tests multiturn-fp8 multiturn-bf16 (in that order within a call: each later
-# one finds the kernels the earlier ones compiled in $CACHE). Each step is bounded by `timeout` and writes its
+# one finds the kernels the earlier ones compiled in $CACHE), tws-mps (training while serving under NVIDIA MPS: the
+# tws step with an MPS control daemon started for it, the trainer at below-normal client priority; TWS_MPS_SM=N also
+# caps the trainer at N% of the SMs; compare with tws in the same call: `bash bench/device/round4_h200.sh tws tws-mps`,
+# ~9 min). Each step is bounded by `timeout` and writes its
 # figures as they come, so one cut short keeps what it measured. FP8 weights are drawn and quantised layer by layer
 # (bench/gpu_70b.py --fp8), so the FP8 steps also fit an H100; bf16 steps and the baseline need the H200's memory.
 # GPU_TAG=h100x1 labels the results of a run on an H100 (FP8 steps fit there).
 # Carry .whl (`bash bench/gpu_wheels.sh --train`: pydantic & co., peft, bitsandbytes for the trainer) and .gpu
 # (prototype_baseline_gpu.py, for the baseline step).
 # Files back: a: gpu-h200x1-fp8-engine-round4.json, train-while-serving.json, gpu-h200x1-fp8-engine-interleave.json
-# and 4 logs; b: gpu-h200x1-{bf16,fp8}-lora-tenants8.json, prototype-baseline-h200x1-round4.json and 3 logs.
+# and 4 logs; b: gpu-h200x1-{bf16,fp8}-lora-tenants8.json, prototype-baseline-h200x1-round4.json and 3 logs;
+# tws-mps: train-while-serving-mps.json, its trainer's log and train-while-serving-mps.log (exit status 3 and
+# errors.mps in the JSON when the machine has no nvidia-cuda-mps-control or its daemon does not start).
 # CPU smoke run of the steps' code: tests/inference/test_gpu_bench_smoke.py, test_train_while_serving_smoke.py; of
 # this script's plumbing (tiny shape on the CPU, no wheels, no baseline):
 #   ROUND4_SMOKE=1 PYTHON=.venv/bin/python OUT=/tmp/round4-smoke bash bench/device/round4_h200.sh a b
@@ -70,6 +75,16 @@ for step in "${STEPS[@]}"; do
     run 260 train-while-serving "$PY" bench/train_while_serving.py --cache-dir $CACHE --out "$OUT" $TINY $TWS_SMALL
     show train-while-serving "^idle|^beside|^ratio|^train\.|^failed|^refused|^memory|^targets|step.*_s:|peak" 40
     ;;
+  tws-mps) # the same under MPS: both processes clients of a daemon started for the step (bench/train_while_serving.py
+    # --mps starts and quits it), so their kernels run side by side instead of time-slicing the GPU
+    [ -n "${ROUND4_SMOKE:-}" ] || nvidia-smi --query-gpu=name,compute_mode,driver_version,memory.used --format=csv,noheader
+    command -v nvidia-cuda-mps-control >/dev/null || echo "note: no nvidia-cuda-mps-control on PATH: the step will say so"
+    TWS_MPS_OPTS="--mps-trainer-priority below_normal${TWS_MPS_SM:+ --mps-trainer-sm-percent $TWS_MPS_SM}"
+    # shellcheck disable=SC2086
+    run 280 train-while-serving-mps "$PY" bench/train_while_serving.py --mps $TWS_MPS_OPTS --cache-dir $CACHE \
+      --out "$OUT" $TINY $TWS_SMALL
+    show train-while-serving-mps "^idle|^beside|^ratio|^train\.|^failed|^refused|^memory|^targets|^mps|^errors|MPS|step.*_s:|peak" 40
+    ;;
   fp8-interleave) # the same at 16 and 32 conversations with the bot's default, engine.interleave_prefill
     # shellcheck disable=SC2086
     run 100 fp8-interleave "$PY" bench/gpu_70b.py --fp8 --interleave --no-cold --concurrency 16,32 \
@@ -113,6 +128,6 @@ for step in "${STEPS[@]}"; do
     run 180 multiturn-bf16-fp8kv "$PY" bench/multiturn.py --fp8-kv --cache-dir $CACHE --out "$OUT" $TINY
     show multiturn-bf16-fp8kv "turn|targets" 20
     ;;
-  *) echo "unknown step $step (a, b, fp8, tws, fp8-interleave, lora-bf16, baseline, lora-fp8)"; exit 2 ;;
+  *) echo "unknown step $step (a, b, fp8, tws, tws-mps, fp8-interleave, lora-bf16, baseline, lora-fp8)"; exit 2 ;;
   esac
 done
