@@ -31,8 +31,9 @@ stopped (SIGTERM, Ctrl-C). ``--mps-trainer-sm-percent`` and ``--mps-trainer-prio
 of ``finetune.trainer_mps_sm_percent`` / ``trainer_mps_priority`` (through the product's
 ``bot.learning.launch.mps_client_env``). The results go to ``train-while-serving-mps.json`` (``--out-name``), with
 the MPS setup under ``setup.mps`` and what the daemon saw (its clients, their priority, its log's errors) under
-``mps``. If ``nvidia-cuda-mps-control`` is missing or the daemon does not start, the results say so under
-``errors.mps`` and the command exits with status 3.
+``mps``; the daemon's ``control.log`` and ``server.log`` are kept beside it (``train-while-serving-mps-server.log``).
+If ``nvidia-cuda-mps-control`` is missing or the daemon does not start, the results say so under ``errors.mps`` and
+the command exits with status 3.
 
   python3 bench/train_while_serving.py --out $OUT        # one H200 (bitsandbytes' wheel carried: docs/learning.md)
   python3 bench/train_while_serving.py --mps --mps-trainer-priority below_normal --out $OUT   # the same under MPS
@@ -44,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -612,6 +614,12 @@ class MpsControl:
             return f"(no control.log in {self.logs})"
         return f"control.log: ...{text[-600:]}" if text else "(control.log empty)"
 
+    def keep_logs(self, out: Path, stem: str) -> None:
+        """The daemon's own logs beside the results (``<stem>-control.log``, ``<stem>-server.log``)."""
+        for name in ("control.log", "server.log"):
+            with contextlib.suppress(OSError):
+                shutil.copyfile(self.logs / name, out / f"{stem}-{name}")
+
     def server_log(self) -> list[str]:
         """The server log's lines about clients, priorities and errors (the last 40)."""
         try:
@@ -676,6 +684,8 @@ def run_under_mps(
         signal.signal(signal.SIGTERM, previous)
         if daemon.pid is not None:
             record_mps(path, daemon, code, quit_error)
+        daemon.keep_logs(out, args.out_name.removesuffix(".json"))
+        shutil.rmtree(daemon.root, ignore_errors=True)
     return code or (1 if quit_error else 0)
 
 

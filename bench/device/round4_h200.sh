@@ -6,10 +6,10 @@
 #   bash bench/device/round4_h200.sh b   # LoRA (~6.5 min): 8 tenants' adapters over 16 conversations in bf16 (issue
 #                                        # 19), the prototype baseline, the same LoRA bench in FP8
 # Or name the steps: fp8 tws fp8-interleave lora-bf16 baseline lora-fp8, gpu-tests multiturn-fp8 multiturn-bf16 (in that order within a call: each later
-# one finds the kernels the earlier ones compiled in $CACHE), tws-mps (training while serving under NVIDIA MPS: the
-# tws step with an MPS control daemon started for it, the trainer at below-normal client priority; TWS_MPS_SM=N also
-# caps the trainer at N% of the SMs; compare with tws in the same call: `bash bench/device/round4_h200.sh tws tws-mps`,
-# ~9 min). Each step is bounded by `timeout` and writes its
+# one finds the kernels the earlier ones compiled in $CACHE), tws-mps (training while serving under NVIDIA MPS, in a
+# call of its own with tws, ~9 min: `bash bench/device/round4_h200.sh tws tws-mps`; the tws step with an MPS control
+# daemon started and quit by the bench, the trainer at below-normal client priority; TWS_MPS_SM=N also caps the
+# trainer at N% of the SMs; docs/learning.md, "Sharing one GPU: MPS"). Each step is bounded by `timeout` and writes its
 # figures as they come, so one cut short keeps what it measured. FP8 weights are drawn and quantised layer by layer
 # (bench/gpu_70b.py --fp8), so the FP8 steps also fit an H100; bf16 steps and the baseline need the H200's memory.
 # GPU_TAG=h100x1 labels the results of a run on an H100 (FP8 steps fit there).
@@ -17,8 +17,9 @@
 # (prototype_baseline_gpu.py, for the baseline step).
 # Files back: a: gpu-h200x1-fp8-engine-round4.json, train-while-serving.json, gpu-h200x1-fp8-engine-interleave.json
 # and 4 logs; b: gpu-h200x1-{bf16,fp8}-lora-tenants8.json, prototype-baseline-h200x1-round4.json and 3 logs;
-# tws-mps: train-while-serving-mps.json, its trainer's log and train-while-serving-mps.log (exit status 3 and
-# errors.mps in the JSON when the machine has no nvidia-cuda-mps-control or its daemon does not start).
+# tws-mps: train-while-serving-mps.json, its trainer's log, the MPS daemon's (-control.log, -server.log) and
+# train-while-serving-mps.log (rc 3 and errors.mps in the JSON when the machine has no nvidia-cuda-mps-control or its
+# daemon does not start).
 # CPU smoke run of the steps' code: tests/inference/test_gpu_bench_smoke.py, test_train_while_serving_smoke.py; of
 # this script's plumbing (tiny shape on the CPU, no wheels, no baseline):
 #   ROUND4_SMOKE=1 PYTHON=.venv/bin/python OUT=/tmp/round4-smoke bash bench/device/round4_h200.sh a b

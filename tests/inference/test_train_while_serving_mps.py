@@ -167,7 +167,9 @@ def test_the_daemon_starts_before_the_measurement_and_quits_after_it(tmp_path: P
     assert mps["servers_seen"] == ["41"]
     assert mps["server_log"] == ["New client 42 connected", "Priority level of client {42} is: 1"]
     assert not tws._alive(mps["daemon_pid"]), "the daemon was quit"
-    assert not (pipe / "nvidia-cuda-mps-control.pid").exists()
+    assert not pipe.parent.exists(), "its temporary folder removed, its logs kept beside the results"
+    assert (tmp_path / "train-while-serving-mps-server.log").read_text().startswith("New client 42 connected")
+    assert (tmp_path / "train-while-serving-mps-control.log").read_text() == "started"
 
 
 def test_a_run_stopped_by_sigterm_quits_its_daemon(tmp_path: Path) -> None:
