@@ -508,6 +508,7 @@ class MpsControl:
     program: str | None = None  # nvidia-cuda-mps-control; default: the one on PATH
     pid: int | None = None
     started: bool = False
+    answered: bool = False  # it answered get_server_list: the run went on under it
     seen: dict[str, list[str]] = field(default_factory=dict)  # what the daemon answered while the run went
 
     @property
@@ -546,13 +547,15 @@ class MpsControl:
                 f"{program} -d exited with status {done.returncode}: {said} {self.log_tail()}"
             )
         self.started = True
-        self.pid = self._wait_pid(10.0)
-        if self.pid is None:
-            raise MpsUnavailable(
-                f"{program} -d wrote no live {MPS_CONTROL_PID_FILE} in {self.pipe} within 10 s. {self.log_tail()}"
-            )
+        # its pid file (NVIDIA's guide: in the pipe folder, written as it starts) lets stop() see it gone; a driver
+        # that writes none still gets its run (2 s later), the daemon known by its answers only
+        self.pid = self._wait_pid(2.0)
         if self.ask("get_server_list") is None:
-            raise MpsUnavailable(f"the MPS control daemon (pid {self.pid}) did not answer. {self.log_tail()}")
+            raise MpsUnavailable(
+                f"the MPS control daemon started by {program} -d (pid {self.pid}, {MPS_CONTROL_PID_FILE} "
+                f"{'found' if self.pid else 'not found'} in {self.pipe}) did not answer. {self.log_tail()}"
+            )
+        self.answered = True
 
     def _wait_pid(self, timeout_s: float) -> int | None:
         from bot.learning.launch import mps_daemon  # the product's own check: pid file, process alive
@@ -682,7 +685,7 @@ def run_under_mps(
     finally:
         quit_error = daemon.stop()
         signal.signal(signal.SIGTERM, previous)
-        if daemon.pid is not None:
+        if daemon.answered:
             record_mps(path, daemon, code, quit_error)
         daemon.keep_logs(out, args.out_name.removesuffix(".json"))
         shutil.rmtree(daemon.root, ignore_errors=True)

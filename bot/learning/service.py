@@ -1084,8 +1084,8 @@ def _log_gpu_sharing(run_id: int, settings: Settings) -> None:
         )
     else:
         _log.info(
-            "fine-tune run=%d: training beside the engine on its GPU without MPS (no control daemon at %s): the two "
-            "processes time-slice the GPU%s",
+            "fine-tune run=%d: training beside the engine on its GPU without MPS (no control daemon's live pid file "
+            "in %s): the two processes time-slice the GPU%s",
             run_id,
             daemon.pipe_directory,
             f"; {limits} take effect only under MPS" if limits else "",

@@ -100,17 +100,21 @@ def test_the_command_line_exits_non_zero_without_mps(tmp_path: Path) -> None:
 
 
 # A stand-in for nvidia-cuda-mps-control: -d leaves a "daemon" (a sleeping process in its own session) and its pid
-# file in the pipe folder, and writes a server log; commands come on stdin, as the real one takes them.
+# file in the pipe folder (none with STAND_IN_NO_PID_FILE, as a driver might), and writes a server log; commands come
+# on stdin, as the real one takes them.
 STAND_IN = """
 import os, signal, subprocess, sys, time
 from pathlib import Path
 pipe = Path(os.environ["CUDA_MPS_PIPE_DIRECTORY"])
 pid_file = pipe / "nvidia-cuda-mps-control.pid"
+own_pid_file = Path(os.environ.get("STAND_IN_PID_COPY") or pipe / "stand-in.pid")
 if sys.argv[1:] == ["-d"]:
     logs = Path(os.environ["CUDA_MPS_LOG_DIRECTORY"])
     daemon = subprocess.Popen([sys.executable, __file__, "--serve"], start_new_session=True,
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    pid_file.write_text(str(daemon.pid))
+    own_pid_file.write_text(str(daemon.pid))
+    if not os.environ.get("STAND_IN_NO_PID_FILE"):
+        pid_file.write_text(str(daemon.pid))
     (logs / "control.log").write_text("started")
     (logs / "server.log").write_text("New client 42 connected\\nPriority level of client {42} is: 1\\nidle\\n")
 elif sys.argv[1:] == ["--serve"]:
@@ -118,8 +122,8 @@ elif sys.argv[1:] == ["--serve"]:
 else:
     command = sys.stdin.read().strip()
     if command == "quit":
-        os.kill(int(pid_file.read_text()), signal.SIGTERM)
-        pid_file.unlink()
+        os.kill(int(own_pid_file.read_text()), signal.SIGTERM)
+        pid_file.unlink(missing_ok=True)
     elif command == "ps":
         print("PID ID SERVER DEVICE NAMESPACE COMMAND")
         print("42 1 41 GPU-0 4026531836 python3")
@@ -196,3 +200,19 @@ def test_a_run_stopped_by_sigterm_quits_its_daemon(tmp_path: Path) -> None:
     mps = json.loads((tmp_path / "train-while-serving-mps.json").read_text())["mps"]
     assert mps["quit"] == "ok" and mps["measurement_exit_code"] is None
     assert not tws._alive(mps["daemon_pid"])
+
+
+def test_a_daemon_without_a_pid_file_still_gets_its_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A driver that writes no pid file: the daemon is known by its answers, and still quit at the end."""
+    program = executable(tmp_path / "mps-control", STAND_IN)
+    monkeypatch.setenv("STAND_IN_NO_PID_FILE", "1")
+    monkeypatch.setenv("STAND_IN_PID_COPY", str(tmp_path / "stand-in.pid"))
+    args = tws.parse_args([*TINY, "--mps", "--out", str(tmp_path)])
+    results = tmp_path / "train-while-serving-mps.json"
+    child = [sys.executable, "-c", MEASUREMENT, str(results), "0"]
+    assert tws.run_under_mps(args, [], program=str(program), child=child) == 0
+    mps = json.loads(results.read_text())["mps"]
+    assert (mps["daemon_pid"], mps["quit"], mps["servers_seen"]) == (None, "ok", ["41"])
+    assert not tws._alive(int((tmp_path / "stand-in.pid").read_text()))

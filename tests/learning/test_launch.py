@@ -135,7 +135,9 @@ async def test_a_shared_run_starts_the_trainer_with_its_limits_and_says_whether_
     }
     assert engine.calls == [], "shared: the engine was not paused"
     lines = [r.getMessage() for r in caplog.records if "MPS" in r.getMessage()]
-    assert len(lines) == 1 and "without MPS (no control daemon at " + str(pipe) in lines[0], lines
+    assert len(lines) == 1 and "without MPS (no control daemon's live pid file in " + str(pipe) in lines[0], (
+        lines
+    )
     assert (
         "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=30 CUDA_MPS_CLIENT_PRIORITY=1 take effect only under MPS"
         in lines[0]
