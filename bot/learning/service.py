@@ -1061,11 +1061,25 @@ def _parse_event(raw: bytes) -> dict[str, Any] | None:
     return event if isinstance(event, dict) and "event" in event else None
 
 
-async def _kill(process: asyncio.subprocess.Process) -> None:
-    if process.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        await process.wait()
+TRAINER_STOP_GRACE_S = 10.0  # a trainer asked to stop (SIGTERM) gets this long before it is killed
+
+
+async def _kill(process: asyncio.subprocess.Process, grace_s: float = TRAINER_STOP_GRACE_S) -> None:
+    """Stop the trainer: SIGTERM first (it leaves at once, letting its GPU work finish: under MPS a client killed
+    with kernels in flight can upset the server the engine shares), SIGKILL if it is still there after ``grace_s``."""
+    if process.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        process.terminate()
+    try:
+        async with asyncio.timeout(grace_s):
+            await process.wait()
+        return
+    except TimeoutError:
+        _log.warning("trainer pid=%d did not stop within %.0f s of SIGTERM: killing it", process.pid, grace_s)
+    with contextlib.suppress(ProcessLookupError):
+        process.kill()
+    await process.wait()
 
 
 def _log_gpu_sharing(run_id: int, settings: Settings) -> None:

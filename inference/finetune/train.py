@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import random
+import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -66,10 +67,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     job = TrainJob.read(Path(args[0]))
-    result = run(job)
+    stop_on_sigterm()
+    try:
+        result = run(job)
+    except SystemExit:
+        finish_gpu_work()
+        raise
     result.write(Path(job.result_file))
     emit("done", result=job.result_file)
     return 0
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (the bot stopping a run: cancel, timeout, shutdown) leaves through SystemExit, so the process ends
+    normally instead of dying with kernels in flight (see ``finish_gpu_work``)."""
+
+    def leave(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, leave)
+
+
+def finish_gpu_work() -> None:
+    """Wait for the kernels already queued before exiting: a client that leaves with work in flight can upset an
+    MPS server that the serving engine shares (docs/learning.md, "Sharing one GPU: MPS")."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def run(job: TrainJob) -> TrainResult:
