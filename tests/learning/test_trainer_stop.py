@@ -17,9 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 async def _start(code: str) -> asyncio.subprocess.Process:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE
-    )
+    process = await asyncio.create_subprocess_exec(sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE)
     assert process.stdout is not None
     assert (await process.stdout.readline()).strip() == b"ready"  # its signal handlers are in place
     return process
