@@ -5,7 +5,7 @@ to the dequantised product. The Triton kernels (FP8 skinny GEMM, and the existin
 natively on CUDA, or on CPU under the Triton interpreter in a child pytest with TRITON_INTERPRET=1 (the variable
 must be set before Triton is imported, and must not leak into the other tests, which would then run every kernel
 in the interpreter). The interpreter of Triton 3.6 needs two patches, applied only in that child (see
-``_patch_interpreter``). The FP8 kernel's PTX conversion cannot run in the interpreter; its arithmetic is checked in
+``tests/inference/triton_interp.py``). The FP8 kernel's PTX conversion cannot run in the interpreter; its arithmetic is checked in
 torch against torch's own conversion for all 256 bytes, and the PTX itself on the GPU.
 GPU (skipped on CPU): every config at the 70B's shapes, the W8A8 ``_scaled_mm`` prefill, CUDA-graph capture; errors
 are printed (run with -s).
@@ -34,10 +34,9 @@ from inference.fast.fp8 import (
     quantize_fp8,
 )
 from inference.fast.gemm import LinearPlan
+from tests.inference.triton_interp import CUDA, INTERPRET, patch_interpreter
 
 REPO = Path(__file__).resolve().parents[2]
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-CUDA = torch.cuda.is_available()
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 # e4m3: 3 mantissa bits, so rounding a normal value moves it by at most half an ulp = 2^-4 of its magnitude; below
@@ -46,47 +45,12 @@ REL_ERR = 2.0**-4
 SUBNORMAL_ABS = 2.0**-10
 
 
-def _patch_interpreter() -> None:
-    """Two defects of Triton 3.6's CPU interpreter, patched in the child process only.
-
-    1. ``tl.dot`` on bf16 operands multiplies their uint16 storage as integers (numpy has no bf16): convert to
-       float32 first (exact), as the interpreter already does for fp8 operands.
-    2. Scalars are 1-element arrays and ``int()`` of those fails with numpy >= 2.4, so ``tl.range(0, K, ...)``
-       over a runtime K raises: index them by element.
-    """
-    import numpy as np
-    import triton.language as tl
-    from triton.runtime import interpreter as ti
-
-    if getattr(ti, "_hanbot_patched", False):
-        return
-    create_dot = ti.InterpreterBuilder.create_dot
-
-    def as_f32(h: ti.TensorHandle) -> ti.TensorHandle:
-        if h.dtype.scalar == tl.bfloat16:
-            return ti.TensorHandle((h.data.astype(np.uint32) << 16).view(np.float32), tl.float32)
-        return h
-
-    def dot(self, a, b, d, input_precision, max_num_imprecise_acc):  # type: ignore[no-untyped-def]
-        return create_dot(self, as_f32(a), as_f32(b), d, input_precision, max_num_imprecise_acc)
-
-    patch_tensor = ti._patch_lang_tensor
-
-    def patch(tensor, scope):  # type: ignore[no-untyped-def]
-        patch_tensor(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-
-    ti.InterpreterBuilder.create_dot = dot
-    ti._patch_lang_tensor = patch
-    ti._hanbot_patched = True
-
-
 def _kernels() -> ModuleType | None:
     """The kernel module where it can run here: CUDA, or CPU inside the interpreter child."""
     if not HAS_TRITON or not (INTERPRET or CUDA):
         return None
     if INTERPRET:
-        _patch_interpreter()
+        patch_interpreter()
     from inference.fast import kernels
 
     return kernels

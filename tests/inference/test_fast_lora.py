@@ -33,10 +33,9 @@ from tests.inference.test_fast_decoder import (
     sharp_tiny_llama,
 )
 from tests.inference.test_fast_fp8_decoder import fp8_rounded
+from tests.inference.triton_interp import CUDA, INTERPRET, kernel_device, patch_interpreter
 
 REPO = Path(__file__).resolve().parents[2]
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-CUDA = torch.cuda.is_available()
 ALL_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
 
 
@@ -254,11 +253,7 @@ def test_kernels_equal_the_torch_reference(rows: int, k: int, outs: tuple[int, .
     from inference.fast.lora import _block_n
     from inference.fast.lora_kernels import lora_shrink_expand
 
-    if INTERPRET:
-        from tests.inference.test_fast_fp8 import _patch_interpreter
-
-        _patch_interpreter()
-    device = torch.device("cuda" if CUDA and not INTERPRET else "cpu")
+    device = kernel_device()
     x, y, a, b, index = _kernel_case(rows, k, outs, rank, torch.float32, device)
     want = y.clone()
     add_rows_ref(x, want, a, b, index, outs, rank)
@@ -278,11 +273,7 @@ def test_kernels_fused_expand_silu_equals_expand_then_silu(rows: int, k: int, ff
     from inference.fast.lora_kernels import lora_expand_silu, lora_shrink, new_partial
     from inference.fast.ops import silu_mul_ref
 
-    if INTERPRET:
-        from tests.inference.test_fast_fp8 import _patch_interpreter
-
-        _patch_interpreter()
-    device = torch.device("cuda" if CUDA and not INTERPRET else "cpu")
+    device = kernel_device()
     x, y, a, b, index = _kernel_case(rows, k, (ff, ff), rank, torch.float32, device)
     want = y.clone()
     add_rows_ref(x, want, a, b, index, (ff, ff), rank)
@@ -305,11 +296,7 @@ def test_kernels_fused_rope_store_equals_expand_then_rope(
     from inference.fast.lora_kernels import lora_rope_store, lora_shrink, new_partial
     from inference.fast.ops import rope_store_ref
 
-    if INTERPRET:
-        from tests.inference.test_fast_fp8 import _patch_interpreter
-
-        _patch_interpreter()
-    device = torch.device("cuda" if CUDA and not INTERPRET else "cpu")
+    device = kernel_device()
     outs = (heads * head_dim, kv * head_dim, kv * head_dim)
     x, qkv, a, b, index = _kernel_case(rows, 48, outs, rank, torch.float32, device)
     g = torch.Generator().manual_seed(5)
@@ -441,11 +428,7 @@ def test_kernels_mixed_batch_equals_the_torch_reference(
     from inference.fast.lora_kernels import lora_expand, lora_expand_silu, lora_rope_store
     from inference.fast.ops import rope_store_ref, silu_mul_ref
 
-    if INTERPRET:
-        from tests.inference.test_fast_fp8 import _patch_interpreter
-
-        _patch_interpreter()
-    device = torch.device("cuda" if CUDA and not INTERPRET else "cpu")
+    device = kernel_device()
     if sums_from is not None:
         monkeypatch.setattr(lora_kernels, "SHRINK_SUMS_FROM_ROWS", sums_from)
     heads, kv, head_dim, ff = 4, 2, 16, 96
@@ -532,11 +515,7 @@ def test_kernels_shrink_counters_return_to_zero() -> None:
     launch, so one set serves every projection: two launches in a row on the same counters give the same values."""
     from inference.fast.lora_kernels import lora_shrink, new_counters, new_partial, rank_values, split_of
 
-    if INTERPRET:
-        from tests.inference.test_fast_fp8 import _patch_interpreter
-
-        _patch_interpreter()
-    device = torch.device("cuda" if CUDA and not INTERPRET else "cpu")
+    device = kernel_device()
     g = torch.Generator().manual_seed(3)
     rows, k, rank = 5, 2048, 16
     assert split_of(k)[0] == 8
@@ -560,10 +539,7 @@ def test_kernels_shrink_counters_return_to_zero() -> None:
 )
 def test_decoder_on_the_kernels_equals_peft(base: LlamaForCausalLM, tmp_path: Path) -> None:
     """The whole decode path on the Triton kernels (the interpreter on CPU): a mixed batch gives PEFT's tokens."""
-    if INTERPRET:
-        from tests.inference.test_fast_fp8 import _patch_interpreter
-
-        _patch_interpreter()
+    patch_interpreter()
     device = torch.device("cpu")
     peft = save_adapter(base, tmp_path / "a", seed=21)
     ps = prompts(2, (9, 20), base.config.vocab_size, seed=22)
@@ -631,11 +607,7 @@ def test_kernels_fold_skinny_tail(config: tuple[int, int, int, int], dtype: torc
     are x·Tᵀ for the groups the rows use."""
     from inference.fast.kernels import Tail, skinny_linear
 
-    if INTERPRET:
-        from tests.inference.test_fast_fp8 import _patch_interpreter
-
-        _patch_interpreter()
-    device = torch.device("cuda" if CUDA and not INTERPRET else "cpu")
+    device = kernel_device()
     for rows in (1, 5, 17):
         x, w, t, index, group = _tail_case(rows, 300, dtype, device)
         out = torch.full((rows, t.shape[0]), float("nan"), device=device)
@@ -656,15 +628,11 @@ def test_kernels_fold_fp8_tail(config: tuple[int, ...], dtype: torch.dtype) -> N
     from inference.fast.fp8 import quantize_fp8
     from inference.fast.kernels import Tail, fp8_skinny_linear
 
-    if INTERPRET:
-        from tests.inference.test_fast_fp8 import _patch_interpreter
-
-        _patch_interpreter()
-        if (
-            config[4] == 1
-        ):  # the PTX conversion does not run in the interpreter: this config's tiling, Triton's cvt
-            config = (*config[:4], 0)
-    device = torch.device("cuda" if CUDA and not INTERPRET else "cpu")
+    device = kernel_device()
+    if (
+        INTERPRET and config[4] == 1
+    ):  # the PTX conversion does not run in the interpreter: its tiling, Triton's cvt
+        config = (*config[:4], 0)
     for rows in (1, 5, 17):
         x, w, t, index, group = _tail_case(rows, 256, dtype, device)
         q = quantize_fp8(w.float())
@@ -684,9 +652,8 @@ def test_decoder_on_the_kernels_with_the_fold_equals_peft(
     """The decode path with every product on the skinny kernel (as a GPU plan may choose) and the adapters' shrink
     folded into it: PEFT's tokens for a mixed batch, and the separate shrink kernel never launched."""
     from inference.fast import kernels, lora_kernels
-    from tests.inference.test_fast_fp8 import _patch_interpreter
 
-    _patch_interpreter()
+    patch_interpreter()
     shrinks: list[int] = []
     shrink = lora_kernels.lora_shrink
     monkeypatch.setattr(lora_kernels, "lora_shrink", lambda *a, **kw: shrinks.append(1) or shrink(*a, **kw))

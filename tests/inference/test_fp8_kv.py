@@ -29,10 +29,9 @@ from inference.fast.kv import kv_bytes_per_token
 from inference.fast.weights import LlamaSpec
 from tests.inference.test_fast_decoder import _rel, config_70b_widths, prompts, sharp_tiny_llama, tiny_config
 from tests.inference.test_prefix_reuse import converse, make_conversations
+from tests.inference.triton_interp import CUDA, INTERPRET, patch_interpreter
 
 REPO = Path(__file__).resolve().parents[2]
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-CUDA = torch.cuda.is_available()
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 GREEDY = GenerationParams(max_new_tokens=12, do_sample=False, repetition_penalty=1.0)
 
@@ -115,36 +114,11 @@ def test_prefix_reuse_with_an_fp8_cache(tiny_model: LlamaForCausalLM) -> None:
 # ---- the kernels -----------------------------------------------------------------------------------------------
 
 
-def _patch_fp8_conversion() -> None:
-    """A defect of Triton 3.6's CPU interpreter, patched in the child process only: its float32 -> e4m3 conversion
-    rounds the mantissa without carrying into the exponent (a value that rounds up to 128 becomes 64) or truncates.
-    Converted here as the GPU does (round to nearest even), through torch."""
-    import numpy as np
-    import triton.language as tl
-    from triton.runtime import interpreter as ti
-
-    if getattr(ti, "_hanbot_fp8_patched", False):
-        return
-    convert = ti._convert_float
-
-    def fixed(input, input_dtype, output_dtype, rounding_mode):  # type: ignore[no-untyped-def]
-        if output_dtype == tl.float8e4nv and input_dtype == tl.float32:
-            x = torch.from_numpy(np.ascontiguousarray(input, dtype=np.float32).copy())
-            return x.to(torch.float8_e4m3fn).view(torch.uint8).numpy()
-        return convert(input, input_dtype, output_dtype, rounding_mode)
-
-    ti._convert_float = fixed
-    ti._hanbot_fp8_patched = True
-
-
 def _kernels():  # type: ignore[no-untyped-def]
     if not HAS_TRITON or not (INTERPRET or CUDA):
         return None
     if INTERPRET:
-        from tests.inference.test_fast_fp8 import _patch_interpreter
-
-        _patch_interpreter()
-        _patch_fp8_conversion()
+        patch_interpreter()
     from inference.fast import kernels
 
     return kernels

@@ -24,45 +24,17 @@ import torch
 from bot.domain import GenerationParams
 from inference.fast import ops
 from tests.inference.test_fast_decoder import sharp_tiny_llama
+from tests.inference.triton_interp import CUDA, INTERPRET, patch_interpreter
 
 REPO = Path(__file__).resolve().parents[2]
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-CUDA = torch.cuda.is_available()
 HAS_TRITON = importlib.util.find_spec("triton") is not None
-
-
-def _patch_bf16_rounding() -> None:
-    """A defect of Triton 3.6's CPU interpreter, patched in the child process only: its float32 -> bf16 conversion
-    truncates (a bias of half a bf16 step on the probabilities and the output, as large as the error measured).
-    Converted here as the GPU does (round to nearest even), through torch."""
-    import numpy as np
-    import triton.language as tl
-    from triton.runtime import interpreter as ti
-
-    if getattr(ti, "_hanbot_bf16_patched", False):
-        return
-    convert = ti._convert_float
-
-    def fixed(input, input_dtype, output_dtype, rounding_mode):  # type: ignore[no-untyped-def]
-        if output_dtype == tl.bfloat16 and input_dtype == tl.float32:
-            x = torch.from_numpy(np.ascontiguousarray(input, dtype=np.float32).copy())
-            return x.to(torch.bfloat16).view(torch.uint16).numpy()
-        return convert(input, input_dtype, output_dtype, rounding_mode)
-
-    ti._convert_float = fixed
-    ti._hanbot_bf16_patched = True
 
 
 def _kernels() -> ModuleType | None:
     if not HAS_TRITON or not (INTERPRET or CUDA):
         return None
     if INTERPRET:
-        from tests.inference.test_fast_fp8 import _patch_interpreter
-        from tests.inference.test_fp8_kv import _patch_fp8_conversion
-
-        _patch_interpreter()
-        _patch_fp8_conversion()
-        _patch_bf16_rounding()
+        patch_interpreter()
     from inference.fast import prefill_attn
 
     return prefill_attn
