@@ -4,8 +4,9 @@ Per step the host does: pick the bucket, copy the row→slot map when the set of
 graph, read the sampled ids (the one synchronisation). Everything else (token ids, positions, KV slot mapping,
 sampling state) lives on the device and is advanced inside the graph. So the next step can be launched before this
 one's ids are read: with ``pipeline_steps`` (on with CUDA graphs) ``step`` replays the next graph first and returns
-the previous one's ids, and the engine's work between two steps overlaps the GPU's (``pipeline.py``). Prefill runs eagerly (it is large enough not
-to be launch-bound), several prompts in one pass, at most ``prefill_chunk`` tokens per pass.
+the previous one's ids, and the engine's work between two steps overlaps the GPU's (``pipeline.py``).
+Prefill runs eagerly (it is large enough not to be launch-bound), several prompts in one pass, at most
+``prefill_chunk`` tokens per pass.
 
 Admission: ``admit`` (the BatchDecoder contract) prefills at once and returns the first token. ``submit`` queues a
 prompt instead; each ``step`` then runs one prefill pass of at most ``prefill_chunk`` tokens before the decode step,
@@ -944,9 +945,8 @@ class StaticSlotDecoder(DecoderDefaults):
             self._log_reuse()
         self._in_flight = None  # its ids are not wanted any more
         if self.device.type == "cuda":
-            torch.cuda.synchronize(
-                self.device
-            )  # no graph is destroyed while it runs (a launch may be in flight)
+            # no graph is destroyed while it runs (a launch may still be in flight)
+            torch.cuda.synchronize(self.device)
         self._graphs.clear()
         self._lora_graphs.clear()
         self.lora_pool = None

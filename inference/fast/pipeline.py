@@ -52,10 +52,6 @@ class Readback:
         self._buffer = buffer
         self._done = done
 
-    def ready(self) -> bool:
-        """Whether the copy has run (reading now would not block)."""
-        return self._done is None or bool(self._done.query())
-
     def wait(self) -> list[int]:
         if self._done is not None:
             self._done.synchronize()
@@ -68,6 +64,7 @@ class TokenReadback:
 
     def __init__(self, size: int, device: torch.device) -> None:
         cuda = device.type == "cuda"
+        self._device = device
         self._buffers = [torch.zeros(size, dtype=torch.int64, pin_memory=cuda) for _ in range(2)]
         self._events = [torch.cuda.Event() if cuda else None for _ in range(2)]
         self._next = 0
@@ -79,7 +76,7 @@ class TokenReadback:
         event = self._events[i]
         buffer.copy_(ids, non_blocking=event is not None)
         if event is not None:
-            event.record()
+            event.record(torch.cuda.current_stream(self._device))
         return Readback(buffer, event)
 
 
@@ -109,7 +106,7 @@ class RowUpload:
         staging[: len(rows)] = torch.tensor(rows, dtype=staging.dtype)
         self._target.copy_(staging, non_blocking=event is not None)
         if event is not None:
-            event.record()
+            event.record(torch.cuda.current_stream(self._target.device))
         self.uploads += 1
 
 
