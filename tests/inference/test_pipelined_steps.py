@@ -34,7 +34,7 @@ from inference.fast.pipeline import PIPELINE_ENV, resolve_pipeline
 from inference.loading import LoadedModel
 from inference.local_engine import LocalEngine
 from tests.inference.engine_helpers import collect, request
-from tests.inference.test_fast_decoder import hf_greedy, prompts, sharp_tiny_llama
+from tests.inference.test_fast_decoder import config_70b_widths, hf_greedy, prompts, sharp_tiny_llama
 from tests.inference.test_fast_lora import save_adapter
 
 
@@ -336,22 +336,27 @@ async def test_the_engine_streams_the_same_replies(
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CUDA graphs)")
-def test_gpu_pipelined_graph_steps_give_the_plain_steps_tokens() -> None:
-    model = sharp_tiny_llama().to("cuda")
-    jobs, _ = mixed_jobs(sharp_tiny_llama())
-    decoders = {
-        flag: StaticSlotDecoder(
-            model, capacity=3, block_size=16, prefill_chunk=48, max_context=512, pipeline_steps=flag
-        )
-        for flag in (False, True)
-    }
-    default = StaticSlotDecoder(model, capacity=2, block_size=16, max_context=256)
-    assert default.pipeline_steps == bool(
-        default._graphs
-    )  # on with CUDA graphs (unless HANBOT_PIPELINE_STEPS says)
-    default.close()
-    for interleave in (True, False):
-        plain = serve(decoders[False], jobs, interleave=interleave)
-        piped = serve(decoders[True], jobs, interleave=interleave)
-        assert piped.replies == plain.replies
-    assert decoders[True]._graphs  # the graphs were what ran
+def test_gpu_pipelined_graph_steps_give_the_plain_steps_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two layers at the 70B's widths in bf16, CUDA graphs: the pipeline is the default, and its tokens (read back
+    through pinned buffers and events, rows uploaded from pinned staging) are the plain steps'. Every schedule here
+    decodes the same rows at every step in both modes (all requests start together and run to the same length), so
+    the bf16 arithmetic is the same and the tokens must be equal, not merely close."""
+    monkeypatch.delenv(PIPELINE_ENV, raising=False)
+    cfg = config_70b_widths()
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(cfg).eval().to(torch.bfloat16)
+    common: dict[str, Any] = dict(capacity=4, max_context=2048, kv_budget_bytes=2 << 30)
+    plain = StaticSlotDecoder(model, pipeline_steps=False, **common)
+    piped = StaticSlotDecoder(model, **common)
+    assert piped._graphs and piped.pipeline_steps and not plain.pipeline_steps
+    ps = prompts(3, (100, 517, 1100), cfg.vocab_size, seed=6)
+    for interleave in (False, True):  # admitted one by one; or submitted, all three prefilled in one pass
+        jobs = [Job(p, 32) for p in ps]
+        want = serve(plain, jobs, interleave=interleave)
+        got = serve(piped, jobs, interleave=interleave)
+        assert got.replies == want.replies
+        assert got.steps == want.steps + 1  # the one step computed ahead, read by nobody
+    assert piped._row_upload.uploads >= 2
+    for dec in (plain, piped):
+        dec.close()
