@@ -214,6 +214,18 @@ def test_a_released_slot_is_never_returned(tiny_model: LlamaForCausalLM) -> None
     assert dec.step() == {}
 
 
+def test_close_with_a_launch_in_flight(tiny_model: LlamaForCausalLM) -> None:
+    dec = tiny_decoder(tiny_model, True, capacity=2)
+    dec.submit(SlotRequest(0, (5, 6, 7), greedy(8)))
+    assert list(dec.step()) == [0]  # the first token, from the prefill
+    assert dec.step() == {}
+    assert dec._in_flight is not None
+    dec.close()
+    assert dec._in_flight is None
+    dec.release(0)
+    dec.close()  # idempotent
+
+
 def test_turning_the_pipeline_off_and_on_between_steps(tiny_model: LlamaForCausalLM) -> None:
     jobs, refs = mixed_jobs(tiny_model)
     dec = tiny_decoder(tiny_model, True)
