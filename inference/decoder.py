@@ -2,7 +2,8 @@
 
 The LocalEngine's worker thread is the only caller. Each step it admits waiting requests into free slots
 (``admit`` runs their prefill and samples their first token), then calls ``step`` once, which decodes one token for
-every active slot in one batched forward (a pipelined decoder returns them one call later: see ``step``). Requests leave with ``release`` (finished, cancelled or failed). A decoder that ``prefills_in_steps`` takes
+every active slot in one batched forward (a pipelined decoder returns them one call later: see ``step``). Requests
+leave with ``release`` (finished, cancelled or failed). A decoder that ``prefills_in_steps`` takes
 ``submit`` instead of ``admit``: the prompt is prefilled in chunks inside the coming steps, beside the running rows.
 Stopping rules (terminator tokens, max_new_tokens) live in the engine, sampling lives here (it needs the logits and
 each slot's token history for the repetition penalty).

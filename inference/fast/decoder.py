@@ -353,7 +353,7 @@ class StaticSlotDecoder(DecoderDefaults):
     def _log_ready(self, budget: KVBudget, prefix_cache: bool) -> None:
         _log.info(
             "fast decoder: %d slots, %d KV blocks of %d tokens (%d tokens, %.2f GiB), buckets %s, graphs %s, "
-            "prefix reuse %s, KV %s",
+            "prefix reuse %s, pipelined steps %s, KV %s",
             self._capacity,
             budget.num_blocks,
             budget.block_size,
@@ -362,6 +362,7 @@ class StaticSlotDecoder(DecoderDefaults):
             self.buckets,
             bool(self._graphs),
             prefix_cache,
+            self.pipeline_steps,
             "FP8 e4m3 with per-token scales"
             if self.kv_fp8
             else str(self._weights.dtype).removeprefix("torch."),

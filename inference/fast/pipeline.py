@@ -12,6 +12,9 @@ host work overlaps the next step's GPU work. The pieces here keep the two transf
   synchronisation (a copy from pageable memory waits for the whole stream); a staging buffer is written again only
   once the copy that read it has run.
 
+Steps that admit or prefill still synchronise (the prompt's copies to the device, the first tokens read at once), so
+the overlap is that of the steady decode steps, where the engine spends nearly all its steps.
+
 On the CPU torch runs synchronously: the same calls are plain copies, so the bookkeeping the tests check is the one the
 GPU runs.
 
