@@ -490,14 +490,12 @@ class StaticSlotDecoder(DecoderDefaults):
         decoding = sorted(self._active)
         if self._pending:
             self._prefill_in_step(out)
-        previous, self._in_flight = self._in_flight, None
+        previous = self._in_flight  # if the launch below fails, it stays for the next call
         launch = None
         if decoding and (self.pipeline_steps or previous is None):
             launch = self._launch(decoding)
-        if launch is not None and self.pipeline_steps:
-            self._in_flight = launch
-            launch = None
-        for done in (previous, launch):
+        self._in_flight = launch if self.pipeline_steps else None
+        for done in (previous, None if self.pipeline_steps else launch):
             if done is not None:
                 out.update(self._collect(done))
         return out

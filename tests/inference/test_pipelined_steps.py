@@ -214,6 +214,26 @@ def test_a_released_slot_is_never_returned(tiny_model: LlamaForCausalLM) -> None
     assert dec.step() == {}
 
 
+def test_a_failed_launch_leaves_the_previous_one_to_the_next_step(
+    tiny_model: LlamaForCausalLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = prompts(1, (12,), tiny_model.config.vocab_size, seed=26)[0]
+    ref = hf_greedy(tiny_model, p, 6)
+    dec = tiny_decoder(tiny_model, True, capacity=1)
+    assert dec.admit(SlotRequest(0, tuple(p), greedy(6))) == ref[0]
+    assert dec.step() == {}
+
+    def failing(slots: list[int]) -> None:
+        raise RuntimeError("injected launch failure")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(dec, "_launch", failing)
+        with pytest.raises(RuntimeError, match="injected"):
+            dec.step()
+    assert dec.step() == {0: ref[1]}
+    assert dec.step() == {0: ref[2]}
+
+
 def test_close_with_a_launch_in_flight(tiny_model: LlamaForCausalLM) -> None:
     dec = tiny_decoder(tiny_model, True, capacity=2)
     dec.submit(SlotRequest(0, (5, 6, 7), greedy(8)))
