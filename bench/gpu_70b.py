@@ -360,6 +360,7 @@ def single_stream(dec: StaticSlotDecoder, new: int) -> tuple[float, float]:
     t1 = time.perf_counter()
     for _ in range(new - 1):
         dec.step()
+    sync()  # a pipelined decoder's last step is still running
     t2 = time.perf_counter()
     dec.release(0)
     return (new - 1) / (t2 - t1), t1 - t0
@@ -655,6 +656,10 @@ def engine_phases(bench: EngineBench, args: argparse.Namespace, on_cuda: bool, r
 
     asyncio.run(run_all())
     results.log("setup.decoder_class", type(bench.inner).__name__)
+    # pipelined decode steps (HANBOT_PIPELINE_STEPS=0/1 for an A/B; a tensor-parallel leader's decoder is its inner)
+    results.log(
+        "setup.pipeline_steps", getattr(getattr(bench.inner, "inner", bench.inner), "pipeline_steps", None)
+    )
 
 
 async def _log_async(results: Results, key: str, value) -> None:

@@ -288,6 +288,8 @@ def main() -> None:
     inner = bench.inner
     results.log("decoder.class", type(inner).__name__)
     results.log("decoder.kv_tokens", getattr(inner, "kv_tokens", None))
+    # pipelined decode steps (HANBOT_PIPELINE_STEPS=0/1 for an A/B; a tensor-parallel leader's decoder is its inner)
+    results.log("decoder.pipeline_steps", getattr(getattr(inner, "inner", inner), "pipeline_steps", None))
 
     async def run_all() -> None:
         try:

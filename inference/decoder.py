@@ -2,7 +2,8 @@
 
 The LocalEngine's worker thread is the only caller. Each step it admits waiting requests into free slots
 (``admit`` runs their prefill and samples their first token), then calls ``step`` once, which decodes one token for
-every active slot in one batched forward. Requests leave with ``release`` (finished, cancelled or failed). A decoder that ``prefills_in_steps`` takes
+every active slot in one batched forward (a pipelined decoder returns them one call later: see ``step``). Requests
+leave with ``release`` (finished, cancelled or failed). A decoder that ``prefills_in_steps`` takes
 ``submit`` instead of ``admit``: the prompt is prefilled in chunks inside the coming steps, beside the running rows.
 Stopping rules (terminator tokens, max_new_tokens) live in the engine, sampling lives here (it needs the logits and
 each slot's token history for the repetition penalty).
@@ -78,7 +79,14 @@ class BatchDecoder(Protocol):
         ...
 
     def step(self) -> dict[int, int]:
-        """Decode one token for every active slot (and the first token of each prefill finished): {slot: token}."""
+        """Decode one token for every active slot (and the first token of each prefill finished): {slot: token}.
+
+        A decoder may pipeline its steps (``inference.fast``, on a GPU): it launches this step's work, then returns
+        the tokens of the step launched by the previous call, so a slot's token may come back one call later and a
+        call may return no token for an active slot. Each slot's tokens still come in order, one per step, and a
+        token is never returned for a slot released since its step began (nor given to the next request in that
+        slot). So the caller keeps calling ``step`` while it has active slots, and may release a slot as soon as its
+        request ends: the one step computed ahead for it is dropped."""
         ...
 
     def take_prefill_failures(self) -> dict[int, BaseException]:
@@ -87,7 +95,7 @@ class BatchDecoder(Protocol):
         ...
 
     def release(self, slot: int) -> None:
-        """Free the slot's KV memory (idempotent)."""
+        """Free the slot's KV memory (idempotent); a token of the slot not returned yet is dropped (see ``step``)."""
         ...
 
     def load_lora(self, key: str, path: str) -> None:

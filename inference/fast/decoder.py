@@ -2,8 +2,11 @@
 
 Per step the host does: pick the bucket, copy the row→slot map when the set of active slots changed, replay the
 graph, read the sampled ids (the one synchronisation). Everything else (token ids, positions, KV slot mapping,
-sampling state) lives on the device and is advanced inside the graph. Prefill runs eagerly (it is large enough not
-to be launch-bound), several prompts in one pass, at most ``prefill_chunk`` tokens per pass.
+sampling state) lives on the device and is advanced inside the graph. So the next step can be launched before this
+one's ids are read: with ``pipeline_steps`` (on with CUDA graphs) ``step`` replays the next graph first and returns
+the previous one's ids, and the engine's work between two steps overlaps the GPU's (``pipeline.py``).
+Prefill runs eagerly (it is large enough not to be launch-bound), several prompts in one pass, at most
+``prefill_chunk`` tokens per pass.
 
 Admission: ``admit`` (the BatchDecoder contract) prefills at once and returns the first token. ``submit`` queues a
 prompt instead; each ``step`` then runs one prefill pass of at most ``prefill_chunk`` tokens before the decode step,
@@ -36,6 +39,7 @@ from inference.fast.kv import GIB, BlockPool, KVBudget, kv_bytes_per_token, plan
 from inference.fast.lora import LoraBatch, LoraPool, read_peft_adapter
 from inference.fast.model import FastLlama, Segment
 from inference.fast.parallel import Parallel, SingleProcess
+from inference.fast.pipeline import Launch, RowUpload, TokenReadback, resolve_pipeline
 from inference.fast.sampler import SlotSampler
 from inference.fast.weights import (
     LlamaWeights,
@@ -104,7 +108,10 @@ class StaticSlotDecoder(DecoderDefaults):
     ``mirror.MirroredDecoder`` and the others run ``mirror.follow``.
     ``lora_slots`` adapters of rank ≤ ``lora_max_rank`` can be loaded (``load_lora``) and named per request
     (``SlotRequest.lora``); their pool is allocated here, before the KV cache. ``keep_free_bytes`` of GPU memory are
-    left out of the KV cache (for a fine-tune beside the engine)."""
+    left out of the KV cache (for a fine-tune beside the engine).
+    ``pipeline_steps``: ``step`` launches its decode step before it reads the previous one's tokens, which it returns
+    (so the host's work between two steps overlaps the GPU's); None: ``HANBOT_PIPELINE_STEPS`` (0/1) when set, else
+    on with CUDA graphs. The attribute ``pipeline_steps`` may be changed between steps (A/B in one process)."""
 
     def __init__(
         self,
@@ -129,6 +136,7 @@ class StaticSlotDecoder(DecoderDefaults):
         lora_slots: int = 0,
         lora_max_rank: int = 16,
         keep_free_bytes: int = 0,
+        pipeline_steps: bool | None = None,
     ) -> None:
         if cache_dir is not None:
             use_cache_dir(cache_dir)
@@ -153,6 +161,7 @@ class StaticSlotDecoder(DecoderDefaults):
         # 2. the real KV cache, then the graphs, then one full prefill pass: all must fit, else shrink the cache
         budget = self._plan_kv(block_size, kv_budget_bytes, reserve_bytes + keep_free_bytes, kv_fp8)
         budget = self._allocate(budget, prefix_cache=prefix_cache, cuda_graphs=cuda_graphs)
+        self.pipeline_steps = resolve_pipeline(pipeline_steps, bool(self._graphs))
         self.row_slot.fill_(self._pad)
         self.slot_len.zero_()
         self.kv_tokens = budget.usable_tokens
@@ -215,6 +224,13 @@ class StaticSlotDecoder(DecoderDefaults):
         self.slot_lora = torch.full((capacity + 1,), -1, dtype=torch.int32, device=self.device)
         self._rows: list[int] = []
         self._rows_dirty = True
+        # pipelined steps (pipeline.py): host copies that do not synchronise, the launch whose ids are unread, and
+        # per slot a generation that release bumps (ids of a slot released since their launch are dropped)
+        self.pipeline_steps = False  # resolved once the graphs are captured
+        self._row_upload = RowUpload(self.row_slot, self._pad)
+        self._readback = TokenReadback(bmax, self.device)
+        self._in_flight: Launch | None = None
+        self._generation = [0] * capacity
         self._active: set[int] = set()
         self._pending: deque[_Pending] = deque()
         self._ready: dict[int, int] = {}
@@ -337,7 +353,7 @@ class StaticSlotDecoder(DecoderDefaults):
     def _log_ready(self, budget: KVBudget, prefix_cache: bool) -> None:
         _log.info(
             "fast decoder: %d slots, %d KV blocks of %d tokens (%d tokens, %.2f GiB), buckets %s, graphs %s, "
-            "prefix reuse %s, KV %s",
+            "prefix reuse %s, pipelined steps %s, KV %s",
             self._capacity,
             budget.num_blocks,
             budget.block_size,
@@ -346,6 +362,7 @@ class StaticSlotDecoder(DecoderDefaults):
             self.buckets,
             bool(self._graphs),
             prefix_cache,
+            self.pipeline_steps,
             "FP8 e4m3 with per-token scales"
             if self.kv_fp8
             else str(self._weights.dtype).removeprefix("torch."),
@@ -461,22 +478,38 @@ class StaticSlotDecoder(DecoderDefaults):
     def step(self) -> dict[int, int]:
         """One prefill pass of queued prompts (if any), then one decode step for the running slots.
 
+        Pipelined (``pipeline_steps``): the decode step is launched and the tokens returned are the previous
+        launch's, read once this one is queued behind it, so the caller's work until the next ``step`` overlaps
+        the device's; a slot's token then comes one call after its step, and none comes for a slot released since
+        its step was launched. Off: this step's own tokens (and, once after the pipeline was turned off, the
+        launch still unread instead of a new step).
+
         A failed prefill pass ends only its own requests: their slots are released and the errors are kept for
         ``take_prefill_failures``; the running slots still decode."""
         out, self._ready = self._ready, {}
         decoding = sorted(self._active)
         if self._pending:
-            slots = [p.slot for p in self._pending]
-            try:
-                out.update(self._prefill_round())
-            except Exception as exc:
-                _log.warning("prefill pass failed (%s): its requests end, the running ones go on", exc)
-                self._prefill_failures.update(
-                    {s: exc for s in slots if s not in self._active and not self._is_pending(s)}
-                )
-        if decoding:
-            out.update(self._decode(decoding))
+            self._prefill_in_step(out)
+        previous = self._in_flight  # if the launch below fails, it stays for the next call
+        launch = None
+        if decoding and (self.pipeline_steps or previous is None):
+            launch = self._launch(decoding)
+        self._in_flight = launch if self.pipeline_steps else None
+        for done in (previous, None if self.pipeline_steps else launch):
+            if done is not None:
+                out.update(self._collect(done))
         return out
+
+    def _prefill_in_step(self, out: dict[int, int]) -> None:
+        """One prefill pass inside ``step``: first tokens into ``out``; a failure kept for its own requests."""
+        slots = [p.slot for p in self._pending]
+        try:
+            out.update(self._prefill_round())
+        except Exception as exc:
+            _log.warning("prefill pass failed (%s): its requests end, the running ones go on", exc)
+            self._prefill_failures.update(
+                {s: exc for s in slots if s not in self._active and not self._is_pending(s)}
+            )
 
     def take_prefill_failures(self) -> dict[int, BaseException]:
         """{slot: error} of the prompts whose prefill failed inside ``step`` since the last call."""
@@ -490,6 +523,9 @@ class StaticSlotDecoder(DecoderDefaults):
         """Free the slot; the full blocks of what its KV holds (prompt and reply) stay cached for a later request
         that starts the same way."""
         written = self._written_tokens(slot)
+        if 0 <= slot < self._capacity:
+            self._generation[slot] += 1  # ids of a launch still unread are not this slot's next request's
+            self._drop_stale_launch()
         if slot in self._active:
             self._active.discard(slot)
             self._rows_dirty = True
@@ -502,6 +538,15 @@ class StaticSlotDecoder(DecoderDefaults):
         self.pool.release(slot)
         if self._slot_adapter.pop(slot, None) is not None:
             self._drop_retired()
+
+    def _drop_stale_launch(self) -> None:
+        """Forget the unread launch once every slot it covered was released (its ids would all be dropped; the
+        device finishes it before anything queued later, so nothing waits for it)."""
+        launch = self._in_flight
+        if launch is not None and all(
+            self._generation[s] != g for s, g in zip(launch.slots, launch.generations, strict=True)
+        ):
+            self._in_flight = None
 
     # ---- adapters --------------------------------------------------------------------------------------------------
 
@@ -595,7 +640,11 @@ class StaticSlotDecoder(DecoderDefaults):
 
     def _written_tokens(self, slot: int) -> list[int]:
         """The tokens whose KV the slot holds: the prompt prefilled so far, or (decoding) every token but the last
-        sampled one, which has not been run yet."""
+        sampled one, which has not been run yet.
+
+        Pipelined, the device is one step ahead of ``_seq``: the launch in flight writes the last token's KV and
+        samples one more, which this leaves out (at most one position past these tokens is written, inside the
+        blocks reserved for prompt + max_new_tokens, never in a block remembered as full)."""
         seq = self._seq.get(slot)
         if seq is None:
             return []
@@ -803,13 +852,12 @@ class StaticSlotDecoder(DecoderDefaults):
         self.slot_len[self._pad :].zero_()
         self.out_tok[:b].copy_(tok)
 
-    def _decode(self, slots: list[int]) -> dict[int, int]:
+    def _launch(self, slots: list[int]) -> Launch:
+        """Queue one decode step of these slots and the copy of its sampled ids to the host; nothing waits."""
         n = len(slots)
         b = self._bucket(n)
         if self._rows_dirty or self._rows != slots:
-            row = torch.full((self.row_slot.shape[0],), self._pad, dtype=torch.int64)
-            row[:n] = torch.tensor(slots, dtype=torch.int64)
-            self.row_slot.copy_(row)
+            self._row_upload.write(slots)  # stream-ordered after the launch still running
             self._rows = list(slots)
             self._rows_dirty = False
         with_lora = any(s in self._slot_adapter for s in slots)  # no adapter in the batch: the base step
@@ -822,15 +870,25 @@ class StaticSlotDecoder(DecoderDefaults):
         self._last_rows = list(slots)
         self._last_bucket = b
         self._last_lora = with_lora
-        result = dict(zip(slots, self.out_tok[:n].tolist(), strict=True))
-        for slot, token in result.items():
-            self._seq[slot].append(token)
+        generations = [self._generation[s] for s in slots]
+        return Launch(list(slots), generations, self._readback.start(self.out_tok[:n]))
+
+    def _collect(self, launch: Launch) -> dict[int, int]:
+        """Wait for a launch's ids; {slot: token} for its slots not released since (each appended to ``_seq``)."""
+        ids = launch.ids.wait()
+        result: dict[int, int] = {}
+        for slot, generation, token in zip(launch.slots, launch.generations, ids, strict=True):
+            if self._generation[slot] == generation:
+                result[slot] = token
+                self._seq[slot].append(token)
         return result
 
     # ---- inspection (tests) ----------------------------------------------------------------------------------------
 
     def last_step_logits(self) -> dict[int, torch.Tensor]:
-        """{slot: raw next-token logits (before penalty and sampling)} of the last decode step."""
+        """{slot: raw next-token logits (before penalty and sampling)} of the last decode step launched: with
+        ``pipeline_steps`` off, the step whose tokens the last ``step`` returned; on, the step whose tokens the next
+        ``step`` returns (its slots as launched, released ones included). Valid until the next launch."""
         logits = (self._lora_step_logits if self._last_lora else self._step_logits)[self._last_bucket]
         return {slot: logits[row] for row, slot in enumerate(self._last_rows)}
 
@@ -884,6 +942,10 @@ class StaticSlotDecoder(DecoderDefaults):
             return
         if self.requests:
             self._log_reuse()
+        self._in_flight = None  # its ids are not wanted any more
+        if self.device.type == "cuda":
+            # no graph is destroyed while it runs (a launch may still be in flight)
+            torch.cuda.synchronize(self.device)
         self._graphs.clear()
         self._lora_graphs.clear()
         self.lora_pool = None

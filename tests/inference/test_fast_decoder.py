@@ -240,7 +240,10 @@ def test_gpu_logits_match_eager_forward_70b_widths() -> None:
     lengths = (100, 517, 1100)
     batch = prompts(3, lengths, cfg.vocab_size, seed=6)
     steps = 32
-    dec = StaticSlotDecoder(model, capacity=4, max_context=2048, kv_budget_bytes=2 << 30)
+    # one token per step, in step with last_step_logits: the plain steps (test_pipelined_steps covers the pipeline)
+    dec = StaticSlotDecoder(
+        model, capacity=4, max_context=2048, kv_budget_bytes=2 << 30, pipeline_steps=False
+    )
     params = GenerationParams(max_new_tokens=steps, do_sample=False, repetition_penalty=1.0)
     tokens: dict[int, list[int]] = {}
     logits: dict[int, list[torch.Tensor]] = {i: [] for i in range(3)}

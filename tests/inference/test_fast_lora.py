@@ -974,7 +974,13 @@ def test_gpu_lora_logits_match_eager_peft_70b_widths(tmp_path: Path) -> None:
     batch = prompts(3, (100, 517, 1100), 128256, seed=6)
     steps = 32
     dec = StaticSlotDecoder(
-        model16, capacity=4, max_context=2048, kv_budget_bytes=2 << 30, lora_slots=2, lora_max_rank=16
+        model16,
+        capacity=4,
+        max_context=2048,
+        kv_budget_bytes=2 << 30,
+        lora_slots=2,
+        lora_max_rank=16,
+        pipeline_steps=False,  # one token per step, in step with last_step_logits
     )
     captures = dec.graph_captures
     dec.load_lora("a", str(tmp_path / "a"))

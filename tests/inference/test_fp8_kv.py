@@ -305,7 +305,13 @@ def test_gpu_fp8_kv_logits_against_the_bf16_cache() -> None:
     results: dict[bool, dict[int, tuple[list[int], torch.Tensor]]] = {}
     for fp8 in (False, True):
         dec = StaticSlotDecoder(
-            model, capacity=2, max_context=2048, kv_budget_bytes=1 << 30, kv_fp8=fp8, prefix_cache=False
+            model,
+            capacity=2,
+            max_context=2048,
+            kv_budget_bytes=1 << 30,
+            kv_fp8=fp8,
+            prefix_cache=False,
+            pipeline_steps=False,  # one token per step, in step with last_step_logits
         )
         results[fp8] = {}
         for i, p in enumerate(batch):

@@ -326,7 +326,10 @@ def test_gpu_reused_prefix_logits_match_recomputing_it() -> None:
     except AttributeError:
         ref32.config._attn_implementation = "eager"
     model = copy.deepcopy(ref32).to(torch.bfloat16)
-    dec = StaticSlotDecoder(model, capacity=2, max_context=4096, kv_budget_bytes=2 << 30)
+    # one token per step, in step with last_step_logits: the plain steps (test_pipelined_steps covers the pipeline)
+    dec = StaticSlotDecoder(
+        model, capacity=2, max_context=4096, kv_budget_bytes=2 << 30, pipeline_steps=False
+    )
     steps = 16
     params = GenerationParams(max_new_tokens=steps, do_sample=False, repetition_penalty=1.0)
     first, follow = prompts(2, (1100, 70), cfg.vocab_size, seed=9)

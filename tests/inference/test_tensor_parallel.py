@@ -23,6 +23,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from inference.fast import StaticSlotDecoder
 from inference.fast.parallel import SingleProcess, split
+from inference.fast.pipeline import PIPELINE_ENV
 from inference.fast.weights import LlamaSpec, RankSlices
 from tests.inference.remote_server import demo_engine_env, free_port
 from tests.inference.test_fast_decoder import tiny_config as fast_decoder_config
@@ -133,6 +134,44 @@ def test_two_ranks_decode_what_one_process_decodes(checkpoint: Path, tmp_path: P
     schedule(without_reuse)
     assert result["turns"] == conversation(without_reuse)
     assert result["prefix_hit_tokens"] == follower["prefix_hit_tokens"] == 4 * 64  # turns 2 and 3, 2 channels
+
+
+def test_two_ranks_agree_with_pipelined_steps(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``HANBOT_PIPELINE_STEPS=1`` on every rank: each step is launched before the previous one's tokens are read
+    (the followers replay the leader's calls, releases included). The tokens are a pipelined single process's, the
+    conversation's turns those of plain steps without reuse, and both ranks reused the same KV."""
+    monkeypatch.setenv(PIPELINE_ENV, "1")  # the ranks inherit it
+    reference_model = LlamaForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    adapter = tmp_path / "adapter"
+    save_adapter(reference_model, adapter, seed=3)
+    single = StaticSlotDecoder(
+        reference_model, capacity=4, max_context=256, parallel=SingleProcess(), lora_slots=2
+    )
+    assert single.pipeline_steps
+    reference = schedule(single)
+    reference.update(lora_schedule(single, str(adapter)))
+    out_file = tmp_path / "tp.json"
+    outs = run_ranks(
+        [str(REPO / "tests" / "inference" / "tp_run.py"), str(checkpoint), str(out_file), str(adapter)], 2
+    )
+    result = json.loads(out_file.read_text())
+    for name in ("a", "b", "c", "d", "lora-a", "lora-base", "lora-c"):
+        assert result["tokens"][name] == reference[name] or name == "d", name
+        assert len(result["tokens"][name]) == len(reference[name]), name
+    plain = StaticSlotDecoder(
+        reference_model,
+        capacity=4,
+        max_context=256,
+        parallel=SingleProcess(),
+        prefix_cache=False,
+        pipeline_steps=False,
+    )
+    assert result["turns"] == conversation(plain)
+    follower = json.loads(outs[1].strip().splitlines()[-1])
+    assert result["prefix_hit_tokens"] == follower["prefix_hit_tokens"] == 4 * 64
+    assert result["pipeline_steps"] and follower["pipeline_steps"]
 
 
 def test_engine_server_on_two_ranks_answers_like_one(demo_model_dir: Path, tmp_path: Path) -> None:

@@ -119,7 +119,12 @@ def main() -> None:
     if group.rank != 0:
         calls = follow(decoder, group)
         hits = decoder.prefix_hit_tokens
-        print(json.dumps({"rank": group.rank, "calls": calls, "prefix_hit_tokens": hits}))
+        piped = decoder.pipeline_steps
+        print(
+            json.dumps(
+                {"rank": group.rank, "calls": calls, "prefix_hit_tokens": hits, "pipeline_steps": piped}
+            )
+        )
         return
     leader = MirroredDecoder(decoder, group)
     tokens = schedule(leader)
@@ -130,7 +135,15 @@ def main() -> None:
     leader.close()
     local_vocab = weights.lm_head.shape[0]  # type: ignore[union-attr]
     out_file.write_text(
-        json.dumps({"tokens": tokens, "turns": turns, "prefix_hit_tokens": hits, "local_vocab": local_vocab})
+        json.dumps(
+            {
+                "tokens": tokens,
+                "turns": turns,
+                "prefix_hit_tokens": hits,
+                "local_vocab": local_vocab,
+                "pipeline_steps": decoder.pipeline_steps,
+            }
+        )
     )
 
 
