@@ -20,6 +20,13 @@
 # tws-mps: train-while-serving-mps.json, its trainer's log, the MPS daemon's (-control.log, -server.log) and
 # train-while-serving-mps.log (rc 3 and errors.mps in the JSON when the machine has no nvidia-cuda-mps-control or its
 # daemon does not start).
+# Round 5 (the fold of the adapters' shrink, pipelined decode steps; each measured against the path it replaces):
+#   bash bench/device/round4_h200.sh arch17 lora-bf16-r5   # one H200, ~8 min: issue 17's same-command check with
+#                                        # round 4's paths, then gpu-h200x1-bf16-lora.json with round 5's defaults
+#   bash bench/device/round4_h200.sh profile-fold lora-fp8-r5   # ~7 min (H100: GPU_TAG=h100x1): the graph-step A/B
+#                                        # (lora-profile-<gpu>-fold.json), then gpu-<tag>-fp8-lora.json
+#   bash bench/device/round4_h200.sh multiturn-fp8-ab   # ~7 min: issue 12's workload, plain then pipelined steps
+#                                        # (multiturn-<tag>-fp8-pipe0.json / -pipe1.json)
 # CPU smoke run of the steps' code: tests/inference/test_gpu_bench_smoke.py, test_train_while_serving_smoke.py; of
 # this script's plumbing (tiny shape on the CPU, no wheels, no baseline):
 #   ROUND4_SMOKE=1 PYTHON=.venv/bin/python OUT=/tmp/round4-smoke bash bench/device/round4_h200.sh a b
@@ -129,6 +136,37 @@ for step in "${STEPS[@]}"; do
     run 180 multiturn-bf16-fp8kv "$PY" bench/multiturn.py --fp8-kv --cache-dir $CACHE --out "$OUT" $TINY
     show multiturn-bf16-fp8kv "turn|targets" 20
     ;;
-  *) echo "unknown step $step (a, b, fp8, tws, tws-mps, fp8-interleave, lora-bf16, baseline, lora-fp8)"; exit 2 ;;
+  # ---- round 5: the fold of the adapters' shrink (HANBOT_LORA_FOLD) and pipelined decode steps
+  # (HANBOT_PIPELINE_STEPS), each against the path it replaces on the same card; lora-bf16-r5 and arch17 need an H200
+  arch17) # issue 17's check: the command of gpu-h200x1-bf16-lora.json with round 4's paths (no fold, plain steps);
+    # its base figures (single 29.43 tok/s, 16 conversations 310.87) must stay within 3%
+    # shellcheck disable=SC2086
+    run 230 arch17 env HANBOT_LORA_FOLD=0 HANBOT_PIPELINE_STEPS=0 "$PY" bench/gpu_70b.py --lora --no-cold --new 128 \
+      --concurrency 16 --cache-dir $CACHE --setup ${GPU_TAG:-h200x1}-bf16-lora-arch17 --out "$OUT" $TINY $LORA_SMALL
+    show arch17 "^lora\.(single|base|concurrency|mixed|switch|failed|decode_step)|^peak" 30
+    ;;
+  lora-bf16-r5|lora-fp8-r5) # issue 11's LoRA file with round 5's defaults (fold on, pipelined steps)
+    FP8_OPT="" KIND=bf16
+    [ "$step" = lora-fp8-r5 ] && FP8_OPT="--fp8" KIND=fp8
+    # shellcheck disable=SC2086
+    run 230 "$step" "$PY" bench/gpu_70b.py $FP8_OPT --lora --no-cold --new 128 --concurrency 16 --cache-dir $CACHE \
+      --setup ${GPU_TAG:-h200x1}-$KIND-lora --out "$OUT" $TINY $LORA_SMALL
+    show "$step" "^lora\.(single|base|concurrency|mixed|switch|failed|decode_step)|^peak" 30
+    ;;
+  profile-fold) # the graph step of 2 layers at the 70B widths: separate shrink, side stream, fold (bf16 and FP8)
+    [ -n "${ROUND4_SMOKE:-}" ] && continue
+    run 200 profile-fold python3 bench/lora_profile.py --out "$OUT" --skip-trace --name fold
+    show profile-fold "LORA_STEP|LORA_PROFILE|Error" 30
+    ;;
+  multiturn-fp8-ab) # issue 12's workload with FP8 weights, plain steps then pipelined steps
+    for mode in 0 1; do
+      # shellcheck disable=SC2086
+      run 200 multiturn-fp8-pipe$mode env HANBOT_PIPELINE_STEPS=$mode "$PY" bench/multiturn.py --fp8 --cache-dir $CACHE \
+        --setup ${GPU_TAG:-h200x1}-fp8-pipe$mode --out "$OUT" $TINY
+      show multiturn-fp8-pipe$mode "turn|targets" 12
+    done
+    ;;
+  *) echo "unknown step $step (a, b, fp8, tws, tws-mps, fp8-interleave, lora-bf16, baseline, lora-fp8, gpu-tests,
+    multiturn-fp8, multiturn-bf16, arch17, lora-bf16-r5, lora-fp8-r5, profile-fold, multiturn-fp8-ab)"; exit 2 ;;
   esac
 done
