@@ -120,10 +120,10 @@ for step in "${STEPS[@]}"; do
     ;;
   gpu-tests) # the GPU checks of the kernels of this round (prefill attention, LoRA) and of prefix reuse / FP8 KV
     [ -n "${ROUND4_SMOKE:-}" ] && continue
-    run 120 gpu-tests python3 -m pytest -c /dev/null --noconftest -p no:cacheprovider -q -s -rfs \
+    run 180 gpu-tests python3 -m pytest -c /dev/null --noconftest -p no:cacheprovider -q -s -rfs \
       tests/inference/test_prefill_attn.py tests/inference/test_fast_lora.py tests/inference/test_prefix_reuse.py \
       tests/inference/test_fp8_kv.py tests/inference/test_fast_decoder.py tests/inference/test_fast_fp8_decoder.py \
-      -k "gpu or kernel or prefill"
+      tests/inference/test_pipelined_steps.py -k "gpu or kernel or prefill or fold"
     show gpu-tests "REL_ERR|_TIME|passed|failed" 30
     ;;
   multiturn-fp8) # issue 12's workload (16 channels x 6 turns) with FP8 weights
