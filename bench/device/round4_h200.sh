@@ -32,11 +32,12 @@
 #   ROUND4_SMOKE=1 PYTHON=.venv/bin/python OUT=/tmp/round4-smoke bash bench/device/round4_h200.sh a b
 set -u
 PY=${PYTHON:-python3}
-TINY="" ENGINE_SMALL="" TWS_SMALL="" LORA_SMALL=""
+TINY="" ENGINE_SMALL="" TWS_SMALL="" LORA_SMALL="" MULTI_SMALL=""
 if [ -n "${ROUND4_SMOKE:-}" ]; then
   TINY="--shape tiny --device cpu --new 4"
   ENGINE_SMALL="--concurrency 1,2 --ttft-prompts 16" TWS_SMALL="--concurrency 2 --seq-len 48 --beside-steps 1"
   LORA_SMALL="--concurrency 8"
+  MULTI_SMALL="--shape tiny --device cpu --channels 2 --turns 2 --first 24 --follow 8 --reply 4"
   export PYTHONPATH=.
 else
   if ! ls .whl/bitsandbytes-*.whl >/dev/null 2>&1; then
@@ -128,12 +129,12 @@ for step in "${STEPS[@]}"; do
     ;;
   multiturn-fp8) # issue 12's workload (16 channels x 6 turns) with FP8 weights
     # shellcheck disable=SC2086
-    run 200 multiturn-fp8 "$PY" bench/multiturn.py --fp8 --cache-dir $CACHE --out "$OUT" $TINY
+    run 200 multiturn-fp8 "$PY" bench/multiturn.py --fp8 --cache-dir $CACHE --out "$OUT" $MULTI_SMALL
     show multiturn-fp8 "turn|targets" 20
     ;;
   multiturn-bf16) # the same with bf16 weights and the FP8 KV cache
     # shellcheck disable=SC2086
-    run 180 multiturn-bf16-fp8kv "$PY" bench/multiturn.py --fp8-kv --cache-dir $CACHE --out "$OUT" $TINY
+    run 180 multiturn-bf16-fp8kv "$PY" bench/multiturn.py --fp8-kv --cache-dir $CACHE --out "$OUT" $MULTI_SMALL
     show multiturn-bf16-fp8kv "turn|targets" 20
     ;;
   # ---- round 5: the fold of the adapters' shrink (HANBOT_LORA_FOLD) and pipelined decode steps
@@ -162,7 +163,7 @@ for step in "${STEPS[@]}"; do
     for mode in 0 1; do
       # shellcheck disable=SC2086
       run 200 multiturn-fp8-pipe$mode env HANBOT_PIPELINE_STEPS=$mode "$PY" bench/multiturn.py --fp8 --cache-dir $CACHE \
-        --setup ${GPU_TAG:-h200x1}-fp8-pipe$mode --out "$OUT" $TINY
+        --setup ${GPU_TAG:-h200x1}-fp8-pipe$mode --out "$OUT" $MULTI_SMALL
       show multiturn-fp8-pipe$mode "turn|targets" 12
     done
     ;;
