@@ -242,6 +242,9 @@ class LoraPool:
         # HANBOT_LORA_FOLD=0: the separate shrink kernel again (A/B on the GPU). On by default: each decode product
         # served by a Triton skinny kernel computes every row's x·A in its own launch (``fold_rows``)
         self.fold = self.kernels is not None and os.environ.get("HANBOT_LORA_FOLD", "1") != "0"
+        # HANBOT_LORA_NORM_FUSE=0: the o and down expands as kernels of their own again (A/B on the GPU). On by
+        # default: each is one kernel with the residual add + RMSNorm after it (``expand_rms_norm_rows``)
+        self.norm_fuse = self.kernels is not None and os.environ.get("HANBOT_LORA_NORM_FUSE", "1") != "0"
         self.block_n = {proj: _block_n(self.shapes[proj].outs) for proj in self.shapes}
         _log.info(
             "LoRA pool: %d slots of rank %d, %.2f GiB",
@@ -364,6 +367,31 @@ class LoraPool:
         self._join_shrink(partial)
         self.kernels.lora_expand(partial, y, b, index, outs, self.rank, self.block_n[proj])
 
+    def expand_rms_norm_rows(
+        self,
+        partial: torch.Tensor | None,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        proj: str,
+        layer: int,
+        index: torch.Tensor,
+        weight: torch.Tensor,
+        eps: float,
+        residual: torch.Tensor,
+    ) -> torch.Tensor:
+        """Decode, o and down on one rank: ``ops.rms_norm(y', weight, eps, residual)`` of ``y`` plus each row's adapter
+        product (one fused kernel on CUDA; ``residual`` updated in place as the norm updates it). With
+        ``HANBOT_LORA_NORM_FUSE=0`` or on the torch path: the expand, then the norm."""
+        if partial is None or not self.norm_fuse:
+            self.expand_rows(partial, x, y, proj, layer, index)
+            return ops.rms_norm(y, weight, eps, residual)
+        assert self.kernels is not None and len(self.shapes[proj].outs) == 1
+        self._join_shrink(partial)
+        out: torch.Tensor = self.kernels.lora_expand_rms_norm(
+            partial, y, self.b[proj][layer], index, self.rank, weight, eps, residual
+        )
+        return out
+
     def expand_silu_rows(
         self, partial: torch.Tensor | None, x: torch.Tensor, y: torch.Tensor, layer: int, index: torch.Tensor
     ) -> torch.Tensor:
@@ -462,6 +490,26 @@ class LoraBatch:
         if self.index is not None:
             return self.pool.expand_silu_rows(partial, x, y, layer, self.index)
         return ops.silu_mul(self.expand(partial, x, y, "gate_up", layer))
+
+    def expand_rms_norm(
+        self,
+        partial: torch.Tensor | None,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        proj: str,
+        layer: int,
+        weight: torch.Tensor,
+        eps: float,
+        residual: torch.Tensor,
+    ) -> torch.Tensor:
+        """o / down on one rank (no all-reduce between the product and the norm): the residual add + RMSNorm of the
+        base product ``y`` with each row's adapter product added first (``ops.rms_norm``'s outputs: the normed rows,
+        ``residual`` updated in place)."""
+        if self.index is not None:
+            return self.pool.expand_rms_norm_rows(
+                partial, x, y, proj, layer, self.index, weight, eps, residual
+            )
+        return ops.rms_norm(self.expand(partial, x, y, proj, layer), weight, eps, residual)
 
     def rope_store(
         self, partial: torch.Tensor | None, x: torch.Tensor, qkv: torch.Tensor, layer: int, *rope: Any

@@ -331,6 +331,54 @@ def _lora_rope_store_kernel(
         tl.store(v_cache_ptr + dst + HALF, v2.to(v_cache_ptr.dtype.element_ty), mask=rm)
 
 
+@triton.jit
+def _lora_expand_rms_norm_kernel(
+    y_ptr,
+    inter_ptr,
+    b_ptr,
+    idx_ptr,
+    res_ptr,
+    w_ptr,
+    out_ptr,
+    N,
+    eps,
+    stride_i,
+    stride_is,
+    stride_bs,
+    R: tl.constexpr,
+    JP: tl.constexpr,
+    SPLIT: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """o / down (one part): the row's adapter product added to the base output ``y`` and rounded as the expand alone
+    stores it, then ``kernels._rms_norm_kernel`` with a residual (the same add, rounding and norm): ``residual +=
+    y'`` in place, the normed row into ``out``. One program per row (the norm needs the whole row); ``y`` itself is
+    not written (the decode step reads only the norm's outputs)."""
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    mask = offs < N
+    y = tl.load(y_ptr + row * N + offs, mask=mask, other=0.0)
+    idx = tl.load(idx_ptr + row).to(tl.int64)
+    if idx >= 0:  # base rows: y as it is (the expand leaves them alone)
+        ip = inter_ptr + row * stride_i + idx * stride_is  # this row's rank values (its slot's, in the fold's)
+        bp = b_ptr + idx * stride_bs
+        s = tl.arange(0, SPLIT)
+        d = tl.zeros((BLOCK,), dtype=tl.float32)
+        for r in tl.static_range(R):
+            v = tl.sum(tl.load(ip + s * JP + r), axis=0)  # SPLIT > 1: the shrink's partial sums, summed here
+            b = tl.load(bp + r * N + offs, mask=mask, other=0.0)
+            d += v * b.to(tl.float32)
+        y = (y.to(tl.float32) + d).to(y.dtype)  # rounded as the product stored by the expand alone would be
+    res = tl.load(res_ptr + row * N + offs, mask=mask, other=0.0)
+    x = (y.to(tl.float32) + res.to(tl.float32)).to(y.dtype)  # rounded like the eager residual add
+    tl.store(res_ptr + row * N + offs, x, mask=mask)
+    xf = x.to(tl.float32)
+    var = tl.sum(xf * xf, axis=0) / N
+    normed = (xf * tl.rsqrt(var + eps)).to(x.dtype).to(tl.float32)
+    w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * N + offs, (w * normed).to(out_ptr.dtype.element_ty), mask=mask)
+
+
 def split_of(k: int) -> tuple[int, int]:
     """(number of K chunks, a power of two; chunk length, a multiple of the block)."""
     split = 1
@@ -603,3 +651,45 @@ def lora_shrink_expand(
     partial = new_partial(x, a)
     lora_shrink(x, a, index, partial)
     lora_expand(partial, y, b, index, outs, rank, block_n)
+
+
+def lora_expand_rms_norm(
+    partial: torch.Tensor,
+    y: torch.Tensor,
+    b: torch.Tensor,
+    index: torch.Tensor,
+    rank: int,
+    weight: torch.Tensor,
+    eps: float,
+    residual: torch.Tensor,
+) -> torch.Tensor:
+    """``kernels.rms_norm(y', weight, eps, residual)`` where ``y'`` is ``y`` [rows, N] plus each row's adapter
+    product (one part: o, down; B [slots, R, N]), in one kernel: ``lora_expand`` and the residual add + RMSNorm that
+    follows it fused. ``residual`` is updated in place as ``rms_norm`` updates it; ``y`` is left as it is. Returns
+    the normed rows."""
+    rows, n = y.shape
+    assert y.is_contiguous() and residual.is_contiguous() and residual.shape == y.shape
+    assert b.shape[2] == n, "one part: B's columns are the output's"
+    out = torch.empty_like(y)
+    inp = _expand_input(partial, _slots(b))
+    block = triton.next_power_of_2(n)
+    _lora_expand_rms_norm_kernel[(rows,)](
+        y,
+        inp.values,
+        b,
+        index,
+        residual,
+        weight,
+        out,
+        n,
+        eps,
+        inp.values.stride(0),
+        inp.slot_stride,
+        b.stride(0),
+        R=rank,
+        JP=inp.jp,
+        SPLIT=inp.split,
+        BLOCK=block,
+        num_warps=8 if block >= 4096 else 4,
+    )
+    return out

@@ -107,14 +107,31 @@ class FastLlama:
         for i, layer in enumerate(w.layers):
             q = self._qkv_rope(h, layer.qkv, lora, i, positions, slot_mapping)
             a = attend(q, i)  # type: ignore[operator]
-            # row-parallel: each rank adds its partial adapter product before the partial sums are all-reduced
-            o = self.parallel.all_reduce(self._linear(a, layer.o, lora, "o", i))
-            h = ops.rms_norm(o, layer.post_norm, eps, residual)
+            h = self._linear_rms_norm(a, layer.o, lora, "o", i, layer.post_norm, residual)
             g = self._gate_up_silu(h, layer.gate_up, lora, i)
-            m = self.parallel.all_reduce(self._linear(g, layer.down, lora, "down", i))
             nxt = w.layers[i + 1].input_norm if i + 1 < len(w.layers) else w.norm
-            h = ops.rms_norm(m, nxt, eps, residual)
+            h = self._linear_rms_norm(g, layer.down, lora, "down", i, nxt, residual)
         return h  # final-normed hidden states
+
+    def _linear_rms_norm(
+        self,
+        x: torch.Tensor,
+        w: Matrix,
+        lora: LoraBatch | None,
+        proj: str,
+        layer: int,
+        weight: torch.Tensor,
+        residual: torch.Tensor,
+    ) -> torch.Tensor:
+        """A row-parallel product (o, down), then the residual add + RMSNorm after it (``residual`` updated in place).
+        Tensor parallel: each rank adds its partial adapter product before the partial sums are all-reduced, and the
+        norm follows the all-reduce. One rank with adapters: in decode their expand is one kernel with the norm."""
+        eps = self.spec.rms_norm_eps
+        if lora is None or self.parallel.world > 1:
+            y = self.parallel.all_reduce(self._linear(x, w, lora, proj, layer))
+            return ops.rms_norm(y, weight, eps, residual)
+        y, partial = self._adapted_product(x, w, lora, proj, layer)
+        return lora.expand_rms_norm(partial, x, y, proj, layer, weight, eps, residual)
 
     def _linear(
         self, x: torch.Tensor, w: Matrix, lora: LoraBatch | None, proj: str, layer: int

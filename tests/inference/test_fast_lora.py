@@ -510,6 +510,81 @@ def test_kernels_mixed_batch_equals_the_torch_reference(
 @pytest.mark.skipif(
     not (INTERPRET or CUDA), reason="runs under the Triton interpreter in the child test below"
 )
+@pytest.mark.parametrize(
+    ("rows", "pattern", "k", "sums_from", "source", "dtype"),
+    [
+        (1, "one", 4096, None, "shrink", torch.float32),  # one row: the kernel sums the 8 K chunks' partials
+        (5, "mixed", 600, 65, "shrink", torch.float32),  # 2 K chunks summed by the kernel, base rows among them
+        (16, "mixed", 300, None, "shrink", torch.float32),
+        (1, "one", 300, None, "fold", torch.float32),
+        (5, "mixed", 300, None, "fold", torch.float32),
+        (16, "mixed", 300, None, "fold", torch.float32),
+        (16, "mixed", 300, None, "fold", torch.bfloat16),
+        (5, "base", 300, None, "fold", torch.float32),
+    ],
+)
+def test_kernels_fused_expand_rms_norm_equals_expand_then_rms_norm(
+    rows: int,
+    pattern: str,
+    k: int,
+    sums_from: int | None,
+    source: str,
+    dtype: torch.dtype,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """o / down: the expand fused into the residual add + RMSNorm after it gives what the expand kernel then the
+    norm kernel give (the normed rows and the updated residual), on batches mixing adapters and the base, reading
+    the shrink's output or the fold's rank values; base rows: the norm kernel's own bits; the base output unread
+    but left as it is."""
+    from inference.fast import lora_kernels
+    from inference.fast.kernels import rms_norm
+    from inference.fast.lora_kernels import lora_expand, lora_expand_rms_norm
+    from inference.fast.ops import rms_norm_ref
+
+    device = kernel_device()
+    if sums_from is not None:
+        monkeypatch.setattr(lora_kernels, "SHRINK_SUMS_FROM_ROWS", sums_from)
+    g = torch.Generator().manual_seed(rows * 17 + k)
+    slots, rank, n, eps = 3, 16, 96, 1e-5  # n: not a power of two (the row's tile is masked)
+    index = _mixed_index(rows, slots, pattern, device)
+    adapted = index >= 0
+    x = torch.randn(rows, k, generator=g).to(device, dtype)
+    a = (torch.randn(slots, rank, k, generator=g) * 0.05).to(device, dtype)
+    b = (torch.randn(slots, rank, n, generator=g) * 0.1).to(device, dtype)
+    y = torch.randn(rows, n, generator=g).to(device, dtype)
+    residual = torch.randn(rows, n, generator=g).to(device, dtype)
+    weight = (1 + 0.1 * torch.randn(n, generator=g)).to(device, dtype)
+    ranks = (_shrunk if source == "shrink" else _folded)(x, a, index)
+
+    y_sep, res_sep = y.clone(), residual.clone()
+    lora_expand(ranks, y_sep, b, index, (n,), rank, 32)
+    want = rms_norm(y_sep, weight, eps, res_sep)
+    y_got, res_got = y.clone(), residual.clone()
+    got = lora_expand_rms_norm(ranks, y_got, b, index, rank, weight, eps, res_got)
+
+    def close(got_t: torch.Tensor, want_t: torch.Tensor) -> None:
+        """float32: another summation order of the same products; bf16: a rounding or two apart."""
+        tol = 1e-5 if dtype == torch.float32 else 2.0**-6
+        err = (got_t.float() - want_t.float()).abs()
+        assert bool((err <= want_t.float().abs() * tol + tol).all()), float(err.max())
+
+    close(got, want)
+    close(res_got, res_sep)
+    assert torch.equal(y_got, y)  # the base output is read, not written
+    y_ref, res_ref = y.clone(), residual.clone()  # the torch reference: within float rounding
+    add_rows_ref(x, y_ref, a, b, index, (n,), rank)
+    if dtype == torch.float32:
+        assert torch.allclose(got, rms_norm_ref(y_ref, weight, eps, res_ref), rtol=1e-4, atol=1e-4)
+    res_base = residual.clone()
+    base = rms_norm(y.clone(), weight, eps, res_base)
+    assert torch.equal(got[~adapted], base[~adapted])  # base rows: what the plain norm kernel gives
+    assert torch.equal(res_got[~adapted], res_base[~adapted])
+    assert not adapted.any() or not torch.allclose(res_got[adapted], res_base[adapted])  # the product is in
+
+
+@pytest.mark.skipif(
+    not (INTERPRET or CUDA), reason="runs under the Triton interpreter in the child test below"
+)
 def test_kernels_shrink_counters_return_to_zero() -> None:
     """The split-K shrink's per-row counters (which program sums a row's partials) are back at zero after each
     launch, so one set serves every projection: two launches in a row on the same counters give the same values."""
