@@ -360,7 +360,8 @@ def _lora_expand_rms_norm_kernel(
     y = tl.load(y_ptr + row * N + offs, mask=mask, other=0.0)
     idx = tl.load(idx_ptr + row).to(tl.int64)
     if idx >= 0:  # base rows: y as it is (the expand leaves them alone)
-        ip = inter_ptr + row * stride_i + idx * stride_is  # this row's rank values (its slot's, in the fold's)
+        # this row's rank values (of its slot, in the fold's buffer of every slot's)
+        ip = inter_ptr + row * stride_i + idx * stride_is
         bp = b_ptr + idx * stride_bs
         s = tl.arange(0, SPLIT)
         d = tl.zeros((BLOCK,), dtype=tl.float32)

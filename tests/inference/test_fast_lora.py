@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -514,7 +515,7 @@ def test_kernels_mixed_batch_equals_the_torch_reference(
     ("rows", "pattern", "k", "sums_from", "source", "dtype"),
     [
         (1, "one", 4096, None, "shrink", torch.float32),  # one row: the kernel sums the 8 K chunks' partials
-        (5, "mixed", 600, 65, "shrink", torch.float32),  # 2 K chunks summed by the kernel, base rows among them
+        (5, "mixed", 600, 65, "shrink", torch.float32),  # 2 K chunks summed by the kernel, base rows too
         (16, "mixed", 300, None, "shrink", torch.float32),
         (1, "one", 300, None, "fold", torch.float32),
         (5, "mixed", 300, None, "fold", torch.float32),
@@ -612,9 +613,19 @@ def test_kernels_shrink_counters_return_to_zero() -> None:
     reason="runs under the Triton interpreter in the child test below; on a GPU the tiny model's head size is "
     "below what the native attention kernel's tl.dot takes, and the 70B-width test covers the kernels there",
 )
-def test_decoder_on_the_kernels_equals_peft(base: LlamaForCausalLM, tmp_path: Path) -> None:
-    """The whole decode path on the Triton kernels (the interpreter on CPU): a mixed batch gives PEFT's tokens."""
+@pytest.mark.parametrize("norm_fuse", ["1", "0"])
+def test_decoder_on_the_kernels_equals_peft(
+    base: LlamaForCausalLM, tmp_path: Path, norm_fuse: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole decode path on the Triton kernels (the interpreter on CPU): a mixed batch gives PEFT's tokens, with
+    the o and down expands fused into the norms after them or (HANBOT_LORA_NORM_FUSE=0) launched on their own."""
+    from inference.fast import lora_kernels
+
     patch_interpreter()
+    monkeypatch.setenv("HANBOT_LORA_NORM_FUSE", norm_fuse)
+    calls = {"lora_expand": 0, "lora_expand_rms_norm": 0}
+    for name in calls:
+        monkeypatch.setattr(lora_kernels, name, _counted(calls, name, getattr(lora_kernels, name)))
     device = torch.device("cpu")
     peft = save_adapter(base, tmp_path / "a", seed=21)
     ps = prompts(2, (9, 20), base.config.vocab_size, seed=22)
@@ -628,8 +639,11 @@ def test_decoder_on_the_kernels_equals_peft(base: LlamaForCausalLM, tmp_path: Pa
         cuda_graphs=False,
     )
     assert dec.lora_pool is not None and dec.lora_pool.kernels is not None
+    assert dec.lora_pool.norm_fuse == (norm_fuse == "1")
     dec.load_lora("a", str(tmp_path / "a"))
     assert run_mixed(dec, [(ps[0], "a"), (ps[1], None)], 6) == want
+    fused = 5 * 3 * 2 if norm_fuse == "1" else 0  # 5 decode steps × 3 layers × (o, down)
+    assert calls == {"lora_expand": 5 + 5 * 3 * 2 - fused, "lora_expand_rms_norm": fused}  # + the head's
 
 
 def _tail_case(
@@ -729,9 +743,9 @@ def test_decoder_on_the_kernels_with_the_fold_equals_peft(
     from inference.fast import kernels, lora_kernels
 
     patch_interpreter()
-    shrinks: list[int] = []
-    shrink = lora_kernels.lora_shrink
-    monkeypatch.setattr(lora_kernels, "lora_shrink", lambda *a, **kw: shrinks.append(1) or shrink(*a, **kw))
+    calls: dict[str, int] = {"lora_shrink": 0, "lora_expand": 0, "lora_expand_rms_norm": 0}
+    for name in calls:
+        monkeypatch.setattr(lora_kernels, name, _counted(calls, name, getattr(lora_kernels, name)))
     peft = save_adapter(base, tmp_path / "a", seed=21)
     ps = prompts(2, (9, 20), base.config.vocab_size, seed=22)
     want = [hf_greedy(peft, ps[0], 6), hf_greedy(base, ps[1], 6)]  # type: ignore[arg-type]
@@ -757,7 +771,19 @@ def test_decoder_on_the_kernels_with_the_fold_equals_peft(
     dec.load_lora("a", str(tmp_path / "a"))
     assert run_mixed(dec, [(ps[0], "a"), (ps[1], None)], 6) == want
     assert len(folded) == 5 * (3 * 4 + 1)  # 5 decode steps × (3 layers × 4 products + the head)
-    assert not shrinks
+    assert calls["lora_shrink"] == 0
+    # o and down: their expand inside the norm after them; a separate expand for the head only
+    assert calls == {"lora_shrink": 0, "lora_expand": 5, "lora_expand_rms_norm": 5 * 3 * 2}
+
+
+def _counted(calls: dict[str, int], name: str, fn: Any) -> Any:
+    """``fn``, counting its calls in ``calls[name]``."""
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls[name] += 1
+        return fn(*args, **kwargs)
+
+    return counting
 
 
 def test_plan_folds_only_on_its_triton_kernels(tmp_path: Path) -> None:
@@ -854,6 +880,9 @@ def test_kernels_compile_for_hopper() -> None:
     for block_m, split in ((1, 32), (16, 1)):
         consts = rank | {"JP": 32, "SPLIT": split, "BLOCK_N": 128, "BLOCK_M": block_m}
         build(lk._lora_expand_silu_kernel, types(lk._lora_expand_silu_kernel), consts, 4)
+    norm = lk._lora_expand_rms_norm_kernel  # o and down (8192 columns) with the norm after them
+    for split in (1, 32):
+        build(norm, types(norm) | {"eps": "fp32"}, {"R": 16, "JP": 16, "SPLIT": split, "BLOCK": 8192}, 8)
     for block_m, split in ((1, 32), (16, 1)):
         consts = rank | {"N_HEADS": 64, "N_KV": 8, "HALF": 64, "BLOCK_SIZE": 64, "JP": 64, "SPLIT": split}
         build(
@@ -874,7 +903,7 @@ def test_kernels_under_interpreter() -> None:
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=560)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert "32 passed" in proc.stdout, proc.stdout[-2000:]  # 4 + 2 + 2 + 11 + 1 + 4 + 6 + 2
+    assert "41 passed" in proc.stdout, proc.stdout[-2000:]  # 4 + 2 + 2 + 8 + 11 + 1 + 4 + 6 + 3
 
 
 # ---- GPU ---------------------------------------------------------------------------------------------------------
@@ -903,10 +932,11 @@ def test_gpu_kernels_at_70b_widths(
     (same float32 products, another summation order), and the same bits when run again (the shrink's counter
     decides only which program sums the partials, not their order)."""
     from inference.fast import lora_kernels
-    from inference.fast.kernels import rope_store
+    from inference.fast.kernels import rms_norm, rope_store
     from inference.fast.lora import _block_n
     from inference.fast.lora_kernels import (
         lora_expand,
+        lora_expand_rms_norm,
         lora_expand_silu,
         lora_rope_store,
         lora_shrink,
@@ -949,6 +979,17 @@ def test_gpu_kernels_at_70b_widths(
         close(runs[0], want)
         assert torch.equal(runs[0], runs[1]), name
         assert torch.equal(runs[0][index < 0], y[index < 0]), name
+        if name in ("o", "down"):  # the expand fused into the residual add + RMSNorm after it
+            residual, weight = rand(rows, h), rand(h, std=0.1) + 1
+            res_want = residual.clone()
+            norm_want = rms_norm(runs[0], weight, 1e-5, res_want)
+            fused = []
+            for _ in range(2):
+                res = residual.clone()
+                fused.append((lora_expand_rms_norm(shrunk(x, a), y, b, index, rank, weight, 1e-5, res), res))
+            close(fused[0][0], norm_want)
+            close(fused[0][1], res_want)
+            assert torch.equal(fused[0][0], fused[1][0]) and torch.equal(fused[0][1], fused[1][1]), name
     x, gate_up = rand(rows, h), rand(rows, 2 * ff)
     a, b = rand(slots, 2 * rank, h, std=h**-0.5), rand(slots, rank, 2 * ff, std=0.05)
     want = gate_up.clone()
