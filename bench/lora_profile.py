@@ -2,15 +2,17 @@
 time of every kernel of an eager decode step (base and with adapters), and the replay time of the decode step's CUDA
 graphs (base and with adapters) for three ways of computing the adapters' x·A: a separate shrink kernel
 (HANBOT_LORA_FOLD=0), the same on a side stream (HANBOT_LORA_OVERLAP=1), and folded into the base product's own
-launch (the default: ``lora.LoraPool.fold_rows``).
+launch (the default: ``lora.LoraPool.fold_rows``); folded, also with the o and down expands as kernels of their own
+(HANBOT_LORA_NORM_FUSE=0) against the default, where they are fused into the residual add + RMSNorm after them.
 
 Batches: ``one`` (every row on one adapter) at 1, 16 and 64 rows, and ``mixed`` (rows spread over 4 adapters and
 the base, as ``lora.mixed.concurrency.16`` of the GPU benchmark) at 16 and 64 rows. The summary lines
 (``LORA_PROFILE …``) give per batch the device µs per step of the adapters' kernels (``_lora_*``; folded, the x·A
 work is inside ``_skinny_gemm_kernel``/``_fp8_skinny_gemm_kernel``) and of the whole step, base and with adapters,
 the kernel launches per step, and the graph step ms (``graph_step_ms``: separate shrink, ``graph_step_ms_fold``:
-folded); the rows of ``trace`` give every kernel. The trace runs with the environment's HANBOT_LORA_FOLD (default
-on); the steps measure all three ways in one run.
+folded, ``graph_step_ms_fold_nofuse``: folded, the o and down expands not fused into the norms); the rows of
+``trace`` give every kernel. The trace runs with the environment's HANBOT_LORA_FOLD and HANBOT_LORA_NORM_FUSE
+(default on); the steps measure all four ways in one run.
 
 GPU only; prints a table and writes ``lora-profile-<gpu>.json`` under ``--out``. It measures no target: it is the
 diagnosis behind the LoRA figures of ``gpu-<setup>-lora.json`` (which kernels the adapters add and what each costs).
@@ -193,21 +195,30 @@ def step_times(dec: Any, rows: int, mix: str) -> dict[str, float]:
     return out
 
 
-# (HANBOT_LORA_OVERLAP, HANBOT_LORA_FOLD) of the graph-step A/B: the separate shrink, on a side stream, folded
-STEP_MODES = ((False, False), (True, False), (False, True))
+# (HANBOT_LORA_OVERLAP, HANBOT_LORA_FOLD, HANBOT_LORA_NORM_FUSE) of the graph-step A/B: the separate shrink, on a
+# side stream, folded with the o and down expands on their own, folded with them fused into the norms (the default)
+STEP_MODES = ((False, False, True), (True, False, True), (False, True, False), (False, True, True))
 
 
 def step_table(
-    fp8: bool, overlap: bool, batches: list[tuple[int, str]], layers: int = 2, fold: bool = False
+    fp8: bool,
+    overlap: bool,
+    batches: list[tuple[int, str]],
+    layers: int = 2,
+    fold: bool = False,
+    norm_fuse: bool = True,
 ) -> dict[str, Any]:
     """Graph replay ms of one decode step per batch, base and with adapters (``fold``: the shrink folded into the
-    base products where a Triton skinny kernel serves them)."""
+    base products where a Triton skinny kernel serves them; ``norm_fuse``: the o and down expands fused into the
+    residual add + RMSNorm after them)."""
     os.environ["HANBOT_LORA_OVERLAP"] = "1" if overlap else "0"
     os.environ["HANBOT_LORA_FOLD"] = "1" if fold else "0"
+    os.environ["HANBOT_LORA_NORM_FUSE"] = "1" if norm_fuse else "0"
     capacity = max(rows for rows, _ in batches)
     dec = _decoder(fp8, layers, capacity, cuda_graphs=True)
     side = dec.lora_pool is not None and dec.lora_pool.side is not None
     folds = dec.lora_pool is not None and dec.lora_pool.fold
+    fuses = dec.lora_pool is not None and dec.lora_pool.norm_fuse
     times = {f"{rows}-{mix}": step_times(dec, rows, mix) for rows, mix in batches}
     dec.close()
     del dec
@@ -217,6 +228,7 @@ def step_table(
         "overlap": overlap,
         "side_stream": side,
         "fold": folds,
+        "norm_fuse": fuses,
         "layers": layers,
         "step_ms": times,
     }
@@ -224,13 +236,19 @@ def step_table(
     return result
 
 
-def _graph_ms(steps: list[dict[str, Any]], fp8: bool, batch: str, fold: bool) -> dict[str, float] | None:
-    """The graph step ms of ``batch`` without the side stream, the shrink folded or not."""
+def _graph_ms(
+    steps: list[dict[str, Any]], fp8: bool, batch: str, fold: bool, norm_fuse: bool = True
+) -> dict[str, float] | None:
+    """The graph step ms of ``batch`` without the side stream, the shrink folded or not, the o and down expands
+    fused into the norms or not."""
     return next(
         (
             st["step_ms"].get(batch)
             for st in steps
-            if st["fp8"] == fp8 and not st["overlap"] and st.get("fold", False) == fold
+            if st["fp8"] == fp8
+            and not st["overlap"]
+            and st.get("fold", False) == fold
+            and st.get("norm_fuse", True) == norm_fuse
         ),
         None,
     )
@@ -300,6 +318,7 @@ def main() -> None:
         "min_k_per": lora_kernels.MIN_K_PER,
         "dot_precision": lora_kernels.DOT_PRECISION,
         "trace_fold": os.environ.get("HANBOT_LORA_FOLD", "1") != "0",
+        "trace_norm_fuse": os.environ.get("HANBOT_LORA_NORM_FUSE", "1") != "0",
         "command": "python bench/lora_profile.py " + " ".join(sys.argv[1:]),
     }
     trace: list[dict[str, Any]] = []
@@ -314,19 +333,20 @@ def main() -> None:
     results["trace"] = trace
     if not args.skip_steps and not args.trace_only:
         results["steps"] = [
-            step_table(fp8, overlap, batches, fold=fold)
+            step_table(fp8, overlap, batches, fold=fold, norm_fuse=norm_fuse)
             for fp8 in ((False,) if args.bf16_only else (False, True))
-            for overlap, fold in STEP_MODES
+            for overlap, fold, norm_fuse in STEP_MODES
         ]
     for s in results["summary"]:
-        graph, graph_fold = (
-            _graph_ms(results.get("steps", []), s["fp8"], f"{s['rows']}-{s['mix']}", fold)
-            for fold in (False, True)
+        graph, graph_fold, graph_nofuse = (
+            _graph_ms(results.get("steps", []), s["fp8"], f"{s['rows']}-{s['mix']}", fold, fuse)
+            for fold, fuse in ((False, True), (True, True), (True, False))
         )
         print(
             f"LORA_PROFILE fp8={s['fp8']} rows={s['rows']} mix={s['mix']} lora_kernels_us={s['lora_kernels_us']} "
             f"eager_step_us base={s['step_us_base']} lora={s['step_us_lora']} graph_step_ms={graph} "
-            f"graph_step_ms_fold={graph_fold} launches base={s['launches_base']} lora={s['launches_lora']} "
+            f"graph_step_ms_fold={graph_fold} graph_step_ms_fold_nofuse={graph_nofuse} "
+            f"launches base={s['launches_base']} lora={s['launches_lora']} "
             f"kernels={json.dumps(s['kernels'])}",
             flush=True,
         )
@@ -334,7 +354,8 @@ def main() -> None:
         for batch, ms in st["step_ms"].items():
             ratio = round(ms["base"] / ms["lora"], 3) if ms.get("base") and ms.get("lora") else None
             print(
-                f"LORA_STEP fp8={st['fp8']} overlap={st['overlap']} fold={st['fold']} batch={batch} "
+                f"LORA_STEP fp8={st['fp8']} overlap={st['overlap']} fold={st['fold']} "
+                f"norm_fuse={st.get('norm_fuse', True)} batch={batch} "
                 f"base_ms={ms.get('base')} lora_ms={ms.get('lora')} base_over_lora={ratio}",
                 flush=True,
             )

@@ -20,10 +20,20 @@ projection's whole A stack, viewed as extra weight rows [slots·parts·R, in] (`
 neither copied nor moved). Those programs run first and write every row's x·A of every slot a row of the batch uses
 into a float32 buffer [rows, slots·parts·R] beside the base output (which stays a contiguous [rows, out] tensor, so
 the attention, the norms and the all-reduce take it as before); tiles of slots no row uses are skipped. The expand
-reads row m's values at its slot's columns (a slot stride). So an adapted decode layer launches 4 kernels more than
-the base one (the expands: plain for o and down, fused into the rotary and SiLU kernels for Q/K/V and gate/up),
-where the separate shrink made it 8. The rank values are float32 sums of the same products as the shrink's (x and
-A in the activations' dtype; the FP8 kernel's f16 mode takes A in f16, exact for |a| ≥ 2^-14).
+reads row m's values at its slot's columns (a slot stride). The rank values are float32 sums of the same products
+as the shrink's (x and A in the activations' dtype; the FP8 kernel's f16 mode takes A in f16, exact for
+|a| ≥ 2^-14).
+
+Launches per decode layer. The base layer launches 10 kernels: the Q/K/V product, rotary + KV write, attention and
+its reduction, the o product, residual add + RMSNorm, the gate/up product, SiLU·up, the down product, residual add +
+RMSNorm. With adapters every expand is fused into the kernel that follows its product: Q/K/V's into the rotary + KV
+write, gate/up's into SiLU·up and, on one rank, o's and down's into the residual add + RMSNorm after them
+(``expand_rms_norm_rows``). So with the fold an adapted layer launches the base layer's 10 kernels, each doing the
+adapters' part too (the fold's shrink in the products, the expands in the kernels after them), where the plain o and
+down expands made it 12; with the separate shrink, 4 more (14, was 16). An FP8 KV cache keeps the Q/K/V expand as
+a kernel of its own (+1); under tensor parallelism the o and down expands stay their own kernels (+2: the
+all-reduce of the partial sums lies between each and its norm); ``HANBOT_LORA_NORM_FUSE=0`` (read when the pool is
+made) does the same on one rank, for an A/B on the GPU.
 
 Where the plan chose cuBLAS (or more than 32 rows, or ``HANBOT_LORA_FOLD=0``, read when the pool is made) the
 shrink is a kernel of its own (``lora_kernels``: a split-K shrink whose last program per row sums the partials into
@@ -31,8 +41,9 @@ the row's rank values (from 2 rows on; one row: the expand sums them)); ``HANBOT
 side stream beside the base product (a fork and join in the graph; off by default: on an H100 it did not help).
 Either way the expand is one kernel per projection in which each program loads an adapter's B tile once for all the
 rows of its row block that use it and adds the product into the base output in place (rows of the base model are
-skipped); the Q/K/V and gate/up expands are fused into the rotary and SiLU kernels that follow them. Prefill passes
-(several tokens per sequence) and machines without Triton do the same arithmetic in torch.
+skipped); the Q/K/V and gate/up expands are fused into the rotary and SiLU kernels that follow them, and on one rank
+the o and down expands into the residual add + RMSNorm (one program per row: the row's slot's B once per row).
+Prefill passes (several tokens per sequence) and machines without Triton do the same arithmetic in torch.
 
 Tensor parallel: column-parallel projections (qkv, gate_up, lm_head) keep A whole and their rows of B; row-parallel
 ones (o, down) keep their columns of A and B whole, and each rank adds ``(x_r·A_r)·B`` to its partial output before
