@@ -3,7 +3,8 @@ time of every kernel of an eager decode step (base and with adapters), and the r
 graphs (base and with adapters) for three ways of computing the adapters' x·A: a separate shrink kernel
 (HANBOT_LORA_FOLD=0), the same on a side stream (HANBOT_LORA_OVERLAP=1), and folded into the base product's own
 launch (the default: ``lora.LoraPool.fold_rows``); folded, also with the o and down expands as kernels of their own
-(HANBOT_LORA_NORM_FUSE=0) against the default, where they are fused into the residual add + RMSNorm after them.
+(the default) against the opt-in HANBOT_LORA_NORM_FUSE=1, where they are fused into the residual add + RMSNorm after
+them.
 
 Batches: ``one`` (every row on one adapter) at 1, 16 and 64 rows, and ``mixed`` (rows spread over 4 adapters and
 the base, as ``lora.mixed.concurrency.16`` of the GPU benchmark) at 16 and 64 rows. The summary lines
@@ -11,8 +12,8 @@ the base, as ``lora.mixed.concurrency.16`` of the GPU benchmark) at 16 and 64 ro
 work is inside ``_skinny_gemm_kernel``/``_fp8_skinny_gemm_kernel``) and of the whole step, base and with adapters,
 the kernel launches per step, and the graph step ms (``graph_step_ms``: separate shrink, ``graph_step_ms_fold``:
 folded, ``graph_step_ms_fold_nofuse``: folded, the o and down expands not fused into the norms); the rows of
-``trace`` give every kernel. The trace runs with the environment's HANBOT_LORA_FOLD and HANBOT_LORA_NORM_FUSE
-(default on); the steps measure all four ways in one run.
+``trace`` give every kernel. The trace runs with the environment's HANBOT_LORA_FOLD (default on) and
+HANBOT_LORA_NORM_FUSE (default off); the steps measure all four ways in one run.
 
 GPU only; prints a table and writes ``lora-profile-<gpu>.json`` under ``--out``. It measures no target: it is the
 diagnosis behind the LoRA figures of ``gpu-<setup>-lora.json`` (which kernels the adapters add and what each costs).
@@ -196,7 +197,7 @@ def step_times(dec: Any, rows: int, mix: str) -> dict[str, float]:
 
 
 # (HANBOT_LORA_OVERLAP, HANBOT_LORA_FOLD, HANBOT_LORA_NORM_FUSE) of the graph-step A/B: the separate shrink, on a
-# side stream, folded with the o and down expands on their own, folded with them fused into the norms (the default)
+# side stream, folded with the o and down expands on their own (the default), folded with them fused into the norms
 STEP_MODES = ((False, False, True), (True, False, True), (False, True, False), (False, True, True))
 
 
@@ -318,7 +319,7 @@ def main() -> None:
         "min_k_per": lora_kernels.MIN_K_PER,
         "dot_precision": lora_kernels.DOT_PRECISION,
         "trace_fold": os.environ.get("HANBOT_LORA_FOLD", "1") != "0",
-        "trace_norm_fuse": os.environ.get("HANBOT_LORA_NORM_FUSE", "1") != "0",
+        "trace_norm_fuse": os.environ.get("HANBOT_LORA_NORM_FUSE", "0") == "1",
         "command": "python bench/lora_profile.py " + " ".join(sys.argv[1:]),
     }
     trace: list[dict[str, Any]] = []

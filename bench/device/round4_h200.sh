@@ -157,7 +157,7 @@ for step in "${STEPS[@]}"; do
   profile-fold) # the graph step of 2 layers at the 70B widths: separate shrink, side stream, fold (bf16 and FP8)
     [ -n "${ROUND4_SMOKE:-}" ] && continue
     run 200 profile-fold python3 bench/lora_profile.py --out "$OUT" --skip-trace --name fold
-    show profile-fold "LORA_STEP|LORA_PROFILE|Error" 30
+    show profile-fold "LORA_STEP|LORA_PROFILE|Error" 48
     ;;
   multiturn-fp8-ab) # issue 12's workload with FP8 weights, plain steps then pipelined steps
     for mode in 0 1; do

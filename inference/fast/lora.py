@@ -32,8 +32,9 @@ write, gate/up's into SiLU·up and, on one rank, o's and down's into the residua
 adapters' part too (the fold's shrink in the products, the expands in the kernels after them), where the plain o and
 down expands made it 12; with the separate shrink, 4 more (14, was 16). An FP8 KV cache keeps the Q/K/V expand as
 a kernel of its own (+1); under tensor parallelism the o and down expands stay their own kernels (+2: the
-all-reduce of the partial sums lies between each and its norm); ``HANBOT_LORA_NORM_FUSE=0`` (read when the pool is
-made) does the same on one rank, for an A/B on the GPU.
+all-reduce of the partial sums lies between each and its norm). The o and down fusion is opt-in for now
+(``HANBOT_LORA_NORM_FUSE=1``, read when the pool is made) until the GPU A/B of ``bench/lora_profile.py`` shows it pays:
+by default those two expands are kernels of their own (12 launches with the fold).
 
 Where the plan chose cuBLAS (or more than 32 rows, or ``HANBOT_LORA_FOLD=0``, read when the pool is made) the
 shrink is a kernel of its own (``lora_kernels``: a split-K shrink whose last program per row sums the partials into
@@ -253,9 +254,10 @@ class LoraPool:
         # HANBOT_LORA_FOLD=0: the separate shrink kernel again (A/B on the GPU). On by default: each decode product
         # served by a Triton skinny kernel computes every row's x·A in its own launch (``fold_rows``)
         self.fold = self.kernels is not None and os.environ.get("HANBOT_LORA_FOLD", "1") != "0"
-        # HANBOT_LORA_NORM_FUSE=0: the o and down expands as kernels of their own again (A/B on the GPU). On by
-        # default: each is one kernel with the residual add + RMSNorm after it (``expand_rms_norm_rows``)
-        self.norm_fuse = self.kernels is not None and os.environ.get("HANBOT_LORA_NORM_FUSE", "1") != "0"
+        # HANBOT_LORA_NORM_FUSE=1: the o and down expands each fused with the residual add + RMSNorm after it
+        # (``expand_rms_norm_rows``). Off by default until a GPU A/B decides: one program per row reads the row's
+        # whole B (256 KB at the 70B widths, rank 16) on one SM, which at one row may cost what the launch saves
+        self.norm_fuse = self.kernels is not None and os.environ.get("HANBOT_LORA_NORM_FUSE", "0") == "1"
         self.block_n = {proj: _block_n(self.shapes[proj].outs) for proj in self.shapes}
         _log.info(
             "LoRA pool: %d slots of rank %d, %.2f GiB",

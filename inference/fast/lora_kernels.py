@@ -22,8 +22,9 @@ uses it loads that slot's B tile [R, tile] once and multiplies the rank values o
 adapters contribute exact zeros), so a B tile is read once per adapter and row block, not once per row; then it
 adds the product into the base output in place (rows of the base model: untouched). The gate/up and Q/K/V expands
 are fused into SiLU·up and the rotary + KV write, which they compute for every row (base rows: the product is 0).
-The o and down expands (one part) are fused into the residual add + RMSNorm after them (``lora_expand_rms_norm``,
-one rank only: under tensor parallelism the all-reduce lies between): one program per row, as ``kernels.rms_norm``
+With ``HANBOT_LORA_NORM_FUSE=1`` (opt-in until measured on a GPU) the o and down expands (one part) are fused into
+the residual add + RMSNorm after them (``lora_expand_rms_norm``, one rank only: under tensor parallelism the
+all-reduce lies between): one program per row, as ``kernels.rms_norm``
 (the norm needs the whole row), adds its slot's R rank values times B [R, N] to the base output, rounds as the
 expand would store it, then adds the residual and normalises as ``_rms_norm_kernel`` does (base rows: its bits).
 Products of the rank values and B are float32 (``tl.dot`` in IEEE precision, no TF32: DOT_PRECISION), rounded

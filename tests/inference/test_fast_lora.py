@@ -743,6 +743,7 @@ def test_decoder_on_the_kernels_with_the_fold_equals_peft(
     from inference.fast import kernels, lora_kernels
 
     patch_interpreter()
+    monkeypatch.setenv("HANBOT_LORA_NORM_FUSE", "1")
     calls: dict[str, int] = {"lora_shrink": 0, "lora_expand": 0, "lora_expand_rms_norm": 0}
     for name in calls:
         monkeypatch.setattr(lora_kernels, name, _counted(calls, name, getattr(lora_kernels, name)))
