@@ -18,7 +18,9 @@ the overlap is that of the steady decode steps, where the engine spends nearly a
 On the CPU torch runs synchronously: the same calls are plain copies, so the bookkeeping the tests check is the one the
 GPU runs.
 
-``HANBOT_PIPELINE_STEPS=0/1`` forces the pipeline off or on for decoders built without an explicit choice (GPU A/B).
+``HANBOT_PIPELINE_STEPS=0/1`` forces the pipeline off or on for decoders built without an explicit choice. Default:
+off. On an H100 its GPU test gave tokens that left the plain steps' after 24 tokens, so it is opt-in until that is
+explained. Every CPU test agrees.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ PIPELINE_ENV = "HANBOT_PIPELINE_STEPS"
 
 def resolve_pipeline(choice: bool | None, graphs: bool) -> bool:
     """Whether decode steps are pipelined: ``choice`` when given, else ``HANBOT_PIPELINE_STEPS`` (0/1) when set, else
-    on exactly when the decode steps are CUDA graphs (where the host's work between two steps is what idles the GPU)."""
+    off (opt-in: see below)."""
     if choice is not None:
         return choice
     env = os.environ.get(PIPELINE_ENV, "").strip()
@@ -45,7 +47,10 @@ def resolve_pipeline(choice: bool | None, graphs: bool) -> bool:
         return env == "1"
     if env:
         _log.warning("%s=%r is neither 0 nor 1: ignored", PIPELINE_ENV, env)
-    return graphs
+    # off by default: on an H100 (round 5) the pipelined graph steps' tokens left the plain steps' after 24 tokens in
+    # test_gpu_pipelined_graph_steps_give_the_plain_steps_tokens; opt-in (HANBOT_PIPELINE_STEPS=1) until explained
+    del graphs
+    return False
 
 
 class Readback:
