@@ -121,7 +121,7 @@ for step in "${STEPS[@]}"; do
     ;;
   gpu-tests) # the GPU checks of the kernels of this round (prefill attention, LoRA) and of prefix reuse / FP8 KV
     [ -n "${ROUND4_SMOKE:-}" ] && continue
-    run 180 gpu-tests python3 -m pytest -c /dev/null --noconftest -p no:cacheprovider -q -s -rfs \
+    run 300 gpu-tests python3 -m pytest -c /dev/null --noconftest -p no:cacheprovider -q -s -rfs \
       tests/inference/test_prefill_attn.py tests/inference/test_fast_lora.py tests/inference/test_prefix_reuse.py \
       tests/inference/test_fp8_kv.py tests/inference/test_fast_decoder.py tests/inference/test_fast_fp8_decoder.py \
       tests/inference/test_pipelined_steps.py -k "gpu or kernel or prefill or fold"
@@ -156,7 +156,7 @@ for step in "${STEPS[@]}"; do
     ;;
   profile-fold) # the graph step of 2 layers at the 70B widths: separate shrink, side stream, fold (bf16 and FP8)
     [ -n "${ROUND4_SMOKE:-}" ] && continue
-    run 200 profile-fold python3 bench/lora_profile.py --out "$OUT" --skip-trace --name fold
+    run 200 profile-fold env PYTHONPATH="$PYTHONPATH:." python3 bench/lora_profile.py --out "$OUT" --skip-trace --name fold
     show profile-fold "LORA_STEP|LORA_PROFILE|Error" 48
     ;;
   multiturn-fp8-ab) # issue 12's workload with FP8 weights, plain steps then pipelined steps
